@@ -1,0 +1,144 @@
+"""``audience-lake``: run the pipeline, the demo, and the operational checks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from tasks.errors import AudienceLakeError
+
+# Offline-friendly Prefect defaults; a user's own settings win.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from flows.demo import run_demo
+
+    started = time.monotonic()
+    run_demo(
+        config=Path(args.config),
+        data_dir=Path(args.data).resolve(),
+        lake_dir=Path(args.lake).resolve(),
+        contacts=args.contacts,
+        seed=args.seed,
+    )
+    print(f"demo finished in {time.monotonic() - started:.1f}s")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from flows.pipeline import pipeline
+    from flows.summary import lake_summary
+    from tasks.core.config import load_pipeline
+    from tasks.resources import open_lake
+
+    load_pipeline(args.config)  # fail fast, before Prefect starts
+    report = pipeline(
+        config_path=args.config,
+        full_refresh=args.full_refresh,
+        dry_run=args.dry_run,
+        sources=args.source or None,
+        segments=args.segment or None,
+        override_hold=args.override_hold,
+    )
+    print(lake_summary(open_lake(), report))
+    return 0
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from tasks.connectors.storage import check_store
+    from tasks.core.settings import load_settings
+    from tasks.resources import lake_for
+
+    settings = load_settings()
+    lake = lake_for(settings)
+    print(f"lake: {lake.root}")
+    results = check_store(lake.root, lake.storage_options)
+    for result in results:
+        print(f"  [{'ok' if result.ok else 'FAIL'}] {result.name}: {result.detail}")
+    if settings.uses_demo_pepper and not settings.lake_is_local:
+        print("  [warn] AUDIENCE_LAKE_PEPPER is not set: contact keys use the public demo pepper")
+    if args.config and Path(args.config).exists():
+        from tasks.core.config import load_pipeline
+
+        load_pipeline(args.config)
+        print(f"  [ok] config: {args.config} is valid")
+    return 0 if all(r.ok for r in results) else 1
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from tasks.core.config import pipeline_json_schema
+
+    text = json.dumps(pipeline_json_schema(), indent=2) + "\n"
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from tasks.core.config import load_pipeline
+
+    config = load_pipeline(args.config)
+    print(
+        f"{args.config}: ok ({len(config.sources)} sources, {len(config.segments)} segments, "
+        f"{len(config.destinations)} destinations)"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="audience-lake", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the pipeline on sample data and local stand-ins")
+    demo.add_argument("--config", default="pipeline.yaml")
+    demo.add_argument("--data", default=".demo", help="where sample data is generated")
+    demo.add_argument("--lake", default=".lake", help="local lake directory")
+    demo.add_argument("--contacts", type=int, default=2000)
+    demo.add_argument("--seed", type=int, default=7)
+    demo.set_defaults(func=_cmd_demo)
+
+    run = sub.add_parser("run", help="run the pipeline once against the configured lake")
+    run.add_argument("--config", default=os.environ.get("AUDIENCE_LAKE_CONFIG", "pipeline.yaml"))
+    run.add_argument("--full-refresh", action="store_true")
+    run.add_argument("--dry-run", action="store_true", help="plan the publish, send nothing")
+    run.add_argument("--source", action="append", help="only this source (repeatable)")
+    run.add_argument("--segment", action="append", help="only this segment (repeatable)")
+    run.add_argument("--override-hold", action="store_true")
+    run.set_defaults(func=_cmd_run)
+
+    doctor = sub.add_parser("doctor", help="check the configured lake store")
+    doctor.add_argument("--config", default=None, help="also validate this pipeline.yaml")
+    doctor.set_defaults(func=_cmd_doctor)
+
+    schema = sub.add_parser("schema", help="write the JSON schema of pipeline.yaml")
+    schema.add_argument("--output", "-o", default="-")
+    schema.set_defaults(func=_cmd_schema)
+
+    validate = sub.add_parser("validate", help="validate pipeline.yaml and exit")
+    validate.add_argument("--config", default="pipeline.yaml")
+    validate.set_defaults(func=_cmd_validate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except AudienceLakeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

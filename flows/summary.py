@@ -1,0 +1,42 @@
+"""A plain-text summary of the lake and of one pipeline run, for the CLI."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from flows.pipeline import PipelineReport
+from tasks.connectors.lake import Lake
+from tasks.transform import QUARANTINE
+
+
+def lake_summary(lake: Lake, report: PipelineReport) -> str:
+    lines = [f"Audience Lake run {report.run_id}", f"lake: {lake.root}", "", "rows per table:"]
+    for table in lake.tables():
+        rows = lake.scan(table).select(pl.len()).collect().item()
+        lines.append(f"  {table:<28} {rows:>9,}")
+    if lake.exists(QUARANTINE):
+        by_rule = (
+            lake.scan(QUARANTINE)
+            .group_by("table", "rule")
+            .agg(pl.col("row").n_unique().alias("rows"))
+            .sort("table", "rule")
+            .collect()
+        )
+        lines += ["", "quarantined rows (all runs):"]
+        for r in by_rule.iter_rows(named=True):
+            lines.append(f"  {r['table']:<18} {r['rule'][:40]:<40} {r['rows']:>7,}")
+    lines += ["", "audience size per segment:"]
+    for segment, size in report.transform.audience_sizes.items():
+        lines.append(f"  {segment:<28} {size:>9,}")
+    lines += ["", "published this run:"]
+    total = 0
+    for p in report.publish:
+        total += p.sent
+        status = f"held: {p.held}" if p.held else ("dry run" if p.dry_run else "")
+        lines.append(
+            f"  {p.destination}/{p.segment:<22} sent {p.sent:>6,}"
+            f"  unsubscribed {p.unsubscribed:>5,}"
+            f"  failed {p.failed:>5,}  {status}".rstrip()
+        )
+    lines.append(f"contacts published: {total:,}")
+    return "\n".join(lines)

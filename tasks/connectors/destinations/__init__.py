@@ -1,0 +1,37 @@
+"""Destinations, selected by the ``kind`` of a destination in ``pipeline.yaml``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
+
+import httpx
+
+from tasks.connectors.destinations.mailchimp import MailchimpAudience, MemberChange, MemberResult
+from tasks.connectors.http import build_client
+from tasks.core.config import Destination, MailchimpDestination
+from tasks.core.settings import resolve_secret
+
+__all__ = ["DESTINATIONS", "AudienceSink", "MemberChange", "MemberResult", "open_destination"]
+
+
+class AudienceSink(Protocol):
+    def send(self, list_id: str, changes: Sequence[MemberChange]) -> Iterator[MemberResult]: ...
+
+    def close(self) -> None: ...
+
+
+def _open_mailchimp(config: MailchimpDestination) -> AudienceSink:
+    key = resolve_secret(config.api_key).get_secret_value()
+    # Mailchimp: HTTP Basic with any user name and the API key; at most 10 connections.
+    client = build_client(
+        config.base_url, auth=httpx.BasicAuth("audience-lake", key), max_connections=10
+    )
+    return MailchimpAudience(client, batch_size=config.batch_size)
+
+
+DESTINATIONS: dict[str, Callable[[Any], AudienceSink]] = {"mailchimp": _open_mailchimp}
+
+
+def open_destination(config: Destination) -> AudienceSink:
+    return DESTINATIONS[config.kind](config)

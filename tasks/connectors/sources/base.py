@@ -1,0 +1,44 @@
+"""What every source reader yields, and how the ingest task drives it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import polars as pl
+
+WriteMode = Literal["merge", "append_once"]
+
+
+@dataclass(frozen=True)
+class SourceBatch:
+    """Rows read from a source, all columns as extracted.
+
+    ``batch_id`` is set for sources written exactly once per batch (a file, a delivery); entity
+    sources leave it ``None`` and are merged on their primary key.
+    """
+
+    frame: pl.DataFrame
+    batch_id: str | None = None
+    origin: str = ""
+
+
+class SourceReader(Protocol):
+    """A configured source. ``since`` is the raw watermark (max cursor committed in bronze)."""
+
+    write_mode: WriteMode
+    primary_key: str | None
+    cursor_field: str | None
+
+    def batches(
+        self, *, since: str | None, is_committed: Callable[[str], bool]
+    ) -> Iterator[SourceBatch]: ...
+
+    def close(self) -> None: ...
+
+
+def strings_frame(rows: list[dict[str, object]], columns: list[str]) -> pl.DataFrame:
+    """Rows as a frame of String columns in a fixed order (bronze keeps values as extracted)."""
+    data = {c: [None if r.get(c) is None else str(r.get(c)) for r in rows] for c in columns}
+    return pl.DataFrame(data, schema={c: pl.String for c in columns})

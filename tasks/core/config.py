@@ -1,0 +1,336 @@
+"""``pipeline.yaml``: what data moves (sources, segments, destinations, thresholds).
+
+Parsed once at the edge into frozen pydantic models with ``extra="forbid"``, so a typo, a wrong
+type or a dangling reference fails at load with a message that names the key path, e.g.::
+
+    pipeline.yaml: sources.crm.auth.token_url: Field required
+
+Values may reference the environment as ``${NAME}`` or ``${NAME:-default}``; secrets are never
+written in the file: a field of type :class:`SecretRef` names a secret that the environment
+supplies (see :mod:`tasks.core.settings`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import polars as pl
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tasks.errors import ConfigError
+
+NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=63)]
+
+
+class Model(BaseModel):
+    """Base for every config model: immutable, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretRef(Model):
+    """A secret supplied by the environment as ``AUDIENCE_LAKE_SECRET_<NAME>``."""
+
+    secret: Name = Field(description="Secret name; read from AUDIENCE_LAKE_SECRET_<NAME upper>.")
+
+    @property
+    def env_var(self) -> str:
+        return f"AUDIENCE_LAKE_SECRET_{self.secret.upper()}"
+
+
+# --- source roles ---------------------------------------------------------------------------
+# A role says what a source's rows mean to the transform; `fields` maps each canonical field of
+# the role to the source's own column name, so a new source is YAML, not code.
+Role = Literal["contacts", "orders", "events", "enrichment"]
+
+ROLE_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    # role: (required canonical fields, optional canonical fields)
+    "contacts": (
+        ("source_id", "email", "updated_at"),
+        ("first_name", "last_name", "phone", "country", "opted_in", "opted_in_at", "opted_out"),
+    ),
+    "orders": (
+        ("order_id", "email", "amount", "updated_at"),
+        ("currency", "category", "status", "created_at"),
+    ),
+    "events": (("event_id", "occurred_at", "event_type"), ("email", "anonymous_id", "url")),
+    "enrichment": (("email", "updated_at"), ("company", "job_title", "city", "country")),
+}
+
+
+class SourceBase(Model):
+    role: Role = Field(description="What the rows mean to the transform.")
+    fields: dict[str, str] = Field(
+        default_factory=dict,
+        description="Canonical field -> source column; unmapped fields use their own name.",
+    )
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _fields_belong_to_role(self) -> SourceBase:
+        required, optional = ROLE_FIELDS[self.role]
+        unknown = sorted(set(self.fields) - set(required) - set(optional))
+        if unknown:
+            raise ValueError(
+                f"fields: unknown canonical field(s) {unknown} for role {self.role!r}; "
+                f"allowed: {sorted(required + optional)}"
+            )
+        return self
+
+    def column(self, canonical: str) -> str:
+        """The source column that holds ``canonical``."""
+        return self.fields.get(canonical, canonical)
+
+
+class OAuth2ClientCredentials(Model):
+    type: Literal["oauth2_client_credentials"]
+    token_url: str = Field(description="Absolute URL, or a path relative to the source base_url.")
+    client_id: str
+    client_secret: SecretRef
+    scope: str | None = None
+    refresh_margin_seconds: float = Field(default=60, ge=0)
+
+
+class BearerToken(Model):
+    type: Literal["bearer"]
+    token: SecretRef
+
+
+Auth = Annotated[OAuth2ClientCredentials | BearerToken, Field(discriminator="type")]
+
+
+class HubSpotContactsSource(SourceBase):
+    """HubSpot-style CRM contacts: search API, ``after`` cursor, ``lastmodifieddate`` filter."""
+
+    kind: Literal["hubspot_contacts"]
+    base_url: str
+    auth: Auth
+    properties: list[str] = Field(min_length=1, description="Contact properties to extract.")
+    primary_key: str = "id"
+    cursor_field: str = Field(default="lastmodifieddate", description="Incremental cursor.")
+    page_size: int = Field(default=100, ge=1, le=200)
+    overlap_seconds: float = Field(
+        default=300, ge=0, description="Re-read window before the watermark; merge absorbs it."
+    )
+    search_cap: int = Field(default=10_000, ge=1, description="Max results one search returns.")
+    max_pages: int = Field(default=100_000, ge=1, description="Safety bound per run.")
+
+
+class SqlSource(SourceBase):
+    """A table in a transaction database, pulled incrementally by an ``updated_at`` cursor."""
+
+    kind: Literal["sql"]
+    url: str = Field(description="Database URL, e.g. sqlite:///path/orders.db")
+    table: Name
+    primary_key: str
+    cursor_field: str = "updated_at"
+    chunk_size: int = Field(default=10_000, ge=1)
+    overlap_seconds: float = Field(default=0, ge=0)
+
+
+class FileDropSource(SourceBase):
+    """Files landed by a third party in a folder; each file is ingested exactly once."""
+
+    kind: Literal["files"]
+    path: str = Field(description="Local folder holding the drops.")
+    format: Literal["csv", "ndjson"]
+    pattern: str = Field(default="*", description="Glob of files to pick up.")
+    primary_key: str | None = Field(default=None, description="Row id used to dedupe deliveries.")
+
+
+Source = Annotated[HubSpotContactsSource | SqlSource | FileDropSource, Field(discriminator="kind")]
+
+
+class Segment(Model):
+    """An audience: a SQL predicate over the columns of ``gold/customer_features``."""
+
+    name: Name
+    where: str = Field(description="SQL predicate over customer features, e.g. 'order_count >= 3'.")
+    description: str = ""
+
+
+class MailchimpDestination(Model):
+    kind: Literal["mailchimp"]
+    base_url: str = Field(description="e.g. https://us6.api.mailchimp.com")
+    api_key: SecretRef
+    batch_size: int = Field(default=500, ge=1, le=500)
+    audiences: dict[Name, str] = Field(
+        min_length=1, description="Segment name -> Mailchimp list id."
+    )
+
+
+Destination = Annotated[MailchimpDestination, Field(discriminator="kind")]
+
+
+class Thresholds(Model):
+    quarantine_max_ratio: float = Field(
+        default=0.25,
+        ge=0,
+        le=1,
+        description="Hold publishing when more than this share of a source's rows is quarantined.",
+    )
+
+
+class PipelineConfig(Model):
+    """The whole of ``pipeline.yaml``."""
+
+    version: Literal[1] = 1
+    sources: dict[Name, Source] = Field(min_length=1)
+    segments: list[Segment] = Field(default_factory=list)
+    destinations: dict[Name, Destination] = Field(default_factory=dict)
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+
+    @field_validator("segments")
+    @classmethod
+    def _segments_compile(cls, segments: list[Segment]) -> list[Segment]:
+        seen: set[str] = set()
+        for segment in segments:
+            if segment.name in seen:
+                raise ValueError(f"segment {segment.name!r} is defined twice")
+            seen.add(segment.name)
+            check_segment_predicate(segment)
+        return segments
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> PipelineConfig:
+        if not any(s.role == "contacts" for s in self.sources.values()):
+            raise ValueError("sources: at least one source must have role 'contacts'")
+        segment_names = {s.name for s in self.segments}
+        for dest_name, dest in self.destinations.items():
+            for segment in dest.audiences:
+                if segment not in segment_names:
+                    raise ValueError(
+                        f"destinations.{dest_name}.audiences.{segment}: unknown segment "
+                        f"{segment!r}; defined segments: {sorted(segment_names)}"
+                    )
+        return self
+
+    def sources_with_role(self, role: str) -> dict[str, Source]:
+        return {n: s for n, s in self.sources.items() if s.role == role and s.enabled}
+
+
+# Columns of gold/customer_features a segment predicate may use. Kept here (not derived from
+# a table) so a bad predicate fails at load, before any data moves.
+FEATURE_COLUMNS: dict[str, pl.DataType] = {
+    "contact_key": pl.String(),
+    "country": pl.String(),
+    "order_count": pl.Int64(),
+    "revenue": pl.Float64(),
+    "avg_order_value": pl.Float64(),
+    "first_order_at": pl.Datetime("us", "UTC"),
+    "last_order_at": pl.Datetime("us", "UTC"),
+    "days_since_last_order": pl.Int64(),
+    "events_30d": pl.Int64(),
+    "events_90d": pl.Int64(),
+}
+
+
+def check_segment_predicate(segment: Segment) -> None:
+    """Fail with the segment's name if its predicate does not parse or uses unknown columns."""
+    try:
+        expr = pl.sql_expr(segment.where)
+        unknown = sorted(set(expr.meta.root_names()) - set(FEATURE_COLUMNS))
+    except Exception as exc:  # polars raises several error types for bad SQL
+        raise ValueError(
+            f"segment {segment.name!r}: invalid predicate {segment.where!r}: {exc}"
+        ) from exc
+    if unknown:
+        raise ValueError(
+            f"segment {segment.name!r}: unknown column(s) {unknown} in {segment.where!r}; "
+            f"available: {sorted(FEATURE_COLUMNS)}"
+        )
+    empty = pl.DataFrame(schema=FEATURE_COLUMNS)
+    try:
+        result = empty.lazy().select(expr.alias("_match")).collect_schema()["_match"]
+    except Exception as exc:
+        raise ValueError(f"segment {segment.name!r}: predicate {segment.where!r}: {exc}") from exc
+    if result != pl.Boolean:
+        raise ValueError(
+            f"segment {segment.name!r}: predicate {segment.where!r} is {result}, not a boolean"
+        )
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(value: Any, env: Mapping[str, str], path: str) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: _interpolate(v, env, f"{path}.{k}" if path else str(k)) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_interpolate(v, env, f"{path}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{path}: environment variable {name} is not set and has no default")
+
+    return _ENV_REF.sub(replace, value)
+
+
+def _format_errors(exc: ValidationError, origin: str) -> str:
+    lines = []
+    for error in exc.errors():
+        # Drop pydantic's union-member tags (e.g. 'hubspot_contacts') from the path: users never
+        # wrote them.
+        loc = [str(p) for p in error["loc"] if not (isinstance(p, str) and p in _UNION_TAGS)]
+        where = ".".join(loc) or "(top level)"
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"{origin}: {where}: {message}")
+    return "\n".join(lines)
+
+
+_UNION_TAGS = {
+    "hubspot_contacts",
+    "sql",
+    "files",
+    "mailchimp",
+    "oauth2_client_credentials",
+    "bearer",
+}
+
+
+def parse_pipeline(
+    text: str, *, env: Mapping[str, str] | None = None, origin: str = "pipeline.yaml"
+) -> PipelineConfig:
+    """Parse and validate ``pipeline.yaml`` text; raise :class:`ConfigError` naming key paths."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{origin}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{origin}: expected a mapping at the top level, got {type(raw).__name__}"
+        )
+    raw = _interpolate(raw, os.environ if env is None else env, "")
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, origin)) from exc
+
+
+def load_pipeline(path: str | Path, *, env: Mapping[str, str] | None = None) -> PipelineConfig:
+    """Read and validate a ``pipeline.yaml`` file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read pipeline config: {exc.strerror}") from exc
+    return parse_pipeline(text, env=env, origin=str(path))
+
+
+def pipeline_json_schema() -> dict[str, Any]:
+    """JSON schema of ``pipeline.yaml`` (field descriptions included)."""
+    return PipelineConfig.model_json_schema()

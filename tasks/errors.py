@@ -1,0 +1,27 @@
+"""The project's exception hierarchy: every error names the thing that failed.
+
+Lives at the top of ``tasks`` so core, connectors, task wrappers and flows can all raise
+and catch the same classes without breaking the layer rules.
+"""
+
+from __future__ import annotations
+
+
+class AudienceLakeError(Exception):
+    """Base class for every error this project raises on purpose."""
+
+
+class ConfigError(AudienceLakeError):
+    """``pipeline.yaml`` or the environment is invalid; the message names the key path."""
+
+
+class SourceError(AudienceLakeError):
+    """A source could not be read, or returned data we cannot interpret."""
+
+
+class DataQualityError(AudienceLakeError):
+    """Data broke a contract so badly that the step must stop (rows are quarantined first)."""
+
+
+class PublishError(AudienceLakeError):
+    """A destination refused a request in a way a retry cannot fix."""

@@ -1,0 +1,44 @@
+"""Composition root: builds the lake adapter and other resources from the environment.
+
+Task wrappers call these instead of receiving clients or credentials as parameters, so secrets
+never travel through Prefect task inputs and nothing unhashable is passed between tasks.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from tasks.connectors.lake import Lake, s3_storage_options
+from tasks.core.settings import Settings, load_settings
+
+
+def lake_for(settings: Settings) -> Lake:
+    """The lake described by ``settings`` (local directory or S3)."""
+    if settings.lake_is_local:
+        return Lake(settings.lake_uri.removeprefix("file://"))
+    key = settings.aws_access_key_id
+    secret = settings.aws_secret_access_key
+    options = s3_storage_options(
+        endpoint=settings.s3_endpoint,
+        access_key_id=key.get_secret_value() if key else None,
+        secret_access_key=secret.get_secret_value() if secret else None,
+        region=settings.aws_region,
+        allow_http=settings.s3_allow_http,
+    )
+    return Lake(settings.lake_uri, options)
+
+
+@lru_cache(maxsize=4)
+def _cached_lake(settings: Settings) -> Lake:
+    return lake_for(settings)
+
+
+def open_lake() -> Lake:
+    """The configured lake, shared within a process (it caches open Delta tables)."""
+    return _cached_lake(load_settings())
+
+
+def pepper() -> tuple[bytes, int]:
+    """The contact-key pepper and its version."""
+    settings = load_settings()
+    return settings.pepper.get_secret_value().encode("utf-8"), settings.pepper_version

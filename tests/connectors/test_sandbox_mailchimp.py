@@ -1,0 +1,305 @@
+"""The Mailchimp stand-in speaks the documented v3 wire format over real loopback HTTP."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from infra.sandbox.mailchimp import MailchimpStandIn, subscriber_hash
+
+LIST = "newsletter"
+KEY = "demo-key-us1"
+PROBLEM_FIELDS = {"type", "title", "status", "detail", "instance"}
+
+
+@pytest.fixture
+def mailchimp() -> Iterator[MailchimpStandIn]:
+    with MailchimpStandIn(lists=[LIST]) as server:
+        yield server
+
+
+@pytest.fixture
+def client(mailchimp: MailchimpStandIn) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=f"{mailchimp.url}/3.0", auth=("anystring", KEY), timeout=5) as c:
+        yield c
+
+
+def _batch(client: httpx.Client, members: list[dict[str, Any]], **flags: Any) -> dict[str, Any]:
+    response = client.post(f"/lists/{LIST}", json={"members": members, **flags})
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def _member_path(email: str) -> str:
+    return f"/lists/{LIST}/members/{subscriber_hash(email)}"
+
+
+def _subscribe(client: httpx.Client, *emails: str) -> None:
+    members = [{"email_address": e, "status": "subscribed"} for e in emails]
+    assert _batch(client, members)["total_created"] == len(emails)
+
+
+# -- batch subscribe / update ---------------------------------------------------------------
+def test_batch_creates_then_updates(mailchimp: MailchimpStandIn, client: httpx.Client) -> None:
+    members: list[dict[str, Any]] = [
+        {"email_address": "a@example.com", "status": "subscribed", "merge_fields": {"FNAME": "A"}},
+        {"email_address": " B@Example.com ", "status_if_new": "pending", "tags": ["vip"]},
+    ]
+    created = _batch(client, members)
+    update: list[dict[str, Any]] = [
+        {"email_address": "a@example.com", "merge_fields": {"LNAME": "Z"}, "tags": ["new"]},
+        {"email_address": "b@example.com", "status_if_new": "subscribed", "tags": ["other"]},
+    ]
+    updated = _batch(client, update, update_existing=True)
+
+    assert (created["total_created"], created["total_updated"], created["error_count"]) == (2, 0, 0)
+    assert [m["status"] for m in created["new_members"]] == ["subscribed", "pending"]
+    assert (updated["total_created"], updated["total_updated"]) == (0, 2)
+    stored = mailchimp.members(LIST)
+    a, b = stored[subscriber_hash("a@example.com")], stored[subscriber_hash("b@example.com")]
+    assert a["merge_fields"] == {"FNAME": "A", "LNAME": "Z"}
+    assert [t["name"] for t in a["tags"]] == ["new"]
+    assert b["status"] == "pending"  # status_if_new does not touch existing members
+    assert [t["name"] for t in b["tags"]] == ["vip", "other"]
+
+
+def test_batch_sync_tags_replaces_tags(mailchimp: MailchimpStandIn, client: httpx.Client) -> None:
+    _batch(client, [{"email_address": "t@example.com", "status": "subscribed", "tags": ["x", "y"]}])
+    _batch(
+        client,
+        [{"email_address": "t@example.com", "tags": ["z"]}],
+        update_existing=True,
+        sync_tags=True,
+    )
+
+    tags = mailchimp.members(LIST)[subscriber_hash("t@example.com")]["tags"]
+    assert [t["name"] for t in tags] == ["z"]
+
+
+def test_batch_over_500_members_is_rejected(client: httpx.Client) -> None:
+    members = [{"email_address": f"p{i}@example.com", "status": "subscribed"} for i in range(501)]
+    response = client.post(f"/lists/{LIST}", json={"members": members})
+
+    assert response.status_code == 400
+    body = response.json()
+    assert set(body) >= PROBLEM_FIELDS and body["status"] == 400
+    assert "500" in body["detail"]
+    assert response.headers["content-type"].startswith("application/problem+json")
+
+
+def test_malformed_batch_is_invalid_resource(client: httpx.Client) -> None:
+    not_a_list = client.post(f"/lists/{LIST}", json={"members": "a@example.com"})
+    broken_json = client.post(f"/lists/{LIST}", content=b"{nope", headers={"Content-Type": "x"})
+    no_email = client.post(f"/lists/{LIST}", json={"members": [{"status": "subscribed"}]})
+
+    for response in (not_a_list, broken_json, no_email):
+        assert response.status_code == 400
+        assert response.json()["title"] == "Invalid Resource"
+        assert response.json()["errors"][0].keys() == {"field", "message"}
+    assert no_email.json()["errors"][0]["field"] == "members.0.email_address"
+
+
+def test_batch_reports_per_member_errors(client: httpx.Client) -> None:
+    _subscribe(client, "known@example.com")
+    members: list[dict[str, Any]] = [
+        {"email_address": "not-an-email", "status": "subscribed"},
+        {"email_address": "jane@", "status": "subscribed"},
+        {"email_address": "x@localhost", "status": "subscribed"},
+        {"email_address": "KNOWN@example.com", "status": "subscribed"},
+        {"email_address": "fine@example.com", "status": "subscribed"},
+    ]
+    body = _batch(client, members, update_existing=False)
+
+    assert body["total_created"] == 1 and body["error_count"] == 4
+    errors = {e["email_address"]: e for e in body["errors"]}
+    for fake in ("not-an-email", "jane@", "x@localhost"):
+        assert errors[fake]["error_code"] == "ERROR_GENERIC"
+        assert "looks fake or invalid, please enter a real email address" in errors[fake]["error"]
+    assert errors["KNOWN@example.com"]["error_code"] == "ERROR_CONTACT_EXISTS"
+
+
+# -- consent ----------------------------------------------------------------------------------
+def test_unsubscribed_member_cannot_be_resubscribed(
+    mailchimp: MailchimpStandIn, client: httpx.Client
+) -> None:
+    _subscribe(client, "gone@example.com")
+    mailchimp.member_unsubscribes(LIST, "Gone@Example.com")
+
+    batch = _batch(
+        client,
+        [{"email_address": "gone@example.com", "status": "subscribed"}],
+        update_existing=True,
+    )
+    put = client.put(
+        _member_path("gone@example.com"),
+        json={"email_address": "gone@example.com", "status": "subscribed"},
+    )
+    pending = client.put(
+        _member_path("gone@example.com"),
+        json={"email_address": "gone@example.com", "status": "pending"},
+    )
+
+    assert batch["error_count"] == 1 and batch["errors"][0]["error_code"] == "ERROR_GENERIC"
+    assert "compliance state" in batch["errors"][0]["error"]
+    assert put.status_code == 400 and put.json()["title"] == "Member In Compliance State"
+    assert pending.status_code == 200 and pending.json()["status"] == "pending"
+
+
+def test_patch_unsubscribes(client: httpx.Client) -> None:
+    _subscribe(client, "leaver@example.com")
+
+    patched = client.patch(_member_path("leaver@example.com"), json={"status": "unsubscribed"})
+    fetched = client.get(_member_path("leaver@example.com"))
+    listed = client.get(f"/lists/{LIST}/members", params={"status": "unsubscribed"}).json()
+
+    assert patched.status_code == 200 and patched.json()["status"] == "unsubscribed"
+    assert fetched.json()["status"] == "unsubscribed"
+    assert [m["email_address"] for m in listed["members"]] == ["leaver@example.com"]
+
+
+def test_delete_permanent_forgets_the_email(
+    mailchimp: MailchimpStandIn, client: httpx.Client
+) -> None:
+    _subscribe(client, "erase@example.com")
+
+    deleted = client.post(f"{_member_path('erase@example.com')}/actions/delete-permanent")
+    fetched = client.get(_member_path("erase@example.com"))
+    batch = _batch(client, [{"email_address": "erase@example.com", "status_if_new": "pending"}])
+    put = client.put(
+        _member_path("erase@example.com"),
+        json={"email_address": "erase@example.com", "status_if_new": "pending"},
+    )
+
+    assert deleted.status_code == 204 and deleted.content == b""
+    assert fetched.status_code == 404
+    assert batch["error_count"] == 1
+    assert "permanently deleted" in batch["errors"][0]["error"]
+    assert put.status_code == 400 and put.json()["title"] == "Forgotten Email Not Subscribed"
+    assert mailchimp.members(LIST) == {}
+
+
+def test_archive_then_re_add(mailchimp: MailchimpStandIn, client: httpx.Client) -> None:
+    _subscribe(client, "arch@example.com")
+
+    deleted = client.delete(_member_path("arch@example.com"))
+    fetched = client.get(_member_path("arch@example.com")).json()
+    listed = client.get(f"/lists/{LIST}/members").json()
+    re_added = _batch(client, [{"email_address": "arch@example.com", "status": "subscribed"}])
+
+    assert deleted.status_code == 204
+    assert fetched["status"] == "archived"
+    assert listed["total_items"] == 0
+    assert re_added["total_created"] == 1
+
+
+# -- single-member upsert and reads -------------------------------------------------------------
+def test_put_is_an_idempotent_upsert(client: httpx.Client) -> None:
+    email = "Jane.Doe@Example.com"
+    body = {"email_address": email, "status_if_new": "subscribed", "merge_fields": {"FNAME": "J"}}
+
+    first = client.put(_member_path(email), json=body)
+    second = client.put(_member_path(email), json={**body, "status_if_new": "unsubscribed"})
+    by_email = client.get(f"/lists/{LIST}/members/{email}")
+
+    assert first.status_code == second.status_code == 200
+    assert first.json()["id"] == subscriber_hash("jane.doe@example.com")
+    assert second.json()["status"] == "subscribed"
+    assert by_email.json()["merge_fields"] == {"FNAME": "J"}
+
+
+def test_put_with_mismatched_hash_is_rejected(client: httpx.Client) -> None:
+    response = client.put(
+        _member_path("one@example.com"),
+        json={"email_address": "two@example.com", "status": "subscribed"},
+    )
+
+    assert response.status_code == 400
+    assert response.json()["title"] == "Invalid Resource"
+    assert "subscriber hash" in response.json()["detail"]
+
+
+def test_members_paging_and_count_limit(client: httpx.Client) -> None:
+    _subscribe(client, *(f"m{i}@example.com" for i in range(7)))
+
+    first = client.get(f"/lists/{LIST}/members", params={"count": 5, "offset": 0}).json()
+    second = client.get(f"/lists/{LIST}/members", params={"count": 5, "offset": 5}).json()
+    since = client.get(
+        f"/lists/{LIST}/members", params={"since_last_changed": "2000-01-01T00:00:00+00:00"}
+    ).json()
+    too_many = client.get(f"/lists/{LIST}/members", params={"count": 1001})
+
+    assert first["total_items"] == second["total_items"] == 7
+    assert len(first["members"]) == 5 and len(second["members"]) == 2
+    assert first["list_id"] == LIST
+    assert since["total_items"] == 7
+    assert too_many.status_code == 400
+
+
+# -- auth, unknown lists, faults, concurrency ---------------------------------------------------
+def test_bad_or_missing_api_key_is_401(mailchimp: MailchimpStandIn) -> None:
+    base = f"{mailchimp.url}/3.0/lists/{LIST}/members"
+    wrong = httpx.get(base, auth=("anystring", "wrong-key-us1"))
+    missing = httpx.get(base)
+    bearer = httpx.get(base, headers={"Authorization": f"Bearer {KEY}"})
+
+    for response in (wrong, missing):
+        assert response.status_code == 401
+        assert set(response.json()) >= PROBLEM_FIELDS
+    assert wrong.json()["title"] == "API Key Invalid"
+    assert bearer.status_code == 200
+
+
+def test_unknown_list_is_404(client: httpx.Client) -> None:
+    response = client.get("/lists/does-not-exist/members")
+    batch = client.post("/lists/does-not-exist", json={"members": []})
+
+    for rejected in (response, batch):
+        assert rejected.status_code == 404
+        assert rejected.json()["title"] == "Resource Not Found"
+        assert "does-not-exist" in rejected.json()["detail"]
+
+
+def test_fail_next_then_success(mailchimp: MailchimpStandIn, client: httpx.Client) -> None:
+    mailchimp.fail_next(1, status=503)
+
+    failed = client.get(f"/lists/{LIST}/members")
+    ok = client.get(f"/lists/{LIST}/members")
+
+    assert failed.status_code == 503 and failed.json()["status"] == 503
+    assert ok.status_code == 200
+
+
+def test_too_many_concurrent_requests_get_429() -> None:
+    workers = 8
+    barrier = threading.Barrier(workers, timeout=5)
+    statuses: list[int] = []
+    retry_after: list[str | None] = []
+    lock = threading.Lock()
+
+    with MailchimpStandIn(lists=[LIST], max_connections=3, response_delay=0.4) as server:
+        url = f"{server.url}/3.0/lists/{LIST}/members"
+
+        def call() -> None:
+            with httpx.Client(auth=("any", KEY), timeout=5) as http:
+                barrier.wait()
+                response = http.get(url)
+            with lock:
+                statuses.append(response.status_code)
+                retry_after.append(response.headers.get("Retry-After"))
+
+        threads = [threading.Thread(target=call, daemon=True) for _ in range(workers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=10)
+        peak = server.max_in_flight
+
+    assert len(statuses) == workers
+    assert set(statuses) == {200, 429}
+    assert retry_after == [None] * workers
+    assert peak > 3
