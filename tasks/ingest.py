@@ -17,8 +17,10 @@ from tasks.connectors.lake import Lake
 from tasks.connectors.sources import SourceBatch, open_source
 from tasks.core.config import Source
 from tasks.core.normalise import UTC_MICROS
+from tasks.errors import ConfigError
 from tasks.reports import IngestReport
 from tasks.resources import open_lake
+from tasks.retries import retry_unless_permanent
 
 
 def bronze_table(source_name: str) -> str:
@@ -50,6 +52,7 @@ def with_ingest_metadata(
 @task(
     retries=2,
     retry_delay_seconds=[5, 30],
+    retry_condition_fn=retry_unless_permanent,
     cache_policy=NO_CACHE,
     task_run_name="ingest-{name}",
 )
@@ -76,7 +79,8 @@ def ingest_source(
                 written = lake.append_once(table, frame, batch_id=batch_id)
                 skipped += 0 if written else 1
             else:
-                assert reader.primary_key is not None
+                if reader.primary_key is None:
+                    raise ConfigError(f"source {name!r}: a merged source needs a primary_key")
                 lake.merge(table, frame, keys=[reader.primary_key])
                 written = True
             if written:

@@ -19,6 +19,7 @@ from tasks.core.config import Destination, PipelineConfig
 from tasks.core.sync import LEDGER_KEYS, LEDGER_SCHEMA, plan_sync
 from tasks.reports import PublishReport
 from tasks.resources import open_lake
+from tasks.retries import retry_unless_permanent
 from tasks.transform import AUDIENCE, CONTACTS, VOLUME_METRICS
 
 SYNC_LEDGER = "ops/sync_ledger"
@@ -62,6 +63,7 @@ def _ledger(lake: Lake) -> pl.LazyFrame:
 @task(
     retries=2,
     retry_delay_seconds=[10, 60],
+    retry_condition_fn=retry_unless_permanent,
     cache_policy=NO_CACHE,
     task_run_name="publish-{segment}",
 )

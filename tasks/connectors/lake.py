@@ -298,6 +298,13 @@ class Lake:
             raise LakeError(f"listing tables in lake {self._root} failed: {_clean(exc)}") from exc
         return sorted(found)
 
+    def partitions(self, table: str) -> list[dict[str, str | None]]:
+        """The partition values present in the table's current version (from the Delta log)."""
+        with self._locked(table), self._errors(table, "list partitions of"):
+            delta = self._require(table)
+            delta.update_incremental()
+            return [dict(p) for p in delta.partitions()]
+
     # --- writes ----------------------------------------------------------------------------------
 
     def append_once(

@@ -27,9 +27,14 @@ class SourceBatch:
 class SourceReader(Protocol):
     """A configured source. ``since`` is the raw watermark (max cursor committed in bronze)."""
 
-    write_mode: WriteMode
-    primary_key: str | None
-    cursor_field: str | None
+    @property
+    def write_mode(self) -> WriteMode: ...
+
+    @property
+    def primary_key(self) -> str | None: ...
+
+    @property
+    def cursor_field(self) -> str | None: ...
 
     def batches(
         self, *, since: str | None, is_committed: Callable[[str], bool]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import polars as pl
 
-from tasks.connectors.sources.base import SourceBatch
+from tasks.connectors.sources.base import SourceBatch, WriteMode
 from tasks.errors import SourceError
 
 
@@ -25,8 +25,8 @@ def file_batch_id(source_name: str, path: Path, content: bytes) -> str:
 
 
 class FileDropReader:
-    write_mode = "append_once"
-    cursor_field = None
+    write_mode: WriteMode = "append_once"
+    cursor_field: str | None = None
 
     def __init__(
         self,

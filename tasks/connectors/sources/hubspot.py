@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from tasks.connectors.http import RetryPolicy, send_with_retries
-from tasks.connectors.sources.base import SourceBatch, strings_frame
+from tasks.connectors.sources.base import SourceBatch, WriteMode, strings_frame
 from tasks.errors import SourceError
 
 SEARCH_PATH = "/crm/v3/objects/contacts/search"
@@ -32,7 +32,7 @@ def _epoch_ms(value: str) -> int:
 
 
 class HubSpotContactsReader:
-    write_mode = "merge"
+    write_mode: WriteMode = "merge"
 
     def __init__(
         self,

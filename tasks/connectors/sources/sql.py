@@ -12,7 +12,7 @@ from typing import Any
 
 import polars as pl
 
-from tasks.connectors.sources.base import SourceBatch
+from tasks.connectors.sources.base import SourceBatch, WriteMode
 from tasks.errors import SourceError
 
 
@@ -24,7 +24,7 @@ def sqlite_path(url: str) -> Path:
 
 
 class SqlTableReader:
-    write_mode = "merge"
+    write_mode: WriteMode = "merge"
 
     def __init__(
         self,

@@ -1,0 +1,93 @@
+"""Real Prefect runs against real stand-ins: one Prefect test server per session.
+
+Each test gets its own lake (a temp dir or a fresh S3 bucket), its own CRM and Mailchimp
+stand-ins on 127.0.0.1, and environment variables pointing the pipeline at them.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from infra.sandbox.crm import CrmStandIn
+from infra.sandbox.generate import SampleManifest, generate
+from infra.sandbox.mailchimp import MailchimpStandIn
+from tasks.connectors.lake import Lake
+from tasks.core.config import load_pipeline
+from tasks.resources import open_lake
+from tests.conftest import S3Endpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = str(ROOT / "pipeline.yaml")
+SAMPLE_CONTACTS = 300
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_server() -> Iterator[None]:
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+@pytest.fixture(scope="session")
+def sample_data(tmp_path_factory: pytest.TempPathFactory) -> SampleManifest:
+    return generate(tmp_path_factory.mktemp("sample"), contacts=SAMPLE_CONTACTS, seed=11)
+
+
+@dataclass
+class Sandbox:
+    crm: CrmStandIn
+    mailchimp: MailchimpStandIn
+    data_dir: Path
+
+    @property
+    def lake(self) -> Lake:
+        return open_lake()
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)], ids=["local", "s3"])
+def lake_env(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """Point AUDIENCE_LAKE_LAKE_URI (and S3 settings) at a fresh lake; returns its kind."""
+    if request.param == "local":
+        monkeypatch.setenv("AUDIENCE_LAKE_LAKE_URI", str(tmp_path / "lake"))
+        return "local"
+    endpoint: S3Endpoint = request.getfixturevalue("s3_endpoint")
+    bucket: str = request.getfixturevalue("s3_bucket")
+    monkeypatch.setenv("AUDIENCE_LAKE_LAKE_URI", f"s3://{bucket}/lake")
+    monkeypatch.setenv("AUDIENCE_LAKE_S3_ENDPOINT", endpoint.url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", endpoint.access_key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", endpoint.secret_access_key)
+    monkeypatch.setenv("AWS_REGION", endpoint.region)
+    return "s3"
+
+
+@pytest.fixture
+def sandbox(
+    sample_data: SampleManifest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Sandbox]:
+    """Stand-ins loaded with the sample data; a private copy of the file drops and database."""
+    data_dir = tmp_path / "data"
+    shutil.copytree(sample_data.out_dir, data_dir)
+    monkeypatch.setenv("AUDIENCE_LAKE_SANDBOX_DIR", str(data_dir))
+    monkeypatch.setenv("AUDIENCE_LAKE_SECRET_CRM_CLIENT_SECRET", "flow-secret")
+    monkeypatch.setenv("AUDIENCE_LAKE_CRM_CLIENT_ID", "flow-client")
+    monkeypatch.setenv("AUDIENCE_LAKE_SECRET_MAILCHIMP_API_KEY", "flow-key-us1")
+    monkeypatch.setenv("AUDIENCE_LAKE_LAKE_URI", str(tmp_path / "lake"))
+    crm = CrmStandIn.from_file(
+        data_dir / "crm_contacts.json", client_id="flow-client", client_secret="flow-secret"
+    )
+    lists = [
+        list_id
+        for destination in load_pipeline(CONFIG, env={}).destinations.values()
+        for list_id in destination.audiences.values()
+    ]
+    with crm, MailchimpStandIn(api_key="flow-key-us1", lists=lists) as mailchimp:
+        monkeypatch.setenv("AUDIENCE_LAKE_CRM_URL", crm.url)
+        monkeypatch.setenv("AUDIENCE_LAKE_MAILCHIMP_URL", mailchimp.url)
+        yield Sandbox(crm=crm, mailchimp=mailchimp, data_dir=data_dir)

@@ -1,0 +1,129 @@
+"""The whole pipeline as real Prefect flow runs: end to end, rerun, consent, failures."""
+
+from __future__ import annotations
+
+import httpx
+import polars as pl
+import pytest
+
+from flows.ingest import ingest
+from flows.pipeline import PipelineReport, pipeline
+from infra.sandbox.mailchimp import subscriber_hash
+from tasks.connectors.lake import Lake
+from tasks.errors import SourceError
+from tests.flows.conftest import CONFIG, Sandbox
+
+pytestmark = pytest.mark.flow
+
+# Append-only logs of runs: they grow by design on every run.
+RUN_LOGS = {"ops/volume_metrics"}
+
+
+def snapshot(lake: Lake) -> dict[str, pl.DataFrame]:
+    return {
+        table: lake.read(table).sort(pl.all()) for table in lake.tables() if table not in RUN_LOGS
+    }
+
+
+def run(**kwargs: object) -> PipelineReport:
+    return pipeline(config_path=CONFIG, **kwargs)  # type: ignore[arg-type]
+
+
+def sent(report: PipelineReport) -> int:
+    return sum(p.sent for p in report.publish)
+
+
+@pytest.mark.usefixtures("lake_env")
+def test_pipeline_end_to_end_then_rerun_changes_nothing(sandbox: Sandbox, lake_env: str) -> None:
+    first = run()
+    lake = sandbox.lake
+    assert set(lake.tables()) >= {
+        "bronze/crm_contacts", "bronze/orders", "bronze/web_events", "bronze/enrichment",
+        "silver/contacts", "silver/orders", "silver/events",
+        "gold/customer_features", "gold/audience_members",
+        "ops/quarantine", "ops/volume_metrics", "ops/sync_ledger",
+    }  # fmt: skip
+    # Every silver table balances: nothing silently dropped.
+    assert all(t.balanced for t in first.transform.tables), first.transform.tables
+    assert lake.read("ops/quarantine").height > 0  # the sample data is messy on purpose
+    # The audience is partitioned by segment on storage.
+    members = lake.read("gold/audience_members")
+    partitions = {p["segment"] for p in lake.partitions("gold/audience_members")}
+    assert partitions == {s for s, n in first.transform.audience_sizes.items() if n}
+    assert partitions == set(members["segment"])
+    # What was published is exactly the audience, and only opted-in people.
+    assert sent(first) == members.height > 0
+    contacts = lake.read("silver/contacts")
+    subscribed = set(contacts.filter(pl.col("consent_status") == "subscribed")["email"])
+    for segment, list_id in [("loyal_customers", "list-loyal-customers")]:
+        emails = {m["email_address"] for m in sandbox.mailchimp.members(list_id).values()}
+        expected = set(members.filter(pl.col("segment") == segment)["email"])
+        assert emails == expected
+        assert emails <= subscribed
+    ledger = lake.read("ops/sync_ledger")
+    assert ledger.height == members.height and set(ledger["status"]) == {"ok"}
+
+    before = snapshot(lake)
+    second = run()
+    assert sent(second) == 0
+    after = snapshot(lake)
+    assert before.keys() == after.keys()
+    for table in before:
+        assert before[table].equals(after[table]), f"{table} changed on an unchanged rerun"
+    metrics = lake.read("ops/volume_metrics")
+    assert metrics["run_id"].n_unique() == 2
+
+
+def test_opt_out_in_the_crm_unsubscribes_in_mailchimp(sandbox: Sandbox) -> None:
+    run()
+    lake = sandbox.lake
+    member = (
+        lake.read("gold/audience_members")
+        .filter(pl.col("segment") == "big_spenders")
+        .row(0, named=True)
+    )
+    person = next(
+        c for c in sandbox.crm.contacts()
+        if (c["properties"]["email"] or "").strip().lower() == member["email"]
+    )  # fmt: skip
+    sandbox.crm.upsert_contact({"hs_email_optout": "true"}, id=person["id"])
+    report = run()
+    assert sum(p.unsubscribed for p in report.publish) >= 1
+    remote = sandbox.mailchimp.members("list-big-spenders")[subscriber_hash(member["email"])]
+    assert remote["status"] == "unsubscribed"
+    audience = lake.read("gold/audience_members")
+    assert member["contact_key"] not in audience["contact_key"].to_list()
+    ledger = lake.read("ops/sync_ledger").filter(pl.col("contact_key") == member["contact_key"])
+    assert set(ledger["action"]) == {"unsubscribe"}
+    assert sent(run()) == 0  # and it is not sent again
+
+
+def test_platform_refusals_are_recorded_and_retried_next_run(sandbox: Sandbox) -> None:
+    run(dry_run=True)
+    lake = sandbox.lake
+    assert not lake.exists("ops/sync_ledger")  # a dry run plans but sends nothing
+    victim = lake.read("gold/audience_members").filter(pl.col("segment") == "loyal_customers")[
+        "email"
+    ][0]
+    # The person is already on the list and unsubscribed there (in Mailchimp itself):
+    # Mailchimp refuses to re-subscribe them, whatever the CRM says.
+    created = httpx.post(
+        f"{sandbox.mailchimp.url}/3.0/lists/list-loyal-customers/members",
+        json={"email_address": victim, "status": "unsubscribed"},
+        auth=("any", "flow-key-us1"),
+    )
+    assert created.status_code == 200, created.text
+    first = run()
+    loyal = next(p for p in first.publish if p.segment == "loyal_customers")
+    assert loyal.failed == 1 and loyal.sent == loyal.members - 1
+    ledger = lake.read("ops/sync_ledger").filter(pl.col("status") == "error")
+    assert ledger.height == 1 and "compliance" in (ledger["error"][0] or "").lower()
+    again = run()
+    assert [p.planned for p in again.publish if p.segment == "loyal_customers"] == [1]
+
+
+def test_source_returning_garbage_fails_clearly_and_commits_nothing(sandbox: Sandbox) -> None:
+    sandbox.crm.fail_next(1, status=200, body=b"<html><body>Service Unavailable</body></html>")
+    with pytest.raises(SourceError, match="source 'crm_contacts'.*non-JSON"):
+        ingest(config_path=CONFIG, sources=["crm_contacts"])
+    assert not sandbox.lake.exists("bronze/crm_contacts")
