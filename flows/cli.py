@@ -15,6 +15,8 @@ from tasks.errors import AudienceLakeError
 # Offline-friendly Prefect defaults; a user's own settings win.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# Ephemeral mode starts a temporary server; on a loaded 2-core machine it can take over 30 s.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -95,6 +97,76 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_receive_events(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from flows.events import announce_landed, event_sources
+    from tasks.connectors.sources.events import landing_for
+    from tasks.connectors.webhook import WebhookReceiver
+    from tasks.core.config import load_pipeline
+    from tasks.core.config_events import EventSource
+    from tasks.core.settings import resolve_secret
+    from tasks.errors import ConfigError
+
+    config = load_pipeline(args.config)
+    names = event_sources(config, [args.source] if args.source else None)
+    if len(names) != 1:
+        raise ConfigError(
+            f"receive-events: name one enabled event source with --source (found {names})"
+        )
+    name = names[0]
+    source = config.sources[name]
+    if not isinstance(source, EventSource):  # event_sources() returns only kind: events
+        raise ConfigError(f"receive-events: source {name!r} is not an event source")
+    options = source.receiver
+    secret = options.signing_secret
+    # Emit Prefect events only to a real API: an ephemeral one would vanish with this process.
+    emit = not args.no_prefect_events and bool(os.environ.get("PREFECT_API_URL"))
+    receiver = WebhookReceiver(
+        landing_for(source),
+        source_name=name,
+        event_id_field=source.event_id_column,
+        path=options.path,
+        secret=resolve_secret(secret).get_secret_value().encode() if secret else None,
+        signature_header=options.signature_header,
+        timestamp_header=options.timestamp_header,
+        tolerance_seconds=options.tolerance_seconds,
+        max_body_bytes=options.max_body_bytes,
+        max_events=options.max_events,
+        host=args.host or options.host,
+        port=options.port if args.port is None else args.port,
+        on_landed=announce_landed if emit else None,
+    )
+
+    def _stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    with receiver:
+        print(f"receiving {name!r} events at POST {receiver.url}", flush=True)
+        print(f"  landing: {receiver.landing.location}", flush=True)
+        print(
+            "  signature: "
+            + (f"HMAC-SHA256 in {options.signature_header}" if secret else "not required"),
+            flush=True,
+        )
+        print(
+            "  prefect events: "
+            + ("emitting audience-lake.events.landed" if emit else "off (no PREFECT_API_URL)"),
+            flush=True,
+        )
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            print(
+                f"stopping ({receiver.accepted} batches landed, {receiver.redelivered} "
+                f"redelivered, {receiver.rejected} rejected)",
+                flush=True,
+            )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="audience-lake", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -127,6 +199,20 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="validate pipeline.yaml and exit")
     validate.add_argument("--config", default="pipeline.yaml")
     validate.set_defaults(func=_cmd_validate)
+
+    receive = sub.add_parser(
+        "receive-events", help="run the webhook receiver that lands event micro-batches"
+    )
+    receive.add_argument(
+        "--config", default=os.environ.get("AUDIENCE_LAKE_CONFIG", "pipeline.yaml")
+    )
+    receive.add_argument("--source", help="the event source (needed if there are several)")
+    receive.add_argument("--host", default=None, help="bind address (default: from the config)")
+    receive.add_argument("--port", type=int, default=None, help="port (0 = any free port)")
+    receive.add_argument(
+        "--no-prefect-events", action="store_true", help="do not emit events.landed to Prefect"
+    )
+    receive.set_defaults(func=_cmd_receive_events)
     return parser
 
 

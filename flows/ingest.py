@@ -10,6 +10,7 @@ from flows.common import current_run_id, load_config, table_artifact, utc_now
 from tasks.errors import ConfigError
 from tasks.ingest import ingest_source
 from tasks.reports import IngestReport
+from tasks.volume import record_volumes
 
 
 @flow(name="ingest", log_prints=True)
@@ -35,5 +36,10 @@ def ingest(
         ingest_source(name, source, run_id=run_id, started_at=started_at, full_refresh=full_refresh)
         for name, source in selected.items()
     ]
+    # Rows each source landed this run: the bronze series of the volume-anomaly check.
+    landed = [
+        {"table": r.table, "source": r.source, "rows": r.rows, "quarantined": 0} for r in reports
+    ]
+    record_volumes(landed, run_id=run_id, stage="ingest", now=started_at)
     table_artifact("ingest-summary", [asdict(r) for r in reports], "Rows landed in bronze")
     return reports

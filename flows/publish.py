@@ -8,7 +8,7 @@ from prefect import flow
 
 from flows.common import current_run_id, load_config, table_artifact
 from tasks.errors import ConfigError
-from tasks.publish import publish_audience, publish_hold
+from tasks.publish import publish_audience, publish_holds
 from tasks.reports import PublishReport
 from tasks.resources import open_lake
 
@@ -23,8 +23,9 @@ def publish(
 ) -> list[PublishReport]:
     """Send each audience's changes; ``dry_run`` plans without sending.
 
-    Publishing is held when the latest transform quarantined too much of a source (see
-    ``thresholds`` in pipeline.yaml); ``override_hold`` sends anyway, and says so in the report.
+    An audience is held when a source feeding it was quarantined too much, an error-level
+    volume anomaly hit what feeds it, or it would lose too many members at once (see
+    :func:`tasks.publish.publish_holds`); ``override_hold`` sends anyway, and says so.
     """
     config = load_config(config_path)
     run_id = current_run_id(run_id)
@@ -32,11 +33,24 @@ def publish(
     unknown = sorted(set(segments or []) - known)
     if unknown:
         raise ConfigError(f"publish: unknown segment(s) {unknown}; known: {sorted(known)}")
-    hold = None if override_hold else publish_hold(open_lake(), config)
-    if hold:
-        print(f"publish held: {hold} (rerun with override_hold=true to send anyway)")
+    holds = publish_holds(open_lake(), config)
+    for (name, segment), reason in sorted(holds.items()):
+        if segments and segment not in segments:
+            continue
+        if override_hold:
+            print(f"override_hold: publishing {name}/{segment} despite: {reason}")
+        else:
+            print(f"publish {name}/{segment} held: {reason} (override_hold=true sends anyway)")
+    active = {} if override_hold else holds
     reports = [
-        publish_audience(name, destination, segment, run_id=run_id, dry_run=dry_run, hold=hold)
+        publish_audience(
+            name,
+            destination,
+            segment,
+            run_id=run_id,
+            dry_run=dry_run,
+            hold=active.get((name, segment)),
+        )
         for name, destination in config.destinations.items()
         for segment in destination.audiences
         if not segments or segment in segments

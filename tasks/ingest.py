@@ -7,6 +7,7 @@ pulls is read from what bronze holds, never from a side store.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
 import polars as pl
@@ -16,11 +17,19 @@ from prefect.cache_policies import NO_CACHE
 from tasks.connectors.lake import Lake
 from tasks.connectors.sources import SourceBatch, open_source
 from tasks.core.config import Source
+from tasks.core.drift import Rejection, rejection_records, split_drift
 from tasks.core.normalise import UTC_MICROS
 from tasks.errors import ConfigError
+from tasks.quarantine import (
+    QUARANTINE,
+    records_batch_id,
+    rejected_batch_id,
+    write_quarantine_records,
+)
 from tasks.reports import IngestReport
 from tasks.resources import open_lake
 from tasks.retries import retry_unless_permanent
+from tasks.token_stores import PREFECT_SECRET as _REGISTERS_PREFECT_TOKEN_STORE  # noqa: F401
 
 
 def bronze_table(source_name: str) -> str:
@@ -34,7 +43,8 @@ def committed_watermark(lake: Lake, table: str, cursor_field: str | None) -> str
     lf = lake.scan(table)
     if cursor_field not in lf.collect_schema():
         return None
-    value = lf.select(pl.col(cursor_field).cast(pl.String).max()).collect().item()
+    # Max in the column's own type, then text: a text max of numbers would be lexical.
+    value = lf.select(pl.col(cursor_field).max().cast(pl.String)).collect().item()
     return None if value is None else str(value)
 
 
@@ -47,6 +57,66 @@ def with_ingest_metadata(
         pl.lit(batch_id).alias("_batch_id"),
         pl.lit(source).alias("_source"),
     )
+
+
+def bronze_schema(lake: Lake, table: str) -> pl.Schema | None:
+    """Bronze's current schema (None before the table exists)."""
+    return lake.scan(table).collect_schema() if lake.exists(table) else None
+
+
+def screen_batch(
+    lake: Lake,
+    table: str,
+    batch: SourceBatch,
+    *,
+    source: str,
+    primary_key: str | None,
+    run_id: str,
+    now: datetime,
+) -> tuple[SourceBatch, int]:
+    """The batch without the rows bronze cannot take, which go to ``ops/quarantine``.
+
+    Rows whose key is missing or whose values conflict with bronze's column types are
+    quarantined (:mod:`tasks.core.drift`), together with the raw records the reader could not
+    parse; the rest is returned with its columns cast to bronze's types. Returns the cleaned
+    batch and how many rows/records were quarantined.
+    """
+    split = split_drift(
+        batch.frame.lazy(),
+        target=bronze_schema(lake, table),
+        primary_key=primary_key,
+        table=table,
+        source=source,
+        run_id=run_id,
+        now=now,
+    )
+    valid, records = pl.collect_all([split.valid, split.quarantine])
+    if batch.rejections:
+        more = rejection_records(
+            batch.rejections, table=table, source=source, run_id=run_id, now=now
+        )
+        records = pl.concat([records, more], how="vertical")
+    if records.height:
+        # Quarantine before the rows land: a crash in between re-reads the batch, and the
+        # content-derived batch id makes the second quarantine write a no-op.
+        write_quarantine_records(lake, records, batch_id=records_batch_id(table, records))
+    bad = batch.frame.height - valid.height + len(batch.rejections)
+    return replace(batch, frame=valid), bad
+
+
+def reject_batch(
+    lake: Lake,
+    table: str,
+    rejection: Rejection,
+    *,
+    source: str,
+    batch_id: str,
+    run_id: str,
+    now: datetime,
+) -> None:
+    """Quarantine a batch the reader could not read at all, recorded under its own batch id."""
+    records = rejection_records([rejection], table=table, source=source, run_id=run_id, now=now)
+    write_quarantine_records(lake, records, batch_id=rejected_batch_id(table, batch_id))
 
 
 @task(
@@ -66,17 +136,69 @@ def ingest_source(
     reader = open_source(name, source)
     since = None if full_refresh else committed_watermark(lake, table, reader.cursor_field)
     logger.info("ingest %s -> %s (since=%s)", name, table, since or "beginning")
-    rows = batches = skipped = 0
+    rows = batches = skipped = quarantined = rejected = 0
+    known_bad: list[str] = []
+
+    def already_done(batch_id: str) -> bool:
+        if lake.committed(table, batch_id):
+            return True
+        if lake.committed(QUARANTINE, rejected_batch_id(table, batch_id)):
+            known_bad.append(batch_id)  # quarantined whole by an earlier run: report, not retry
+            return True
+        return False
+
     try:
-        for number, batch in enumerate(
-            reader.batches(since=since, is_committed=lambda b: lake.committed(table, b))
-        ):
+        for number, batch in enumerate(reader.batches(since=since, is_committed=already_done)):
             batch_id = batch.batch_id or f"{run_id}:{number}"
+            if batch.rejected is not None:
+                reject_batch(
+                    lake,
+                    table,
+                    batch.rejected,
+                    source=name,
+                    batch_id=batch_id,
+                    run_id=run_id,
+                    now=started_at,
+                )
+                rejected += 1
+                logger.warning("%s: quarantined whole: %s", name, batch.rejected.reason)
+                continue
+            batch, bad = screen_batch(
+                lake,
+                table,
+                batch,
+                source=name,
+                primary_key=reader.primary_key,
+                run_id=run_id,
+                now=started_at,
+            )
+            if bad:
+                quarantined += bad
+                logger.warning("%s: %s: %d row(s) quarantined", name, batch.origin, bad)
+            if (
+                reader.write_mode != "append_once"
+                and batch.frame.height == 0
+                and reader.primary_key not in batch.frame.columns
+            ):
+                continue  # every row lacked the key and was quarantined: nothing to merge
             frame = with_ingest_metadata(
                 batch, source=name, run_id=run_id, batch_id=batch_id, ingested_at=started_at
             )
             if reader.write_mode == "append_once":
                 written = lake.append_once(table, frame, batch_id=batch_id)
+                skipped += 0 if written else 1
+            elif reader.write_mode == "insert_new":
+                # At-least-once deliveries: keys bronze already holds keep their first row.
+                if reader.primary_key is None:
+                    raise ConfigError(f"source {name!r}: deduped deliveries need a primary_key")
+                inserted = lake.insert_new(
+                    table,
+                    frame,
+                    keys=[reader.primary_key],
+                    batch_id=batch_id,
+                    also_record=batch.covers,
+                )
+                written = inserted is not None
                 skipped += 0 if written else 1
             else:
                 if reader.primary_key is None:
@@ -89,6 +211,14 @@ def ingest_source(
             logger.info("%s: batch %d %s: %d rows", name, number + 1, batch.origin, frame.height)
     finally:
         reader.close()
+    if known_bad:
+        logger.warning(
+            "%s: %d batch(es) skipped: quarantined whole in an earlier run (fix the file and "
+            "drop it again as a new version): %s",
+            name,
+            len(known_bad),
+            ", ".join(known_bad[:20]),
+        )
     return IngestReport(
         source=name,
         table=table,
@@ -96,4 +226,7 @@ def ingest_source(
         batches=batches,
         skipped_batches=skipped,
         watermark=committed_watermark(lake, table, reader.cursor_field),
+        quarantined_rows=quarantined,
+        rejected_batches=rejected,
+        known_bad_batches=len(known_bad),
     )

@@ -13,31 +13,67 @@ import polars as pl
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.anomaly import volume_anomalies
 from tasks.connectors.destinations import AudienceSink, MemberChange, open_destination
 from tasks.connectors.lake import Lake
+from tasks.core.anomaly import audience_removals, held_segments, removal_hold, source_audiences
 from tasks.core.config import Destination, PipelineConfig
 from tasks.core.sync import LEDGER_KEYS, LEDGER_SCHEMA, plan_sync
 from tasks.reports import PublishReport
 from tasks.resources import open_lake
 from tasks.retries import retry_unless_permanent
-from tasks.transform import AUDIENCE, CONTACTS, VOLUME_METRICS
+from tasks.transform import AUDIENCE, CONTACTS
+from tasks.volume import VOLUME_METRICS
 
 SYNC_LEDGER = "ops/sync_ledger"
 LEDGER_COMMIT_EVERY = 5_000  # contacts per ledger commit: progress survives a crash
 
 
-def publish_hold(lake: Lake, config: PipelineConfig) -> str | None:
-    """Why publishing must wait, judged from the latest transform's volume metrics, or None.
+def publish_holds(lake: Lake, config: PipelineConfig) -> dict[tuple[str, str], str]:
+    """Why each held audience must wait: ``(destination, segment) -> reason``.
 
-    A source whose share of quarantined rows exceeds ``thresholds.quarantine_max_ratio`` means
-    a broken upstream load; publishing from it could empty or corrupt a mailing list.
+    An audience is held (ARCHITECTURE §5.6) when, in the latest run,
+
+    * a source feeding it had more than ``thresholds.quarantine_max_ratio`` of its rows
+      quarantined (a broken upstream load could empty or corrupt the list),
+    * an error-level volume anomaly hit a source, table or segment feeding it (see
+      :func:`tasks.core.anomaly.audiences_fed`), or
+    * its publish would take more than ``volume.removals.max_share`` of the contacts its list
+      holds off the list (an opt-out storm from a broken CRM mapping is hard to undo: Mailchimp
+      will not re-subscribe an unsubscribed member without their consent).
+
+    Warnings never hold. The ``override_hold`` flow parameter publishes anyway.
     """
+    by_segment: dict[str, list[str]] = {}
+    for segment, reason in _quarantine_holds(lake, config):
+        by_segment.setdefault(segment, []).append(reason)
+    for segment, reasons in held_segments(volume_anomalies(lake, config)).items():
+        by_segment.setdefault(segment, []).extend(f"volume anomaly: {r}" for r in reasons)
+    holds: dict[tuple[str, str], str] = {}
+    for name, destination in config.destinations.items():
+        for segment, audience in destination.audiences.items():
+            reasons = list(by_segment.get(segment, []))
+            removal = _removal_hold(
+                lake, config, destination=name, segment=segment, audience=audience
+            )
+            if removal is not None:
+                reasons.append(removal)
+            if reasons:
+                holds[(name, segment)] = "; ".join(reasons)
+    return holds
+
+
+def _quarantine_holds(lake: Lake, config: PipelineConfig) -> list[tuple[str, str]]:
+    """(segment, reason) for segments fed by a source quarantined above the limit."""
     if not lake.exists(VOLUME_METRICS):
-        return None
-    metrics = lake.scan(VOLUME_METRICS).filter(pl.col("source").is_not_null())
+        return []
+    # Transform counts only: ingest rows (bronze/) are never quarantined and run at other times.
+    metrics = lake.scan(VOLUME_METRICS).filter(
+        pl.col("source").is_not_null() & ~pl.col("table").str.starts_with("bronze/")
+    )
     latest = metrics.select(pl.col("measured_at").max()).collect().item()
     if latest is None:
-        return None
+        return []
     limit = config.thresholds.quarantine_max_ratio
     bad = (
         metrics.filter(pl.col("measured_at") == latest)
@@ -48,10 +84,26 @@ def publish_hold(lake: Lake, config: PipelineConfig) -> str | None:
         .sort("source")
         .collect()
     )
-    if bad.is_empty():
+    held = []
+    for row in bad.iter_rows(named=True):
+        reason = f"quarantined share above {limit:.0%}: {row['source']} {row['r']:.0%}"
+        held += [(segment, reason) for segment in source_audiences(config, row["source"])]
+    return held
+
+
+def _removal_hold(
+    lake: Lake, config: PipelineConfig, *, destination: str, segment: str, audience: str
+) -> str | None:
+    if not lake.exists(SYNC_LEDGER) or not lake.exists(AUDIENCE):
         return None
-    worst = ", ".join(f"{r['source']} {r['r']:.0%}" for r in bad.iter_rows(named=True))
-    return f"quarantined share above {limit:.0%}: {worst}"
+    ledger = lake.scan(SYNC_LEDGER)
+    members = lake.scan(AUDIENCE).filter(pl.col("segment") == segment)
+    plan = plan_sync(
+        members, lake.scan(CONTACTS), ledger, destination=destination, audience=audience
+    )
+    counts = audience_removals(plan, ledger, destination=destination, audience=audience).collect()
+    on_list, removals = counts.row(0)
+    return removal_hold(on_list, removals, config.volume.removals)
 
 
 def _ledger(lake: Lake) -> pl.LazyFrame:

@@ -13,6 +13,11 @@ class IngestReport:
     batches: int
     skipped_batches: int
     watermark: str | None
+    # Rows (or raw records) sent to ops/quarantine instead of bronze; batches (files)
+    # quarantined whole this run; batches skipped because an earlier run quarantined them whole.
+    quarantined_rows: int = 0
+    rejected_batches: int = 0
+    known_bad_batches: int = 0
 
 
 @dataclass(frozen=True)

@@ -422,6 +422,104 @@ class Lake:
                 version=after if after != before else None,
             )
 
+    def insert_new(
+        self,
+        table: str,
+        df: pl.DataFrame,
+        *,
+        keys: Sequence[str],
+        batch_id: str,
+        also_record: Sequence[str] = (),
+        metadata: Mapping[str, str] | None = None,
+        max_attempts: int = 10,
+    ) -> int | None:
+        """Insert the rows of ``df`` whose ``keys`` ``table`` lacks, once per ``batch_id``.
+
+        For at-least-once deliveries (events): a key already in the table keeps its first row,
+        and the batch is recorded as a Delta app transaction in the *same* commit as its rows, so
+        "inserted" and "recorded" cannot disagree after a crash. ``also_record`` adds further
+        batch ids to that commit (several landed files written at once; each then counts as
+        committed). A batch whose keys are all known is still recorded (an empty append carrying
+        the transactions) so it is not read again.
+        The MERGE reads the table, so delta-rs rejects it if a concurrent writer added data
+        meanwhile; the batch is then re-checked and retried (at most ``max_attempts`` times).
+
+        Returns:
+            The number of rows inserted, or None if ``batch_id`` was already committed.
+
+        Raises:
+            LakeError: for null or duplicate keys in ``df`` (naming the columns), or when the
+                commit keeps losing races.
+        """
+        if not batch_id:
+            raise LakeError(f"insert into {table!r} in lake {self._root}: batch_id is empty")
+        key_list = self._validate_keys(table, df, keys)
+        action = f"insert new {key_list} of batch {batch_id!r} into"
+        with self._locked(table), self._errors(table, action):
+            for _attempt in range(max(1, max_attempts)):
+                delta = self._load(table)
+                if delta is not None and delta.transaction_version(batch_id) is not None:
+                    return None
+                data = self._prepare(table, df, delta)
+                properties = CommitProperties(
+                    custom_metadata=dict(metadata) if metadata else None,
+                    app_transactions=[
+                        Transaction(app_id=app_id, version=1)
+                        for app_id in dict.fromkeys([batch_id, *also_record])
+                    ],
+                )
+                try:
+                    if delta is None:
+                        write_deltalake(
+                            self.uri(table),
+                            data,
+                            mode="error",
+                            storage_options=self._delta_options(),
+                            commit_properties=properties,
+                        )
+                        return df.height
+                    inserted = 0
+                    if df.height:
+                        before = delta.version()
+                        metrics = (
+                            delta.merge(
+                                data,
+                                predicate=" AND ".join(f"t.{_q(k)} = s.{_q(k)}" for k in key_list),
+                                source_alias="s",
+                                target_alias="t",
+                                merge_schema=True,
+                                streamed_exec=False,
+                                commit_properties=properties,
+                            )
+                            .when_not_matched_insert_all()
+                            .execute()
+                        )
+                        inserted = int(metrics.get("num_target_rows_inserted", 0))
+                        if delta.version() != before:
+                            return inserted
+                    # Nothing new: delta-rs commits no MERGE that changes nothing, so record the
+                    # batch with an empty append (a blind append of no rows).
+                    write_deltalake(
+                        delta,
+                        data.head(0),
+                        mode="append",
+                        schema_mode="merge",
+                        commit_properties=properties,
+                    )
+                    return 0
+                except CommitFailedError:
+                    if self.committed(table, batch_id):
+                        return None
+                except Exception:
+                    # A concurrent creator wins the race to create the table: merge into theirs.
+                    if delta is None and self._load(table) is not None:
+                        continue
+                    raise
+            raise LakeError(
+                f"insert into {table!r} ({self.uri(table)}): batch {batch_id!r} lost the commit "
+                f"race {max_attempts} times to concurrent writers"
+            )
+
     def overwrite(
         self,
         table: str,

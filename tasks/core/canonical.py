@@ -1,29 +1,129 @@
 """Map a bronze table of any source onto the canonical fields of its role.
 
 Types are decided from the bronze schema, not per row: a timestamp stored as text is parsed, one
-stored as a datetime is converted to UTC. Unparseable values become null and the role's contract
-quarantines them.
+stored as a datetime is converted to UTC. Each canonical field has one normaliser (a registry,
+:data:`FIELD_NORMALISERS`); unparseable values become null and the role's contract decides what
+that means (a required field quarantines the row; an optional attribute such as a phone number
+is reported by :func:`normalisation_losses`, and the row is kept).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import polars as pl
 
 from tasks.core.config import ROLE_FIELDS, SourceBase
 from tasks.core.normalise import (
+    UTC_MICROS,
     clean_text,
+    normalise_country,
+    normalise_currency,
     normalise_email,
+    normalise_label,
+    normalise_name,
+    normalise_phone,
     parse_bool,
     parse_decimal,
     parse_timestamp,
 )
 
-TIMESTAMP_FIELDS = {"updated_at", "created_at", "occurred_at", "opted_in_at"}
-BOOL_FIELDS = {"opted_in", "opted_out"}
-DECIMAL_FIELDS = {"amount"}
-EMAIL_FIELDS = {"email"}
-# Fields we keep verbatim (ids must not be trimmed into collisions).
-ID_FIELDS = {"source_id", "order_id", "event_id", "anonymous_id"}
+
+@dataclass(frozen=True)
+class NormaliseOptions:
+    """Settings the normalisers need (from ``pipeline.yaml`` → ``transform``)."""
+
+    default_phone_region: str = "DE"
+
+
+Normaliser = Callable[[pl.Expr, pl.DataType, NormaliseOptions], pl.Expr]
+
+
+def _timestamp(expr: pl.Expr, dtype: pl.DataType, _: NormaliseOptions) -> pl.Expr:
+    return parse_timestamp(expr, dtype)
+
+
+def _bool(expr: pl.Expr, dtype: pl.DataType, _: NormaliseOptions) -> pl.Expr:
+    return parse_bool(expr, dtype)
+
+
+def _decimal(expr: pl.Expr, dtype: pl.DataType, _: NormaliseOptions) -> pl.Expr:
+    return parse_decimal(expr, dtype)
+
+
+def _email(expr: pl.Expr, _dtype: pl.DataType, _: NormaliseOptions) -> pl.Expr:
+    return normalise_email(expr)
+
+
+def _phone(expr: pl.Expr, _dtype: pl.DataType, options: NormaliseOptions) -> pl.Expr:
+    return normalise_phone(expr, default_region=options.default_phone_region)
+
+
+def _country(expr: pl.Expr, _dtype: pl.DataType, _: NormaliseOptions) -> pl.Expr:
+    return normalise_country(expr)
+
+
+def _name(expr: pl.Expr, _dtype: pl.DataType, _: NormaliseOptions) -> pl.Expr:
+    return normalise_name(expr)
+
+
+def _currency(expr: pl.Expr, _dtype: pl.DataType, _: NormaliseOptions) -> pl.Expr:
+    return normalise_currency(expr)
+
+
+def _label(expr: pl.Expr, _dtype: pl.DataType, _: NormaliseOptions) -> pl.Expr:
+    return normalise_label(expr)
+
+
+def _verbatim(expr: pl.Expr, _dtype: pl.DataType, _: NormaliseOptions) -> pl.Expr:
+    # Ids are kept as the source wrote them: trimming could merge two distinct ids.
+    return expr.cast(pl.String)
+
+
+def _text(expr: pl.Expr, _dtype: pl.DataType, _: NormaliseOptions) -> pl.Expr:
+    return clean_text(expr)
+
+
+FIELD_NORMALISERS: dict[str, Normaliser] = {
+    "updated_at": _timestamp,
+    "created_at": _timestamp,
+    "occurred_at": _timestamp,
+    "opted_in_at": _timestamp,
+    "opted_in": _bool,
+    "opted_out": _bool,
+    "amount": _decimal,
+    "email": _email,
+    "phone": _phone,
+    "country": _country,
+    "first_name": _name,
+    "last_name": _name,
+    "currency": _currency,
+    "category": _label,
+    "status": _label,
+    "event_type": _label,
+    "source_id": _verbatim,
+    "order_id": _verbatim,
+    "event_id": _verbatim,
+    "anonymous_id": _verbatim,
+}
+"""Canonical field -> normaliser; any other field is cleaned text."""
+
+FIELD_DTYPES: dict[str, pl.DataType] = {
+    "updated_at": UTC_MICROS,
+    "created_at": UTC_MICROS,
+    "occurred_at": UTC_MICROS,
+    "opted_in_at": UTC_MICROS,
+    "opted_in": pl.Boolean(),
+    "opted_out": pl.Boolean(),
+    "amount": pl.Float64(),
+}
+"""Canonical field -> dtype when not a string."""
+
+# Fields whose source value is kept beside the normalised one (as ``<field>_raw``): emails so a
+# quarantined row shows what the source sent, phones and countries so values the normaliser
+# could not read are counted (see normalisation_losses) instead of vanishing.
+RAW_KEPT = ("email", "phone", "country")
 
 
 def canonical_columns(role: str) -> list[str]:
@@ -31,12 +131,30 @@ def canonical_columns(role: str) -> list[str]:
     return [*required, *optional]
 
 
-def to_canonical(lf: pl.LazyFrame, source: SourceBase, *, source_name: str) -> pl.LazyFrame:
-    """Select and type the role's canonical columns; keep ``_source`` and the raw email.
+def canonical_schema(role: str) -> dict[str, pl.DataType]:
+    """The columns and types :func:`to_canonical` produces for ``role`` (for an empty frame)."""
+    schema: dict[str, pl.DataType] = {"_source": pl.String()}
+    for field in canonical_columns(role):
+        schema[field] = FIELD_DTYPES.get(field, pl.String())
+        if field in RAW_KEPT:
+            schema[f"{field}_raw"] = pl.String()
+    schema["_ingested_at"] = UTC_MICROS
+    return schema
+
+
+def to_canonical(
+    lf: pl.LazyFrame,
+    source: SourceBase,
+    *,
+    source_name: str,
+    options: NormaliseOptions | None = None,
+) -> pl.LazyFrame:
+    """Select, type and normalise the role's canonical columns; keep ``_source`` and raw values.
 
     Missing optional columns are null; a missing *required* column raises ``KeyError`` naming
     the canonical field and the source column expected.
     """
+    options = options or NormaliseOptions()
     schema = lf.collect_schema()
     required, _optional = ROLE_FIELDS[source.role]
     exprs: list[pl.Expr] = [pl.lit(source_name).alias("_source")]
@@ -48,37 +166,50 @@ def to_canonical(lf: pl.LazyFrame, source: SourceBase, *, source_name: str) -> p
                     f"source {source_name!r}: column {column!r} for required field {field!r} "
                     f"is not in bronze (columns: {sorted(schema.names())})"
                 )
-            exprs.append(pl.lit(None, dtype=_dtype_of(field)).alias(field))
-            if field in EMAIL_FIELDS:
-                exprs.append(pl.lit(None, pl.String).alias("email_raw"))
+            exprs.append(pl.lit(None, dtype=FIELD_DTYPES.get(field, pl.String())).alias(field))
+            if field in RAW_KEPT:
+                exprs.append(pl.lit(None, pl.String).alias(f"{field}_raw"))
             continue
-        exprs.append(_typed(pl.col(column), field, schema[column]).alias(field))
-        if field in EMAIL_FIELDS:
-            exprs.append(pl.col(column).cast(pl.String).alias("email_raw"))
+        normaliser = FIELD_NORMALISERS.get(field, _text)
+        exprs.append(normaliser(pl.col(column), schema[column], options).alias(field))
+        if field in RAW_KEPT:
+            exprs.append(pl.col(column).cast(pl.String).alias(f"{field}_raw"))
     if "_ingested_at" in schema:
         exprs.append(pl.col("_ingested_at"))
     return lf.select(exprs)
 
 
-def _typed(expr: pl.Expr, field: str, dtype: pl.DataType) -> pl.Expr:
-    if field in TIMESTAMP_FIELDS:
-        return parse_timestamp(expr, dtype)
-    if field in BOOL_FIELDS:
-        return parse_bool(expr, dtype)
-    if field in DECIMAL_FIELDS:
-        return parse_decimal(expr, dtype)
-    if field in EMAIL_FIELDS:
-        return normalise_email(expr)
-    if field in ID_FIELDS:
-        return expr.cast(pl.String)
-    return clean_text(expr)
+LOSSES_SCHEMA: dict[str, pl.DataType] = {
+    "source": pl.String(),
+    "field": pl.String(),
+    "values": pl.Int64(),
+    "example": pl.String(),
+}
 
 
-def _dtype_of(field: str) -> pl.DataType:
-    if field in TIMESTAMP_FIELDS:
-        return pl.Datetime("us", "UTC")
-    if field in BOOL_FIELDS:
-        return pl.Boolean()
-    if field in DECIMAL_FIELDS:
-        return pl.Float64()
-    return pl.String()
+def normalisation_losses(canonical: pl.LazyFrame) -> pl.LazyFrame:
+    """Per source and field: how many non-blank source values normalised to null, and one example.
+
+    Only optional attributes are counted here (``phone``, ``country``); a required field that
+    fails (an email) quarantines its row instead. The rows themselves are kept.
+    """
+    schema = canonical.collect_schema()
+    frames = [
+        canonical.filter(
+            pl.col(f"{field}_raw").str.strip_chars().str.len_chars().fill_null(0).gt(0)
+            & pl.col(field).is_null()
+        )
+        .group_by("_source")
+        .agg(
+            pl.len().cast(pl.Int64).alias("values"),
+            pl.col(f"{field}_raw").sort().first().alias("example"),
+        )
+        .select(
+            pl.col("_source").alias("source"), pl.lit(field).alias("field"), "values", "example"
+        )
+        for field in ("phone", "country")
+        if field in schema and f"{field}_raw" in schema
+    ]
+    if not frames:
+        return pl.LazyFrame(schema=LOSSES_SCHEMA)
+    return pl.concat(frames).sort("source", "field")

@@ -122,29 +122,24 @@ class HubSpotContactsSource(SourceBase):
     max_pages: int = Field(default=100_000, ge=1, description="Safety bound per run.")
 
 
-class SqlSource(SourceBase):
-    """A table in a transaction database, pulled incrementally by an ``updated_at`` cursor."""
+# The SQL and file-drop models live in their own module; it builds on Model/SourceBase/SecretRef
+# defined above, so it is imported here, after them, rather than at the top (a cycle otherwise).
+from tasks.core.config_events import EventSource  # noqa: E402
+from tasks.core.config_rest import UNION_TAGS as _REST_UNION_TAGS  # noqa: E402
+from tasks.core.config_rest import RestSource  # noqa: E402
+from tasks.core.config_sql_files import FileDropS3 as FileDropS3  # noqa: E402
+from tasks.core.config_sql_files import FileDropSource as FileDropSource  # noqa: E402
+from tasks.core.config_sql_files import SqlSource as SqlSource  # noqa: E402
+from tasks.core.config_sql_files import sql_dialect as sql_dialect  # noqa: E402
 
-    kind: Literal["sql"]
-    url: str = Field(description="Database URL, e.g. sqlite:///path/orders.db")
-    table: Name
-    primary_key: str
-    cursor_field: str = "updated_at"
-    chunk_size: int = Field(default=10_000, ge=1)
-    overlap_seconds: float = Field(default=0, ge=0)
-
-
-class FileDropSource(SourceBase):
-    """Files landed by a third party in a folder; each file is ingested exactly once."""
-
-    kind: Literal["files"]
-    path: str = Field(description="Local folder holding the drops.")
-    format: Literal["csv", "ndjson"]
-    pattern: str = Field(default="*", description="Glob of files to pick up.")
-    primary_key: str | None = Field(default=None, description="Row id used to dedupe deliveries.")
+Source = Annotated[
+    HubSpotContactsSource | SqlSource | FileDropSource | EventSource | RestSource,
+    Field(discriminator="kind"),
+]
 
 
-Source = Annotated[HubSpotContactsSource | SqlSource | FileDropSource, Field(discriminator="kind")]
+# The `transform:` section (normalisation, currency, identity, features) builds on Model/Name.
+from tasks.core.config_transform import TransformConfig  # noqa: E402
 
 
 class Segment(Model):
@@ -153,6 +148,15 @@ class Segment(Model):
     name: Name
     where: str = Field(description="SQL predicate over customer features, e.g. 'order_count >= 3'.")
     description: str = ""
+    priority: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Makes the segment mutually exclusive with the other prioritised segments: a contact "
+            "matching several lands only in the one with the lowest number (1 = first). "
+            "Segments without a priority are independent of all others."
+        ),
+    )
 
 
 class MailchimpDestination(Model):
@@ -166,6 +170,9 @@ class MailchimpDestination(Model):
 
 
 Destination = Annotated[MailchimpDestination, Field(discriminator="kind")]
+
+# The `volume:` section (anomaly detection, notifiers, publish holds) builds on Model/SecretRef.
+from tasks.core.config_anomaly import VolumeConfig  # noqa: E402
 
 
 class Thresholds(Model):
@@ -185,22 +192,38 @@ class PipelineConfig(Model):
     segments: list[Segment] = Field(default_factory=list)
     destinations: dict[Name, Destination] = Field(default_factory=dict)
     thresholds: Thresholds = Field(default_factory=Thresholds)
+    transform: TransformConfig = Field(default_factory=TransformConfig)
+    volume: VolumeConfig = Field(default_factory=VolumeConfig)
 
     @field_validator("segments")
     @classmethod
     def _segments_compile(cls, segments: list[Segment]) -> list[Segment]:
         seen: set[str] = set()
+        priorities: dict[int, str] = {}
         for segment in segments:
             if segment.name in seen:
                 raise ValueError(f"segment {segment.name!r} is defined twice")
             seen.add(segment.name)
             check_segment_predicate(segment)
+            if segment.priority is not None:
+                if segment.priority in priorities:
+                    raise ValueError(
+                        f"segment {segment.name!r}: priority {segment.priority} is already "
+                        f"used by segment {priorities[segment.priority]!r}"
+                    )
+                priorities[segment.priority] = segment.name
         return segments
 
     @model_validator(mode="after")
     def _references_resolve(self) -> PipelineConfig:
         if not any(s.role == "contacts" for s in self.sources.values()):
             raise ValueError("sources: at least one source must have role 'contacts'")
+        unknown_sources = sorted(self.transform.identity.referenced_sources() - set(self.sources))
+        if unknown_sources:
+            raise ValueError(
+                f"transform.identity: unknown source(s) {unknown_sources}; "
+                f"defined sources: {sorted(self.sources)}"
+            )
         segment_names = {s.name for s in self.segments}
         for dest_name, dest in self.destinations.items():
             for segment in dest.audiences:
@@ -217,17 +240,27 @@ class PipelineConfig(Model):
 
 # Columns of gold/customer_features a segment predicate may use. Kept here (not derived from
 # a table) so a bad predicate fails at load, before any data moves.
+# Definitions: tasks.core.features.customer_features (amounts in the reporting currency).
 FEATURE_COLUMNS: dict[str, pl.DataType] = {
     "contact_key": pl.String(),
     "country": pl.String(),
-    "order_count": pl.Int64(),
-    "revenue": pl.Float64(),
-    "avg_order_value": pl.Float64(),
+    "order_count": pl.Int64(),  # all-time valid (not cancelled/refunded) orders
+    "lifetime_value": pl.Float64(),  # all-time revenue
+    "avg_order_value": pl.Float64(),  # null without orders
     "first_order_at": pl.Datetime("us", "UTC"),
     "last_order_at": pl.Datetime("us", "UTC"),
-    "days_since_last_order": pl.Int64(),
+    "recency_days": pl.Int64(),  # whole days since the last order; null without orders
+    "frequency": pl.Int64(),  # orders in the RFM window
+    "monetary": pl.Float64(),  # revenue in the RFM window
+    "r_score": pl.Int8(),  # 1-5 quintile scores; null without orders in the window
+    "f_score": pl.Int8(),
+    "m_score": pl.Int8(),
+    "rfm_score": pl.String(),  # e.g. "545"
+    "favourite_category": pl.String(),
     "events_30d": pl.Int64(),
     "events_90d": pl.Int64(),
+    "last_activity_at": pl.Datetime("us", "UTC"),  # latest order or event
+    "days_since_last_activity": pl.Int64(),
 }
 
 
@@ -245,9 +278,11 @@ def check_segment_predicate(segment: Segment) -> None:
             f"segment {segment.name!r}: unknown column(s) {unknown} in {segment.where!r}; "
             f"available: {sorted(FEATURE_COLUMNS)}"
         )
-    empty = pl.DataFrame(schema=FEATURE_COLUMNS)
+    # One all-null row: evaluating (not only typing) the predicate catches comparisons polars
+    # accepts in the schema but rejects on data, e.g. a string column against a number.
+    row = pl.DataFrame([[None] * len(FEATURE_COLUMNS)], schema=FEATURE_COLUMNS, orient="row")
     try:
-        result = empty.lazy().select(expr.alias("_match")).collect_schema()["_match"]
+        result = row.lazy().select(expr.alias("_match")).collect().schema["_match"]
     except Exception as exc:
         raise ValueError(f"segment {segment.name!r}: predicate {segment.where!r}: {exc}") from exc
     if result != pl.Boolean:
@@ -296,9 +331,12 @@ _UNION_TAGS = {
     "hubspot_contacts",
     "sql",
     "files",
+    "events",
     "mailchimp",
     "oauth2_client_credentials",
     "bearer",
+    "slack_webhook",
+    *_REST_UNION_TAGS,
 }
 
 

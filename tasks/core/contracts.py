@@ -1,14 +1,21 @@
 """Data contracts (pandera models) and the split of a frame into valid rows and quarantine.
 
-"What valid data is" lives in the models; :func:`split_valid` is "how it is checked": it
-validates a *collected* DataFrame (lazy validation checks only the schema, not values), keeps
-every row that passed, and turns every failing row into a quarantine record naming the table,
-source, rule, column and value. Nothing is dropped silently: ``len(valid) + rows quarantined ==
-len(input)``.
+"What valid data is" lives in the models: one per source role as it enters silver (the
+``*Candidate`` models) and one per silver and gold table. :func:`split_valid` is "how it is
+checked": it validates a *collected* DataFrame (lazy validation checks only the schema, not
+values), keeps every row that passed, and turns every failing row into a quarantine record naming
+the table, source, rule, column and value. Nothing is dropped silently:
+``len(valid) + Split.rejected == len(input)``, and a failure that is not tied to rows (a missing
+column, a wrong dtype, an unexpected column in a strict model) raises instead.
+
+Rule names are pandera's check names: ``not_nullable``, ``field_uniqueness``,
+``greater_than_or_equal_to(0)``, ``isin([...])`` and our named checks (``email_syntax``,
+``currency_has_rate``, ...), so the quarantine says which promise a row broke.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated
@@ -17,104 +24,252 @@ import pandera.polars as pa
 import polars as pl
 from pandera.errors import SchemaErrors
 
-from tasks.core.normalise import EMAIL_PATTERN, UTC_MICROS, sha256_hex
+from tasks.core.normalise import UTC_MICROS, country_lookup, is_valid_email, sha256_hex
 from tasks.errors import DataQualityError
 
 CONSENT_STATUSES = ["subscribed", "unsubscribed", "unknown"]
+LINKED_BY = ["email", "anonymous_id"]
+E164_PATTERN = r"^\+[1-9][0-9]{6,14}$"
+CONTACT_KEY_PATTERN = r"^v[0-9]+:[0-9a-f]{64}$"
+RFM_PATTERN = r"^[1-5]{3}$"
 
 # Every timestamp in silver and gold is UTC with microseconds; naive datetimes are rejected.
 UtcDatetime = Annotated[pl.Datetime, "us", "UTC"]
+StringList = pl.List(pl.String)
 
 
+def _email_syntax(data: pa.PolarsData) -> pl.LazyFrame:
+    return data.lazyframe.select(is_valid_email(pl.col(data.key)))
+
+
+def _iso_country(data: pa.PolarsData) -> pl.LazyFrame:
+    codes = sorted(set(country_lookup().values()))
+    return data.lazyframe.select(pl.col(data.key).is_in(codes))
+
+
+# --- inputs: one model per source role, checked before rows enter silver ---------------------
 class ContactCandidate(pa.DataFrameModel):
     """A contact row from one source, after normalisation, before identity resolution."""
 
     source_id: str = pa.Field(nullable=False)
-    email: str = pa.Field(nullable=False, str_matches=EMAIL_PATTERN)
+    email: str = pa.Field(nullable=False)
     updated_at: UtcDatetime = pa.Field(nullable=False)
+
+    @pa.check("email", name="email_syntax")
+    def _email(cls, data: pa.PolarsData) -> pl.LazyFrame:
+        return _email_syntax(data)
 
     class Config:
         strict = False
 
 
 class OrderCandidate(pa.DataFrameModel):
+    """An order row. The currency check depends on configured rates: see :func:`order_contract`."""
+
     order_id: str = pa.Field(nullable=False)
-    email: str = pa.Field(nullable=False, str_matches=EMAIL_PATTERN)
+    email: str = pa.Field(nullable=False)
     amount: float = pa.Field(nullable=False, ge=0)
+    currency: str = pa.Field(nullable=True)
     updated_at: UtcDatetime = pa.Field(nullable=False)
+
+    @pa.check("email", name="email_syntax")
+    def _email(cls, data: pa.PolarsData) -> pl.LazyFrame:
+        return _email_syntax(data)
 
     class Config:
         strict = False
+
+
+def order_contract(currencies: Iterable[str]) -> pa.DataFrameSchema:
+    """:class:`OrderCandidate` plus ``currency_has_rate``: the currency is one we can convert.
+
+    A missing currency fails the same rule: an amount whose currency is unknown is never
+    assumed to be in the reporting currency.
+    """
+    known = sorted(set(currencies))
+
+    def has_rate(data: pa.PolarsData) -> pl.LazyFrame:
+        return data.lazyframe.select(pl.col(data.key).is_in(known).fill_null(False))
+
+    check = pa.Check(
+        has_rate,
+        name="currency_has_rate",  # pandera reports ``error`` as the rule: keep it stable
+        ignore_na=False,
+    )
+    return OrderCandidate.to_schema().update_column("currency", checks=[check])
 
 
 class EventCandidate(pa.DataFrameModel):
     event_id: str = pa.Field(nullable=False)
     event_type: str = pa.Field(nullable=False)
     occurred_at: UtcDatetime = pa.Field(nullable=False)
-    email: str = pa.Field(nullable=True, str_matches=EMAIL_PATTERN)
+    email: str = pa.Field(nullable=True)
+
+    @pa.check("email", name="email_syntax")
+    def _email(cls, data: pa.PolarsData) -> pl.LazyFrame:
+        return _email_syntax(data)
 
     class Config:
         strict = False
 
 
 class EnrichmentCandidate(pa.DataFrameModel):
-    email: str = pa.Field(nullable=False, str_matches=EMAIL_PATTERN)
+    email: str = pa.Field(nullable=False)
     updated_at: UtcDatetime = pa.Field(nullable=False)
+
+    @pa.check("email", name="email_syntax")
+    def _email(cls, data: pa.PolarsData) -> pl.LazyFrame:
+        return _email_syntax(data)
 
     class Config:
         strict = False
 
 
+# --- silver ---------------------------------------------------------------------------------
 class SilverContact(pa.DataFrameModel):
-    """``silver/contacts``: one row per person."""
+    """``silver/contacts``: one row per person (normalised email), with current consent."""
 
-    contact_key: str = pa.Field(nullable=False, unique=True)
-    email: str = pa.Field(nullable=False, unique=True, str_matches=EMAIL_PATTERN)
+    contact_key: str = pa.Field(nullable=False, unique=True, str_matches=CONTACT_KEY_PATTERN)
+    email: str = pa.Field(nullable=False, unique=True)
+    first_name: str = pa.Field(nullable=True)
+    last_name: str = pa.Field(nullable=True)
+    phone: str = pa.Field(nullable=True, str_matches=E164_PATTERN)
+    country: str = pa.Field(nullable=True)
+    company: str = pa.Field(nullable=True)
+    job_title: str = pa.Field(nullable=True)
+    city: str = pa.Field(nullable=True)
     consent_status: str = pa.Field(nullable=False, isin=CONSENT_STATUSES)
-    source_ids: pl.List(pl.String) = pa.Field(nullable=False)  # type: ignore[valid-type]
+    consent_at: UtcDatetime = pa.Field(nullable=True)
+    consent_source: str = pa.Field(nullable=True)
+    source_ids: StringList = pa.Field(nullable=False)  # type: ignore[valid-type]
+    record_count: int = pa.Field(nullable=False, ge=1)
     updated_at: UtcDatetime = pa.Field(nullable=False)
 
+    @pa.check("email", name="email_syntax")
+    def _email(cls, data: pa.PolarsData) -> pl.LazyFrame:
+        return _email_syntax(data)
+
+    @pa.check("country", name="iso_country")
+    def _country(cls, data: pa.PolarsData) -> pl.LazyFrame:
+        return _iso_country(data)
+
+    @pa.check("source_ids", name="explained_by_source_ids")
+    def _explained(cls, data: pa.PolarsData) -> pl.LazyFrame:
+        return data.lazyframe.select(pl.col(data.key).list.len() > 0)
+
+    @pa.dataframe_check(name="consent_has_source_and_time")
+    def _consent_stated(cls, data: pa.PolarsData) -> pl.LazyFrame:
+        unknown = pl.col("consent_status") == "unknown"
+        stated = pl.col("consent_at").is_not_null() & pl.col("consent_source").is_not_null()
+        return data.lazyframe.select(unknown | stated)
+
     class Config:
-        strict = False
+        strict = True
 
 
 class SilverOrder(pa.DataFrameModel):
+    """``silver/orders``: the latest version of each order, linked by ``contact_key``."""
+
     order_id: str = pa.Field(nullable=False, unique=True)
-    contact_key: str = pa.Field(nullable=False)
+    contact_key: str = pa.Field(nullable=False, str_matches=CONTACT_KEY_PATTERN)
     amount: float = pa.Field(nullable=False, ge=0)
+    currency: str = pa.Field(nullable=False)
+    fx_rate: float = pa.Field(nullable=False, gt=0)
+    amount_reporting: float = pa.Field(nullable=False, ge=0)
+    category: str = pa.Field(nullable=True)
+    status: str = pa.Field(nullable=True)
+    created_at: UtcDatetime = pa.Field(nullable=False)
+    updated_at: UtcDatetime = pa.Field(nullable=False)
+    source: str = pa.Field(nullable=False, alias="_source")
 
     class Config:
-        strict = False
+        strict = True
 
 
 class SilverEvent(pa.DataFrameModel):
+    """``silver/events``: one row per event id; ``contact_key`` when the person is known."""
+
     event_id: str = pa.Field(nullable=False, unique=True)
+    contact_key: str = pa.Field(nullable=True, str_matches=CONTACT_KEY_PATTERN)
+    anonymous_id: str = pa.Field(nullable=True)
+    event_type: str = pa.Field(nullable=False)
     occurred_at: UtcDatetime = pa.Field(nullable=False)
+    url: str = pa.Field(nullable=True)
+    linked_by: str = pa.Field(nullable=True, isin=LINKED_BY)
+    source: str = pa.Field(nullable=False, alias="_source")
+
+    @pa.dataframe_check(name="linked_iff_contact_key")
+    def _linked(cls, data: pa.PolarsData) -> pl.LazyFrame:
+        return data.lazyframe.select(
+            pl.col("contact_key").is_null() == pl.col("linked_by").is_null()
+        )
 
     class Config:
-        strict = False
+        strict = True
 
 
+# --- gold -----------------------------------------------------------------------------------
 class CustomerFeatures(pa.DataFrameModel):
-    contact_key: str = pa.Field(nullable=False, unique=True)
+    """``gold/customer_features``: one row per contact (see ``FEATURE_COLUMNS``)."""
+
+    contact_key: str = pa.Field(nullable=False, unique=True, str_matches=CONTACT_KEY_PATTERN)
+    country: str = pa.Field(nullable=True)
     order_count: int = pa.Field(nullable=False, ge=0)
-    revenue: float = pa.Field(nullable=False, ge=0)
+    lifetime_value: float = pa.Field(nullable=False, ge=0)
+    avg_order_value: float = pa.Field(nullable=True, ge=0)
+    first_order_at: UtcDatetime = pa.Field(nullable=True)
+    last_order_at: UtcDatetime = pa.Field(nullable=True)
+    recency_days: int = pa.Field(nullable=True, ge=0)
+    frequency: int = pa.Field(nullable=False, ge=0)
+    monetary: float = pa.Field(nullable=False, ge=0)
+    r_score: pl.Int8 = pa.Field(nullable=True, ge=1, le=5)
+    f_score: pl.Int8 = pa.Field(nullable=True, ge=1, le=5)
+    m_score: pl.Int8 = pa.Field(nullable=True, ge=1, le=5)
+    rfm_score: str = pa.Field(nullable=True, str_matches=RFM_PATTERN)
+    favourite_category: str = pa.Field(nullable=True)
+    events_30d: int = pa.Field(nullable=False, ge=0)
+    events_90d: int = pa.Field(nullable=False, ge=0)
+    last_activity_at: UtcDatetime = pa.Field(nullable=True)
+    days_since_last_activity: int = pa.Field(nullable=True, ge=0)
+
+    @pa.dataframe_check(name="windows_nest")
+    def _windows_nest(cls, data: pa.PolarsData) -> pl.LazyFrame:
+        return data.lazyframe.select(
+            (pl.col("events_30d") <= pl.col("events_90d"))
+            & (pl.col("frequency") <= pl.col("order_count"))
+        )
+
+    @pa.dataframe_check(name="scored_iff_ordered_in_window")
+    def _scored(cls, data: pa.PolarsData) -> pl.LazyFrame:
+        return data.lazyframe.select(pl.col("r_score").is_null() == (pl.col("frequency") == 0))
 
     class Config:
-        strict = False
+        strict = True
 
 
 class AudienceMember(pa.DataFrameModel):
+    """``gold/audience_members``: who a segment's destinations receive; opted-in people only."""
+
     segment: str = pa.Field(nullable=False)
-    contact_key: str = pa.Field(nullable=False)
-    email: str = pa.Field(nullable=False, str_matches=EMAIL_PATTERN)
+    contact_key: str = pa.Field(nullable=False, str_matches=CONTACT_KEY_PATTERN)
+    email: str = pa.Field(nullable=False)
+    first_name: str = pa.Field(nullable=True)
+    last_name: str = pa.Field(nullable=True)
+    phone: str = pa.Field(nullable=True, str_matches=E164_PATTERN)
+    country: str = pa.Field(nullable=True)
     consent_status: str = pa.Field(nullable=False, isin=["subscribed"])
+    consent_at: UtcDatetime = pa.Field(nullable=False)
+
+    @pa.check("email", name="email_syntax")
+    def _email(cls, data: pa.PolarsData) -> pl.LazyFrame:
+        return _email_syntax(data)
 
     class Config:
-        strict = False
+        strict = True
         unique = ["segment", "contact_key"]
 
 
+# --- quarantine -----------------------------------------------------------------------------
 QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
     "quarantine_id": pl.String(),
     "table": pl.String(),
@@ -127,32 +282,44 @@ QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
     "quarantined_at": UTC_MICROS,
 }
 
+Contract = type[pa.DataFrameModel] | pa.DataFrameSchema
+
 
 @dataclass(frozen=True)
 class Split:
-    """The result of checking a frame against a contract."""
+    """The result of checking a frame against a contract.
+
+    ``rejected`` counts the distinct input rows that failed (one row may fail several rules and
+    then has several quarantine records); ``valid.height + rejected`` equals the input height.
+    """
 
     valid: pl.DataFrame
     quarantine: pl.DataFrame
+    rejected: int = 0
+
+
+def _contract_name(contract: Contract) -> str:
+    if isinstance(contract, pa.DataFrameSchema):
+        return str(contract.name or "schema")
+    return contract.__name__
 
 
 def split_valid(
     df: pl.DataFrame,
-    model: type[pa.DataFrameModel],
+    contract: Contract,
     *,
     table: str,
     run_id: str,
     now: datetime,
     source_column: str = "_source",
 ) -> Split:
-    """Validate ``df`` against ``model``; route failing rows to quarantine records.
+    """Validate ``df`` against ``contract``; route failing rows to quarantine records.
 
     A failure that is not tied to rows (a missing column, a wrong dtype) means the whole frame
     is unusable: that raises :class:`DataQualityError` naming the table, column and check.
     """
-    indexed = df.with_row_index("_row_nr")
     try:
-        model.validate(df, lazy=True)
+        contract.validate(df, lazy=True)
         return Split(valid=df, quarantine=pl.DataFrame(schema=QUARANTINE_SCHEMA))
     except SchemaErrors as exc:
         failures = exc.failure_cases
@@ -160,24 +327,29 @@ def split_valid(
     if frame_level.height:
         first = frame_level.row(0, named=True)
         raise DataQualityError(
-            f"{table}: contract {model.__name__} failed: {first['check']}: "
+            f"{table}: contract {_contract_name(contract)} failed: {first['check']}: "
             f"{first['failure_case']!r} (in {first['column']!r})"
         )
-    # One record per failing row and rule; a row failing two rules is quarantined under both.
+    # A row-level dataframe check reports the whole row as its "failure case" and the model as
+    # its "column": the row is already in the record, so name no column and no value.
+    row_check = pl.col("schema_context") == "DataFrameSchema"
     per_row = (
         failures.select(
             pl.col("index").cast(pl.UInt32).alias("_row_nr"),
             pl.col("check").alias("rule"),
-            pl.col("column"),
-            pl.col("failure_case").cast(pl.String).alias("value"),
+            pl.when(row_check).then(None).otherwise(pl.col("column")).alias("column"),
+            pl.when(row_check)
+            .then(None)
+            .otherwise(pl.col("failure_case").cast(pl.String))
+            .alias("value"),
         )
         .unique()
-        .sort("_row_nr", "rule", "column")
+        .sort("_row_nr", "rule", "column", nulls_last=True)
     )
-    bad_rows = indexed.join(per_row.select("_row_nr").unique(), on="_row_nr", how="semi")
-    valid = indexed.join(per_row.select("_row_nr").unique(), on="_row_nr", how="anti").drop(
-        "_row_nr"
-    )
+    failed = per_row.select("_row_nr").unique()
+    indexed = df.with_row_index("_row_nr")
+    bad_rows = indexed.join(failed, on="_row_nr", how="semi")
+    valid = indexed.join(failed, on="_row_nr", how="anti").drop("_row_nr")
     source = pl.col(source_column) if source_column in df.columns else pl.lit(None, pl.String)
     rows = bad_rows.select(
         "_row_nr",
@@ -202,13 +374,36 @@ def split_valid(
         .select(list(QUARANTINE_SCHEMA))
         .unique("quarantine_id", keep="first", maintain_order=True)
     )
-    return Split(valid=valid, quarantine=quarantine)
+    return Split(valid=valid, quarantine=quarantine, rejected=failed.height)
 
 
-def validate_or_raise(df: pl.DataFrame, model: type[pa.DataFrameModel], *, table: str) -> None:
-    """Check an output table's contract; a failure here is a bug upstream, so stop loudly."""
+RULE_COUNTS_SCHEMA: dict[str, pl.DataType] = {
+    "table": pl.String(),
+    "source": pl.String(),
+    "rule": pl.String(),
+    "column": pl.String(),
+    "rows": pl.Int64(),
+    "example": pl.String(),
+}
+
+
+def rule_counts(quarantine: pl.LazyFrame) -> pl.LazyFrame:
+    """Quarantined rows per table, source, rule and column, most frequent first, with an example."""
+    return (
+        quarantine.group_by("table", "source", "rule", "column")
+        .agg(
+            pl.col("row").n_unique().cast(pl.Int64).alias("rows"),
+            pl.col("value").drop_nulls().sort().first().alias("example"),
+        )
+        .select(list(RULE_COUNTS_SCHEMA))
+        .sort(["rows", "table", "source", "rule", "column"], descending=[True] + [False] * 4)
+    )
+
+
+def validate_or_raise(df: pl.DataFrame, model: Contract, *, table: str) -> None:
+    """Check a table's contract and stop loudly on any failure (for tables with no quarantine)."""
     try:
         model.validate(df, lazy=True)
     except SchemaErrors as exc:
         top = exc.failure_cases.head(5).to_dicts()
-        raise DataQualityError(f"{table}: output violates {model.__name__}: {top}") from exc
+        raise DataQualityError(f"{table}: output violates {_contract_name(model)}: {top}") from exc

@@ -150,7 +150,7 @@ def _orders() -> pl.DataFrame:
             "order_id": ["o1", "o1", "o2", "o3"],
             "email": ["jane@x.io"] * 4,
             "amount": [10.0, 12.0, 100.0, 50.0],
-            "currency": ["eur"] * 4,
+            "currency": ["EUR"] * 4,
             "category": ["a"] * 4,
             "status": ["paid", "paid", "paid", "cancelled"],
             "created_at": [ts("2026-09-01T00:00:00")] * 4,
@@ -167,7 +167,9 @@ def test_orders_dedupe_latest_and_features_skip_cancelled() -> None:
                      "opted_in_at": NOW, "updated_at": NOW}]).lazy(),
         None, pepper=PEPPER, key_version=1,
     )  # fmt: skip
-    orders = silver_orders(_orders().lazy(), pepper=PEPPER, key_version=1).collect()
+    orders = silver_orders(
+        _orders().lazy(), rates={"EUR": 1.0}, pepper=PEPPER, key_version=1
+    ).collect()
     assert orders.height == 3
     assert orders.filter(pl.col("order_id") == "o1")["amount"].item() == 12.0
     events = pl.LazyFrame(
@@ -176,12 +178,15 @@ def test_orders_dedupe_latest_and_features_skip_cancelled() -> None:
     )  # fmt: skip
     features = customer_features(contacts, orders.lazy(), events, as_of=NOW).collect()
     row = features.row(0, named=True)
-    assert (row["order_count"], row["revenue"], row["avg_order_value"]) == (2, 112.0, 56.0)
+    assert (row["order_count"], row["lifetime_value"], row["avg_order_value"]) == (2, 112.0, 56.0)
     assert (row["events_30d"], row["events_90d"]) == (1, 1)
     members = audience_members(
         features.lazy(),
         contacts,
-        [Segment(name="big", where="revenue > 100"), Segment(name="none", where="revenue > 1e9")],
+        [
+            Segment(name="big", where="lifetime_value > 100"),
+            Segment(name="none", where="lifetime_value > 1e9"),
+        ],
     ).collect()
     assert members["segment"].to_list() == ["big"]
 
@@ -189,6 +194,7 @@ def test_orders_dedupe_latest_and_features_skip_cancelled() -> None:
 def test_events_dedupe_on_event_id() -> None:
     events = pl.LazyFrame(
         {
+            "_source": ["web"] * 3,
             "event_id": ["e1", "e1", "e2"],
             "email": ["a@x.io", "a@x.io", None],
             "anonymous_id": ["x", "x", "y"],
@@ -200,14 +206,16 @@ def test_events_dedupe_on_event_id() -> None:
     )
     out = silver_events(events, pepper=PEPPER, key_version=1).collect()
     assert out["event_id"].to_list() == ["e1", "e2"]
+    # e2 has no email, but its anonymous id "y" was never seen with one: nobody to link to.
     assert out["contact_key"].null_count() == 1
 
 
 def test_opted_out_contacts_are_never_audience_members() -> None:
     contacts = pl.LazyFrame(
         {"contact_key": ["k1", "k2", "k3"], "email": ["a@x.io", "b@x.io", "c@x.io"],
-         "first_name": [None] * 3, "last_name": [None] * 3,
-         "consent_status": ["subscribed", "unsubscribed", "unknown"]}
+         "first_name": [None] * 3, "last_name": [None] * 3, "phone": [None] * 3,
+         "consent_status": ["subscribed", "unsubscribed", "unknown"],
+         "consent_at": [NOW, NOW, None]}
     )  # fmt: skip
     features = pl.LazyFrame({"contact_key": ["k1", "k2", "k3"], "country": [None] * 3,
                              "order_count": [5, 5, 5]})  # fmt: skip

@@ -12,15 +12,15 @@ from urllib.parse import urljoin
 
 from tasks.connectors.http import OAuth2ClientCredentials, build_client
 from tasks.connectors.sources.base import SourceBatch, SourceReader
-from tasks.connectors.sources.files import FileDropReader
+from tasks.connectors.sources.events import open_event_reader
+from tasks.connectors.sources.files import open_file_drop
 from tasks.connectors.sources.hubspot import HubSpotContactsReader
-from tasks.connectors.sources.sql import SqlTableReader
+from tasks.connectors.sources.rest import open_rest_source
+from tasks.connectors.sources.sql import open_sql_source
 from tasks.core.config import (
     BearerToken,
-    FileDropSource,
     HubSpotContactsSource,
     Source,
-    SqlSource,
 )
 from tasks.core.config import (
     OAuth2ClientCredentials as OAuth2Config,
@@ -58,31 +58,12 @@ def _open_hubspot(name: str, config: HubSpotContactsSource) -> SourceReader:
     )
 
 
-def _open_sql(name: str, config: SqlSource) -> SourceReader:
-    return SqlTableReader(
-        config.url,
-        source_name=name,
-        table=config.table,
-        primary_key=config.primary_key,
-        cursor_field=config.cursor_field,
-        chunk_size=config.chunk_size,
-    )
-
-
-def _open_files(name: str, config: FileDropSource) -> SourceReader:
-    return FileDropReader(
-        config.path,
-        source_name=name,
-        file_format=config.format,
-        pattern=config.pattern,
-        primary_key=config.primary_key,
-    )
-
-
 SOURCE_READERS: dict[str, Callable[[str, Any], SourceReader]] = {
     "hubspot_contacts": _open_hubspot,
-    "sql": _open_sql,
-    "files": _open_files,
+    "sql": open_sql_source,
+    "files": open_file_drop,
+    "events": open_event_reader,
+    "rest": open_rest_source,
 }
 
 

@@ -8,7 +8,11 @@ from typing import Literal, Protocol
 
 import polars as pl
 
-WriteMode = Literal["merge", "append_once"]
+from tasks.core.drift import Rejection
+
+# merge: upsert on the primary key (entities); append_once: one Delta commit per batch id
+# (files); insert_new: per batch id, insert only primary keys bronze lacks (at-least-once events).
+WriteMode = Literal["merge", "append_once", "insert_new"]
 
 
 @dataclass(frozen=True)
@@ -17,11 +21,23 @@ class SourceBatch:
 
     ``batch_id`` is set for sources written exactly once per batch (a file, a delivery); entity
     sources leave it ``None`` and are merged on their primary key.
+
+    ``rejected`` is set (and ``frame`` empty) when the whole batch could not be read, e.g. a
+    corrupt file: the ingest task quarantines it and records its batch id so it is not retried.
+    ``rejections`` are single raw records the reader could not parse; the rest of the batch is in
+    ``frame``. Both go to ``ops/quarantine``: nothing is dropped silently.
+
+    ``covers`` lists further batch ids recorded in the same commit as ``batch_id`` (an
+    ``insert_new`` reader coalescing several landed files into one write: each file is then
+    recorded as committed, exactly when its rows are).
     """
 
     frame: pl.DataFrame
     batch_id: str | None = None
     origin: str = ""
+    rejected: Rejection | None = None
+    rejections: tuple[Rejection, ...] = ()
+    covers: tuple[str, ...] = ()
 
 
 class SourceReader(Protocol):

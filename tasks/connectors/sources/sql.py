@@ -1,29 +1,173 @@
-"""Tables in transaction databases, read in chunks by keyset on ``(cursor, primary key)``.
+"""Tables in transaction databases (PostgreSQL, MySQL/MariaDB, SQLite), read in keyset chunks.
 
-Keyset pagination means rows that share a cursor value at a chunk boundary are never skipped.
+Each chunk is one ``SELECT ... ORDER BY cursor, key LIMIT n`` that starts strictly after the last
+``(cursor, key)`` pair of the previous chunk, so rows that share a cursor value at a chunk
+boundary are never skipped and no long transaction is held open. Rows whose key or cursor is
+NULL cannot be paged by value; they are read in passes of their own rather than lost.
+
+Incremental runs start at the watermark (the largest cursor committed in bronze, inclusive,
+minus an optional overlap); the merge into bronze absorbs rows read twice. The watermark arrives
+as text (``committed_watermark`` casts bronze's value to a string) and is turned back into the
+cursor column's own type (timestamp with or without zone, date, integer, decimal, text), so the
+comparison happens in the database's type system on all three engines.
+
+Types map to Delta as: integers -> Int64, floats -> Float64, NUMERIC/DECIMAL -> Float64 (or
+Decimal(p, s)), timestamps with or without zone -> Datetime(us, UTC) (zone-less values are read in
+``naive_timezone``), dates -> Date, booleans (incl. MySQL ``TINYINT(1)``) -> Boolean, JSON -> JSON
+text, binary -> Binary, everything else -> String. A chunk whose values do not fit the column's
+declared type (SQLite stores anything anywhere) keeps that column as text; the ingest task's drift
+check then quarantines the rows bronze cannot take.
+
+Built on SQLAlchemy 2 Core with psycopg 3 and PyMySQL. Credentials never appear in messages:
+URLs are rendered with the password masked, and driver messages are scrubbed of it.
 """
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Callable, Iterator
+import json
+import math
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import quote
 
 import polars as pl
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql as sa_mysql
+from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.exc import ArgumentError, NoSuchTableError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
 
 from tasks.connectors.sources.base import SourceBatch, WriteMode
+from tasks.core.config import SqlSource, sql_dialect
+from tasks.core.settings import resolve_secret
 from tasks.errors import SourceError
 
+__all__ = ["DIALECTS", "SqlDialect", "SqlTableReader", "mask_url", "open_sql_source"]
 
-def sqlite_path(url: str) -> Path:
-    prefix = "sqlite:///"
-    if not url.startswith(prefix):
-        raise SourceError(f"unsupported database URL {url!r}: expected sqlite:///path")
-    return Path(url[len(prefix) :])
+Decimals = Literal["float64", "decimal"]
+# How a cursor column's values compare, which decides how the watermark text becomes a
+# parameter: aware datetimes, naive UTC datetimes (MySQL TIMESTAMP in a UTC session), naive
+# wall-clock datetimes in `naive_timezone`, SQLite text timestamps, dates, numbers, text.
+CursorKind = Literal[
+    "aware", "utc_naive", "local_naive", "sqlite_time", "date", "int", "float", "decimal", "text"
+]
+
+_SQLITE_TIME_FORMAT = "%Y-%m-%d %H:%M:%f"  # SQLite strftime: milliseconds are its finest unit
+_OFFSET_FORMATS = (
+    "%Y-%m-%dT%H:%M:%S%.fZ",
+    "%Y-%m-%dT%H:%M:%SZ",
+    "%Y-%m-%dT%H:%M:%S%.f%:z",
+    "%Y-%m-%dT%H:%M:%S%:z",
+    "%Y-%m-%d %H:%M:%S%.f%:z",
+    "%Y-%m-%d %H:%M:%S%:z",
+    "%Y-%m-%d %H:%M:%S%.fZ",
+    "%Y-%m-%d %H:%M:%SZ",
+)
+_NAIVE_FORMATS = (
+    "%Y-%m-%d %H:%M:%S%.f",
+    "%Y-%m-%d %H:%M:%S",
+    "%Y-%m-%dT%H:%M:%S%.f",
+    "%Y-%m-%dT%H:%M:%S",
+    "%Y-%m-%d %H:%M",
+    "%Y-%m-%d",
+)
+
+
+# --- dialects --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SqlDialect:
+    """How to reach one database family: driver, session setup, timestamp semantics."""
+
+    drivername: str
+    connect_args: Callable[[float], dict[str, Any]]
+    timestamp_kind: Callable[[sa.types.TypeEngine[Any]], CursorKind]
+
+
+def _pg_connect_args(timeout: float) -> dict[str, Any]:
+    # Session in UTC: timestamptz values come back as UTC, and comparisons of a zone-less
+    # column with a parameter never depend on the server's default zone.
+    return {"connect_timeout": max(2, math.ceil(timeout)), "options": "-c TimeZone=UTC"}
+
+
+def _mysql_connect_args(timeout: float) -> dict[str, Any]:
+    # A UTC session makes TIMESTAMP columns read and compare in UTC (they are stored in UTC and
+    # converted to the session zone); DATETIME columns are zone-less wall-clock values.
+    return {
+        "connect_timeout": max(1, math.ceil(timeout)),
+        "read_timeout": 300,
+        "init_command": "SET time_zone = '+00:00'",
+        "charset": "utf8mb4",
+    }
+
+
+def _sqlite_connect_args(timeout: float) -> dict[str, Any]:
+    return {"timeout": timeout}
+
+
+def _pg_timestamp(type_: sa.types.TypeEngine[Any]) -> CursorKind:
+    return "aware" if getattr(type_, "timezone", False) else "local_naive"
+
+
+def _mysql_timestamp(type_: sa.types.TypeEngine[Any]) -> CursorKind:
+    return "utc_naive" if isinstance(type_, sa_mysql.TIMESTAMP) else "local_naive"
+
+
+def _sqlite_timestamp(type_: sa.types.TypeEngine[Any]) -> CursorKind:
+    del type_
+    return "sqlite_time"
+
+
+DIALECTS: dict[str, SqlDialect] = {
+    "postgresql": SqlDialect("postgresql+psycopg", _pg_connect_args, _pg_timestamp),
+    "mysql": SqlDialect("mysql+pymysql", _mysql_connect_args, _mysql_timestamp),
+    "sqlite": SqlDialect("sqlite", _sqlite_connect_args, _sqlite_timestamp),
+}
+
+
+def mask_url(url: URL) -> str:
+    """The URL as text with any password replaced by ``***``."""
+    return url.render_as_string(hide_password=True)
+
+
+# --- column plans ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Column:
+    name: str
+    dtype: pl.DataType
+    build: Callable[[str, Sequence[Any]], pl.Series]
+    kind: CursorKind
+    nullable: bool
 
 
 class SqlTableReader:
+    """One table of a database, read in keyset chunks on ``(cursor_field, primary_key)``.
+
+    Args:
+        url: ``postgresql://user@host:port/db``, ``mysql://user@host:port/db`` (MariaDB too) or
+            ``sqlite:///path``; explicit drivers (``postgresql+psycopg``, ``mysql+pymysql``) too.
+        password: the database password (from a secret), set on the URL, never logged.
+        source_name, table, primary_key, cursor_field: what to read; ``db_schema`` qualifies
+            the table (a PostgreSQL schema, a MySQL database).
+        columns: columns to read (key and cursor are always added); None reads all.
+        chunk_size: rows per chunk (and per yielded batch).
+        overlap: re-read window before the watermark for timestamp cursors.
+        decimals: NUMERIC/DECIMAL as ``float64`` or ``decimal`` (exact; unconstrained -> text).
+        naive_timezone: zone of timestamps stored without one.
+        connect_timeout: seconds to wait for a connection.
+
+    Raises:
+        SourceError: for an unsupported or malformed URL (the password never shown).
+    """
+
     write_mode: WriteMode = "merge"
 
     def __init__(
@@ -35,50 +179,464 @@ class SqlTableReader:
         primary_key: str,
         cursor_field: str,
         chunk_size: int = 10_000,
+        password: str | None = None,
+        db_schema: str | None = None,
+        columns: Sequence[str] | None = None,
+        overlap: timedelta = timedelta(0),
+        decimals: Decimals = "float64",
+        naive_timezone: str = "UTC",
+        connect_timeout: float = 10.0,
     ) -> None:
-        self._path = sqlite_path(url)
         self._name = source_name
         self._table = table
+        self._schema = db_schema
         self.primary_key = primary_key
         self.cursor_field = cursor_field
+        self._columns = list(columns) if columns is not None else None
         self._chunk = chunk_size
+        self._overlap = overlap
+        self._decimals: Decimals = decimals
+        self._tz = naive_timezone
+        self._password = password
+        self._sqlite_path: Path | None = None
+        try:
+            family = sql_dialect(url)
+        except ValueError as exc:
+            raise SourceError(f"source {source_name!r}: unsupported database URL: {exc}") from None
+        self._dialect = DIALECTS[family]
+        self._family = family
+        self._url = self._build_url(url, password)
+        self._connect_timeout = connect_timeout
+
+    def __repr__(self) -> str:
+        return f"SqlTableReader({self._name!r}, {self.masked_url!r}, table={self._table!r})"
+
+    @property
+    def masked_url(self) -> str:
+        """The database URL with the password masked (safe to log)."""
+        return self._masked
 
     def close(self) -> None:
-        """Connections are opened per read; nothing to release."""
+        """Connections are opened per read (no pool); nothing to release."""
 
     def batches(
         self, *, since: str | None, is_committed: Callable[[str], bool]
     ) -> Iterator[SourceBatch]:
-        del is_committed
-        if not self._path.exists():
-            raise SourceError(f"source {self._name!r}: database file {self._path} does not exist")
-        # Read-only URI: an ingest must never change the source.
-        conn = sqlite3.connect(f"file:{self._path}?mode=ro", uri=True)
+        del is_committed  # merged on the primary key: re-reading a row is harmless
+        engine = self._engine()
         try:
-            yield from self._chunks(conn, since)
-        except sqlite3.Error as exc:
-            raise SourceError(f"source {self._name!r}: table {self._table!r}: {exc}") from exc
+            try:
+                conn = engine.connect()
+            except SQLAlchemyError as exc:
+                what = f"cannot connect to {self.masked_url}"
+                raise SourceError(self._describe(what, exc)) from None
+            with conn:
+                columns = self._reflect(conn)
+                yield from self._read(conn, columns, since)
+        except SQLAlchemyError as exc:
+            what = f"reading table {self._qualified!r} from {self.masked_url} failed"
+            # `from None`: the driver's exception (and its chain) is not shown anywhere else,
+            # so nothing it might quote from the connection string can leak through it.
+            raise SourceError(self._describe(what, exc)) from None
         finally:
-            conn.close()
+            engine.dispose()
 
-    def _chunks(self, conn: sqlite3.Connection, since: str | None) -> Iterator[SourceBatch]:
-        cur, pk, table = self.cursor_field, self.primary_key, self._table
-        first_where = "" if since is None else f'WHERE "{cur}" >= ?'
-        params: list[Any] = [] if since is None else [since]
-        query = f'SELECT * FROM "{table}" {first_where} ORDER BY "{cur}", "{pk}" LIMIT ?'
-        while True:
-            rows = conn.execute(query, [*params, self._chunk])
-            columns = [d[0] for d in rows.description]
-            data = rows.fetchall()
-            if not data:
-                return
-            frame = pl.DataFrame(data, schema=columns, orient="row", infer_schema_length=None)
-            yield SourceBatch(frame, origin=table)
-            if len(data) < self._chunk:
-                return
-            last = dict(zip(columns, data[-1], strict=True))
-            query = (
-                f'SELECT * FROM "{table}" WHERE ("{cur}" > ? OR ("{cur}" = ? AND "{pk}" > ?)) '
-                f'ORDER BY "{cur}", "{pk}" LIMIT ?'
+    # --- setup -----------------------------------------------------------------------------------
+
+    def _build_url(self, url: str, password: str | None) -> URL:
+        try:
+            parsed = sa.make_url(url)
+        except ArgumentError:
+            raise SourceError(
+                f"source {self._name!r}: malformed database URL (expected e.g. "
+                "postgresql://user@host:5432/db)"
+            ) from None
+        parsed = parsed.set(drivername=self._dialect.drivername)
+        if password is not None:
+            if parsed.password is not None:
+                raise SourceError(
+                    f"source {self._name!r}: {mask_url(parsed)}: the URL already has a password; "
+                    "give it in one place only"
+                )
+            parsed = parsed.set(password=password)
+        elif parsed.password is not None:
+            self._password = str(parsed.password)
+        self._masked = mask_url(parsed)
+        if self._family == "sqlite":
+            return self._sqlite_read_only(parsed)
+        return parsed
+
+    def _sqlite_read_only(self, url: URL) -> URL:
+        database = url.database or ""
+        if not database or database == ":memory:":
+            raise SourceError(f"source {self._name!r}: sqlite URL needs a file path")
+        self._sqlite_path = Path(database)
+        # Read-only URI: an ingest must never change (or create) the source database.
+        return URL.create(
+            "sqlite",
+            database=f"file:{quote(database, safe='/')}",
+            query={"mode": "ro", "uri": "true"},
+        )
+
+    def _engine(self) -> Engine:
+        if self._sqlite_path is not None and not self._sqlite_path.exists():
+            raise SourceError(
+                f"source {self._name!r}: database file {self._sqlite_path} does not exist"
             )
-            params = [last[cur], last[cur], last[pk]]
+        return sa.create_engine(
+            self._url,
+            poolclass=NullPool,
+            # Statement parameters hold row values (personal data); keep them out of errors.
+            hide_parameters=True,
+            isolation_level="AUTOCOMMIT",
+            connect_args=self._dialect.connect_args(self._connect_timeout),
+        )
+
+    def _reflect(self, conn: Connection) -> dict[str, _Column]:
+        try:
+            found = sa.inspect(conn).get_columns(self._table, schema=self._schema)
+        except NoSuchTableError:
+            raise SourceError(
+                f"source {self._name!r}: table {self._qualified!r} not found in {self.masked_url}"
+            ) from None
+        if not found:  # SQLite reflects a missing table as no columns
+            raise SourceError(
+                f"source {self._name!r}: table {self._qualified!r} not found in {self.masked_url}"
+            )
+        by_name = {c["name"]: c for c in found}
+        wanted = list(by_name) if self._columns is None else list(self._columns)
+        wanted = list(dict.fromkeys([*wanted, self.primary_key, self.cursor_field]))
+        missing = [name for name in wanted if name not in by_name]
+        if missing:
+            raise SourceError(
+                f"source {self._name!r}: table {self._qualified!r} has no column(s) {missing}; "
+                f"columns: {sorted(by_name)}"
+            )
+        return {
+            name: self._plan(name, by_name[name]["type"], bool(by_name[name].get("nullable", True)))
+            for name in wanted
+        }
+
+    @property
+    def _qualified(self) -> str:
+        return f"{self._schema}.{self._table}" if self._schema else self._table
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def _read(
+        self, conn: Connection, columns: dict[str, _Column], since: str | None
+    ) -> Iterator[SourceBatch]:
+        table = sa.table(self._table, *[sa.column(n) for n in columns], schema=self._schema)
+        cur, key = table.c[self.cursor_field], table.c[self.primary_key]
+        cursor_column = columns[self.cursor_field]
+        names = list(columns)
+        cur_at, key_at = names.index(self.cursor_field), names.index(self.primary_key)
+
+        def chunk(where: list[sa.ColumnElement[bool]], order: list[Any]) -> list[Sequence[Any]]:
+            query = sa.select(table).where(*where).order_by(*order).limit(self._chunk)
+            return list(conn.execute(query).all())
+
+        # 1. Rows without a key (only a nullable "key" can have them): they cannot be paged by
+        #    value, so they are read in one query (an anomaly, expected to be small; a
+        #    server-side cursor would need a transaction held open) and handed over in chunks.
+        #    The ingest drift check quarantines them as missing a key.
+        if columns[self.primary_key].nullable:
+            query = sa.select(table).where(key.is_(None))
+            for part in conn.execute(query).partitions(self._chunk):
+                yield self._batch(columns, list(part))
+        has_key = [key.is_not(None)] if columns[self.primary_key].nullable else []
+
+        # 2. Rows without a cursor: never "newer" than any watermark, so read them on every run
+        #    (the merge makes re-reading an unchanged row a no-op) rather than never.
+        if cursor_column.nullable:
+            after: list[sa.ColumnElement[bool]] = []
+            while True:
+                rows = chunk([cur.is_(None), *has_key, *after], [key])
+                if rows:
+                    yield self._batch(columns, rows)
+                if len(rows) < self._chunk:
+                    break
+                after = [key > sa.literal(rows[-1][key_at])]
+
+        # 3. The keyset walk on (cursor, key) from the watermark.
+        start = self._since_filter(cur, cursor_column, since)
+        where = [cur.is_not(None), *has_key, *start]
+        while True:
+            rows = chunk(where, [cur, key])
+            if rows:
+                yield self._batch(columns, rows)
+            if len(rows) < self._chunk:
+                return
+            last_cur = sa.literal(rows[-1][cur_at])
+            last_key = sa.literal(rows[-1][key_at])
+            # `cur >= c AND (cur > c OR key > k)`: the leading range lets an index on
+            # (cursor, key) seek instead of scan; the OR keeps ties at the boundary.
+            where = [
+                cur.is_not(None),
+                *has_key,
+                cur >= last_cur,
+                sa.or_(cur > last_cur, key > last_key),
+            ]
+
+    def _since_filter(
+        self, cur: sa.ColumnClause[Any], column: _Column, since: str | None
+    ) -> list[sa.ColumnElement[bool]]:
+        if since is None:
+            return []
+        value = self._cursor_value(column, since)
+        if column.kind == "sqlite_time":
+            # SQLite keeps timestamps as text in whatever format the writer chose; compare them
+            # normalised (offsets applied, millisecond precision). Truncation only widens an
+            # inclusive lower bound, and a value SQLite cannot parse is re-read, never skipped.
+            normalised = sa.func.strftime(_SQLITE_TIME_FORMAT, cur)
+            return [sa.or_(normalised >= sa.literal(value), normalised.is_(None))]
+        return [cur >= sa.literal(value)]
+
+    def _cursor_value(self, column: _Column, since: str) -> Any:
+        """The watermark text as a parameter of the cursor column's own type."""
+        kind = column.kind
+        try:
+            if kind in ("aware", "utc_naive", "local_naive", "sqlite_time"):
+                moment = _parse_instant(since) - self._overlap
+                if kind == "aware":
+                    return moment
+                if kind == "utc_naive":
+                    return moment.replace(tzinfo=None)
+                local = _to_zone(moment, self._tz).replace(tzinfo=None)
+                if kind == "sqlite_time":
+                    return local.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+                return local
+            if kind == "date":
+                day = date.fromisoformat(since.strip()[:10])
+                return day.isoformat() if self._family == "sqlite" else day
+            if kind == "int":
+                return int(Decimal(since.strip()))
+            if kind == "float":
+                return float(since)
+            if kind == "decimal":
+                return Decimal(since.strip())
+        except (ValueError, InvalidOperation, OverflowError):
+            raise SourceError(
+                f"source {self._name!r}: watermark {since!r} from bronze is not a value of "
+                f"cursor column {self.cursor_field!r} ({column.dtype}); run a full refresh"
+            ) from None
+        return since
+
+    def _batch(self, columns: dict[str, _Column], rows: Sequence[Sequence[Any]]) -> SourceBatch:
+        values = list(zip(*rows, strict=True))
+        series = []
+        for position, column in enumerate(columns.values()):
+            try:
+                series.append(column.build(column.name, values[position]))
+            except SourceError:
+                raise
+            except Exception:
+                # Values that do not fit the declared type (SQLite is dynamically typed, MySQL
+                # has zero dates): keep them as text; the drift check decides what bronze takes.
+                series.append(_text_series(column.name, values[position]))
+        return SourceBatch(pl.DataFrame(series), origin=self._qualified)
+
+    # --- type mapping ----------------------------------------------------------------------------
+
+    def _plan(self, name: str, type_: sa.types.TypeEngine[Any], nullable: bool) -> _Column:
+        def column(
+            dtype: pl.DataType, build: Callable[[str, Sequence[Any]], pl.Series], kind: CursorKind
+        ) -> _Column:
+            return _Column(name, dtype, build, kind, nullable)
+
+        if isinstance(type_, sa.Boolean) or (
+            self._family == "mysql"
+            and isinstance(type_, sa_mysql.TINYINT)
+            and getattr(type_, "display_width", None) == 1
+        ):
+            return column(pl.Boolean(), _bool_series, "int")
+        if isinstance(type_, sa.Integer):
+            return column(pl.Int64(), _typed(pl.Int64()), "int")
+        if isinstance(type_, sa.Float):
+            return column(pl.Float64(), _float_series, "float")
+        if isinstance(type_, sa.Numeric):
+            precision, scale = type_.precision, type_.scale
+            if self._decimals == "float64":
+                return column(pl.Float64(), _float_series, "decimal")
+            if precision is None or precision > 38:
+                return column(pl.String(), _text_series, "decimal")
+            dtype = pl.Decimal(precision, scale or 0)
+            return column(dtype, _typed(dtype), "decimal")
+        if isinstance(type_, sa.DateTime):
+            kind = self._dialect.timestamp_kind(type_)
+            return column(pl.Datetime("us", "UTC"), self._timestamp_builder(kind), kind)
+        if isinstance(type_, sa.Date):
+            build = _sqlite_date_series if self._family == "sqlite" else _typed(pl.Date())
+            return column(pl.Date(), build, "date")
+        if isinstance(type_, sa.JSON):
+            return column(pl.String(), _json_series, "text")
+        if isinstance(type_, sa.LargeBinary | sa.BINARY | sa.VARBINARY):
+            return column(pl.Binary(), _binary_series, "text")
+        return column(pl.String(), _text_series, "text")
+
+    def _timestamp_builder(self, kind: CursorKind) -> Callable[[str, Sequence[Any]], pl.Series]:
+        tz = self._tz
+
+        def build(name: str, values: Sequence[Any]) -> pl.Series:
+            if kind == "aware":
+                return pl.Series(name, values, dtype=pl.Datetime("us", "UTC"), strict=True)
+            if kind == "sqlite_time":
+                return _sqlite_timestamps(name, values, tz)
+            naive = pl.Series(name, values, dtype=pl.Datetime("us"), strict=True)
+            zone = "UTC" if kind == "utc_naive" else tz
+            return _localise(naive, zone, column=name, source=self._name)
+
+        return build
+
+    def _describe(self, what: str, exc: SQLAlchemyError) -> str:
+        original = getattr(exc, "orig", None) or exc
+        reason = _first_line(original)
+        message = f"source {self._name!r}: {what}: {type(original).__name__}: {reason}"
+        return _scrub(message, self._password)
+
+
+# --- value conversion ------------------------------------------------------------------------
+
+
+def _typed(dtype: pl.DataType) -> Callable[[str, Sequence[Any]], pl.Series]:
+    def build(name: str, values: Sequence[Any]) -> pl.Series:
+        return pl.Series(name, values, dtype=dtype, strict=True)
+
+    return build
+
+
+def _bool_series(name: str, values: Sequence[Any]) -> pl.Series:
+    if all(v is None or v in (0, 1) for v in values):  # True/False are 1/0 too
+        return pl.Series(name, [None if v is None else bool(v) for v in values], dtype=pl.Boolean)
+    return pl.Series(name, values, dtype=pl.Int64, strict=True)  # a TINYINT used as a number
+
+
+def _float_series(name: str, values: Sequence[Any]) -> pl.Series:
+    return pl.Series(
+        name, [None if v is None else float(v) for v in values], dtype=pl.Float64, strict=True
+    )
+
+
+def _text_series(name: str, values: Sequence[Any]) -> pl.Series:
+    return pl.Series(name, [None if v is None else _text(v) for v in values], dtype=pl.String)
+
+
+def _json_series(name: str, values: Sequence[Any]) -> pl.Series:
+    # psycopg decodes json/jsonb into Python values, PyMySQL and SQLite hand over the text.
+    texts = [
+        None if v is None else v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+        for v in values
+    ]
+    return pl.Series(name, texts, dtype=pl.String)
+
+
+def _binary_series(name: str, values: Sequence[Any]) -> pl.Series:
+    return pl.Series(name, [None if v is None else bytes(v) for v in values], dtype=pl.Binary)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", errors="backslashreplace")
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True, default=str)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return str(value)
+
+
+def _localise(naive: pl.Series, zone: str, *, column: str, source: str) -> pl.Series:
+    if zone == "UTC":
+        return naive.dt.replace_time_zone("UTC")
+    try:
+        local = naive.dt.replace_time_zone(zone, ambiguous="earliest", non_existent="raise")
+    except pl.exceptions.PolarsError as exc:
+        raise SourceError(
+            f"source {source!r}: column {column!r} holds a time that does not exist in "
+            f"{zone} (a DST gap): {_first_line(exc)}"
+        ) from None
+    return local.dt.convert_time_zone("UTC")
+
+
+def _sqlite_timestamps(name: str, values: Sequence[Any], zone: str) -> pl.Series:
+    if any(v is not None and not isinstance(v, str) for v in values):
+        raise TypeError("non-text timestamp")  # -> kept as text by the caller
+    text = pl.Series(name, values, dtype=pl.String).str.strip_chars()
+    with_offset = [
+        text.str.strptime(pl.Datetime("us"), fmt, strict=False, exact=True).dt.convert_time_zone(
+            "UTC"
+        )
+        if "%z" in fmt or "%:z" in fmt
+        else text.str.strptime(pl.Datetime("us", "UTC"), fmt, strict=False, exact=True)
+        for fmt in _OFFSET_FORMATS
+    ]
+    aware = pl.select(pl.coalesce(with_offset)).to_series()
+    naive = pl.select(
+        pl.coalesce(
+            [
+                text.str.strptime(pl.Datetime("us"), fmt, strict=False, exact=True)
+                for fmt in _NAIVE_FORMATS
+            ]
+        )
+    ).to_series()
+    localised = naive.dt.replace_time_zone(
+        zone, ambiguous="earliest", non_existent="raise"
+    ).dt.convert_time_zone("UTC")
+    parsed = aware.fill_null(localised).alias(name)
+    if (parsed.is_null() & text.is_not_null()).any():
+        raise ValueError("unparseable timestamp")  # -> kept as text by the caller
+    return parsed
+
+
+def _sqlite_date_series(name: str, values: Sequence[Any]) -> pl.Series:
+    text = pl.Series(name, values, dtype=pl.String)
+    parsed = text.str.strptime(pl.Date, "%Y-%m-%d", strict=False, exact=True)
+    if (parsed.is_null() & text.is_not_null()).any():
+        raise ValueError("unparseable date")
+    return parsed
+
+
+def _parse_instant(text: str) -> datetime:
+    """A watermark as an aware datetime; zone-less text is UTC (bronze timestamps are UTC)."""
+    value = text.strip()
+    if value.endswith(" UTC"):
+        value = value[:-4]
+    moment = datetime.fromisoformat(value)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _to_zone(moment: datetime, zone: str) -> datetime:
+    from zoneinfo import ZoneInfo
+
+    return moment.astimezone(ZoneInfo(zone))
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[0][:500] if lines else type(exc).__name__
+
+
+def _scrub(message: str, password: str | None) -> str:
+    """Remove the password from a message, however a driver chose to quote it."""
+    if password:
+        message = message.replace(password, "***")
+    return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", message)
+
+
+def open_sql_source(name: str, config: SqlSource) -> SqlTableReader:
+    """The reader for a ``kind: sql`` source; the password comes from its secret."""
+    password = None if config.password is None else resolve_secret(config.password)
+    return SqlTableReader(
+        config.url,
+        source_name=name,
+        table=config.table,
+        primary_key=config.primary_key,
+        cursor_field=config.cursor_field,
+        chunk_size=config.chunk_size,
+        password=None if password is None else password.get_secret_value(),
+        db_schema=config.db_schema,
+        columns=config.columns,
+        overlap=timedelta(seconds=config.overlap_seconds),
+        decimals=config.decimals,
+        naive_timezone=config.naive_timezone,
+        connect_timeout=config.connect_timeout_seconds,
+    )
