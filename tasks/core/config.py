@@ -88,42 +88,8 @@ class SourceBase(Model):
         return self.fields.get(canonical, canonical)
 
 
-class OAuth2ClientCredentials(Model):
-    type: Literal["oauth2_client_credentials"]
-    token_url: str = Field(description="Absolute URL, or a path relative to the source base_url.")
-    client_id: str
-    client_secret: SecretRef
-    scope: str | None = None
-    refresh_margin_seconds: float = Field(default=60, ge=0)
-
-
-class BearerToken(Model):
-    type: Literal["bearer"]
-    token: SecretRef
-
-
-Auth = Annotated[OAuth2ClientCredentials | BearerToken, Field(discriminator="type")]
-
-
-class HubSpotContactsSource(SourceBase):
-    """HubSpot-style CRM contacts: search API, ``after`` cursor, ``lastmodifieddate`` filter."""
-
-    kind: Literal["hubspot_contacts"]
-    base_url: str
-    auth: Auth
-    properties: list[str] = Field(min_length=1, description="Contact properties to extract.")
-    primary_key: str = "id"
-    cursor_field: str = Field(default="lastmodifieddate", description="Incremental cursor.")
-    page_size: int = Field(default=100, ge=1, le=200)
-    overlap_seconds: float = Field(
-        default=300, ge=0, description="Re-read window before the watermark; merge absorbs it."
-    )
-    search_cap: int = Field(default=10_000, ge=1, description="Max results one search returns.")
-    max_pages: int = Field(default=100_000, ge=1, description="Safety bound per run.")
-
-
-# The SQL and file-drop models live in their own module; it builds on Model/SourceBase/SecretRef
-# defined above, so it is imported here, after them, rather than at the top (a cycle otherwise).
+# Each source kind's model lives in its own module; they build on Model/SourceBase/SecretRef
+# defined above, so they are imported here, after them, rather than at the top (a cycle otherwise).
 from tasks.core.config_events import EventSource  # noqa: E402
 from tasks.core.config_rest import UNION_TAGS as _REST_UNION_TAGS  # noqa: E402
 from tasks.core.config_rest import RestSource  # noqa: E402
@@ -133,7 +99,7 @@ from tasks.core.config_sql_files import SqlSource as SqlSource  # noqa: E402
 from tasks.core.config_sql_files import sql_dialect as sql_dialect  # noqa: E402
 
 Source = Annotated[
-    HubSpotContactsSource | SqlSource | FileDropSource | EventSource | RestSource,
+    SqlSource | FileDropSource | EventSource | RestSource,
     Field(discriminator="kind"),
 ]
 
@@ -315,29 +281,41 @@ def _interpolate(value: Any, env: Mapping[str, str], path: str) -> Any:
     return _ENV_REF.sub(replace, value)
 
 
-def _format_errors(exc: ValidationError, origin: str) -> str:
-    lines = []
-    for error in exc.errors():
-        # Drop pydantic's union-member tags (e.g. 'hubspot_contacts') from the path: users never
-        # wrote them.
-        loc = [str(p) for p in error["loc"] if not (isinstance(p, str) and p in _UNION_TAGS)]
-        where = ".".join(loc) or "(top level)"
-        message = error["msg"].removeprefix("Value error, ")
-        lines.append(f"{origin}: {where}: {message}")
-    return "\n".join(lines)
-
-
+# Discriminator values pydantic inserts into error locations of tagged unions.
 _UNION_TAGS = {
-    "hubspot_contacts",
     "sql",
     "files",
     "events",
     "mailchimp",
-    "oauth2_client_credentials",
-    "bearer",
     "slack_webhook",
     *_REST_UNION_TAGS,
 }
+
+
+def _user_path(loc: tuple[int | str, ...], raw: Any) -> str:
+    """The key path as the user wrote it: pydantic's union-member tags (e.g. ``sql`` after a
+    source name) are dropped, but only where they are not real keys of the input."""
+    parts: list[str] = []
+    node: Any = raw
+    for part in loc:
+        if isinstance(node, dict) and part in node:  # noqa: SIM114 (mypy narrows each type)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif isinstance(part, str) and part in _UNION_TAGS:
+            continue
+        else:
+            node = None
+        parts.append(str(part))
+    return ".".join(parts) or "(top level)"
+
+
+def _format_errors(exc: ValidationError, raw: Any, origin: str) -> str:
+    lines = []
+    for error in exc.errors():
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"{origin}: {_user_path(error['loc'], raw)}: {message}")
+    return "\n".join(lines)
 
 
 def parse_pipeline(
@@ -356,7 +334,7 @@ def parse_pipeline(
     try:
         return PipelineConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, origin)) from exc
+        raise ConfigError(_format_errors(exc, raw, origin)) from exc
 
 
 def load_pipeline(path: str | Path, *, env: Mapping[str, str] | None = None) -> PipelineConfig:

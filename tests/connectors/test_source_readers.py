@@ -1,116 +1,30 @@
-"""Source readers and the Mailchimp sink against real loopback stand-ins and real files."""
+"""SQL and file readers and the Mailchimp sink against real files and loopback stand-ins.
+
+The HubSpot-style CRM is read through the declarative REST source: tests/connectors/test_rest_*.
+"""
 
 from __future__ import annotations
 
 import random
 import sqlite3
-from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import polars as pl
 import pytest
 
-from infra.sandbox.crm import CrmStandIn
-from infra.sandbox.generate import build_crm
 from infra.sandbox.mailchimp import MailchimpStandIn
 from tasks.connectors.destinations.mailchimp import MailchimpAudience, MemberChange
-from tasks.connectors.http import OAuth2ClientCredentials, RetryPolicy, build_client
+from tasks.connectors.http import RetryPolicy, build_client
 from tasks.connectors.sources.files import FileDropReader
-from tasks.connectors.sources.hubspot import HubSpotContactsReader
 from tasks.connectors.sources.sql import SqlTableReader
 from tasks.errors import PublishError, SourceError
 
 NO_SLEEP = RetryPolicy(sleep=lambda _s: None, rng=random.Random(0))
-PROPS = ["email", "firstname", "lastmodifieddate"]
 
 
 def never(_batch_id: str) -> bool:
     return False
-
-
-@pytest.fixture
-def crm() -> CrmStandIn:
-    records, _people, _dups = build_crm(random.Random(3), 450)
-    with CrmStandIn(records, client_id="cid", client_secret="secret") as server:
-        yield server
-
-
-def reader(crm: CrmStandIn, **kwargs: object) -> HubSpotContactsReader:
-    auth = OAuth2ClientCredentials(f"{crm.url}/oauth/v1/token", "cid", "secret")
-    client = build_client(crm.url, auth=auth)
-    options: dict[str, object] = {"properties": PROPS, "page_size": 100, "policy": NO_SLEEP}
-    options.update(kwargs)
-    return HubSpotContactsReader(client, source_name="crm", **options)  # type: ignore[arg-type]
-
-
-def rows(r: HubSpotContactsReader, since: str | None = None) -> pl.DataFrame:
-    try:
-        return pl.concat([b.frame for b in r.batches(since=since, is_committed=never)])
-    finally:
-        r.close()
-
-
-def test_hubspot_reads_every_contact_once_in_pages(crm: CrmStandIn) -> None:
-    r = reader(crm)
-    df = rows(r)
-    assert df.height == len(crm.contacts())
-    assert df["id"].n_unique() == df.height
-    assert r.pages_read == 5
-    assert df.columns == ["id", "email", "firstname", "lastmodifieddate"]
-
-
-def test_hubspot_incremental_since_watermark_with_overlap(crm: CrmStandIn) -> None:
-    full = rows(reader(crm))
-    watermark = full["lastmodifieddate"].max()
-    changed = crm.upsert_contact({"email": "new.person@example.com", "firstname": "New"})
-    df = rows(reader(crm, overlap=timedelta(0)), since=str(watermark))
-    assert changed["id"] in df["id"].to_list()
-    assert df.height < 10  # only the tail at the watermark, not the whole table
-
-
-def test_hubspot_rewindows_at_the_search_cap(crm: CrmStandIn) -> None:
-    r = reader(crm, search_cap=250)  # the stand-in enforces 10,000; the reader honours its cap
-    df = rows(r)
-    assert df["id"].n_unique() == len(crm.contacts())
-
-
-def test_hubspot_token_expiry_mid_run_refreshes_once(crm: CrmStandIn) -> None:
-    r = reader(crm, rows_per_batch=100)
-    batches = r.batches(since=None, is_committed=never)
-    first = next(batches)
-    crm.expire_tokens()
-    rest = list(batches)
-    assert first.frame.height + sum(b.frame.height for b in rest) == len(crm.contacts())
-    assert crm.token_requests == 2
-
-
-@pytest.mark.parametrize("retry_after", [None, "0"])
-def test_hubspot_retries_429_and_5xx(crm: CrmStandIn, retry_after: str | None) -> None:
-    crm.fail_next(2, status=429, retry_after=retry_after)
-    crm.fail_next(1, status=503)
-    assert rows(reader(crm)).height == len(crm.contacts())
-
-
-def test_hubspot_garbage_and_errors_name_the_source(crm: CrmStandIn) -> None:
-    crm.fail_next(1, status=200, body=b"<html>maintenance</html>")
-    with pytest.raises(SourceError, match=r"source 'crm'.*non-JSON"):
-        rows(reader(crm))
-    crm.fail_next(1, status=200, body=b'{"rows": []}')
-    with pytest.raises(SourceError, match=r"source 'crm'.*'results' list"):
-        rows(reader(crm))
-    crm.fail_next(6, status=500)
-    with pytest.raises(SourceError, match=r"source 'crm'.*answered 500"):
-        rows(reader(crm))
-
-
-def test_oauth_bad_credentials_fail_clearly(crm: CrmStandIn) -> None:
-    auth = OAuth2ClientCredentials(f"{crm.url}/oauth/v1/token", "cid", "wrong")
-    r = HubSpotContactsReader(
-        build_client(crm.url, auth=auth), source_name="crm", properties=PROPS, policy=NO_SLEEP
-    )
-    with pytest.raises(SourceError, match="source 'crm'.*token endpoint .* answered 401"):
-        rows(r)
 
 
 def _orders_db(path: Path, rows_: list[tuple[str, str]]) -> str:

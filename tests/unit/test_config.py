@@ -109,3 +109,9 @@ def test_json_schema_documents_fields() -> None:
     text = json.dumps(schema)
     assert "SQL predicate over customer features" in text
     assert "PipelineConfig" in schema["title"]
+
+
+def test_a_source_named_like_a_kind_keeps_its_name_in_the_error_path() -> None:
+    text = MINIMAL.replace("  crm:\n", "  sql:\n").replace("    table: contacts", "    tabel: x")
+    with pytest.raises(ConfigError, match=r"sources\.sql\.tabel: Extra inputs"):
+        parse_pipeline(text, env={})
