@@ -13,9 +13,10 @@ import traceback
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tasks.connectors.serving import BackgroundHTTPServer
 
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 
@@ -83,7 +84,7 @@ class _QuietThreadingHTTPServer(ThreadingHTTPServer):
         return
 
 
-class StandInServer:
+class StandInServer(BackgroundHTTPServer):
     """Base class for a stand-in HTTP server running in a daemon thread on loopback.
 
     Subclasses implement :meth:`handle`. Use as a context manager or call :meth:`start` and
@@ -92,13 +93,12 @@ class StandInServer:
 
     name = "stand-in"
 
+    poll_interval = 0.02
+
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.host = host
-        self.port = port
+        super().__init__(host=host, port=port)
         self.requests: list[tuple[str, str]] = []
         self._log_lock = threading.Lock()
-        self._server: _QuietThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
@@ -111,48 +111,8 @@ class StandInServer:
             )
         return f"http://{self.host}:{self.port}"
 
-    @property
-    def running(self) -> bool:
-        """True while the server thread is serving requests."""
-        return self._server is not None
-
-    def start(self) -> Self:
-        """Bind the socket and serve requests in a daemon thread; returns ``self``."""
-        if self._server is not None:
-            raise StandInError(f"{type(self).__name__} is already running at {self.url}")
-        server = _QuietThreadingHTTPServer((self.host, self.port), _make_handler(self))
-        self.port = int(server.server_address[1])
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.02},
-            name=f"{type(self).__name__}:{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close the listening socket (idempotent)."""
-        server, thread = self._server, self._thread
-        self._server, self._thread = None, None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def _build_server(self) -> ThreadingHTTPServer:
+        return _QuietThreadingHTTPServer((self.host, self.port), _make_handler(self))
 
     # -- request handling ------------------------------------------------------------------
     def record(self, request: Request) -> None:

@@ -43,11 +43,11 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from tasks.connectors.serving import BackgroundHTTPServer
 from tasks.connectors.storage import is_s3_uri, s3_client, split_s3_uri
 
 if TYPE_CHECKING:
@@ -301,7 +301,7 @@ def sign(secret: bytes, body: bytes, timestamp: str | None = None) -> str:
     return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
 
-class WebhookReceiver:
+class WebhookReceiver(BackgroundHTTPServer):
     """Accepts POSTed event batches on loopback (or any bind address) and lands them.
 
     Args:
@@ -344,8 +344,7 @@ class WebhookReceiver:
         self.source_name = source_name
         self.event_id_field = event_id_field
         self.path = path
-        self.host = host
-        self.port = port
+        super().__init__(host=host, port=port)
         self._secret = secret
         self._signature_header = signature_header
         self._timestamp_header = timestamp_header
@@ -354,8 +353,6 @@ class WebhookReceiver:
         self._max_events = max_events
         self._on_landed = on_landed
         self._clock = clock
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self._stats_lock = threading.Lock()
         self.accepted = 0
         self.redelivered = 0
@@ -374,43 +371,11 @@ class WebhookReceiver:
             raise RuntimeError("the webhook receiver is not running; call start() first")
         return f"http://{self.host}:{self.port}{self.path}"
 
-    def start(self) -> Self:
-        """Bind and serve in a daemon thread; returns ``self``."""
-        if self._server is not None:
-            raise RuntimeError(f"the webhook receiver already listens on {self.url}")
-        server = _Server((self.host, self.port), _handler_for(self))
-        self.port = int(server.server_address[1])
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"webhook:{self.source_name}:{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
+    def _build_server(self) -> ThreadingHTTPServer:
+        return _Server((self.host, self.port), _handler_for(self))
 
-    def stop(self) -> None:
-        """Stop accepting requests and close the socket (idempotent)."""
-        server, thread = self._server, self._thread
-        self._server, self._thread = None, None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def _thread_name(self) -> str:
+        return f"webhook:{self.source_name}:{self.port}"
 
     # --- the work ----------------------------------------------------------------------------
 
