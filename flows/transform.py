@@ -12,7 +12,13 @@ from flows.common import current_run_id, load_config, table_artifact, utc_now
 from tasks.anomaly import check_volumes
 from tasks.core.anomaly import VolumeAnomaly
 from tasks.reports import TableReport
-from tasks.transform import build_gold, build_silver, record_volumes
+from tasks.transform import (
+    build_gold,
+    build_silver,
+    commit_transform_state,
+    record_volumes,
+    stage_sources,
+)
 
 TOP_FAILURES = 20
 
@@ -23,7 +29,10 @@ class TransformReport:
 
     ``tables``: the row balance of every silver and gold table; ``rule_counts``: quarantined
     rows per table, source, rule and column (this run's checks, most frequent first);
-    ``losses``: source values normalisation could not read (set to null, row kept).
+    ``losses``: source values normalisation could not read (set to null, row kept);
+    ``mode``: ``full``, ``incremental`` or ``unchanged`` (silver); ``contacts_rebuilt``: the
+    contacts gold recomputed (None: all of them); ``staging``: per role, ``full``,
+    ``incremental`` or ``unchanged``.
     """
 
     tables: list[TableReport]
@@ -31,6 +40,9 @@ class TransformReport:
     anomalies: list[VolumeAnomaly] = field(default_factory=list)
     rule_counts: list[dict[str, Any]] = field(default_factory=list)
     losses: list[dict[str, Any]] = field(default_factory=list)
+    mode: str = "full"
+    contacts_rebuilt: int | None = None
+    staging: dict[str, str] = field(default_factory=dict)
 
 
 def default_as_of() -> datetime:
@@ -46,20 +58,33 @@ def transform(
     as_of: datetime | None = None,
     run_id: str | None = None,
 ) -> TransformReport:
-    """Rebuild silver and gold from bronze.
+    """Bring silver and gold up to date with bronze.
 
-    ``full_refresh`` is accepted for UI reruns; this version always recomputes from bronze and
-    writes only what changed, so it behaves the same either way.
+    Incremental: only rows bronze gained or lost since the last run are normalised and checked,
+    and only the people, orders and events they affect are rebuilt and rewritten (see
+    :mod:`tasks.transform`). The first run with a new ``as_of`` (default: midnight UTC today)
+    recomputes every contact's time-relative features. ``full_refresh`` rebuilds everything
+    from bronze and yields the same tables.
     """
-    del full_refresh
     config = load_config(config_path)
     run_id = current_run_id(run_id)
     now = utc_now()
-    silver = build_silver(config, run_id=run_id, now=now)
-    gold = build_gold(config, as_of=as_of or default_as_of(), run_id=run_id, now=now)
-    record_volumes([*silver.metrics, *gold.metrics], run_id=run_id, stage="transform", now=now)
+    as_of = as_of or default_as_of()
+    staging = stage_sources(config, run_id=run_id, now=now, full_refresh=full_refresh)
+    silver = build_silver(
+        config, staging=staging, run_id=run_id, now=now, as_of=as_of, full_refresh=full_refresh
+    )
+    gold = build_gold(config, as_of=as_of, run_id=run_id, now=now, contact_keys=silver.contact_keys)
+    if silver.state is not None:
+        commit_transform_state(silver.state, run_id=run_id)
+    record_volumes(
+        [*staging.metrics, *silver.metrics, *gold.metrics],
+        run_id=run_id,
+        stage="transform",
+        now=now,
+    )
     tables = [*silver.tables, *gold.tables]
-    rules = [*silver.rule_counts, *gold.rule_counts]
+    rules = [*staging.rule_counts, *silver.rule_counts, *gold.rule_counts]
     unbalanced = [t.table for t in tables if not t.balanced]
     if unbalanced:
         get_run_logger().error("row balance broken (rows lost or invented) in %s", unbalanced)
@@ -75,7 +100,7 @@ def transform(
     )
     table_artifact(
         "normalisation-losses",
-        silver.losses,
+        staging.losses,
         "Source values that could not be normalised (set to null; the row was kept)",
     )
     table_artifact(
@@ -89,5 +114,8 @@ def transform(
         audience_sizes=gold.audience_sizes,
         anomalies=anomalies,
         rule_counts=rules,
-        losses=silver.losses,
+        losses=staging.losses,
+        mode=silver.mode,
+        contacts_rebuilt=None if silver.contact_keys is None else len(silver.contact_keys),
+        staging=staging.modes,
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from tasks.connectors.lake import Lake, s3_storage_options
+from tasks.connectors.lake import Lake, settings_storage_options
 from tasks.core.settings import Settings, load_settings
 
 
@@ -16,16 +16,7 @@ def lake_for(settings: Settings) -> Lake:
     """The lake described by ``settings`` (local directory or S3)."""
     if settings.lake_is_local:
         return Lake(settings.lake_uri.removeprefix("file://"))
-    key = settings.aws_access_key_id
-    secret = settings.aws_secret_access_key
-    options = s3_storage_options(
-        endpoint=settings.s3_endpoint,
-        access_key_id=key.get_secret_value() if key else None,
-        secret_access_key=secret.get_secret_value() if secret else None,
-        region=settings.aws_region,
-        allow_http=settings.s3_allow_http,
-    )
-    return Lake(settings.lake_uri, options)
+    return Lake(settings.lake_uri, settings_storage_options(settings))
 
 
 @lru_cache(maxsize=4)

@@ -44,6 +44,7 @@ from tasks.connectors.storage import (
     s3_client,
     split_s3_uri,
 )
+from tasks.core.settings import Settings
 from tasks.errors import AudienceLakeError
 
 __all__ = [
@@ -144,6 +145,19 @@ def s3_storage_options(
         _reject_unsafe_rename(extra)
         options.update(extra)
     return options
+
+
+def settings_storage_options(settings: Settings) -> dict[str, str]:
+    """S3 options from the environment settings (``AWS_*`` / ``AUDIENCE_LAKE_S3_*``): used by
+    the lake and by every source that reads S3 with the lake's credentials."""
+    key, secret = settings.aws_access_key_id, settings.aws_secret_access_key
+    return s3_storage_options(
+        endpoint=settings.s3_endpoint,
+        access_key_id=None if key is None else key.get_secret_value(),
+        secret_access_key=None if secret is None else secret.get_secret_value(),
+        region=settings.aws_region,
+        allow_http=settings.s3_allow_http,
+    )
 
 
 def _reject_unsafe_rename(options: Mapping[str, str]) -> None:
@@ -304,6 +318,61 @@ class Lake:
             delta = self._require(table)
             delta.update_incremental()
             return [dict(p) for p in delta.partitions()]
+
+    def count(self, table: str) -> int:
+        """Rows in the table's current version, from the Delta log (no data file is read).
+
+        Raises:
+            TableNotFoundError: if the table does not exist.
+        """
+        with self._locked(table), self._errors(table, "count the rows of"):
+            return int(self._require(table).count())
+
+    def file_uris(self, table: str, *, version: int | None = None) -> list[str]:
+        """The data files of the table's current version, or of an older ``version``.
+
+        Together with :meth:`scan_files` this tells what a writer changed between two versions
+        (the files one has and the other lacks) without reading the rest of the table.
+
+        Raises:
+            TableNotFoundError: if the table does not exist.
+            LakeError: if ``version`` can no longer be loaded (its log was cleaned up).
+        """
+        with self._locked(table), self._errors(table, f"list the files (version {version}) of"):
+            delta = self._require(table)
+            if version is None or version == delta.version():
+                return list(delta.file_uris())
+            old = DeltaTable(
+                self.uri(table), version=version, storage_options=self._delta_options()
+            )
+            return list(old.file_uris())
+
+    def scan_files(self, table: str, uris: Sequence[str]) -> pl.LazyFrame:
+        """A lazy scan of some data files of ``table`` (from :meth:`file_uris`).
+
+        Rows come in the table's *current* schema: columns a file predates are null, partition
+        columns come from the file's path. A file that was removed from the table is still
+        readable until a vacuum deletes it; reading a vacuumed file fails when collected.
+
+        Raises:
+            TableNotFoundError: if the table does not exist.
+        """
+        with self._locked(table), self._errors(table, "scan files of"):
+            delta = self._require(table)
+            schema = pl.scan_delta(delta, storage_options=self._polars_options).collect_schema()
+            if not uris:
+                return pl.LazyFrame(schema=schema)
+            partitions = list(delta.metadata().partition_columns)
+            frame = pl.scan_parquet(
+                list(uris),
+                schema={n: t for n, t in schema.items() if n not in partitions},
+                hive_partitioning=bool(partitions),
+                hive_schema={n: schema[n] for n in partitions} if partitions else None,
+                missing_columns="insert",
+                extra_columns="ignore",
+                storage_options=self._polars_options,
+            )
+            return frame.select(list(schema))
 
     # --- writes ----------------------------------------------------------------------------------
 
@@ -625,6 +694,86 @@ class Lake:
             metrics = delta.delete(predicate, commit_properties=_commit_properties(metadata))
             deleted = metrics.get("num_deleted_rows")
             return -1 if deleted is None else int(deleted)
+
+    def upsert(
+        self,
+        table: str,
+        df: pl.DataFrame,
+        *,
+        keys: Sequence[str],
+        delete: pl.DataFrame | None = None,
+        partition_by: Sequence[str] | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> MergeStats:
+        """Upsert the rows of ``df``, delete the rows whose ``keys`` are in ``delete``: one commit.
+
+        The incremental writer's primitive: a MERGE reads and rewrites only the files that hold
+        a matched key, a matched row is rewritten only when a value changed (null-safe), and
+        nothing is committed when nothing changed. ``df`` must have exactly the table's columns
+        (a schema change is a rewrite: use :meth:`overwrite`); ``delete`` needs only the key
+        columns. A missing table is created from ``df`` (partitioned by ``partition_by``).
+
+        Raises:
+            LakeError: for null or duplicate keys (a key may not be both upserted and deleted),
+                a frame whose columns differ from the table's, or a failed merge.
+        """
+        key_list = list(keys)
+        gone = (delete if delete is not None else df.head(0)).select(key_list)
+        flag = "_upsert_delete"
+        source = pl.concat(
+            [
+                df.with_columns(pl.lit(False).alias(flag)),
+                gone.with_columns(pl.lit(True).alias(flag)),
+            ],
+            how="diagonal_relaxed",
+        ).select(*df.columns, flag)
+        self._validate_keys(table, source, key_list)
+        where = f"upsert on {key_list} into"
+        with self._locked(table), self._errors(table, where):
+            delta = self._load(table)
+            if delta is None:
+                data = self._prepare(table, df, None)
+                created = self._create(table, data, partition_by, metadata)
+                if created is not None:
+                    return MergeStats(inserted=df.height, updated=0, deleted=0, version=created)
+                delta = self._require(table)
+            if source.height == 0:
+                return MergeStats(inserted=0, updated=0, deleted=0, version=None)
+            target = [field.name for field in delta.schema().fields]
+            if sorted(target) != sorted(df.columns):
+                raise LakeError(
+                    f"upsert into {table!r} ({self.uri(table)}): the frame's columns "
+                    f"{sorted(df.columns)} differ from the table's {sorted(target)}; "
+                    "overwrite the table to change its schema"
+                )
+            data = self._prepare(table, source, delta)
+            values = [c for c in df.columns if c not in key_list]
+            compared = [c for c in values if not c.startswith("_")]
+            before = delta.version()
+            merger = delta.merge(
+                data,
+                predicate=" AND ".join(f"t.{_q(k)} = s.{_q(k)}" for k in key_list),
+                source_alias="s",
+                target_alias="t",
+                streamed_exec=False,
+                commit_properties=_commit_properties(metadata),
+            ).when_matched_delete(predicate=f"s.{_q(flag)}")
+            if values:
+                changed = _changed_predicate(compared, set(target)) if compared else "TRUE"
+                merger = merger.when_matched_update(
+                    updates={c: f"s.{_q(c)}" for c in values},
+                    predicate=f"NOT s.{_q(flag)} AND ({changed})",
+                )
+            metrics = merger.when_not_matched_insert(
+                updates={c: f"s.{_q(c)}" for c in df.columns}, predicate=f"NOT s.{_q(flag)}"
+            ).execute()
+            after = delta.version()
+            return MergeStats(
+                inserted=int(metrics.get("num_target_rows_inserted", 0)),
+                updated=int(metrics.get("num_target_rows_updated", 0)),
+                deleted=int(metrics.get("num_target_rows_deleted", 0)),
+                version=after if after != before else None,
+            )
 
     # --- internals -------------------------------------------------------------------------------
 

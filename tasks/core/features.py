@@ -62,8 +62,19 @@ def quintile_score(value: pl.Expr, *, descending: bool = False) -> pl.Expr:
     return (((rank - 0.5) * 5 / count).floor() + 1).clip(1, 5).cast(pl.Int8)
 
 
+def _exact_sum(amounts: pl.Expr) -> pl.Expr:
+    """Sum of amounts, independent of row order (float addition is not associative, so the
+    features of a contact would otherwise depend on how rows happened to be partitioned, and
+    an incremental run could round differently from a full one)."""
+    return amounts.cast(pl.Decimal(38, 6)).sum().cast(pl.Float64)
+
+
 def _days(later: pl.Expr, earlier: pl.Expr) -> pl.Expr:
     return (later - earlier).dt.total_days().cast(pl.Int64)
+
+
+SCORE_COLUMNS = ("r_score", "f_score", "m_score", "rfm_score")
+"""Population-relative columns: :func:`score_rfm` recomputes them over every contact."""
 
 
 def customer_features(
@@ -79,6 +90,25 @@ def customer_features(
     ``orders`` are silver orders (``amount_reporting`` in the reporting currency); ``events``
     silver events. See the module docstring for every definition.
     """
+    return customer_metrics(
+        contacts, orders, events, as_of=as_of, rfm_window_days=rfm_window_days
+    ).pipe(score_rfm)
+
+
+def customer_metrics(
+    contacts: pl.LazyFrame,
+    orders: pl.LazyFrame,
+    events: pl.LazyFrame,
+    *,
+    as_of: datetime,
+    rfm_window_days: int = 365,
+) -> pl.LazyFrame:
+    """Every feature except the RFM scores, one row per contact of ``contacts``.
+
+    Each row depends only on that contact's own orders and events, so the features of a subset
+    of contacts can be computed from their rows alone (the incremental transform does); the
+    scores compare contacts with each other and are added by :func:`score_rfm`.
+    """
     as_of_lit = pl.lit(as_of).cast(UTC_MICROS)
     window_start = as_of_lit - pl.duration(days=rfm_window_days)
     counted = orders.filter(
@@ -89,16 +119,16 @@ def customer_features(
     in_window = pl.col("created_at") > window_start
     order_stats = counted.group_by("contact_key").agg(
         pl.len().cast(pl.Int64).alias("order_count"),
-        pl.col("amount_reporting").sum().alias("lifetime_value"),
+        _exact_sum(pl.col("amount_reporting")).alias("lifetime_value"),
         pl.col("created_at").min().alias("first_order_at"),
         pl.col("created_at").max().alias("last_order_at"),
         in_window.sum().cast(pl.Int64).alias("frequency"),
-        pl.col("amount_reporting").filter(in_window).sum().alias("monetary"),
+        _exact_sum(pl.col("amount_reporting").filter(in_window)).alias("monetary"),
     )
     favourite = (
         counted.filter(pl.col("category").is_not_null())
         .group_by("contact_key", "category")
-        .agg(pl.len().alias("_n"), pl.col("amount_reporting").sum().alias("_spend"))
+        .agg(pl.len().alias("_n"), _exact_sum(pl.col("amount_reporting")).alias("_spend"))
         .sort(
             ["contact_key", "_n", "_spend", "category"],
             descending=[False, True, True, False],
@@ -121,7 +151,6 @@ def customer_features(
             pl.col("occurred_at").max().alias("_last_event_at"),
         )
     )
-    scored = pl.col("frequency") > 0
     return (
         contacts.select("contact_key", "country")
         .join(order_stats, on="contact_key", how="left")
@@ -140,6 +169,22 @@ def customer_features(
             _days(as_of_lit, pl.col("last_order_at")).alias("recency_days"),
             _days(as_of_lit, pl.col("last_activity_at")).alias("days_since_last_activity"),
         )
+        .select(
+            [
+                pl.col(name).cast(dtype)
+                for name, dtype in FEATURE_COLUMNS.items()
+                if name not in SCORE_COLUMNS
+            ]
+        )
+    )
+
+
+def score_rfm(metrics: pl.LazyFrame) -> pl.LazyFrame:
+    """Add the RFM quintile scores to :func:`customer_metrics` rows (any score columns present
+    are replaced): ranks among all rows given, so pass every contact."""
+    scored = pl.col("frequency") > 0
+    return (
+        metrics.drop(SCORE_COLUMNS, strict=False)
         .with_columns(
             # Recency ranks on days, not timestamps: two orders on the same day are equally
             # recent to a marketer. Fewer days = more recent = higher score.

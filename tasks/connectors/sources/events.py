@@ -29,7 +29,7 @@ from datetime import datetime
 import polars as pl
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tasks.connectors.lake import s3_storage_options
+from tasks.connectors.lake import settings_storage_options
 from tasks.connectors.sources.base import SourceBatch, WriteMode
 from tasks.connectors.storage import is_s3_uri
 from tasks.connectors.webhook import LandedObject, Landing, open_landing
@@ -51,16 +51,7 @@ def landing_for(config: EventSource) -> Landing:
     lake's do (``AWS_*`` / ``AUDIENCE_LAKE_S3_*``), never from ``pipeline.yaml``."""
     if not is_s3_uri(config.landing):
         return open_landing(config.landing)
-    settings = load_settings()
-    key, secret = settings.aws_access_key_id, settings.aws_secret_access_key
-    options = s3_storage_options(
-        endpoint=settings.s3_endpoint,
-        access_key_id=key.get_secret_value() if key else None,
-        secret_access_key=secret.get_secret_value() if secret else None,
-        region=settings.aws_region,
-        allow_http=settings.s3_allow_http,
-    )
-    return open_landing(config.landing, options)
+    return open_landing(config.landing, settings_storage_options(load_settings()))
 
 
 def open_event_reader(name: str, config: EventSource) -> EventBatchReader:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import polars as pl
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tasks.connectors.lake import s3_storage_options
+from tasks.connectors.lake import s3_storage_options, settings_storage_options
 from tasks.connectors.sources.base import SourceBatch, WriteMode
 from tasks.connectors.storage import is_s3_uri, s3_client, split_s3_uri
 from tasks.core.config import FileDropS3, FileDropSource
@@ -469,15 +469,7 @@ def open_file_drop(name: str, config: FileDropSource) -> FileDropReader:
 
 def _drop_storage_options(s3: FileDropS3 | None) -> dict[str, str]:
     if s3 is None:
-        settings = load_settings()
-        key, secret = settings.aws_access_key_id, settings.aws_secret_access_key
-        return s3_storage_options(
-            endpoint=settings.s3_endpoint,
-            access_key_id=None if key is None else key.get_secret_value(),
-            secret_access_key=None if secret is None else secret.get_secret_value(),
-            region=settings.aws_region,
-            allow_http=settings.s3_allow_http,
-        )
+        return settings_storage_options(load_settings())
     return s3_storage_options(
         endpoint=s3.endpoint,
         access_key_id=None

@@ -1,0 +1,368 @@
+"""Transform benchmark: the project's transform against the same computation in bare polars,
+DuckDB SQL and pandas, and an incremental run after 1 % of the contacts change.
+
+Not a test. Generates ``--contacts`` people with proportional orders (~1.5 each), events (~5)
+and enrichment rows (~0.4) straight into a local lake's bronze tables (vectorised polars,
+:mod:`benchmarks.bronze_gen`), then runs each contender in a fresh ``spawn`` subprocess, so
+every peak-memory figure (``ru_maxrss`` of that process, interpreter and imports included) is
+its own, and prints them side by side:
+
+* ``audience-lake full``: the real code path - ``stage_bronze`` + ``build_silver_tables`` +
+  ``build_gold_tables`` + ``record_transform_state`` from :mod:`tasks.transform` (what the
+  Prefect tasks call), *without* Prefect: no server, no task runs. Contracts, quarantine,
+  the staging log and Delta MERGEs included, on an empty lake (a first run).
+* ``bare polars`` / ``DuckDB SQL`` / ``pandas``: the same computation written directly
+  (:mod:`benchmarks.transform_contenders`), reading the same bronze files and writing the
+  five result tables to files; no contracts, no quarantine, no state for the next run.
+* ``audience-lake incremental``: after ``--change`` (default 1 %) of the people got CRM edits
+  (a third change email, a third opt out, a third rename), new and refunded orders, new events
+  and enrichment rows - written to bronze the way ingest writes them (MERGE on the key for CRM
+  and orders, insert-new for events, an appended file for enrichment) - the same functions run
+  incrementally on the lake the full run left.
+
+With ``--verify`` a full refresh of the changed lake also runs and every silver/gold table is
+compared with the incremental result (they must be identical).
+
+    .venv/bin/python -m benchmarks.transform_bench --contacts 100000
+    .venv/bin/python -m benchmarks.transform_bench --contacts 1000000 --skip pandas
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+AS_OF = datetime(2026, 11, 1, tzinfo=UTC)
+CONTENDERS = ("audience-lake full", "bare polars", "DuckDB SQL", "pandas")
+INCREMENTAL = "audience-lake incremental"
+BRONZE = ("crm_contacts", "orders", "web_events", "enrichment")
+CONFIG = str(Path(__file__).resolve().parents[1] / "pipeline.yaml")
+PEPPER = "benchmark-pepper"
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _config() -> Any:
+    from tasks.core.config import load_pipeline
+
+    return load_pipeline(CONFIG, env={})
+
+
+def _project(lake_dir: str, *, full_refresh: bool) -> dict[str, Any]:
+    """The project's transform functions on ``lake_dir`` (no Prefect)."""
+    from tasks.connectors.lake import Lake
+    from tasks.transform import (
+        build_gold_tables,
+        build_silver_tables,
+        record_transform_state,
+        stage_bronze,
+    )
+
+    logger = logging.getLogger("transform_bench")
+    logger.addHandler(logging.NullHandler())
+    logger.propagate = False
+    lake, config, now = Lake(lake_dir), _config(), datetime.now(UTC)
+    started = time.perf_counter()
+    staging = stage_bronze(
+        lake, config, run_id="bench", now=now, full_refresh=full_refresh, logger=logger
+    )
+    staged = time.perf_counter()
+    silver = build_silver_tables(
+        lake,
+        config,
+        staging=staging,
+        run_id="bench",
+        now=now,
+        as_of=AS_OF,
+        full_refresh=full_refresh,
+        logger=logger,
+    )
+    built = time.perf_counter()
+    gold = build_gold_tables(
+        lake,
+        config,
+        as_of=AS_OF,
+        run_id="bench",
+        now=now,
+        contact_keys=silver.contact_keys,
+        logger=logger,
+    )
+    if silver.state is not None:
+        record_transform_state(lake, silver.state, run_id=f"bench-{now:%H%M%S%f}")
+    done = time.perf_counter()
+    sizes = gold.audience_sizes
+    from tasks.transform import CONTACTS, EVENTS, FEATURES, ORDERS
+
+    return {
+        "wall": done - started,
+        "stages": {
+            "staging": staged - started,
+            "silver": built - staged,
+            "gold": done - built,
+        },
+        "mode": silver.mode,
+        "rebuilt": None if silver.contact_keys is None else len(silver.contact_keys),
+        "checked": sum(staging.checked.values()),
+        "counts": {
+            "contacts": lake.count(CONTACTS),
+            "orders": lake.count(ORDERS),
+            "events": lake.count(EVENTS),
+            "features": lake.count(FEATURES),
+            "audience": {k: v for k, v in sorted(sizes.items()) if v},
+            "lifetime_value": round(
+                float(lake.read(FEATURES, columns=["lifetime_value"]).sum().item()), 2
+            ),
+        },
+    }
+
+
+def _contender(name: str, work: str) -> dict[str, Any]:
+    """Run one contender (in its own process) and return its figures."""
+    os.environ.setdefault("AUDIENCE_LAKE_PEPPER", PEPPER)
+    root = Path(work)
+    if name in ("audience-lake full", INCREMENTAL, "full refresh (verify)"):
+        lake = {
+            "audience-lake full": "project",
+            INCREMENTAL: "incremental",
+            "full refresh (verify)": "verify",
+        }[name]
+        result = _project(str(root / lake), full_refresh=name != INCREMENTAL)
+        result["peak_mb"] = _peak_mb()
+        return result
+
+    from benchmarks.transform_contenders import bare_polars, duckdb_sql, pandas_transform
+
+    config = _config()
+    out = root / "out" / name.split()[-1].lower()
+    out.mkdir(parents=True, exist_ok=True)
+    bronze = {s: str(root / "bronze" / "bronze" / s) for s in BRONZE}
+    started = time.perf_counter()
+    if name == "bare polars":
+        counts = bare_polars(bronze, out, config, PEPPER.encode(), AS_OF)
+    elif name == "DuckDB SQL":
+        from tasks.connectors.lake import Lake
+
+        lake = Lake(str(root / "bronze"))
+        files = {s: lake.file_uris(f"bronze/{s}") for s in BRONZE}
+        counts = duckdb_sql(files, out, config, PEPPER.encode(), AS_OF)
+    else:
+        counts = pandas_transform(bronze, out, config, PEPPER.encode(), AS_OF)
+    wall = time.perf_counter() - started
+    counts["audience"] = {k: v for k, v in sorted(counts["audience"].items()) if v}
+    return {"wall": wall, "peak_mb": _peak_mb(), "counts": counts}
+
+
+def _child(name: str, work: str, conn: Any) -> None:
+    try:
+        conn.send(_contender(name, work))
+    except BaseException as exc:  # report, don't hang the parent
+        conn.send({"error": f"{type(exc).__name__}: {exc}"})
+        raise
+
+
+def run_isolated(name: str, work: Path, timeout: float) -> dict[str, Any]:
+    """Run a contender in a fresh spawned process (its own peak RSS; delta-rs needs spawn)."""
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_child, args=(name, str(work), send))
+    started = time.perf_counter()
+    process.start()
+    result: dict[str, Any]
+    if receive.poll(timeout):
+        result = receive.recv()
+    else:
+        process.terminate()
+        result = {"error": f"timed out after {timeout:.0f} s"}
+    process.join(30)
+    result.setdefault("process_wall", time.perf_counter() - started)
+    return result
+
+
+def generate(work: Path, contacts: int, seed: int) -> tuple[dict[str, int], float]:
+    """Write the bronze tables of ``contacts`` people; returns row counts and seconds."""
+    from benchmarks.bronze_gen import bronze_tables
+    from tasks.connectors.lake import Lake
+
+    started = time.perf_counter()
+    lake = Lake(str(work / "bronze"))
+    rows = {}
+    for table, frame in bronze_tables(contacts, seed).items():
+        lake.overwrite(table, frame)
+        rows[table] = frame.height
+    return rows, time.perf_counter() - started
+
+
+def apply_change(
+    lake_dir: Path, contacts: int, seed: int, share: float
+) -> tuple[dict[str, int], float]:
+    """Write a day's change for ``share`` of the people into bronze, as ingest would."""
+    from benchmarks.bronze_gen import bronze_tables, changes, people
+    from tasks.connectors.lake import Lake
+
+    change = changes(people(contacts, seed), bronze_tables(contacts, seed), share=share, seed=seed)
+    started = time.perf_counter()
+    lake = Lake(str(lake_dir))
+    lake.merge("bronze/crm_contacts", change["bronze/crm_contacts"], keys=["id"])
+    lake.merge("bronze/orders", change["bronze/orders"], keys=["order_id"])
+    lake.insert_new(
+        "bronze/web_events", change["bronze/web_events"], keys=["event_id"], batch_id="day-2"
+    )
+    lake.append_once("bronze/enrichment", change["bronze/enrichment"], batch_id="day-2")
+    return {t: f.height for t, f in change.items()}, time.perf_counter() - started
+
+
+def compare_tables(left: Path, right: Path) -> list[str]:
+    """Silver/gold tables (and staged rows) that differ between two lakes."""
+    import polars as pl
+
+    from tasks.connectors.lake import Lake
+    from tasks.core.incremental import live_rows
+    from tasks.transform import AUDIENCE, CONTACTS, EVENTS, FEATURES, ORDERS, STAGED
+
+    a, b = Lake(str(left)), Lake(str(right))
+    differ = []
+    for table in (CONTACTS, ORDERS, EVENTS, FEATURES, AUDIENCE, *STAGED.values()):
+
+        def rows(lake: Lake, table: str = table) -> pl.DataFrame:
+            frame = lake.scan(table)
+            if table in STAGED.values():
+                frame = live_rows(frame).drop("_ingested_at")
+            return frame.collect().sort(pl.all())
+
+        if not rows(a).equals(rows(b)):
+            differ.append(table)
+    return differ
+
+
+def _fmt_counts(counts: dict[str, Any]) -> str:
+    audience = sum(counts["audience"].values())
+    return (
+        f"{counts['contacts']:>9,} {counts['orders']:>9,} {counts['events']:>10,} "
+        f"{counts['features']:>9,} {audience:>8,} {counts['lifetime_value']:>16,.2f}"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--contacts", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--change", type=float, default=0.01, help="share of people changed")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["polars", "duckdb", "pandas"])
+    parser.add_argument("--verify", action="store_true", help="also compare with a full refresh")
+    parser.add_argument("--work", help="working directory (default: a temporary one, removed)")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds per contender")
+    args = parser.parse_args(argv)
+
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="transform-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"transform benchmark: {args.contacts:,} contacts, seed {args.seed}, work dir {work}")
+    print(f"machine: {os.cpu_count()} CPU(s), python {sys.version.split()[0]}")
+    try:
+        rows, seconds = generate(work, args.contacts, args.seed)
+        print(
+            "bronze: "
+            + ", ".join(f"{t.split('/')[1]} {n:,}" for t, n in rows.items())
+            + f" rows ({sum(rows.values()):,} in all; generated and written in {seconds:.1f} s)"
+        )
+        shutil.copytree(work / "bronze", work / "project")
+        skipped = {"polars": "bare polars", "duckdb": "DuckDB SQL", "pandas": "pandas"}
+        names = [n for n in CONTENDERS if n not in {skipped[s] for s in args.skip}]
+        results: dict[str, dict[str, Any]] = {}
+        for name in names:
+            print(f"running {name} ...", flush=True)
+            results[name] = run_isolated(name, work, args.timeout)
+        if "error" not in results.get("audience-lake full", {"error": ""}):
+            shutil.copytree(work / "project", work / "incremental")
+            changed, ingest_s = apply_change(
+                work / "incremental", args.contacts, args.seed, args.change
+            )
+            print(
+                f"change of {args.change:.0%} of the people written to bronze in {ingest_s:.1f} s: "
+                + ", ".join(f"{t.split('/')[1]} {n:,}" for t, n in changed.items())
+                + " rows"
+            )
+            if args.verify:
+                shutil.copytree(work / "incremental", work / "verify")
+            print(f"running {INCREMENTAL} ...", flush=True)
+            results[INCREMENTAL] = run_isolated(INCREMENTAL, work, args.timeout)
+            if args.verify:
+                print("running full refresh (verify) ...", flush=True)
+                results["full refresh (verify)"] = run_isolated(
+                    "full refresh (verify)", work, args.timeout
+                )
+        report(results, args)
+        if args.verify and "full refresh (verify)" in results:
+            differ = compare_tables(work / "incremental", work / "verify")
+            print(
+                "verify: incremental == full refresh for every silver/gold table and staged rows"
+                if not differ
+                else f"verify: DIFFERENT tables: {differ}"
+            )
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
+    base = results.get("audience-lake full", {}).get("wall")
+    print()
+    print(
+        f"{'contender':<28} {'wall s':>8} {'peak MB':>8} {'vs full':>8}   "
+        f"{'contacts':>9} {'orders':>9} {'events':>10} {'features':>9} {'audience':>8} "
+        f"{'lifetime value':>16}"
+    )
+    for name, result in results.items():
+        if "error" in result:
+            print(f"{name:<28} FAILED: {result['error']}")
+            continue
+        ratio = f"{result['wall'] / base:7.2f}x" if base else "     n/a"
+        print(
+            f"{name:<28} {result['wall']:8.1f} {result['peak_mb']:8.0f} {ratio:>8}   "
+            + _fmt_counts(result["counts"])
+        )
+    for name in ("audience-lake full", INCREMENTAL, "full refresh (verify)"):
+        result = results.get(name, {})
+        if "stages" in result:
+            stages = ", ".join(f"{k} {v:.1f} s" for k, v in result["stages"].items())
+            extra = (
+                f"; {result['checked']:,} bronze rows normalised and checked, "
+                f"{'all' if result['rebuilt'] is None else format(result['rebuilt'], ',')} "
+                "contacts rebuilt"
+            )
+            print(f"  {name}: {stages}{extra} (silver mode: {result['mode']})")
+    full, incremental = results.get("audience-lake full", {}), results.get(INCREMENTAL, {})
+    if "wall" in full and "wall" in incremental:
+        print(
+            f"incremental after a {args.change:.0%} change: {incremental['wall']:.1f} s vs "
+            f"{full['wall']:.1f} s full = {full['wall'] / incremental['wall']:.1f}x faster"
+        )
+    contenders = {n: r for n, r in results.items() if "counts" in r and n in CONTENDERS}
+    counts = {
+        n: {k: v for k, v in r["counts"].items() if k != "lifetime_value"}
+        for n, r in contenders.items()
+    }
+    agree = len({repr(c) for c in counts.values()}) <= 1
+    print(
+        "row counts (contacts, orders, events, features, audience per segment): "
+        + ("identical across contenders" if agree else "DIFFER: " + repr(counts))
+    )
+
+
+RunFn = Callable[[str, str], dict[str, Any]]
+
+if __name__ == "__main__":
+    raise SystemExit(main())
