@@ -658,7 +658,8 @@ def _live_where(log: pl.LazyFrame, predicate: pl.Expr) -> pl.LazyFrame:
 
 
 ANON = "_anon"
-"""``<source>\x1f<anonymous id>``: anonymous ids are only meaningful within their source."""
+"""Source and anonymous id joined by a unit separator: an id means something only in its
+source."""
 
 
 def _with_anon(events_log: pl.LazyFrame) -> pl.LazyFrame:
