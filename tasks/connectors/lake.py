@@ -461,7 +461,7 @@ class Lake:
             before = delta.version()
             merger = delta.merge(
                 data,
-                predicate=" AND ".join(f"t.{_q(k)} = s.{_q(k)}" for k in key_list),
+                predicate=_keys_match(key_list),
                 source_alias="s",
                 target_alias="t",
                 merge_schema=True,
@@ -474,7 +474,7 @@ class Lake:
             # Columns starting with "_" are ingest metadata (_ingested_at, _run_id, ...): they are
             # written with a changed row but never make a row "changed" on their own, so
             # re-reading an unchanged record leaves bronze untouched.
-            compared = [c for c in value_columns if not c.startswith("_")]
+            compared = _compared(value_columns)
             if value_columns:
                 changed = (
                     _changed_predicate(compared, target_columns)
@@ -553,7 +553,7 @@ class Lake:
                         metrics = (
                             delta.merge(
                                 data,
-                                predicate=" AND ".join(f"t.{_q(k)} = s.{_q(k)}" for k in key_list),
+                                predicate=_keys_match(key_list),
                                 source_alias="s",
                                 target_alias="t",
                                 merge_schema=True,
@@ -748,11 +748,11 @@ class Lake:
                 )
             data = self._prepare(table, source, delta)
             values = [c for c in df.columns if c not in key_list]
-            compared = [c for c in values if not c.startswith("_")]
+            compared = _compared(values)
             before = delta.version()
             merger = delta.merge(
                 data,
-                predicate=" AND ".join(f"t.{_q(k)} = s.{_q(k)}" for k in key_list),
+                predicate=_keys_match(key_list),
                 source_alias="s",
                 target_alias="t",
                 streamed_exec=False,
@@ -1012,6 +1012,16 @@ def _commit_properties(
 def _q(column: str) -> str:
     """Quote a column name for a delta-rs (DataFusion) SQL expression."""
     return "`" + column.replace("`", "``") + "`"
+
+
+def _keys_match(keys: Sequence[str]) -> str:
+    """MERGE condition joining target ``t`` and source ``s`` on every key column."""
+    return " AND ".join(f"t.{_q(k)} = s.{_q(k)}" for k in keys)
+
+
+def _compared(columns: Sequence[str]) -> list[str]:
+    """Columns that decide whether a matched row changed: ingest metadata (``_*``) does not."""
+    return [c for c in columns if not c.startswith("_")]
 
 
 def _changed_predicate(value_columns: Sequence[str], target_columns: set[str]) -> str:
