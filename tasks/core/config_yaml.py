@@ -50,10 +50,14 @@ def _syntax_error(exc: yaml.YAMLError, origin: str) -> ConfigError:
     if isinstance(exc, yaml.MarkedYAMLError):
         where = _mark(exc.problem_mark) or _mark(exc.context_mark)
         problem = _one_line(exc.problem or exc.context or "invalid YAML")
-        context = ""
         if exc.context and exc.problem and exc.context_mark is not None:
-            context = f" ({_one_line(exc.context)} at line {exc.context_mark.line + 1})"
-        return ConfigError(f"{origin}: {where}: not valid YAML: {problem}{context}")
+            context, line = _one_line(exc.context), exc.context_mark.line + 1
+            problem = (
+                f"{context} (line {line}), {problem}"
+                if problem.startswith("but ")
+                else f"{problem} ({context} at line {line})"
+            )
+        return ConfigError(f"{origin}: {where}: not valid YAML: {problem}")
     return ConfigError(f"{origin}: not valid YAML: {_one_line(str(exc))}")
 
 
@@ -114,8 +118,8 @@ def _check_nodes(root: yaml.Node, origin: str, loader: _Loader) -> None:
                     first = seen.get(key)
                     if first is not None:
                         raise ConfigError(
-                            f"{origin}: line {key_node.start_mark.line + 1}: {_render(child)}: "
-                            f"duplicate key (first defined at line {first.start_mark.line + 1})"
+                            f"{origin}: {_mark(key_node.start_mark)}: {_render(child)}: "
+                            f"duplicate key (first defined at {_mark(first.start_mark)})"
                         )
                     seen[key] = key_node
                 stack.append((key_node, child, depth + 1))
