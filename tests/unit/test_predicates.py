@@ -252,3 +252,17 @@ def test_predicate_columns_are_read_without_evaluating() -> None:
     assert parse_predicate("a IS NOT TRUE") is not None
     with pytest.raises(PredicateError, match="unknown column"):
         compile_predicate("shoe_size > 42", FEATURE_COLUMNS)
+
+
+def test_nothing_else_hands_text_to_polars_sql() -> None:
+    """The parser is the only door: no other module may call polars' SQL entry points."""
+    pattern = re.compile(r"\bsql_expr\s*\(|\bSQLContext\b|\bpl\.sql\s*\(|\.sql\s*\(")
+    offenders = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for folder in ("tasks", "flows", "infra")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        if path != ROOT / "tasks" / "core" / "predicates.py"
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert offenders == []
