@@ -107,6 +107,18 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def is_certificate_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was raised from) is a failed certificate verification."""
+    seen: BaseException | None = exc
+    for _ in range(10):  # chains are short; a bound keeps a cyclic one from looping
+        if seen is None:
+            break
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def send_with_retries(
     client: httpx.Client,
     request: httpx.Request,
@@ -135,6 +147,8 @@ def send_with_retries(
                 with budget.slot():
                     response = client.send(request)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            if is_certificate_error(exc):
+                raise  # a certificate that does not verify will not verify on a retry
             last_error = exc  # never reached the server: always safe to resend
         except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.RemoteProtocolError) as exc:
             if not idempotent:

@@ -176,7 +176,9 @@ def test_mistakes_fail_at_load_naming_the_key() -> None:
         "max_results needs page_size",
     )
     fails("base_url: https://x\ncolumns: [email]\n", "columns must include the primary key 'id'")
-    fails("base_url: https://x\nauth: {type: bearer, token: plain-text}\n", "sources.src.auth.token")
+    fails(
+        "base_url: https://x\nauth: {type: bearer, token: plain-text}\n", "sources.src.auth.token"
+    )
     fails("base_url: https://x\nbudget: {requests_per_second: 0}\n", "budget.requests_per_second")
     fails("base_url: https://x\nretries: 3\n", "sources.src.retries: Extra inputs")
 
