@@ -288,7 +288,7 @@ class RestReader:
         return request
 
     def _label(self, request: PageRequest) -> str:
-        return f"{request.method} {request.url}"
+        return redact(f"{request.method} {request.url}")  # a next-page URL may hold a key
 
     def _http_request(self, request: PageRequest) -> httpx.Request:
         if request.verbatim:
@@ -318,7 +318,8 @@ class RestReader:
         except SourceError as exc:
             # URLs and response bodies may carry credentials (a next-page URL with the key,
             # a server echoing the request): mask them before the message goes anywhere.
-            raise SourceError(redact(str(exc))) from exc.__cause__
+            exc.args = (redact(str(exc)),)
+            raise
 
     def _fetch_page(self, request: PageRequest) -> Page:
         http_request = self._http_request(request)
