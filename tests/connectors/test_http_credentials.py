@@ -19,6 +19,7 @@ import pytest
 from infra.sandbox._http import Request, Response, StandInServer, json_response
 from tasks.connectors.http import InsecureTransportRefused, build_client
 from tasks.connectors.notifiers import Notification, open_notifier
+from tasks.connectors.redact import redact, register_secret, register_secret_param
 from tasks.connectors.sources.rest import RestReader
 from tasks.core.config_anomaly import SlackWebhookNotifier
 from tasks.core.config_rest import RestSource
@@ -320,3 +321,19 @@ def test_a_plain_http_webhook_secret_is_refused_without_echoing_it(
         {"kind": "slack_webhook", "url": {"secret": "hook"}, "allow_insecure_http": True}
     )
     open_notifier("ops", insecure).close()
+
+
+def test_redact_masks_registered_values_user_info_and_secret_named_parameters() -> None:
+    register_secret("pa ss/w0rd+x")
+    text = (
+        "GET https://reader:pa%20ss%2Fw0rd%2Bx@api.example.com/v1?page=2&access_token=abc"
+        "&X-Amz-Signature=f00d&limit=5 failed: echoed pa ss/w0rd+x and pa+ss%2Fw0rd%2Bx"
+    )
+    assert redact(text) == (
+        "GET https://***@api.example.com/v1?page=2&access_token=***"
+        "&X-Amz-Signature=***&limit=5 failed: echoed *** and ***"
+    )
+    register_secret_param("apiCode")
+    assert redact("/v1/items?apicode=zz&q=1") == "/v1/items?apicode=***&q=1"
+    register_secret("abc")  # too short to mask everywhere: only by parameter name
+    assert redact("abc?key=abc") == "abc?key=***"
