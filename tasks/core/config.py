@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,6 +22,7 @@ import polars as pl
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tasks.core.transport import TransportOptions
 from tasks.errors import ConfigError
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
@@ -125,7 +126,7 @@ class Segment(Model):
     )
 
 
-class MailchimpDestination(Model):
+class MailchimpDestination(Model, TransportOptions):
     kind: Literal["mailchimp"]
     base_url: str = Field(description="e.g. https://us6.api.mailchimp.com")
     api_key: SecretRef
@@ -133,6 +134,9 @@ class MailchimpDestination(Model):
     audiences: dict[Name, str] = Field(
         min_length=1, description="Segment name -> Mailchimp list id."
     )
+
+    def credential_urls(self) -> Iterator[tuple[str, str]]:
+        yield "base_url", self.base_url
 
 
 Destination = Annotated[MailchimpDestination, Field(discriminator="kind")]
