@@ -29,6 +29,7 @@ from tasks.core.predicates import (
     compile_predicate,
     predicate_columns,
 )
+from tasks.core.transport import TransportOptions
 from tasks.errors import ConfigError
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
@@ -153,7 +154,7 @@ class Segment(Model):
         return compile_predicate(self.where, FEATURE_COLUMNS)
 
 
-class MailchimpDestination(Model):
+class MailchimpDestination(Model, TransportOptions):
     kind: Literal["mailchimp"]
     base_url: str = Field(description="e.g. https://us6.api.mailchimp.com")
     api_key: SecretRef
@@ -161,6 +162,9 @@ class MailchimpDestination(Model):
     audiences: dict[Name, str] = Field(
         min_length=1, description="Segment name -> Mailchimp list id."
     )
+
+    def credential_urls(self) -> Iterator[tuple[str, str]]:
+        yield "base_url", self.base_url
 
 
 Destination = Annotated[MailchimpDestination, Field(discriminator="kind")]

@@ -16,12 +16,13 @@ and ``SecretRef``), so import it through ``tasks.core`` as usual.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from tasks.core.config import Model, SecretRef, SourceBase
+from tasks.core.transport import SALESFORCE_DOMAINS, TransportOptions, check_domain_entries
 
 SINCE = "{since}"
 
@@ -69,6 +70,21 @@ class _OAuth2Common(Model):
         default=None,
         description="Token-reply field holding the API host to use (Salesforce: instance_url).",
     )
+    instance_url_domains: tuple[str, ...] = Field(
+        default=SALESFORCE_DOMAINS,
+        description="Hosts the instance URL may name: 'example.com' (and its subdomains) or "
+        "'host:port'. It must also be https (http only to loopback while base_url is loopback, "
+        "or with allow_insecure_http). The base_url and token_url origins are always allowed. "
+        "Default: Salesforce's domains.",
+    )
+
+    @field_validator("instance_url_domains")
+    @classmethod
+    def _domains_are_hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = check_domain_entries(value)
+        if bad:
+            raise ValueError(f"not a host, .suffix or host:port (lower case): {bad}")
+        return value
 
 
 class RestOAuth2ClientCredentials(_OAuth2Common):
@@ -304,7 +320,7 @@ class Flatten(Model):
 PresetName = Literal["hubspot_contacts", "salesforce_soql", "shopify_customers", "stripe_customers"]
 
 
-class RestSource(SourceBase):
+class RestSource(SourceBase, TransportOptions):
     """A REST API read page by page into ``bronze/<source>`` (all columns as strings)."""
 
     kind: Literal["rest"]
@@ -379,6 +395,11 @@ class RestSource(SourceBase):
     @property
     def cursor_field(self) -> str | None:
         return None if self.incremental is None else self.incremental.cursor_field
+
+    def credential_urls(self) -> Iterator[tuple[str, str]]:
+        yield "base_url", self.base_url
+        if isinstance(self.auth, _OAuth2Common) and "://" in self.auth.token_url:
+            yield "auth.token_url", self.auth.token_url
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

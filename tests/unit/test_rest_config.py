@@ -149,36 +149,38 @@ def test_preset_options_are_validated() -> None:
         """,
         "options.colour: Extra inputs are not permitted",
     )
-    fails("preset: zendesk_tickets\nbase_url: http://x\n", "sources.src: preset: unknown preset")
+    fails("preset: zendesk_tickets\nbase_url: https://x\n", "sources.src: preset: unknown preset")
 
 
 def test_mistakes_fail_at_load_naming_the_key() -> None:
-    fails("base_url: http://x\npaginator: {type: scroll}\n", "sources.src.paginator")
+    fails("base_url: https://x\npaginator: {type: scroll}\n", "sources.src.paginator")
     fails(
-        "base_url: http://x\nparams: {since: '{since}'}\n",
+        "base_url: https://x\nparams: {since: '{since}'}\n",
         "{since} is used but 'incremental' is not configured",
     )
     fails(
-        "base_url: http://x\nincremental: {cursor_field: updated_at}\n",
+        "base_url: https://x\nincremental: {cursor_field: updated_at}\n",
         "incremental: set 'param' or put {since}",
     )
     fails(
         """\
-        base_url: http://x
+        base_url: https://x
         paginator: {type: json_cursor, cursor_path: next, param: after, max_results: 100,
                     page_size: 10}
         """,
         "re-windowing restarts at the last cursor value",
     )
     fails(
-        "base_url: http://x\npaginator: {type: json_cursor, cursor_path: n, param: a, "
+        "base_url: https://x\npaginator: {type: json_cursor, cursor_path: n, param: a, "
         "max_results: 100}\n",
         "max_results needs page_size",
     )
-    fails("base_url: http://x\ncolumns: [email]\n", "columns must include the primary key 'id'")
-    fails("base_url: http://x\nauth: {type: bearer, token: plain-text}\n", "sources.src.auth.token")
-    fails("base_url: http://x\nbudget: {requests_per_second: 0}\n", "budget.requests_per_second")
-    fails("base_url: http://x\nretries: 3\n", "sources.src.retries: Extra inputs")
+    fails("base_url: https://x\ncolumns: [email]\n", "columns must include the primary key 'id'")
+    fails(
+        "base_url: https://x\nauth: {type: bearer, token: plain-text}\n", "sources.src.auth.token"
+    )
+    fails("base_url: https://x\nbudget: {requests_per_second: 0}\n", "budget.requests_per_second")
+    fails("base_url: https://x\nretries: 3\n", "sources.src.retries: Extra inputs")
 
 
 def test_every_preset_expands_to_a_valid_source() -> None:
@@ -191,7 +193,7 @@ def test_every_preset_expands_to_a_valid_source() -> None:
     assert set(options) == set(PRESETS)
     for name, opts in options.items():
         source = load(
-            f"preset: {name}\nbase_url: http://x\n"
+            f"preset: {name}\nbase_url: https://x\n"
             f"auth: {{type: bearer, token: {{secret: t}}}}\noptions: {opts}\n"
         )
         assert source.cursor_field is not None

@@ -20,6 +20,7 @@ import httpx
 from tasks.connectors.auth import build_auth
 from tasks.connectors.http import RetryPolicy, build_client, send_with_retries
 from tasks.connectors.ratelimit import RateBudget
+from tasks.connectors.redact import redact
 from tasks.connectors.sources.base import SourceBatch, WriteMode, strings_frame
 from tasks.connectors.sources.paginators import (
     REWINDOW,
@@ -166,10 +167,18 @@ class RestReader:
         )
         self._client = client or build_client(
             config.base_url,
-            auth=build_auth(config.auth, base_url=config.base_url, source_name=source_name),
+            auth=build_auth(
+                config.auth,
+                base_url=config.base_url,
+                source_name=source_name,
+                allow_insecure_http=config.allow_insecure_http,
+            ),
             headers=dict(config.headers),
             timeout=httpx.Timeout(config.timeout_seconds, connect=10.0, pool=60.0),
             max_connections=config.budget.max_concurrency,
+            allow_insecure_http=config.allow_insecure_http,
+            ca_bundle=config.ca_bundle,
+            owner=f"sources.{source_name}",
         )
         self._base = httpx.URL(config.base_url)
         self.stats = ExtractStats()
@@ -279,7 +288,7 @@ class RestReader:
         return request
 
     def _label(self, request: PageRequest) -> str:
-        return f"{request.method} {request.url}"
+        return redact(f"{request.method} {request.url}")  # a next-page URL may hold a key
 
     def _http_request(self, request: PageRequest) -> httpx.Request:
         if request.verbatim:
@@ -304,6 +313,15 @@ class RestReader:
         return bool(self._config.idempotent)
 
     def _fetch(self, request: PageRequest) -> Page:
+        try:
+            return self._fetch_page(request)
+        except SourceError as exc:
+            # URLs and response bodies may carry credentials (a next-page URL with the key,
+            # a server echoing the request): mask them before the message goes anywhere.
+            exc.args = (redact(str(exc)),)
+            raise
+
+    def _fetch_page(self, request: PageRequest) -> Page:
         http_request = self._http_request(request)
         label = f"{http_request.method} {http_request.url}"  # before auth can touch the URL
         try:
