@@ -5,9 +5,12 @@ type or a dangling reference fails at load with a message that names the key pat
 
     pipeline.yaml: sources.crm.auth.token_url: Field required
 
-Values may reference the environment as ``${NAME}`` or ``${NAME:-default}``; secrets are never
-written in the file: a field of type :class:`SecretRef` names a secret that the environment
-supplies (see :mod:`tasks.core.settings`).
+Values may reference the environment as ``${NAME}`` or ``${NAME:-default}``, except variables
+whose names look like credentials; secrets are never written in the file: a field of type
+:class:`SecretRef` names a secret that the environment supplies (see :mod:`tasks.core.settings`
+and :func:`missing_secrets`). The YAML itself is read with bounded alias expansion, duplicate keys
+refused and one-line syntax errors (:mod:`tasks.core.config_yaml`); segment predicates are
+restricted expressions (:mod:`tasks.core.predicates`).
 """
 
 from __future__ import annotations

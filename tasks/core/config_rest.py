@@ -117,7 +117,7 @@ class TokenStoreRef(Model):
     def _durable_unless_acknowledged(self) -> TokenStoreRef:
         if self.kind not in DURABLE_TOKEN_STORES and not self.process_only:
             raise ValueError(
-                f"token_store: kind {self.kind!r} keeps a rotated refresh token only in this "
+                f"kind {self.kind!r} keeps a rotated refresh token only in this "
                 "process, so the next run would present a revoked token (invalid_grant) and be "
                 f"locked out; use one of {sorted(DURABLE_TOKEN_STORES)}, or set "
                 "process_only: true for tests or a provider that never rotates refresh tokens"

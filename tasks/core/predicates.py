@@ -79,7 +79,7 @@ _TOKEN = re.compile(
   | (?P<string>'(?:[^'\\\x00-\x1f]|'')*')
   | (?P<op><>|!=|==|<=|>=|[=<>+\-*/%(),])
     """,
-    re.VERBOSE,
+    re.VERBOSE | re.ASCII,
 )
 
 

@@ -292,7 +292,7 @@ sources:
         ("", "p.yaml: sources.shop.auth: token_store: required for oauth2_refresh_token"),
         (
             ", token_store: {kind: memory, name: k}",
-            "p.yaml: sources.shop.auth.token_store: token_store: kind 'memory' keeps a rotated "
+            "p.yaml: sources.shop.auth.token_store: kind 'memory' keeps a rotated "
             "refresh token only in this process",
         ),
         (", token_store: {kind: env, name: SHOP_RT}", "kind 'env' keeps a rotated refresh token"),
