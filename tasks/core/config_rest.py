@@ -94,14 +94,35 @@ class RestOAuth2ClientCredentials(_OAuth2Common):
     client_secret: SecretRef
 
 
+# Token stores that outlive the process. `env` and `memory` forget a rotated token at exit.
+DURABLE_TOKEN_STORES = frozenset({"prefect_secret"})
+
+
 class TokenStoreRef(Model):
     """Where a rotated refresh token is persisted between runs (never a file in the repo)."""
 
     kind: Literal["prefect_secret", "env", "memory"] = Field(
         description="prefect_secret: a Prefect Secret block (production); env / memory: this "
-        "process only (tests, one-off runs)."
+        "process only (tests, one-off runs; needs process_only: true)."
     )
     name: str = Field(description="Block name, environment variable or key.")
+    process_only: bool = Field(
+        default=False,
+        description="Acknowledge that an env/memory store forgets a rotated refresh token when "
+        "the process exits (the next run then sends a revoked token): for tests, or a provider "
+        "that never rotates refresh tokens.",
+    )
+
+    @model_validator(mode="after")
+    def _durable_unless_acknowledged(self) -> TokenStoreRef:
+        if self.kind not in DURABLE_TOKEN_STORES and not self.process_only:
+            raise ValueError(
+                f"kind {self.kind!r} keeps a rotated refresh token only in this "
+                "process, so the next run would present a revoked token (invalid_grant) and be "
+                f"locked out; use one of {sorted(DURABLE_TOKEN_STORES)}, or set "
+                "process_only: true for tests or a provider that never rotates refresh tokens"
+            )
+        return self
 
 
 class RestOAuth2RefreshToken(_OAuth2Common):
@@ -114,8 +135,21 @@ class RestOAuth2RefreshToken(_OAuth2Common):
     )
     token_store: TokenStoreRef | None = Field(
         default=None,
-        description="Required when the provider rotates refresh tokens (Shopify always does).",
+        description="Where the rotated refresh token is kept between runs; required (Shopify "
+        "rotates on every refresh, Salesforce and others can): kind prefect_secret, or an "
+        "env/memory store with process_only: true.",
     )
+
+    @model_validator(mode="after")
+    def _token_store_required(self) -> RestOAuth2RefreshToken:
+        if self.token_store is None:
+            raise ValueError(
+                "token_store: required for oauth2_refresh_token: a provider that rotates refresh "
+                "tokens revokes the old one on every refresh, and a token kept only in memory is "
+                "lost when the run ends; e.g. token_store: {kind: prefect_secret, name: "
+                "my-source-refresh-token}"
+            )
+        return self
 
 
 RestAuth = Annotated[

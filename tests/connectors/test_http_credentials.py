@@ -204,7 +204,11 @@ def test_token_endpoint_errors_never_echo_the_body(
     auth: dict[str, Any] = dict(CLIENT_CREDENTIALS)
     if grant == "refresh_token":
         auth.update(type="oauth2_refresh_token", refresh_token={"secret": "refresh_token"})
-        auth["token_store"] = {"kind": "env", "name": "AUDIENCE_LAKE_TEST_UNUSED_RT"}
+        auth["token_store"] = {
+            "kind": "env",
+            "name": "AUDIENCE_LAKE_TEST_UNUSED_RT",
+            "process_only": True,
+        }
     with pytest.raises(SourceError) as failure:
         read(source(api.url, auth=auth, paginator={"type": "single"}))
     form = parse_qs(next(r for r in api.seen if r.path == "/oauth/token").body.decode())

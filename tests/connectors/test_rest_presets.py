@@ -168,7 +168,7 @@ def test_salesforce_refresh_token_rotation_is_persisted(salesforce: SalesforceSt
     auth = f"""\
     auth: {{type: oauth2_refresh_token, token_url: /services/oauth2/token, client_id: sf-client,
            client_secret: {{secret: sf_secret}}, refresh_token: {{secret: sf_refresh}},
-           token_store: {{kind: env, name: {variable}}}}}
+           token_store: {{kind: env, name: {variable}, process_only: true}}}}
 """
     try:
         r = reader(sf_config(salesforce.url, auth=auth, extra="    rows_per_batch: 200\n"))
@@ -309,7 +309,8 @@ def test_shopify_rotating_refresh_token_survives_expiry_mid_run(
     auth = f"""\
     auth: {{type: oauth2_refresh_token, token_url: /admin/oauth/access_token,
            client_id: shop-client, client_secret: {{secret: shop_secret}}, client_auth: body,
-           refresh_token: {{secret: shop_refresh}}, token_store: {{kind: memory, name: {key}}}}}
+           refresh_token: {{secret: shop_refresh}}, token_store: {{kind: memory, name: {key},
+           process_only: true}}}}
 """
     r = reader(shop_config(shopify.url, auth=auth, extra="    rows_per_batch: 50\n"))
     batches = r.batches(since=None, is_committed=lambda _b: False)
