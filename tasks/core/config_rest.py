@@ -127,25 +127,42 @@ class SinglePage(_Paginator):
 
 
 class JsonCursorPaginator(_Paginator):
-    """A cursor in the reply body (HubSpot ``paging.next.after``) sent back as a parameter."""
+    """A cursor in the reply body (``paging.next.after``) sent back as a parameter.
+
+    Safe only where the cursor is opaque and stable (HubSpot's list endpoint). A cursor that is
+    an offset into a result set sorted by something that changes while the run reads (HubSpot
+    search sorted by ``lastmodifieddate``) skips records: use ``search_keyset`` there.
+    """
 
     type: Literal["json_cursor"]
     cursor_path: str = Field(description="Dotted path of the next cursor in the reply.")
     param: str = Field(description="Parameter (query or body key) that carries the cursor.")
     location: Location = "query"
-    max_results: int | None = Field(
-        default=None,
-        ge=1,
-        description="Result window of one query (HubSpot search: 10000). Near it, restart the "
-        "query at the last cursor value seen; needs a numeric cursor and incremental.",
-    )
-    page_size: int | None = Field(default=None, ge=1, description="Needed with max_results.")
 
-    @model_validator(mode="after")
-    def _window_needs_page_size(self) -> JsonCursorPaginator:
-        if self.max_results is not None and self.page_size is None:
-            raise ValueError("max_results needs page_size (the limit sent with each page)")
-        return self
+
+class SearchKeysetPaginator(_Paginator):
+    """A CRM search (HubSpot ``filterGroups``/``sorts``/``limit``) paged by keyset, never by offset.
+
+    Each page is a fresh first-page query ``cursor_property >= last value seen`` sorted by
+    ``cursor_property``; a record modified mid-run moves to the end of the order and is read
+    there, and no offset can shift under the reader. The search API sorts by one property
+    only, so when a whole page shares one cursor value the reader drains that value by a
+    second keyset (``cursor_property == value AND tie_property > last seen``, sorted by
+    ``tie_property``) and then continues with ``cursor_property > value``. Rows at a page
+    boundary are read twice; the merge on the primary key absorbs them. No query ever pages
+    past its first page, so the 10,000-result window of a search never applies.
+    """
+
+    type: Literal["search_keyset"]
+    cursor_property: str = Field(description="Search property of the change time (filter, sort).")
+    cursor_path: str = Field(description="Dotted path of that value in a record.")
+    tie_property: str = Field(
+        default="hs_object_id", description="Unique numeric property breaking cursor ties."
+    )
+    tie_path: str = Field(default="id", description="Dotted path of that value in a record.")
+    more_path: str = Field(
+        default="paging.next.after", description="Dotted path present while more results remain."
+    )
 
 
 class NextUrlPaginator(_Paginator):
@@ -199,6 +216,7 @@ class StartingAfterPaginator(_Paginator):
 Paginator = Annotated[
     SinglePage
     | JsonCursorPaginator
+    | SearchKeysetPaginator
     | NextUrlPaginator
     | LinkHeaderPaginator
     | OffsetPaginator
@@ -208,6 +226,9 @@ Paginator = Annotated[
 ]
 
 # --- incremental, budget, retries, records --------------------------------------------------
+
+
+CursorOrder = Literal["ascending", "descending", "unordered"]
 
 
 class Incremental(Model):
@@ -228,10 +249,13 @@ class Incremental(Model):
         default="1970-01-01T00:00:00Z",
         description="Since value of the first run (ISO time or epoch seconds/milliseconds).",
     )
-    order: Literal["ascending", "descending"] = Field(
+    order: CursorOrder = Field(
         default="ascending",
-        description="Record order by cursor. Descending (Stripe) is committed only after a full "
-        "pass, so a crash mid-pass cannot advance the watermark past unread records.",
+        description="Order of the listing by cursor across pages. Only an ascending listing is "
+        "committed batch by batch. A descending (Stripe) or unordered listing (an endpoint that "
+        "takes no sort parameter) is held until the pull is complete and then committed in "
+        "ascending cursor order, so a run stopped part-way can never advance the watermark "
+        "(the max cursor in bronze) past a record it has not read.",
     )
 
 
@@ -331,13 +355,10 @@ class RestSource(SourceBase):
                 "incremental: set 'param' or put {since} in path, params or body, "
                 "otherwise every run re-reads everything"
             )
-        paginator = self.paginator
-        windowed = isinstance(paginator, JsonCursorPaginator) and paginator.max_results is not None
-        if windowed and self.incremental is None:
-            raise ValueError(
-                "paginator.max_results: re-windowing restarts at the last cursor value, "
-                "so 'incremental' must be configured"
-            )
+        if isinstance(self.paginator, SearchKeysetPaginator) and (
+            self.method != "POST" or self.body is None
+        ):
+            raise ValueError("paginator search_keyset: needs method POST and a search 'body'")
         if self.columns is not None and self.primary_key not in self.columns:
             raise ValueError(f"columns must include the primary key {self.primary_key!r}")
         return self
@@ -368,7 +389,6 @@ class _Options(BaseModel):
 class HubSpotContactsOptions(_Options):
     properties: list[str] = Field(min_length=1, description="Contact properties to extract.")
     page_size: int = Field(default=100, ge=1, le=200)
-    search_cap: int = Field(default=10_000, ge=1, description="Max results one search returns.")
     overlap_seconds: float = Field(default=300, ge=0)
     requests_per_second: float = Field(default=4, gt=0, description="Search API: 4 per second.")
 
@@ -421,18 +441,22 @@ def _hubspot_contacts(options: Any, data: Mapping[str, Any]) -> dict[str, Any]:
             "sorts": [{"propertyName": cursor, "direction": "ASCENDING"}],
             "properties": properties,
             "limit": options.page_size,
+            # Every query of the keyset asks for its first page: HubSpot's search schema lists
+            # 'after' as required, and the keyset never sends another offset.
+            "after": "0",
         },
         "records_path": "results",
         "primary_key": "id",
         "flatten": {"lift": ["properties"]},
         "columns": ["id", *properties],
+        # Keyset, not the 'after' offset: the offset points into a result set that re-sorts
+        # itself whenever a contact is modified mid-run (see SearchKeysetPaginator).
         "paginator": {
-            "type": "json_cursor",
-            "cursor_path": "paging.next.after",
-            "param": "after",
-            "location": "body",
-            "max_results": options.search_cap,
-            "page_size": options.page_size,
+            "type": "search_keyset",
+            "cursor_property": cursor,
+            "cursor_path": f"properties.{cursor}",
+            "tie_property": "hs_object_id",
+            "tie_path": "id",
         },
         "incremental": {
             "cursor_field": cursor,
@@ -540,6 +564,7 @@ UNION_TAGS: frozenset[str] = frozenset(
         "oauth2_refresh_token",
         "single",
         "json_cursor",
+        "search_keyset",
         "next_url",
         "link_header",
         "offset",

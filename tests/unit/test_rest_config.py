@@ -10,12 +10,12 @@ import pytest
 from tasks.core.config import parse_pipeline
 from tasks.core.config_rest import (
     PRESETS,
-    JsonCursorPaginator,
     LinkHeaderPaginator,
     NextUrlPaginator,
     RestApiKeyAuth,
     RestOAuth2RefreshToken,
     RestSource,
+    SearchKeysetPaginator,
     StartingAfterPaginator,
     deep_merge,
 )
@@ -59,8 +59,8 @@ def test_hubspot_preset_expands_and_user_keys_override() -> None:
     assert source.base_url == "https://api.hubapi.com"
     assert source.method == "POST" and source.idempotent is True
     assert source.columns == ["id", "email", "firstname", "lastmodifieddate"]
-    assert isinstance(source.paginator, JsonCursorPaginator)
-    assert source.paginator.max_results == 10_000 and source.paginator.page_size == 200
+    assert isinstance(source.paginator, SearchKeysetPaginator)
+    assert source.paginator.cursor_property == "lastmodifieddate"
     assert source.paginator.max_pages == 50  # merged into the preset's paginator
     assert source.budget.requests_per_second == 3  # the user's value wins
     assert source.incremental is not None and source.incremental.format == "epoch_ms"
@@ -163,17 +163,9 @@ def test_mistakes_fail_at_load_naming_the_key() -> None:
         "incremental: set 'param' or put {since}",
     )
     fails(
-        """\
-        base_url: http://x
-        paginator: {type: json_cursor, cursor_path: next, param: after, max_results: 100,
-                    page_size: 10}
-        """,
-        "re-windowing restarts at the last cursor value",
-    )
-    fails(
-        "base_url: http://x\npaginator: {type: json_cursor, cursor_path: n, param: a, "
-        "max_results: 100}\n",
-        "max_results needs page_size",
+        "base_url: http://x\npaginator: {type: search_keyset, cursor_property: t, "
+        "cursor_path: t}\n",
+        "search_keyset: needs method POST and a search 'body'",
     )
     fails("base_url: http://x\ncolumns: [email]\n", "columns must include the primary key 'id'")
     fails("base_url: http://x\nauth: {type: bearer, token: plain-text}\n", "sources.src.auth.token")
