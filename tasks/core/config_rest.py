@@ -496,16 +496,21 @@ def _salesforce_soql(options: Any, data: Mapping[str, Any]) -> dict[str, Any]:
 
 def _shopify_customers(options: Any, data: Mapping[str, Any]) -> dict[str, Any]:
     return {
-        "path": f"/admin/api/{options.api_version}/customers.json",
-        # Ascending by change time, so a crash mid-run never commits a later watermark than
-        # what was read in full.
-        "params": {"limit": options.page_size, "order": "updated_at asc"},
+        # customers.json takes no sort parameter: filtered by updated_at_min its pages come in
+        # id order, and committing them batch by batch lifts the watermark over unread rows.
+        # customers/search.json sorts by updated_at and pages by cursor, so a run stopped
+        # part-way has committed only rows older than every row it has not read.
+        "path": f"/admin/api/{options.api_version}/customers/search.json",
+        "params": {
+            "limit": options.page_size,
+            "order": "updated_at asc",
+            "query": f"updated_at:>='{SINCE}'",
+        },
         "records_path": "customers",
         "primary_key": "id",
         "paginator": {"type": "link_header"},
         "incremental": {
             "cursor_field": "updated_at",
-            "param": "updated_at_min",
             "format": "iso",
             "overlap_seconds": options.overlap_seconds,
         },

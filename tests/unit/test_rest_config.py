@@ -101,7 +101,11 @@ def test_shopify_preset_puts_oauth_tokens_in_the_shopify_header() -> None:
     assert (source.auth.header, source.auth.prefix) == ("X-Shopify-Access-Token", "")
     assert source.auth.token_store is not None and source.auth.token_store.kind == "prefect_secret"
     assert isinstance(source.paginator, LinkHeaderPaginator)
-    assert source.incremental is not None and source.incremental.param == "updated_at_min"
+    # The ordered endpoint: customers.json has no sort parameter (see the preset).
+    assert source.path.endswith("/customers/search.json")
+    assert source.params["order"] == "updated_at asc"
+    assert source.params["query"] == "updated_at:>='{since}'"
+    assert source.incremental is not None and source.incremental.order == "ascending"
     static = load(
         """\
         preset: shopify_customers
