@@ -98,9 +98,22 @@ def test_the_pipeline_goes_on_without_a_down_source_and_holds_what_it_feeds(
             assert report.held is not None and f"source {FAILING} failed" in report.held
             assert report.sent == 0
 
+    some = sorted(fed)[0]
+    (overridden,) = publish(config_path=config, segments=[some], override_hold=True)
+    assert overridden.held is None  # override_hold sends anyway
+
     monkeypatch.setenv("AUDIENCE_LAKE_CRM_URL", crm_url)  # back up
     back = pipeline(config_path=config, return_state=True)
 
     assert back.is_completed(), back.message
     holds = publish_holds(lake, load_pipeline(config))
     assert not any(f"source {FAILING}" in reason for reason in holds.values())
+
+
+def test_an_ingest_that_read_nothing_stops_the_pipeline_before_transform(
+    sandbox: Sandbox,
+) -> None:
+    state = pipeline(config_path=CONFIG, sources=["no_such_source"], return_state=True)
+    assert state.is_failed()
+    assert "unknown source(s) ['no_such_source']" in (state.message or "")
+    assert not sandbox.lake.exists("silver/contacts")
