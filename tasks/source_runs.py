@@ -10,6 +10,7 @@ built on data that silently stopped updating.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Literal
@@ -37,6 +38,14 @@ SOURCE_RUNS_SCHEMA: dict[str, pl.DataType] = {
 }
 
 REASON_ERROR_CHARS = 240  # of a failed source's error, in a hold reason
+# An error may quote a record ("record without primary key: {...}"); this log is kept and never
+# erased per person, so addresses are masked before it is written.
+_EMAIL = re.compile(r"[^\s@'\"<>(){}\[\],;:]+@[^\s@'\"<>(){}\[\],;:]+\.[A-Za-z]{2,}")
+
+
+def mask_emails(text: str) -> str:
+    """``text`` with every email-like token replaced by ``<email>``."""
+    return _EMAIL.sub("<email>", text)
 
 
 @task(cache_policy=NO_CACHE)
@@ -47,7 +56,7 @@ def record_source_runs(errors: Mapping[str, str | None], *, run_id: str, now: da
             "run_id": run_id,
             "source": source,
             "status": "landed" if error is None else "failed",
-            "error": error,
+            "error": None if error is None else mask_emails(error),
             "finished_at": now,
         }
         for source, error in sorted(errors.items())
