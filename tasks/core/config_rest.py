@@ -181,7 +181,12 @@ class LinkHeaderPaginator(_Paginator):
 
 
 class OffsetPaginator(_Paginator):
-    """``offset``/``limit``; stops at ``total``, on ``has_more: false`` or on a short page."""
+    """``offset``/``limit``; stops at ``total``, on ``has_more: false`` or on a short page.
+
+    An offset points into the result set as it is sorted at each request: over a listing sorted
+    by a change time, a record modified mid-run moves and every later offset shifts, so a record
+    is skipped. Use it for listings whose order does not change while read (by id, by creation).
+    """
 
     type: Literal["offset"]
     offset_param: str = "offset"
@@ -193,7 +198,10 @@ class OffsetPaginator(_Paginator):
 
 
 class PageNumberPaginator(_Paginator):
-    """``page=1,2,...``; stops at ``total_pages``, on an empty page or a short page."""
+    """``page=1,2,...``; stops at ``total_pages``, on an empty page or a short page.
+
+    A page number is an offset: see :class:`OffsetPaginator` for the listings it suits.
+    """
 
     type: Literal["page_number"]
     page_param: str = "page"
