@@ -145,6 +145,11 @@ class _Connection:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        try:
+            host, port = sock.getpeername()[:2]
+            self.peer = f"{host}:{port}"
+        except OSError:
+            self.peer = "(gone)"
         self._buffer = bytearray()
         self._deadline = 0.0
         self.received = 0  # bytes of the current request consumed so far
@@ -307,19 +312,21 @@ class LimitedHTTPServer(socketserver.TCPServer):
                 if not connection.started():
                     return  # the client is done: no request, nothing to answer
                 reply = self._rejected(
-                    HttpRejection(HTTPStatus.BAD_REQUEST, "connection closed mid-request")
+                    connection,
+                    HttpRejection(HTTPStatus.BAD_REQUEST, "connection closed mid-request"),
                 )
             except _Timeout:
                 if not connection.started():
                     return  # an idle keep-alive connection
                 reply = self._rejected(
+                    connection,
                     HttpRejection(
                         HTTPStatus.REQUEST_TIMEOUT,
                         f"request not complete within {self.limits.request_timeout_s:g}s",
-                    )
+                    ),
                 )
             except HttpRejection as rejection:
-                reply = self._rejected(rejection)
+                reply = self._rejected(connection, rejection)
             except Exception as exc:  # a bug of ours: answer, and log where it happened
                 logger.error(
                     "%s: internal error %s while handling a request:\n%s",
@@ -343,10 +350,11 @@ class LimitedHTTPServer(socketserver.TCPServer):
                 self._linger(connection)
                 return
 
-    def _rejected(self, rejection: HttpRejection) -> Reply:
+    def _rejected(self, connection: _Connection, rejection: HttpRejection) -> Reply:
         logger.warning(
-            "%s: %d %s: %s",
+            "%s: request from %s refused with %d %s: %s",
             self.routes.name,
+            connection.peer,
             rejection.status.value,
             rejection.status.phrase,
             rejection.message,
@@ -444,7 +452,7 @@ class LimitedHTTPServer(socketserver.TCPServer):
                 raise HttpRejection(
                     HTTPStatus.BAD_REQUEST, "only Transfer-Encoding: chunked (HTTP/1.1) is read"
                 )
-            self._continue(connection, expect)
+            self._continue(connection, request, expect)
             return self._read_chunks(connection)
         declared = headers.get("content-length")
         if declared is None:
@@ -456,7 +464,7 @@ class LimitedHTTPServer(socketserver.TCPServer):
             raise HttpRejection(
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body of {length} bytes exceeds {limit}"
             )
-        self._continue(connection, expect)
+        self._continue(connection, request, expect)
         return connection.read_exact(length)
 
     def _read_chunks(self, connection: _Connection) -> bytes:
@@ -487,8 +495,10 @@ class LimitedHTTPServer(socketserver.TCPServer):
                     HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "chunked framing exceeds its budget"
                 )
 
-    def _continue(self, connection: _Connection, expect: str | None) -> None:
-        if expect is not None:
+    def _continue(self, connection: _Connection, request: Request, expect: str | None) -> None:
+        """Tell a client waiting on ``Expect: 100-continue`` (curl, for bodies over 1 KiB) to
+        send the body, once its declared size has passed the limit."""
+        if expect is not None and request.version >= (1, 1):
             connection.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     # --- answers ------------------------------------------------------------------------------
