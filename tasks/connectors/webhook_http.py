@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 _LINE_MAX = 8_192  # request line, one header line, one chunk-size line or trailer line
 _RECV_SIZE = 65_536
 _REFUSERS = 8  # threads that may be busy telling excess connections 503 at once
+_WARNINGS_PER_S = 20  # a flood of bad requests must not become a flood of log lines
 _LINGER_S = 0.5  # how long a closing connection is drained so the client can read our answer
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _VERSION = re.compile(rb"^HTTP/([0-9])\.([0-9])$")
@@ -93,6 +94,32 @@ class HttpRejection(Exception):
         self.status = status
         self.message = message
         self.headers = dict(headers or {})
+
+
+class _LogThrottle:
+    """Allows ``per_second`` warnings a second; the next allowed one says how many were
+    dropped meanwhile."""
+
+    def __init__(self, per_second: int) -> None:
+        self._per_second = per_second
+        self._lock = threading.Lock()
+        self._window = 0
+        self._used = 0
+        self._dropped = 0
+
+    def warning(self, message: str, *args: object) -> None:
+        with self._lock:
+            window = int(time.monotonic())
+            if window != self._window:
+                self._window, self._used = window, 0
+            if self._used >= self._per_second:
+                self._dropped += 1
+                return
+            self._used += 1
+            dropped, self._dropped = self._dropped, 0
+        if dropped:
+            message += f" ({dropped} similar warnings dropped)"
+        logger.warning(message, *args)
 
 
 class _Timeout(Exception):
@@ -229,6 +256,7 @@ class LimitedHTTPServer(socketserver.TCPServer):
         self._refusers = threading.BoundedSemaphore(_REFUSERS)
         self._active: set[socket.socket] = set()
         self._active_lock = threading.Lock()
+        self._warn = _LogThrottle(_WARNINGS_PER_S).warning
         super().__init__(address, socketserver.BaseRequestHandler)
 
     # --- connection lifecycle ----------------------------------------------------------------
@@ -240,7 +268,7 @@ class LimitedHTTPServer(socketserver.TCPServer):
         elif self._refusers.acquire(blocking=False):
             target = self._refuse
         else:
-            logger.warning("%s: connection limit reached; closing a connection", self.routes.name)
+            self._warn("%s: connection limit reached; closing a connection", self.routes.name)
             self.shutdown_request(sock)
             return
         with self._active_lock:
@@ -261,7 +289,7 @@ class LimitedHTTPServer(socketserver.TCPServer):
 
     def _refuse(self, sock: socket.socket) -> None:
         try:
-            logger.warning(
+            self._warn(
                 "%s: %d connections busy; answering 503",
                 self.routes.name,
                 self.limits.max_connections,
@@ -351,7 +379,7 @@ class LimitedHTTPServer(socketserver.TCPServer):
                 return
 
     def _rejected(self, connection: _Connection, rejection: HttpRejection) -> Reply:
-        logger.warning(
+        self._warn(
             "%s: request from %s refused with %d %s: %s",
             self.routes.name,
             connection.peer,

@@ -277,6 +277,18 @@ def test_a_bug_of_ours_answers_500_and_is_logged(
     assert batch_file_name(BODY) not in caplog.text  # the exception's text is not logged
 
 
+def test_a_flood_of_bad_requests_does_not_flood_the_log(
+    receiver: WebhookReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING):
+        for _ in range(150):
+            assert status(exchange(receiver.port, b"GET /nope HTTP/1.1\r\n\r\n")) == 404
+    seconds = time.monotonic() - started
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) <= 20 * (int(seconds) + 2) < 150  # at most 20 lines a second
+
+
 @pytest.mark.parametrize(
     "request_bytes",
     [
