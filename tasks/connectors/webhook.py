@@ -91,6 +91,7 @@ DEFAULT_TIMESTAMP_HEADER = "X-Signature-Timestamp"
 _TIMESTAMP = re.compile(r"^[0-9]{1,12}(\.[0-9]{1,9})?$")
 _MAX_NUMBER_CHARS = 64  # longer number literals are refused, not handed to int()/float()
 _MAX_NESTING = 64  # deepest JSON nesting an event may have
+_LINE_BREAK_ESCAPES = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 
 
 # --- landing zone ----------------------------------------------------------------------------
@@ -630,6 +631,10 @@ class WebhookReceiver(BackgroundHTTPServer):
 
     def _ndjson_line(self, event: dict[str, Any], index: int) -> bytes:
         text = json.dumps(event, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        # json escapes control characters but not U+0085/U+2028/U+2029, which str.splitlines()
+        # and other line readers treat as line breaks: escape them so one event is one line.
+        # They can only occur inside JSON strings, where the escape means the same character.
+        text = text.translate(_LINE_BREAK_ESCAPES)
         try:
             return text.encode("utf-8") + b"\n"
         except UnicodeEncodeError:

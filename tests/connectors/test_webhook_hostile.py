@@ -309,6 +309,16 @@ def test_broken_http_gets_a_4xx_or_5xx_status_line(
     assert 400 <= status(answer) <= 505
 
 
+def test_unicode_line_separators_inside_strings_stay_inside_one_landed_line(
+    receiver: WebhookReceiver, landing: Path
+) -> None:
+    events = [{"event_id": "e1", "text": "a\u2028b\u2029c\x85d\x0be"}, {"event_id": "e2"}]
+    body = json.dumps(events, ensure_ascii=False).encode()
+    assert status(exchange(receiver.port, post(body))) == 200
+    text = (landing / batch_file_name(body)).read_text(encoding="utf-8")
+    assert [json.loads(line) for line in text.splitlines()] == events
+
+
 # --- defect 3: a deadline for the whole request; exact endpoint; 405 -------------------------
 
 
