@@ -537,3 +537,30 @@ def test_the_demo_config_verifies_signatures_with_the_demo_secret(tmp_path: Path
     ) as server:
         unsigned = b"POST /events HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY
         assert status(exchange(server.port, unsigned)) == 401
+
+
+@pytest.mark.parametrize(
+    ("receiver", "error"),
+    [
+        (None, "sources.web_events.receiver is not set"),
+        ({"signing_secret": {"secret": "hostile_hmac"}}, "AUDIENCE_LAKE_SECRET_HOSTILE_HMAC"),
+    ],
+    ids=["no-receiver-section", "secret-not-exported"],
+)
+def test_receive_events_will_not_start_without_its_signing_key(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    receiver: dict[str, object] | None,
+    error: str,
+) -> None:
+    from flows.cli import main
+
+    monkeypatch.delenv("AUDIENCE_LAKE_SECRET_HOSTILE_HMAC", raising=False)
+    raw = _events_source(receiver or {})
+    if receiver is None:
+        del raw["sources"]["web_events"]["receiver"]  # type: ignore[index]
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(json.dumps(raw), encoding="utf-8")
+    assert main(["receive-events", "--config", str(config), "--port", "0"]) == 2
+    assert error in capsys.readouterr().err
