@@ -6,12 +6,16 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from prefect import flow
+from prefect.artifacts import create_markdown_artifact
 
 from flows.common import current_run_id
 from flows.ingest import ingest
 from flows.publish import publish
 from flows.transform import TransformReport, transform
-from tasks.reports import IngestReport, PublishReport
+from tasks.publish import with_outcome
+from tasks.reports import IngestReport, PublishReport, render_publish_summary
+
+PUBLISH_SUMMARY_KEY = "publish-summary"
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,13 @@ def pipeline(
     override_hold: bool = False,
     as_of: datetime | None = None,
 ) -> PipelineReport:
-    """Run the whole job once. Every step is idempotent, so a rerun is always safe."""
+    """Run the whole job once. Every step is idempotent, so a rerun is always safe.
+
+    The run page carries a ``publish-summary`` artifact: each audience's outcome, and the reason
+    for every hold. When an audience was held (or skipped) the run ends in a COMPLETED state
+    named ``Held`` (``Skipped``) instead of plain ``Completed``; called as a function it returns
+    the :class:`PipelineReport` either way.
+    """
     run_id = current_run_id(None)
     ingested = ingest(config_path, sources=sources, full_refresh=full_refresh, run_id=run_id)
     transformed = transform(config_path, full_refresh=full_refresh, as_of=as_of, run_id=run_id)
@@ -43,4 +53,9 @@ def pipeline(
         override_hold=override_hold,
         run_id=run_id,
     )
-    return PipelineReport(run_id, ingested, transformed, published)
+    create_markdown_artifact(
+        key=PUBLISH_SUMMARY_KEY,
+        markdown=render_publish_summary(published, run_id=run_id),
+        description="What each audience's publish did, and why any was held",
+    )
+    return with_outcome(published, PipelineReport(run_id, ingested, transformed, published))
