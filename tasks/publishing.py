@@ -6,8 +6,10 @@ The order of the steps is what makes a publish safe to crash and to run twice at
    if another run holds it, wait up to ``publish.lease_wait_seconds``, then skip the audience;
 2. **plan** against ``ops/sync_ledger`` *after* claiming, so a run that waited sees what the
    holder sent and plans only the rest;
-3. for each platform batch: renew the claim when a third of it has run out, commit the batch's
-   rows to the ledger as ``pending`` (the intent), send the batch, commit each contact's result.
+3. for each platform batch: renew the claim (from the second batch on; a renewal fails if
+   another run took the list), commit the batch's rows to the ledger as ``pending`` (the
+   intent), send the batch, commit each contact's result;
+4. release the claim.
 
 A crash at any point therefore leaves at most one batch per audience sent but not recorded as
 sent; the next run sends that batch again (a batch upsert keyed by email is idempotent on the
@@ -73,18 +75,18 @@ class _Tally:
 
 @dataclass
 class _Claim:
-    """A held lease and when it was last renewed."""
+    """A held lease, renewed before every batch after the first."""
 
     store: LeaseStore
     lease: Lease
     ttl: float
-    renewed: float = field(default_factory=time.monotonic)
+    batches: int = 0
 
-    def keep_alive(self) -> None:
-        """Renew once a third of the ttl has passed (a renewal is a commit: not every batch)."""
-        if time.monotonic() - self.renewed >= self.ttl / 3:
+    def before_batch(self) -> None:
+        """Renew (a commit that fails if another run took the list) unless just claimed."""
+        if self.batches:
             self.lease = self.store.renew(self.lease, ttl=self.ttl, now=_utc_now())
-            self.renewed = time.monotonic()
+        self.batches += 1
 
 
 def claim_list(
@@ -192,7 +194,7 @@ def _send(
     sink = open_sink(destination)
     try:
         for batch in platform_batches(sendable, destination.batch_size):
-            claim.keep_alive()
+            claim.before_batch()
             _commit(lake, ledger_rows(batch, **where, synced_at=_utc_now(), errors=None))
             changes = [
                 MemberChange(**row) for row in batch.drop("payload_hash").iter_rows(named=True)
