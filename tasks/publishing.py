@@ -18,6 +18,7 @@ platform) and everything else exactly once.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -134,11 +135,16 @@ def publish_segment(
         held=hold,
         dry_run=dry_run,
     )
+    plan = _plan(lake, members, destination_name, audience)
     if dry_run:
-        plan = _plan(lake, members, destination_name, audience)
         logger.warning("publish %s/%s: dry run, %d planned, nothing sent",
                        destination_name, segment, plan.height)  # fmt: skip
         return replace(base, planned=plan.height)
+    held = hold is not None
+    if releasable(plan.lazy(), held=held, dry_run=False).collect().height == 0:
+        # Nothing to send (a rerun on unchanged data, or a hold with no opt-out): claim nothing,
+        # write nothing. Whatever another run may be sending, this one would send nothing.
+        return _finish(logger, replace(base, planned=plan.height, held_back=plan.height))
     store = LeaseStore(lake)
     key = lease_key(destination_name, audience)
     got, waited = claim_list(store, key, holder_id(run_id), settings)
@@ -148,24 +154,31 @@ def publish_segment(
         return replace(base, skipped=reason, waited_seconds=waited)
     claim = _Claim(store, got, settings.lease_seconds)
     try:
+        # Planned again under the claim: a run that waited sees what the holder recorded.
         plan = _plan(lake, members, destination_name, audience)
-        sendable = releasable(plan.lazy(), held=hold is not None, dry_run=False).collect()
+        sendable = releasable(plan.lazy(), held=held, dry_run=False).collect()
         tally = _send(lake, claim, open_sink, destination, sendable, segment=segment,
                       destination_name=destination_name, run_id=run_id)  # fmt: skip
     finally:
         store.release(claim.lease, now=_utc_now())
-    if hold is not None:
-        logger.warning("publish %s/%s held: %s; sent %d unsubscribes, held back %d changes",
-                       destination_name, segment, hold, tally.sent,
-                       plan.height - sendable.height)  # fmt: skip
-    logger.info("publish %s/%s -> %s: %d sent (%d unsubscribed), %d failed",
-                destination_name, segment, audience, tally.sent, tally.unsubscribed,
-                tally.failed)  # fmt: skip
-    return replace(
+    return _finish(logger, replace(
         base, planned=plan.height, sent=tally.sent, failed=tally.failed,
         unsubscribed=tally.unsubscribed, errors=tuple(tally.errors),
         held_back=plan.height - sendable.height, waited_seconds=waited,
-    )  # fmt: skip
+    ))  # fmt: skip
+
+
+def _finish(
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger], report: PublishReport
+) -> PublishReport:
+    if report.held is not None:
+        logger.warning("publish %s/%s held: %s; sent %d unsubscribes, held back %d changes",
+                       report.destination, report.segment, report.held, report.sent,
+                       report.held_back)  # fmt: skip
+    logger.info("publish %s/%s -> %s: %d sent (%d unsubscribed), %d failed",
+                report.destination, report.segment, report.audience, report.sent,
+                report.unsubscribed, report.failed)  # fmt: skip
+    return report
 
 
 def _plan(lake: Lake, members: pl.LazyFrame, destination_name: str, audience: str) -> pl.DataFrame:

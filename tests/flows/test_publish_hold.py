@@ -304,7 +304,14 @@ def test_a_list_claimed_by_another_run_is_skipped_visibly(sandbox: Sandbox, tmp_
     raw["publish"] = {"lease_wait_seconds": 0}
     config = tmp_path / "pipeline.yaml"
     config.write_text(yaml.safe_dump(raw), encoding="utf-8")
-    # A run elsewhere holds the list (e.g. a scheduled run meeting a rerun from the UI).
+    # One member is renamed, so the list has something to send ...
+    renamed = sandbox.lake.read("gold/audience_members").filter(
+        pl.col("segment") == target.segment
+    )["email"][0]
+    for contact in sandbox.crm.contacts():
+        if (contact["properties"].get("email") or "").strip().lower() == renamed:
+            sandbox.crm.upsert_contact({"firstname": "Renamed"}, id=contact["id"])
+    # ... but a run elsewhere holds it (e.g. a scheduled run meeting a rerun from the UI).
     other = LeaseStore(sandbox.lake).try_claim(
         lease_key("mailchimp", target.audience), "scheduled@elsewhere:1", ttl=600, now=utc_now()
     )
