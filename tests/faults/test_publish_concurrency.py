@@ -8,18 +8,26 @@ overlap for the whole send. The lake is a local directory and a bucket on the S3
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prefect.logging import disable_run_logger
 
 from infra.sandbox.mailchimp import MailchimpStandIn
+from tasks.connectors.destinations import MemberChange, MemberResult, open_destination
 from tasks.connectors.lake import Lake
+from tasks.connectors.leases import Lease, LeaseLostError, LeaseStore, lease_key
+from tasks.core.config import Destination, load_pipeline
+from tasks.publishing import publish_segment
 from tests.conftest import S3Endpoint
 from tests.faults.publish_world import (
     API_KEY,
+    BATCH_SIZE,
     LISTS,
     PublishChild,
     PublishChildPool,
@@ -28,6 +36,7 @@ from tests.faults.publish_world import (
     pipeline_yaml,
     write_people,
 )
+from tests.faults.world import environment
 
 PROCESSES = 3
 RESPONSE_DELAY_S = 0.3  # per platform batch: a list takes ~1 s to send
@@ -120,3 +129,47 @@ def test_concurrent_publishes_send_each_contact_exactly_once(
     assert ledger.height == sum(len(v) for v in expected.values())
     assert set(ledger["status"]) == {"ok"}
     assert Counter(ledger["audience"]) == {k: len(v) for k, v in expected.items()}
+
+
+def test_a_holder_that_lost_its_claim_stops_before_its_next_batch(tmp_path: Path) -> None:
+    """A run stalled past its claim (GC pause, slow platform) must not send on another's claim."""
+    lake = Lake(str(tmp_path / "lake"))
+    write_people(lake, initial())
+    with (
+        MailchimpStandIn(api_key=API_KEY, lists=LISTS.values()) as mailchimp,
+        environment({"AUDIENCE_LAKE_SECRET_FAULT_MAILCHIMP": API_KEY}),
+        disable_run_logger(),
+    ):
+        config_path = tmp_path / "pipeline.yaml"
+        config_path.write_text(
+            pipeline_yaml(mailchimp.url, lease_seconds=0.5, lease_wait_seconds=0)
+        )
+        config = load_pipeline(str(config_path))
+
+        class StallingSink:
+            """The real Mailchimp sink; after each batch the claim runs out and is taken."""
+
+            def __init__(self, destination: Destination) -> None:
+                self._inner = open_destination(destination)
+
+            def send(self, list_id: str, changes: Sequence[MemberChange]) -> Iterator[MemberResult]:
+                results = list(self._inner.send(list_id, changes))
+                time.sleep(0.6)
+                taken = LeaseStore(lake).try_claim(
+                    lease_key("mailchimp", list_id), "other-run", ttl=60, now=datetime.now(UTC)
+                )
+                assert isinstance(taken, Lease)
+                return iter(results)
+
+            def close(self) -> None:
+                self._inner.close()
+
+        with pytest.raises(LeaseLostError, match="claimed by other-run"):
+            publish_segment(
+                lake, "mailchimp", config.destinations["mailchimp"], "seg_a", run_id="stalled",
+                settings=config.publish, open_sink=StallingSink,
+            )  # fmt: skip
+        sent = mailchimp.member_requests(LISTS["seg_a"])
+    assert len(sent) == BATCH_SIZE  # the first batch only: 12 members were due
+    ledger = ledger_view(lake)
+    assert ledger.height == BATCH_SIZE and set(ledger["status"]) == {"ok"}

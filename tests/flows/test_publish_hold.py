@@ -265,6 +265,8 @@ def test_an_opt_out_storm_is_held_but_its_unsubscribes_go_out_and_the_hold_shows
     assert events, "no audience-lake.publish.held event reached the Prefect server"
     assert events[0].event == "audience-lake.publish.held"
     assert events[0].resource["audience-lake.segment"] == biggest.segment
+    assert events[0].resource["audience-lake.destination"] == "mailchimp"
+    assert events[0].resource["audience-lake.audience"] == biggest.audience
     assert "large removal" in events[0].payload["reason"]
 
     # With nobody left to remove, the hold lifts and the update goes out; a plain run ends
