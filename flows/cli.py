@@ -12,6 +12,8 @@ from pathlib import Path
 
 from tasks.errors import AudienceLakeError
 
+EXIT_HELD = 3  # `run` completed, but some audience was held or skipped (errors exit 2)
+
 # Offline-friendly Prefect defaults; a user's own settings win.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -52,7 +54,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         override_hold=args.override_hold,
     )
     print(lake_summary(open_lake(), report))
-    return 0
+    kept = [p for p in report.publish if p.outcome in ("held", "skipped")]
+    for p in kept:
+        print(f"{p.outcome}: {p.destination}/{p.segment}: {p.held or p.skipped}", file=sys.stderr)
+    return EXIT_HELD if kept else 0
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
