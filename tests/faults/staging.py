@@ -232,7 +232,10 @@ def _ingest(world: StagingWorld, lake: Path, crm: CrmStandIn, data_dir: Path) ->
     from tasks.core.config import load_pipeline
     from tasks.ingest import ingest_source
 
-    env = world.env(lake) | {"AUDIENCE_LAKE_CRM_URL": crm.url, "AUDIENCE_LAKE_SANDBOX_DIR": str(data_dir)}
+    env = world.env(lake) | {
+        "AUDIENCE_LAKE_CRM_URL": crm.url,
+        "AUDIENCE_LAKE_SANDBOX_DIR": str(data_dir),
+    }
     with environment(env), disable_run_logger():
         config = load_pipeline(CONFIG)
         for name, source in config.sources.items():
@@ -271,7 +274,8 @@ def build_staging_world(root: Path, *, contacts: int, seed: int) -> Iterator[Sta
     with _crm(data_dir) as crm:
         for n, contact in enumerate(crm.contacts()):
             if n % 2 == 0:
-                crm.upsert_contact({"email": f"broken-{contact['id']}.example.com"}, id=contact["id"])
+                broken = f"broken-{contact['id']}.example.com"
+                crm.upsert_contact({"email": broken}, id=contact["id"])
         _ingest(world, changed, crm, data_dir)
     world.templates["changed"] = changed
     yield world

@@ -56,7 +56,9 @@ def uninterrupted(staging_world: StagingWorld) -> dict[str, tuple[Outcome, list[
     for template in HOLDS:
         lake = staging_world.copy(template)
         commits: list[tuple[str, str]] = []
-        undo = instrument_commits(lambda n, method, table: commits.append((method, table)))
+        undo = instrument_commits(
+            lambda n, method, table, seen=commits: seen.append((method, table))
+        )
         try:
             staging_world.transform(lake, run_id="uninterrupted")
         finally:
@@ -100,9 +102,8 @@ def test_killed_after_each_commit_of_a_transform_then_rerun(
             )
         except AssertionError as exc:
             failures.append(str(exc).splitlines()[0])
-    assert not failures, f"{template}: {len(failures)} of {len(commits)} kill points:\n" + "\n".join(
-        failures
-    )
+    summary = f"{template}: {len(failures)} of {len(commits)} kill points failed:"
+    assert not failures, "\n".join([summary, *failures])
 
 
 @pytest.mark.parametrize(
