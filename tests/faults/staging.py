@@ -119,6 +119,25 @@ def instrument_commits(on_commit: Callable[[int, str, str], None]) -> Callable[[
     return undo
 
 
+class Crash(BaseException):
+    """The process dying right after a commit, in this process: raised from the commit hook.
+
+    A ``BaseException``, so no ``except Exception`` on the way up handles it, and nothing in
+    the transform writes in a ``finally``: what is in the lake is exactly what a killed process
+    leaves (the fault child proves it with ``os._exit`` at sampled boundaries).
+    """
+
+
+def crash_after(commit: int) -> Callable[[], None]:
+    """Raise :class:`Crash` right after the ``commit``-th Delta commit; returns the undo."""
+
+    def on_commit(count: int, method: str, table: str) -> None:
+        if count == commit:
+            raise Crash(f"crashed after commit {count} ({method} {table})")
+
+    return instrument_commits(on_commit)
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What a transform left behind that the fault tests compare.
