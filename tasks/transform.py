@@ -4,8 +4,10 @@ Incremental by default; ``full_refresh`` rebuilds everything and produces the sa
 
 1. :func:`stage_sources` - bronze -> ``silver/staged_<role>``: rows bronze gained or lost since
    the versions staged last time (a diff of data files, see :mod:`tasks.core.incremental`) are
-   normalised and checked against their role's contract; invalid rows go to ``ops/quarantine``,
-   valid ones are appended to the role's staging log. Cost follows the changed rows, not bronze.
+   normalised and checked against their role's contract; invalid rows go to ``ops/quarantine``
+   first, then valid ones are appended to the role's staging log in the commit that records
+   the bronze versions consumed (a crash in between redoes the role; a redo adds no
+   quarantine record twice). Cost follows the changed rows, not bronze.
 2. :func:`build_silver` - staging -> ``silver/orders``, ``silver/events``, ``silver/contacts``:
    the log rows appended since the last build name the affected people (emails, including the
    *old* email of a changed record), orders, events and anonymous ids; each affected person,
@@ -32,7 +34,9 @@ Incremental by default; ``full_refresh`` rebuilds everything and produces the sa
 Every stage reports row balances over the rows it processed in this run, quarantine counts per
 rule, and row counts for ``ops/volume_metrics``: the *table totals* after the run (per source
 from the staging state, per segment from the audience), so a small incremental run never looks
-like a volume drop.
+like a volume drop. A source's quarantined count is a total too - its current bronze rows that
+fail the contract, kept in the staging state - so a rerun after a crash, which finds the work
+done, reports (and holds publishing) exactly as the run that did it would have.
 """
 
 from __future__ import annotations

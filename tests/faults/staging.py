@@ -273,7 +273,9 @@ def build_staging_world(root: Path, *, contacts: int, seed: int) -> Iterator[Sta
     * ``clean``: the sample data as generated (about 3 % invalid CRM emails: no hold);
     * ``broken``: the same with every 2nd CRM email broken (an uninterrupted run holds);
     * ``changed``: ``clean`` after one complete transform, then a change ingested that breaks
-      every 2nd CRM email (the incremental run that follows holds).
+      every 2nd CRM email (the incremental run that follows holds);
+    * ``fixed``: ``changed`` after its transform, then the CRM's emails put back and ingested
+      (the incremental run that follows no longer holds).
     """
     sample = generate(root / "sample", contacts=contacts, seed=seed)
     world = StagingWorld(root=root, data_dir=sample.out_dir, templates={})
@@ -290,11 +292,21 @@ def build_staging_world(root: Path, *, contacts: int, seed: int) -> Iterator[Sta
     shutil.copytree(world.templates["clean"], changed)
     shutil.copytree(root / "data-clean", data_dir)
     world.transform(changed, run_id="first")
+    fixed = root / "template-fixed"
     with _crm(data_dir) as crm:
-        for n, contact in enumerate(crm.contacts()):
+        emails = {c["id"]: c["properties"].get("email") for c in crm.contacts()}
+        for n, contact_id in enumerate(emails):
             if n % 2 == 0:
-                broken = f"broken-{contact['id']}.example.com"
-                crm.upsert_contact({"email": broken}, id=contact["id"])
+                broken = f"broken-{contact_id}.example.com"
+                crm.upsert_contact({"email": broken}, id=contact_id)
         _ingest(world, changed, crm, data_dir)
-    world.templates["changed"] = changed
+        world.templates["changed"] = changed
+        # The day after: the broken load was transformed, then the CRM put every email back.
+        shutil.copytree(changed, fixed)
+        world.transform(fixed, run_id="broken-day")
+        for n, (contact_id, email) in enumerate(emails.items()):
+            if n % 2 == 0:
+                crm.upsert_contact({"email": email}, id=contact_id)
+        _ingest(world, fixed, crm, data_dir)
+        world.templates["fixed"] = fixed
     yield world
