@@ -35,12 +35,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from tasks.core.config import load_pipeline
+
+    load_pipeline(args.config, check_secrets=True)  # fail fast, before Prefect is imported
+
     from flows.pipeline import pipeline
     from flows.summary import lake_summary
-    from tasks.core.config import load_pipeline
     from tasks.resources import open_lake
 
-    load_pipeline(args.config)  # fail fast, before Prefect starts
     report = pipeline(
         config_path=args.config,
         full_refresh=args.full_refresh,
@@ -89,7 +91,7 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from tasks.core.config import load_pipeline
 
-    config = load_pipeline(args.config)
+    config = load_pipeline(args.config, check_secrets=True)
     print(
         f"{args.config}: ok ({len(config.sources)} sources, {len(config.segments)} segments, "
         f"{len(config.destinations)} destinations)"

@@ -25,3 +25,18 @@ class DataQualityError(AudienceLakeError):
 
 class PublishError(AudienceLakeError):
     """A destination refused a request in a way a retry cannot fix."""
+
+
+class SourcesFailedError(SourceError):
+    """One or more sources failed while the others were read and committed.
+
+    The message has one line per failed source (``name: error``); ``failed`` maps each failed
+    source to that line, so a caller can carry on with what landed.
+    """
+
+    def __init__(self, message: str, failed: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.failed: dict[str, str] = dict(failed or {})
+
+    def __reduce__(self) -> tuple[type[SourcesFailedError], tuple[str, dict[str, str]]]:
+        return (type(self), (str(self), self.failed))  # survives Prefect's result pickling

@@ -22,6 +22,7 @@ from tasks.core.sync import LEDGER_KEYS, LEDGER_SCHEMA, plan_sync
 from tasks.reports import PublishReport
 from tasks.resources import open_lake
 from tasks.retries import retry_unless_permanent
+from tasks.source_runs import failed_source_holds
 from tasks.transform import AUDIENCE, CONTACTS
 from tasks.volume import VOLUME_METRICS
 
@@ -40,7 +41,8 @@ def publish_holds(lake: Lake, config: PipelineConfig) -> dict[tuple[str, str], s
       :func:`tasks.core.anomaly.audiences_fed`), or
     * its publish would take more than ``volume.removals.max_share`` of the contacts its list
       holds off the list (an opt-out storm from a broken CRM mapping is hard to undo: Mailchimp
-      will not re-subscribe an unsubscribed member without their consent).
+      will not re-subscribe an unsubscribed member without their consent), or
+    * a source feeding it failed in its latest ingest (:mod:`tasks.source_runs`).
 
     Warnings never hold. The ``override_hold`` flow parameter publishes anyway.
     """
@@ -49,6 +51,8 @@ def publish_holds(lake: Lake, config: PipelineConfig) -> dict[tuple[str, str], s
         by_segment.setdefault(segment, []).append(reason)
     for segment, reasons in held_segments(volume_anomalies(lake, config)).items():
         by_segment.setdefault(segment, []).extend(f"volume anomaly: {r}" for r in reasons)
+    for segment, reason in failed_source_holds(lake, config):
+        by_segment.setdefault(segment, []).append(reason)
     holds: dict[tuple[str, str], str] = {}
     for name, destination in config.destinations.items():
         for segment, audience in destination.audiences.items():

@@ -9,8 +9,19 @@ it). ``pipeline.yaml``::
       ...
       token_store: {kind: prefect_secret, name: shopify-refresh-token}
 
-The block holds the current refresh token, encrypted at rest by the Prefect server and masked in
-the UI; the first run falls back to the ``refresh_token`` secret from the environment.
+The block holds the current refresh token; the first run falls back to the ``refresh_token``
+secret from the environment.
+
+What protects the token there (checked against the Prefect 3 server code): the server encrypts
+block data with a Fernet key before writing it to its database. That key is read from
+``PREFECT_SERVER_ENCRYPTION_KEY`` if set; otherwise the server generates one and stores it *in the
+same database* (table ``configuration``, key ``ENCRYPTION_KEY``). So, by default, anyone holding a
+copy of the database (a dump, a backup, the SQLite file) holds the key and can decrypt the token:
+the encryption protects a leaked database only when ``PREFECT_SERVER_ENCRYPTION_KEY`` is set and
+kept somewhere else. It never protects against anyone who can call the Prefect API (every worker
+and flow run, any user of the UI or of a Prefect Cloud workspace with read access to blocks):
+the API hands the value back decrypted, and the UI merely masks it on screen. Treat access to the
+Prefect API and database like access to the refresh token itself.
 """
 
 from __future__ import annotations

@@ -10,7 +10,18 @@ Wire formats follow ``API_NOTES.md`` §1.5 (OAuth2 token endpoint) and §4 (CRM 
   ``limit`` 100.
 * ``GET /crm/v3/objects/contacts/{id}`` — one contact.
 * ``POST /crm/v3/objects/contacts/search`` — filterGroups (OR of ANDed filters), one sort
-  (ties broken by ascending numeric id), ``limit`` ≤ 200, numeric-offset ``after``.
+  (ties broken by ascending numeric id), ``limit`` ≤ 200, numeric-offset ``after``. The body is
+  checked against the vendor's ``PublicObjectSearchRequest`` schema (:data:`SEARCH_REQUEST_SCHEMA`):
+  an unknown field anywhere, or a value of the wrong JSON type, is a 400 naming it, as HubSpot's
+  JSON binding answers. Two documented deviations from that schema, both the real API's
+  behaviour: ``sorts`` entries may be objects ``{"propertyName","direction"}`` (the vendor's
+  guide; the spec types them as strings, a bare name sorting ascending), and the fields the
+  schema lists as required may be left out (the guide's own examples omit ``after``).
+
+Search results are live: ``after`` is an offset into the result set as it is sorted *at the
+time of each request*, so modifying a contact between two pages moves it (sorted by
+``lastmodifieddate``, to the end) and shifts every later offset by one — the behaviour that
+makes offset paging lose records. ``on_search_page`` lets a test act between two pages.
 
 Search window: HubSpot returns at most 10,000 results per query. This stand-in rejects any
 search whose ``after + limit`` exceeds 10,000 with 400 ``VALIDATION_ERROR`` (the message names
@@ -184,8 +195,100 @@ _COMPARATORS: dict[str, Callable[[Any, Any], bool]] = {
     "GTE": lambda have, want: have is not None and have >= want,
 }
 _OPERATORS = frozenset(
-    {*_COMPARATORS, "BETWEEN", "IN", "NOT_IN", "HAS_PROPERTY", "NOT_HAS_PROPERTY"}
+    {
+        *_COMPARATORS,
+        "BETWEEN",
+        "IN",
+        "NOT_IN",
+        "HAS_PROPERTY",
+        "NOT_HAS_PROPERTY",
+        "CONTAINS_TOKEN",
+        "NOT_CONTAINS_TOKEN",
+    }
 )
+
+# The vendor's search request schema (CRM contacts v3, PublicObjectSearchRequest, FilterGroup,
+# Filter), as data. ``sorts`` also takes the object form the vendor documents and accepts.
+_STRING: dict[str, Any] = {"type": "string"}
+_STRINGS: dict[str, Any] = {"type": "array", "items": _STRING}
+_FILTER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["operator", "propertyName"],
+    "properties": {
+        "highValue": _STRING,
+        "operator": {"type": "string", "enum": sorted(_OPERATORS)},
+        "propertyName": _STRING,
+        "value": _STRING,
+        "values": _STRINGS,
+    },
+}
+_SORT_OBJECT: dict[str, Any] = {
+    "type": "object",
+    "required": ["propertyName"],
+    "properties": {
+        "propertyName": _STRING,
+        "direction": {"type": "string", "enum": ["ASCENDING", "DESCENDING"]},
+    },
+}
+SEARCH_REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "after": _STRING,
+        "filterGroups": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["filters"],
+                "properties": {"filters": {"type": "array", "items": _FILTER_SCHEMA}},
+            },
+        },
+        "limit": {"type": "integer"},
+        "properties": _STRINGS,
+        "query": _STRING,
+        "sorts": {"type": "array", "items": {"anyOf": [_STRING, _SORT_OBJECT]}},
+    },
+}
+_JSON_TYPES: dict[str, Callable[[Any], bool]] = {
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+    "string": lambda v: isinstance(v, str),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+}
+
+
+def schema_problem(value: Any, schema: Mapping[str, Any], where: str = "body") -> str | None:
+    """The first way ``value`` breaks ``schema`` (a small JSON-schema subset), or None.
+
+    Objects are closed: a field the schema does not declare is a problem, as it is for
+    HubSpot's JSON binding ("Unrecognized field").
+    """
+    if "anyOf" in schema:
+        problems = [schema_problem(value, option, where) for option in schema["anyOf"]]
+        return None if any(p is None for p in problems) else problems[-1]
+    kind = schema.get("type")
+    if kind is not None and not _JSON_TYPES[kind](value):
+        return f"{where}: expected {kind}, got {json.dumps(value)[:60]}"
+    if "enum" in schema and value not in schema["enum"]:
+        return f"{where}: {value!r} is not one of {list(schema['enum'])}"
+    if kind == "object":
+        declared = schema.get("properties", {})
+        for name in value:
+            if name not in declared:
+                return f'Unrecognized field "{name}" at {where} (not marked as ignorable)'
+        for name in schema.get("required", []):
+            if name not in value:
+                return f"{where}: missing required field {name!r}"
+        for name, sub in declared.items():
+            if name in value:
+                problem = schema_problem(value[name], sub, f"{where}.{name}")
+                if problem is not None:
+                    return problem
+    if kind == "array":
+        for index, item in enumerate(value):
+            problem = schema_problem(item, schema.get("items", {}), f"{where}[{index}]")
+            if problem is not None:
+                return problem
+    return None
 
 
 @dataclass(frozen=True)
@@ -211,6 +314,9 @@ class _Filter:
             return have in self.values
         if self.operator == "NOT_IN":
             return have not in self.values
+        if self.operator in {"CONTAINS_TOKEN", "NOT_CONTAINS_TOKEN"}:
+            found = have is not None and str(self.value) in str(have).split()
+            return found == (self.operator == "CONTAINS_TOKEN")
         return _COMPARATORS[self.operator](have, self.value)
 
 
@@ -276,10 +382,18 @@ def parse_filter_groups(raw: Any) -> list[list[_Filter]]:
 
 
 def _parse_sort(raw: Any) -> tuple[str, bool] | None:
-    """Validate ``sorts``; returns (property, descending) or None for id order."""
+    """Validate ``sorts``; returns (property, descending) or None for id order.
+
+    The search API applies one sort rule only; a second one is refused here rather than
+    silently ignored, so a client cannot believe it has a tie-breaking secondary sort.
+    """
     if raw is None or raw == []:
         return None
-    if not isinstance(raw, list) or len(raw) != 1 or not isinstance(raw[0], dict):
+    if not isinstance(raw, list) or len(raw) != 1:
+        raise _bad_request("sorts must be a list with exactly one {propertyName, direction}")
+    if isinstance(raw[0], str):
+        raw = [{"propertyName": raw[0], "direction": "ASCENDING"}]
+    if not isinstance(raw[0], dict):
         raise _bad_request("sorts must be a list with exactly one {propertyName, direction}")
     prop, direction = raw[0].get("propertyName"), raw[0].get("direction", "ASCENDING")
     if not isinstance(prop, str):
@@ -342,6 +456,11 @@ class CrmStandIn(StandInServer):
         self._tokens: dict[str, float] = {}
         self._faults: deque[_Fault] = deque()
         self._recent: deque[float] = deque()
+        self.search_pages = 0
+        self.on_search_page: Callable[[int, dict[str, Any]], None] | None = None
+        """Called after each search page is computed, before it is sent, with the page's
+        number (from 1) and the request body: a test's hook to change contacts "between two
+        pages" of a client's run."""
         for index, contact in enumerate(contacts):
             self._load(contact, index)
 
@@ -685,6 +804,9 @@ class CrmStandIn(StandInServer):
 
     def _search(self, request: Request) -> Response:
         body = self._json_body(request)
+        problem = schema_problem(body, SEARCH_REQUEST_SCHEMA)
+        if problem is not None:
+            raise _bad_request(f"Invalid input JSON: {problem}")
         limit = _parse_int(
             body.get("limit"), "limit", default=LIST_DEFAULT_LIMIT, low=1, high=SEARCH_MAX_LIMIT
         )
@@ -701,9 +823,13 @@ class CrmStandIn(StandInServer):
         with self._lock:
             matched = self._matching(groups, sort)
             page = [self._render(c, properties) for c in matched[after : after + limit]]
+            self.search_pages += 1
+            number = self.search_pages
         payload: dict[str, Any] = {"total": len(matched), "results": page}
         if after + len(page) < len(matched):
             payload["paging"] = {"next": {"after": str(after + len(page))}}
+        if self.on_search_page is not None:
+            self.on_search_page(number, body)
         return json_response(HTTPStatus.OK, payload)
 
     @staticmethod

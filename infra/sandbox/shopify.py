@@ -7,11 +7,23 @@ Routes:
   ``grant_type=refresh_token`` (expiring offline tokens) → a 60-minute ``access_token`` and a new
   ``refresh_token``: the refresh token **rotates on every use** and the old one is void.
   Errors: 400/401 ``{"error","error_description"}``.
-* ``GET /admin/api/{version}/customers.json?limit=&updated_at_min=&order=`` — ``limit`` 1..250
-  (else 400), ``order`` ``id asc`` (default) or ``updated_at asc``. Replies
-  ``{"customers":[...]}`` and, when more remain, ``Link: <...page_info=...>; rel="next"`` (plus
-  ``rel="previous"`` after the first page). A ``page_info`` URL must be used as given: adding
-  any filter next to it is a 400.
+* ``GET /admin/api/{version}/customers.json`` — the parameters of the real endpoint only
+  (``ids, since_id, created_at_min/max, updated_at_min/max, limit, fields, page_info``).
+  Pages come in **id order**, whatever the filters: this endpoint has no ``order`` parameter,
+  so a listing filtered by ``updated_at_min`` is *not* ordered by ``updated_at``.
+* ``GET /admin/api/{version}/customers/search.json?query=&order=&limit=&fields=`` — the
+  ordered listing: ``order`` is ``<field> asc|desc`` over ``updated_at``, ``created_at``,
+  ``id``, ``last_order_date`` (default ``last_order_date desc``); ``query`` takes terms
+  ``field:value`` / ``field:>value`` / ``>=`` / ``<`` / ``<=`` over ``updated_at``,
+  ``created_at``, ``id``, ``email`` (values optionally quoted), ANDed. Its ``page_info`` is a
+  keyset (the last sort value and id seen), so a customer updated mid-run moves to the end of an
+  ``updated_at asc`` listing and is read there.
+
+Both reply ``{"customers":[...]}`` and, when more remain, ``Link: <...page_info=...>;
+rel="next"`` (plus ``rel="previous"`` after the first page of ``customers.json``); ``limit`` is
+1..250 (else 400). A ``page_info`` URL must be used as given: adding a filter next to it is a
+400. A parameter the endpoint does not take is a 400 naming it: stricter than Shopify (which may
+ignore it), so that a client relying on a parameter that does nothing fails in tests.
 
 Auth: header ``X-Shopify-Access-Token`` (static ``access_tokens`` or ones issued above); a bad or
 expired token gets 401 ``{"errors":"[API] Invalid API key or access token ..."}``.
@@ -40,9 +52,26 @@ from infra.sandbox._http import Request, Response, StandInServer, json_response
 
 TOKEN_PATH = "/admin/oauth/access_token"
 _CUSTOMERS = re.compile(r"^/admin/api/(?P<version>\d{4}-\d{2})/customers\.json$")
+_SEARCH = re.compile(r"^/admin/api/(?P<version>\d{4}-\d{2})/customers/search\.json$")
 MAX_LIMIT = 250
 DEFAULT_LIMIT = 50
-ORDERS = {"id asc": "id", "updated_at asc": "updated_at"}
+LIST_PARAMS = frozenset(
+    {
+        "ids",
+        "since_id",
+        "created_at_min",
+        "created_at_max",
+        "updated_at_min",
+        "updated_at_max",
+        "limit",
+        "fields",
+        "page_info",
+    }
+)
+SEARCH_PARAMS = frozenset({"query", "order", "limit", "fields", "page_info"})
+SEARCH_FIELDS = ("updated_at", "created_at", "id", "last_order_date")
+QUERY_FIELDS = frozenset({"updated_at", "created_at", "id", "email"})
+_TERM = re.compile(r"^(?P<field>[a-z_]+):(?P<op>>=|<=|>|<)?(?P<value>.+)$")
 INVALID_TOKEN = "[API] Invalid API key or access token (unrecognized login or wrong password)"
 
 
@@ -140,10 +169,14 @@ class ShopifyStandIn(StandInServer):
                 )
             self._level += 1
             call_limit = {"X-Shopify-Shop-Api-Call-Limit": f"{int(self._level)}/{self.bucket_size}"}
-        match = _CUSTOMERS.match(request.path)
-        if match is None or request.method != "GET":
+        if request.method != "GET":
             return json_response(HTTPStatus.NOT_FOUND, {"errors": "Not Found"}, headers=call_limit)
-        reply = self._customers_page(request)
+        if _CUSTOMERS.match(request.path):
+            reply = self._customers_page(request)
+        elif _SEARCH.match(request.path):
+            reply = self._search_page(request)
+        else:
+            return json_response(HTTPStatus.NOT_FOUND, {"errors": "Not Found"}, headers=call_limit)
         return Response(
             reply.status, reply.body, reply.content_type, {**reply.headers, **call_limit}
         )
@@ -200,63 +233,186 @@ class ShopifyStandIn(StandInServer):
 
     # -- customers --------------------------------------------------------------------------
     def _customers_page(self, request: Request) -> Response:
-        raw_limit = request.query_value("limit") or str(DEFAULT_LIMIT)
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
-            return json_response(
-                HTTPStatus.BAD_REQUEST,
-                {"errors": {"limit": [f"must be between 1 and {MAX_LIMIT}"]}},
-            )
-        limit = int(raw_limit)
+        """``customers.json``: id order, offset page_info (ids never move)."""
+        problem = _unknown_params(request, LIST_PARAMS) or _limit_problem(request)
+        if problem is not None:
+            return problem
+        limit = int(request.query_value("limit") or DEFAULT_LIMIT)
         page_info = request.query_value("page_info")
         if page_info is not None:
-            extra = sorted(set(request.query) - {"page_info", "limit"})
-            if extra:
-                return json_response(
-                    HTTPStatus.BAD_REQUEST,
-                    {"errors": {"page_info": [f"cannot be combined with {', '.join(extra)}"]}},
-                )
-            try:
-                state = json.loads(base64.urlsafe_b64decode(page_info.encode()).decode())
-            except (binascii.Error, ValueError):
-                return json_response(
-                    HTTPStatus.BAD_REQUEST, {"errors": {"page_info": ["is invalid"]}}
-                )
+            state = _page_state(request, page_info)
+            if isinstance(state, Response):
+                return state
         else:
-            order = request.query_value("order") or "id asc"
-            if order not in ORDERS:
-                return json_response(
-                    HTTPStatus.BAD_REQUEST, {"errors": {"order": [f"{order!r} is not supported"]}}
-                )
             state = {
-                "order": order,
-                "min": request.query_value("updated_at_min"),
+                "filters": {
+                    name: request.query_value(name)
+                    for name in sorted(LIST_PARAMS - {"limit", "fields", "page_info"})
+                    if request.query_value(name) is not None
+                },
                 "offset": 0,
             }
         with self._lock:
-            rows = [
-                c
-                for c in self._customers.values()
-                if state["min"] is None or _parse_time(c["updated_at"]) >= _parse_time(state["min"])
-            ]
-        key = ORDERS[state["order"]]
-        if key == "updated_at":
-            rows.sort(key=lambda c: (_parse_time(c["updated_at"]), int(c["id"])))
-        else:
-            rows.sort(key=lambda c: int(c["id"]))
+            rows = sorted(
+                (c for c in self._customers.values() if _listed(c, state["filters"])),
+                key=lambda c: int(c["id"]),
+            )
         offset = int(state["offset"])
         page = [copy.deepcopy(c) for c in rows[offset : offset + limit]]
         links = []
         base = f"{self.url}{request.path}"
         if offset > 0:
             previous = {**state, "offset": max(0, offset - limit)}
-            links.append(f'<{base}?{urlencode(self._page_query(previous, limit))}>; rel="previous"')
+            links.append(f'<{base}?{urlencode(_page_query(previous, limit))}>; rel="previous"')
         if offset + limit < len(rows):
             following = {**state, "offset": offset + limit}
-            links.append(f'<{base}?{urlencode(self._page_query(following, limit))}>; rel="next"')
+            links.append(f'<{base}?{urlencode(_page_query(following, limit))}>; rel="next"')
         headers = {"Link": ", ".join(links)} if links else {}
         return json_response(HTTPStatus.OK, {"customers": page}, headers=headers)
 
-    @staticmethod
-    def _page_query(state: dict[str, Any], limit: int) -> dict[str, str]:
-        token = base64.urlsafe_b64encode(json.dumps(state).encode()).decode()
-        return {"limit": str(limit), "page_info": token}
+    def _search_page(self, request: Request) -> Response:
+        """``customers/search.json``: ordered, keyset page_info (see the module docstring)."""
+        problem = _unknown_params(request, SEARCH_PARAMS) or _limit_problem(request)
+        if problem is not None:
+            return problem
+        limit = int(request.query_value("limit") or DEFAULT_LIMIT)
+        page_info = request.query_value("page_info")
+        if page_info is not None:
+            state = _page_state(request, page_info)
+            if isinstance(state, Response):
+                return state
+        else:
+            order = (request.query_value("order") or "last_order_date desc").strip().lower()
+            field, _, direction = order.partition(" ")
+            if field not in SEARCH_FIELDS or direction not in {"asc", "desc"}:
+                return _bad("order", f"{order!r} is not a sortable field and direction")
+            terms = _parse_query(request.query_value("query") or "")
+            if isinstance(terms, Response):
+                return terms
+            state = {"field": field, "desc": direction == "desc", "terms": terms, "after": None}
+        field, descending = state["field"], bool(state["desc"])
+
+        def key(customer: dict[str, Any]) -> tuple[int, float, int]:
+            value = _sort_value(customer, field)
+            missing = value is None  # nulls last, either direction
+            number = 0.0 if value is None else (-value if descending else value)
+            return (int(missing), number, int(customer["id"]))
+
+        with self._lock:
+            rows = sorted(
+                (c for c in self._customers.values() if _matches(c, state["terms"])), key=key
+            )
+        after = state["after"]
+        if after is not None:
+            rows = [c for c in rows if list(key(c)) > after]
+        page = [copy.deepcopy(c) for c in rows[:limit]]
+        headers = {}
+        if len(rows) > limit:
+            following = {**state, "after": list(key(page[-1]))}
+            base = f"{self.url}{request.path}"
+            headers["Link"] = f'<{base}?{urlencode(_page_query(following, limit))}>; rel="next"'
+        return json_response(HTTPStatus.OK, {"customers": page}, headers=headers)
+
+
+def _bad(name: str, message: str) -> Response:
+    return json_response(HTTPStatus.BAD_REQUEST, {"errors": {name: [message]}})
+
+
+def _unknown_params(request: Request, accepted: frozenset[str]) -> Response | None:
+    unknown = sorted(set(request.query) - accepted)
+    if unknown:
+        return _bad(unknown[0], f"is not a parameter of {request.path}")
+    if request.query_value("page_info") is not None:
+        extra = sorted(set(request.query) - {"page_info", "limit"})
+        if extra:
+            return _bad("page_info", f"cannot be combined with {', '.join(extra)}")
+    return None
+
+
+def _limit_problem(request: Request) -> Response | None:
+    raw_limit = request.query_value("limit") or str(DEFAULT_LIMIT)
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+        return _bad("limit", f"must be between 1 and {MAX_LIMIT}")
+    return None
+
+
+def _page_state(request: Request, page_info: str) -> dict[str, Any] | Response:
+    del request
+    try:
+        state = json.loads(base64.urlsafe_b64decode(page_info.encode()).decode())
+    except (binascii.Error, ValueError):
+        return _bad("page_info", "is invalid")
+    if not isinstance(state, dict):
+        return _bad("page_info", "is invalid")
+    return state
+
+
+def _page_query(state: dict[str, Any], limit: int) -> dict[str, str]:
+    token = base64.urlsafe_b64encode(json.dumps(state).encode()).decode()
+    return {"limit": str(limit), "page_info": token}
+
+
+def _listed(customer: dict[str, Any], filters: dict[str, str]) -> bool:
+    """The ``customers.json`` filters (bounds inclusive; ``ids`` a comma list)."""
+    for name, value in filters.items():
+        if name == "ids":
+            if str(customer["id"]) not in {v.strip() for v in value.split(",")}:
+                return False
+        elif name == "since_id":
+            if int(customer["id"]) <= int(value):
+                return False
+        else:
+            field, _, bound = name.rpartition("_")
+            have, want = _parse_time(customer[field]), _parse_time(value)
+            if (bound == "min" and have < want) or (bound == "max" and have > want):
+                return False
+    return True
+
+
+def _sort_value(customer: dict[str, Any], field: str) -> float | None:
+    raw = customer.get(field)
+    if raw is None or raw == "":
+        return None
+    return float(raw) if field == "id" else _parse_time(str(raw))
+
+
+def _parse_query(text: str) -> list[list[str]] | Response:
+    """``field:value`` terms (ANDed); comparators on times and ids, equality on email."""
+    terms = []
+    for term in text.split():
+        match = _TERM.match(term)
+        if match is None or match["field"] not in QUERY_FIELDS:
+            return _bad("query", f"{term!r} is not a term this stand-in can search")
+        value = match["value"].strip("'\"")
+        op = match["op"] or ":"
+        if match["field"] == "email" and op != ":":
+            return _bad("query", f"{term!r}: email takes no comparator")
+        if match["field"] in {"updated_at", "created_at"}:
+            try:
+                _parse_time(value)
+            except ValueError:
+                return _bad("query", f"{term!r}: {value!r} is not a time")
+        terms.append([match["field"], op, value])
+    return terms
+
+
+def _matches(customer: dict[str, Any], terms: list[list[str]]) -> bool:
+    for field, op, value in terms:
+        if field == "email":
+            if str(customer.get("email", "")).lower() != value.lower():
+                return False
+            continue
+        have = _sort_value(customer, field)
+        want = float(value) if field == "id" else _parse_time(value)
+        if have is None:
+            return False
+        ok = {
+            ":": have == want,
+            ">": have > want,
+            ">=": have >= want,
+            "<": have < want,
+            "<=": have <= want,
+        }[op]
+        if not ok:
+            return False
+    return True

@@ -13,12 +13,14 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urljoin
 
 import httpx
 
 from tasks.connectors.http import ClientAuthMethod, OAuth2ClientCredentials
+from tasks.connectors.redact import redact, register_secret, register_secret_param
 from tasks.core.config_rest import (
     RestApiKeyAuth,
     RestAuth,
@@ -132,6 +134,9 @@ class QueryKeyAuth(httpx.Auth):
     def __init__(self, name: str, value: str) -> None:
         self._name = name
         self._value = value
+        # The key is part of the URL httpx logs: mask the parameter in every log line.
+        register_secret_param(name)
+        register_secret(value)
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         # A new request, so the key never shows up in the caller's request.url (error messages).
@@ -171,7 +176,11 @@ class OAuth2RefreshToken(OAuth2ClientCredentials):
         super().__init__(token_url, client_id, client_secret, **kwargs)
         self._store_ref = store
         self._refresh_token = store.load() or initial_refresh_token
+        register_secret(self._refresh_token)
         self.rotations = 0
+
+    def _credentials(self) -> list[str]:
+        return [*super()._credentials(), self._refresh_token]
 
     @property
     def refresh_token(self) -> str:
@@ -186,12 +195,15 @@ class OAuth2RefreshToken(OAuth2ClientCredentials):
         rotated = body.get("refresh_token")
         if not isinstance(rotated, str) or not rotated or rotated == self._refresh_token:
             return
+        register_secret(rotated)
         try:
             self._store_ref.save(rotated)
         except Exception as exc:  # any store failure must stop the run loudly
             raise SourceError(
-                f"token endpoint {self.token_url} rotated the refresh token but saving it to "
-                f"the {self._store_ref.description} failed: {exc}"
+                redact(
+                    f"{self._endpoint()} rotated the refresh token but saving it to "
+                    f"the {self._store_ref.description} failed: {exc}"
+                )
             ) from exc
         self._refresh_token = rotated
         self.rotations += 1
@@ -200,8 +212,19 @@ class OAuth2RefreshToken(OAuth2ClientCredentials):
 # --- building from config -------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class AuthContext:
+    """What an auth builder knows besides its ``auth`` block: the source it signs in for."""
+
+    base_url: str
+    source_name: str
+    allow_insecure_http: bool = False
+
+
 def _secret(ref: Any) -> str:
-    return resolve_secret(ref).get_secret_value()
+    value = resolve_secret(ref).get_secret_value()
+    register_secret(value)  # masked in every log line and error from here on
+    return value
 
 
 def _token_url(base_url: str, token_url: str) -> str:
@@ -210,7 +233,9 @@ def _token_url(base_url: str, token_url: str) -> str:
     return urljoin(base_url.rstrip("/") + "/", token_url.lstrip("/"))
 
 
-def _oauth_kwargs(config: RestOAuth2ClientCredentials | RestOAuth2RefreshToken) -> dict[str, Any]:
+def _oauth_kwargs(
+    config: RestOAuth2ClientCredentials | RestOAuth2RefreshToken, context: AuthContext
+) -> dict[str, Any]:
     client_auth: ClientAuthMethod = config.client_auth
     return {
         "scope": config.scope,
@@ -219,52 +244,55 @@ def _oauth_kwargs(config: RestOAuth2ClientCredentials | RestOAuth2RefreshToken) 
         "header": config.header,
         "prefix": config.prefix,
         "instance_url_field": config.instance_url_field,
+        "instance_url_domains": config.instance_url_domains,
+        "base_url": context.base_url,
+        "allow_insecure_http": context.allow_insecure_http,
+        "owner": f"source {context.source_name!r}",
     }
 
 
-def _bearer(config: RestBearerAuth, base_url: str, source: str) -> httpx.Auth:
+def _bearer(config: RestBearerAuth, context: AuthContext) -> httpx.Auth:
     return HeaderAuth("Authorization", f"Bearer {_secret(config.token)}")
 
 
-def _api_key(config: RestApiKeyAuth, base_url: str, source: str) -> httpx.Auth:
+def _api_key(config: RestApiKeyAuth, context: AuthContext) -> httpx.Auth:
     value = f"{config.prefix}{_secret(config.key)}"
     if config.location == "query":
         return QueryKeyAuth(config.name, value)
     return HeaderAuth(config.name, value)
 
 
-def _basic(config: RestBasicAuth, base_url: str, source: str) -> httpx.Auth:
+def _basic(config: RestBasicAuth, context: AuthContext) -> httpx.Auth:
     return httpx.BasicAuth(config.username, _secret(config.password))
 
 
-def _client_credentials(
-    config: RestOAuth2ClientCredentials, base_url: str, source: str
-) -> httpx.Auth:
+def _client_credentials(config: RestOAuth2ClientCredentials, context: AuthContext) -> httpx.Auth:
     return OAuth2ClientCredentials(
-        _token_url(base_url, config.token_url),
+        _token_url(context.base_url, config.token_url),
         config.client_id,
         _secret(config.client_secret),
-        **_oauth_kwargs(config),
+        **_oauth_kwargs(config, context),
     )
 
 
-def _refresh_token(config: RestOAuth2RefreshToken, base_url: str, source: str) -> httpx.Auth:
+def _refresh_token(config: RestOAuth2RefreshToken, context: AuthContext) -> httpx.Auth:
+    source = context.source_name
     store: TokenStore = (
         open_token_store(config.token_store, source)
         if config.token_store is not None
         else MemoryTokenStore(f"{source}:refresh_token")
     )
     return OAuth2RefreshToken(
-        _token_url(base_url, config.token_url),
+        _token_url(context.base_url, config.token_url),
         config.client_id,
         None if config.client_secret is None else _secret(config.client_secret),
         initial_refresh_token=_secret(config.refresh_token),
         store=store,
-        **_oauth_kwargs(config),
+        **_oauth_kwargs(config, context),
     )
 
 
-AUTH_BUILDERS: dict[str, Callable[[Any, str, str], httpx.Auth]] = {
+AUTH_BUILDERS: dict[str, Callable[[Any, AuthContext], httpx.Auth]] = {
     "bearer": _bearer,
     "api_key": _api_key,
     "basic": _basic,
@@ -273,8 +301,18 @@ AUTH_BUILDERS: dict[str, Callable[[Any, str, str], httpx.Auth]] = {
 }
 
 
-def build_auth(config: RestAuth | None, *, base_url: str, source_name: str) -> httpx.Auth | None:
-    """The ``httpx.Auth`` for a source's ``auth`` block (``None``: no authentication)."""
+def build_auth(
+    config: RestAuth | None,
+    *,
+    base_url: str,
+    source_name: str,
+    allow_insecure_http: bool = False,
+) -> httpx.Auth | None:
+    """The ``httpx.Auth`` for a source's ``auth`` block (``None``: no authentication).
+
+    Every secret it resolves is registered for log and error redaction.
+    """
     if config is None:
         return None
-    return AUTH_BUILDERS[config.type](config, base_url, source_name)
+    context = AuthContext(base_url, source_name, allow_insecure_http=allow_insecure_http)
+    return AUTH_BUILDERS[config.type](config, context)

@@ -23,9 +23,11 @@ from typing import Any, Literal, Protocol
 import httpx
 
 from tasks.connectors.http import RetryPolicy, build_client, send_with_retries
+from tasks.connectors.redact import redact, register_secret
 from tasks.core.config_anomaly import Notifier as NotifierConfig
 from tasks.core.config_anomaly import SlackWebhookNotifier
 from tasks.core.settings import resolve_secret
+from tasks.core.transport import insecure_http_problem
 from tasks.errors import AudienceLakeError, ConfigError
 
 __all__ = [
@@ -117,7 +119,7 @@ class SlackWebhook:
         self._client.close()
 
     def _redact(self, text: str) -> str:
-        return text.replace(self._url, "<webhook url>")
+        return redact(text.replace(self._url, "<webhook url>"))
 
 
 def _open_slack_webhook(name: str, config: SlackWebhookNotifier) -> Notifier:
@@ -126,7 +128,22 @@ def _open_slack_webhook(name: str, config: SlackWebhookNotifier) -> Notifier:
         raise ConfigError(
             f"volume.notifiers.{name}: secret {config.url.secret!r} is not an http(s) URL"
         )
-    client = build_client("", timeout=httpx.Timeout(config.timeout_seconds), max_connections=2)
+    if insecure_http_problem(url, allow_insecure_http=config.allow_insecure_http) is not None:
+        # The URL is the credential: name the secret, never its value.
+        raise ConfigError(
+            f"volume.notifiers.{name}.url: secret {config.url.secret!r} is a plain http URL to "
+            "a non-loopback host; use https, or set allow_insecure_http: true"
+        )
+    register_secret(url)  # httpx logs every request URL: this one must be masked
+    register_secret(str(httpx.URL(url)))
+    client = build_client(
+        "",
+        timeout=httpx.Timeout(config.timeout_seconds),
+        max_connections=2,
+        allow_insecure_http=config.allow_insecure_http,
+        ca_bundle=config.ca_bundle,
+        owner=f"volume.notifiers.{name}",
+    )
     return SlackWebhook(client, url, name=name)
 
 

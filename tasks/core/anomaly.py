@@ -41,6 +41,7 @@ from tasks.core.config_anomaly import (
     VolumeOverride,
     glob_regex,
 )
+from tasks.core.predicates import predicate_columns
 
 SERIES = ["table", "source", "segment"]
 MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution * 1.4826 = its standard deviation
@@ -374,7 +375,7 @@ def column_roles(column: str) -> frozenset[str]:
 def predicate_roles(where: str) -> frozenset[str]:
     """The source roles the columns of a segment predicate are computed from."""
     roles: set[str] = set()
-    for column in pl.sql_expr(where).meta.root_names():
+    for column in predicate_columns(where):
         roles |= column_roles(column)
     return frozenset(roles)
 

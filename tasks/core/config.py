@@ -5,23 +5,34 @@ type or a dangling reference fails at load with a message that names the key pat
 
     pipeline.yaml: sources.crm.auth.token_url: Field required
 
-Values may reference the environment as ``${NAME}`` or ``${NAME:-default}``; secrets are never
-written in the file: a field of type :class:`SecretRef` names a secret that the environment
-supplies (see :mod:`tasks.core.settings`).
+Values may reference the environment as ``${NAME}`` or ``${NAME:-default}``, except variables
+whose names look like credentials; secrets are never written in the file: a field of type
+:class:`SecretRef` names a secret that the environment supplies (see :mod:`tasks.core.settings`
+and :func:`missing_secrets`). The YAML itself is read with bounded alias expansion, duplicate keys
+refused and one-line syntax errors (:mod:`tasks.core.config_yaml`); segment predicates are
+restricted expressions (:mod:`tasks.core.predicates`).
 """
 
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import polars as pl
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tasks.core.config_yaml import Substitutions, interpolate, read_yaml
+from tasks.core.predicates import (
+    FUNCTIONS,
+    MAX_PREDICATE_CHARS,
+    PredicateError,
+    compile_predicate,
+    predicate_columns,
+)
+from tasks.core.transport import TransportOptions
 from tasks.errors import ConfigError
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
@@ -109,10 +120,22 @@ from tasks.core.config_transform import TransformConfig  # noqa: E402
 
 
 class Segment(Model):
-    """An audience: a SQL predicate over the columns of ``gold/customer_features``."""
+    """An audience: a SQL predicate over the columns of ``gold/customer_features``.
+
+    The predicate is checked when the model is built (see :func:`check_segment_predicate`), so a
+    ``Segment`` always holds a predicate in the restricted language of
+    :mod:`tasks.core.predicates`; :meth:`expr` compiles it.
+    """
 
     name: Name
-    where: str = Field(description="SQL predicate over customer features, e.g. 'order_count >= 3'.")
+    where: str = Field(
+        max_length=MAX_PREDICATE_CHARS,
+        description=(
+            "SQL predicate over customer features, e.g. 'order_count >= 3'. Restricted to "
+            "feature columns, literals, comparisons, AND/OR/NOT, IS [NOT] NULL, IN (...), "
+            "BETWEEN, LIKE, arithmetic and the functions " + ", ".join(sorted(FUNCTIONS)) + "."
+        ),
+    )
     description: str = ""
     priority: int | None = Field(
         default=None,
@@ -124,8 +147,17 @@ class Segment(Model):
         ),
     )
 
+    @model_validator(mode="after")
+    def _predicate_is_allowed(self) -> Segment:
+        check_segment_predicate(self)
+        return self
 
-class MailchimpDestination(Model):
+    def expr(self) -> pl.Expr:
+        """The predicate as a polars expression (null where a feature it reads is null)."""
+        return compile_predicate(self.where, FEATURE_COLUMNS)
+
+
+class MailchimpDestination(Model, TransportOptions):
     kind: Literal["mailchimp"]
     base_url: str = Field(description="e.g. https://us6.api.mailchimp.com")
     api_key: SecretRef
@@ -133,6 +165,9 @@ class MailchimpDestination(Model):
     audiences: dict[Name, str] = Field(
         min_length=1, description="Segment name -> Mailchimp list id."
     )
+
+    def credential_urls(self) -> Iterator[tuple[str, str]]:
+        yield "base_url", self.base_url
 
 
 Destination = Annotated[MailchimpDestination, Field(discriminator="kind")]
@@ -170,7 +205,6 @@ class PipelineConfig(Model):
             if segment.name in seen:
                 raise ValueError(f"segment {segment.name!r} is defined twice")
             seen.add(segment.name)
-            check_segment_predicate(segment)
             if segment.priority is not None:
                 if segment.priority in priorities:
                     raise ValueError(
@@ -204,6 +238,17 @@ class PipelineConfig(Model):
         return {n: s for n, s in self.sources.items() if s.role == role and s.enabled}
 
 
+def predicate_columns_or_error(segment: Segment) -> set[str]:
+    """The columns ``segment.where`` reads; ``ValueError`` naming the segment if it is not an
+    allowed predicate."""
+    try:
+        return predicate_columns(segment.where)
+    except PredicateError as exc:
+        raise ValueError(
+            f"segment {segment.name!r}: invalid predicate {segment.where!r}: {exc}"
+        ) from exc
+
+
 # Columns of gold/customer_features a segment predicate may use. Kept here (not derived from
 # a table) so a bad predicate fails at load, before any data moves.
 # Definitions: tasks.core.features.customer_features (amounts in the reporting currency).
@@ -231,19 +276,29 @@ FEATURE_COLUMNS: dict[str, pl.DataType] = {
 
 
 def check_segment_predicate(segment: Segment) -> None:
-    """Fail with the segment's name if its predicate does not parse or uses unknown columns."""
-    try:
-        expr = pl.sql_expr(segment.where)
-        unknown = sorted(set(expr.meta.root_names()) - set(FEATURE_COLUMNS))
-    except Exception as exc:  # polars raises several error types for bad SQL
-        raise ValueError(
-            f"segment {segment.name!r}: invalid predicate {segment.where!r}: {exc}"
-        ) from exc
+    """Fail with the segment's name if its predicate is outside the allowed language, reads an
+    unknown column, or is not a boolean.
+
+    The text is parsed by :mod:`tasks.core.predicates` first; polars only ever sees the canonical
+    rendering of an allowed tree, never the user's text (its SQL layer would run table functions
+    such as ``read_csv`` while merely building the expression).
+    """
+    unknown = sorted(predicate_columns_or_error(segment) - set(FEATURE_COLUMNS))
     if unknown:
         raise ValueError(
             f"segment {segment.name!r}: unknown column(s) {unknown} in {segment.where!r}; "
             f"available: {sorted(FEATURE_COLUMNS)}"
         )
+    try:
+        expr = compile_predicate(segment.where, FEATURE_COLUMNS)
+    except PredicateError as exc:
+        raise ValueError(
+            f"segment {segment.name!r}: invalid predicate {segment.where!r}: {exc}"
+        ) from exc
+    except Exception as exc:  # polars rejected a rendering of an allowed tree
+        raise ValueError(
+            f"segment {segment.name!r}: invalid predicate {segment.where!r}: {exc}"
+        ) from exc
     # One all-null row: evaluating (not only typing) the predicate catches comparisons polars
     # accepts in the schema but rejects on data, e.g. a string column against a number.
     row = pl.DataFrame([[None] * len(FEATURE_COLUMNS)], schema=FEATURE_COLUMNS, orient="row")
@@ -255,30 +310,6 @@ def check_segment_predicate(segment: Segment) -> None:
         raise ValueError(
             f"segment {segment.name!r}: predicate {segment.where!r} is {result}, not a boolean"
         )
-
-
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def _interpolate(value: Any, env: Mapping[str, str], path: str) -> Any:
-    if isinstance(value, dict):
-        return {
-            k: _interpolate(v, env, f"{path}.{k}" if path else str(k)) for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [_interpolate(v, env, f"{path}[{i}]") for i, v in enumerate(value)]
-    if not isinstance(value, str):
-        return value
-
-    def replace(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
-        if name in env:
-            return env[name]
-        if default is not None:
-            return default
-        raise ConfigError(f"{path}: environment variable {name} is not set and has no default")
-
-    return _ENV_REF.sub(replace, value)
 
 
 # Discriminator values pydantic inserts into error locations of tagged unions.
@@ -310,41 +341,118 @@ def _user_path(loc: tuple[int | str, ...], raw: Any) -> str:
     return ".".join(parts) or "(top level)"
 
 
-def _format_errors(exc: ValidationError, raw: Any, origin: str) -> str:
+def _format_errors(
+    exc: ValidationError, raw: Any, origin: str, substitutions: Substitutions
+) -> str:
     lines = []
     for error in exc.errors():
         message = error["msg"].removeprefix("Value error, ")
         lines.append(f"{origin}: {_user_path(error['loc'], raw)}: {message}")
-    return "\n".join(lines)
+    # A validator may quote the value it rejects; a value that came from ${NAME} is shown as
+    # ${NAME}, never as what the environment held.
+    return substitutions.scrub("\n".join(lines))
 
 
 def parse_pipeline(
     text: str, *, env: Mapping[str, str] | None = None, origin: str = "pipeline.yaml"
 ) -> PipelineConfig:
-    """Parse and validate ``pipeline.yaml`` text; raise :class:`ConfigError` naming key paths."""
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{origin}: not valid YAML: {exc}") from exc
+    """Parse and validate ``pipeline.yaml`` text; raise :class:`ConfigError` naming key paths.
+
+    The YAML is read with the limits of :mod:`tasks.core.config_yaml` (bounded alias expansion,
+    no duplicate keys, one-line syntax errors) and ``${NAME}`` is interpolated from ``env``
+    (default: the process environment), except secret-named variables.
+    """
+    raw = read_yaml(text, origin)
     if not isinstance(raw, dict):
         raise ConfigError(
             f"{origin}: expected a mapping at the top level, got {type(raw).__name__}"
         )
-    raw = _interpolate(raw, os.environ if env is None else env, "")
+    substitutions = Substitutions()
+    try:
+        raw = interpolate(raw, os.environ if env is None else env, "", substitutions)
+    except ConfigError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
     try:
         return PipelineConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, raw, origin)) from exc
+        raise ConfigError(_format_errors(exc, raw, origin, substitutions)) from None
 
 
-def load_pipeline(path: str | Path, *, env: Mapping[str, str] | None = None) -> PipelineConfig:
-    """Read and validate a ``pipeline.yaml`` file."""
+def load_pipeline(
+    path: str | Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    check_secrets: bool = False,
+) -> PipelineConfig:
+    """Read and validate a ``pipeline.yaml`` file.
+
+    With ``check_secrets``, also fail (one line, see :func:`require_secrets`) when a secret the
+    config references is not set in ``env``: what ``validate`` and ``run`` do before anything
+    starts.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read pipeline config: {exc.strerror}") from exc
-    return parse_pipeline(text, env=env, origin=str(path))
+    config = parse_pipeline(text, env=env, origin=str(path))
+    if check_secrets:
+        require_secrets(config, env=env, origin=str(path))
+    return config
+
+
+@dataclass(frozen=True)
+class MissingSecret:
+    """A ``{secret: NAME}`` the config references whose environment variable is not set."""
+
+    path: str  # key path in pipeline.yaml, e.g. sources.crm.auth.client_secret
+    secret: str
+    env_var: str
+
+
+def _secret_refs(value: Any, path: str) -> Iterator[tuple[str, SecretRef]]:
+    if isinstance(value, SecretRef):
+        yield path, value
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from _secret_refs(getattr(value, name), f"{path}.{name}" if path else name)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _secret_refs(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            yield from _secret_refs(item, f"{path}.{i}")
+
+
+def missing_secrets(
+    config: PipelineConfig, env: Mapping[str, str] | None = None
+) -> list[MissingSecret]:
+    """Every secret referenced by an enabled source, a destination or a notifier that ``env``
+    (default: the process environment) does not set, in key-path order."""
+    env = os.environ if env is None else env
+    missing = []
+    for path, ref in _secret_refs(config, ""):
+        parts = path.split(".")
+        if parts[0] == "sources" and not config.sources[parts[1]].enabled:
+            continue
+        if not env.get(ref.env_var):
+            missing.append(MissingSecret(path, ref.secret, ref.env_var))
+    return missing
+
+
+def require_secrets(
+    config: PipelineConfig, *, env: Mapping[str, str] | None = None, origin: str = "pipeline.yaml"
+) -> None:
+    """:class:`ConfigError` in one line naming each missing secret, the variable to export and
+    the key path that references it."""
+    missing = missing_secrets(config, env)
+    if missing:
+        raise ConfigError(
+            "; ".join(
+                f"{origin}: {m.path}: secret {m.secret!r} is not set (export {m.env_var})"
+                for m in missing
+            )
+        )
 
 
 def pipeline_json_schema() -> dict[str, Any]:

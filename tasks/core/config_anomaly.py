@@ -32,6 +32,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from tasks.core.config import Model, Name, SecretRef
+from tasks.core.transport import TransportOptions
 
 Direction = Literal["drop", "spike", "both"]
 Severity = Literal["warning", "error"]
@@ -156,11 +157,14 @@ class RemovalGuard(Model):
     )
 
 
-class SlackWebhookNotifier(Model):
+class SlackWebhookNotifier(Model, TransportOptions):
     """A Slack-compatible incoming webhook (Slack, Mattermost, Rocket.Chat, Zulip's Slack API)."""
 
     kind: Literal["slack_webhook"]
-    url: SecretRef = Field(description="The webhook URL is a credential: it comes from a secret.")
+    url: SecretRef = Field(
+        description="The webhook URL is a credential: it comes from a secret (https, or "
+        "allow_insecure_http; checked when the notifier opens, since the URL is secret)."
+    )
     min_severity: Severity = Field(
         default="warning", description="Send anomalies of this severity and above."
     )

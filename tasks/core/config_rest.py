@@ -16,12 +16,13 @@ and ``SecretRef``), so import it through ``tasks.core`` as usual.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from tasks.core.config import Model, SecretRef, SourceBase
+from tasks.core.transport import SALESFORCE_DOMAINS, TransportOptions, check_domain_entries
 
 SINCE = "{since}"
 
@@ -69,6 +70,21 @@ class _OAuth2Common(Model):
         default=None,
         description="Token-reply field holding the API host to use (Salesforce: instance_url).",
     )
+    instance_url_domains: tuple[str, ...] = Field(
+        default=SALESFORCE_DOMAINS,
+        description="Hosts the instance URL may name: 'example.com' (and its subdomains) or "
+        "'host:port'. It must also be https (http only to loopback while base_url is loopback, "
+        "or with allow_insecure_http). The base_url and token_url origins are always allowed. "
+        "Default: Salesforce's domains.",
+    )
+
+    @field_validator("instance_url_domains")
+    @classmethod
+    def _domains_are_hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = check_domain_entries(value)
+        if bad:
+            raise ValueError(f"not a host, .suffix or host:port (lower case): {bad}")
+        return value
 
 
 class RestOAuth2ClientCredentials(_OAuth2Common):
@@ -78,14 +94,35 @@ class RestOAuth2ClientCredentials(_OAuth2Common):
     client_secret: SecretRef
 
 
+# Token stores that outlive the process. `env` and `memory` forget a rotated token at exit.
+DURABLE_TOKEN_STORES = frozenset({"prefect_secret"})
+
+
 class TokenStoreRef(Model):
     """Where a rotated refresh token is persisted between runs (never a file in the repo)."""
 
     kind: Literal["prefect_secret", "env", "memory"] = Field(
         description="prefect_secret: a Prefect Secret block (production); env / memory: this "
-        "process only (tests, one-off runs)."
+        "process only (tests, one-off runs; needs process_only: true)."
     )
     name: str = Field(description="Block name, environment variable or key.")
+    process_only: bool = Field(
+        default=False,
+        description="Acknowledge that an env/memory store forgets a rotated refresh token when "
+        "the process exits (the next run then sends a revoked token): for tests, or a provider "
+        "that never rotates refresh tokens.",
+    )
+
+    @model_validator(mode="after")
+    def _durable_unless_acknowledged(self) -> TokenStoreRef:
+        if self.kind not in DURABLE_TOKEN_STORES and not self.process_only:
+            raise ValueError(
+                f"kind {self.kind!r} keeps a rotated refresh token only in this "
+                "process, so the next run would present a revoked token (invalid_grant) and be "
+                f"locked out; use one of {sorted(DURABLE_TOKEN_STORES)}, or set "
+                "process_only: true for tests or a provider that never rotates refresh tokens"
+            )
+        return self
 
 
 class RestOAuth2RefreshToken(_OAuth2Common):
@@ -98,8 +135,21 @@ class RestOAuth2RefreshToken(_OAuth2Common):
     )
     token_store: TokenStoreRef | None = Field(
         default=None,
-        description="Required when the provider rotates refresh tokens (Shopify always does).",
+        description="Where the rotated refresh token is kept between runs; required (Shopify "
+        "rotates on every refresh, Salesforce and others can): kind prefect_secret, or an "
+        "env/memory store with process_only: true.",
     )
+
+    @model_validator(mode="after")
+    def _token_store_required(self) -> RestOAuth2RefreshToken:
+        if self.token_store is None:
+            raise ValueError(
+                "token_store: required for oauth2_refresh_token: a provider that rotates refresh "
+                "tokens revokes the old one on every refresh, and a token kept only in memory is "
+                "lost when the run ends; e.g. token_store: {kind: prefect_secret, name: "
+                "my-source-refresh-token}"
+            )
+        return self
 
 
 RestAuth = Annotated[
@@ -127,25 +177,42 @@ class SinglePage(_Paginator):
 
 
 class JsonCursorPaginator(_Paginator):
-    """A cursor in the reply body (HubSpot ``paging.next.after``) sent back as a parameter."""
+    """A cursor in the reply body (``paging.next.after``) sent back as a parameter.
+
+    Safe only where the cursor is opaque and stable (HubSpot's list endpoint). A cursor that is
+    an offset into a result set sorted by something that changes while the run reads (HubSpot
+    search sorted by ``lastmodifieddate``) skips records: use ``search_keyset`` there.
+    """
 
     type: Literal["json_cursor"]
     cursor_path: str = Field(description="Dotted path of the next cursor in the reply.")
     param: str = Field(description="Parameter (query or body key) that carries the cursor.")
     location: Location = "query"
-    max_results: int | None = Field(
-        default=None,
-        ge=1,
-        description="Result window of one query (HubSpot search: 10000). Near it, restart the "
-        "query at the last cursor value seen; needs a numeric cursor and incremental.",
-    )
-    page_size: int | None = Field(default=None, ge=1, description="Needed with max_results.")
 
-    @model_validator(mode="after")
-    def _window_needs_page_size(self) -> JsonCursorPaginator:
-        if self.max_results is not None and self.page_size is None:
-            raise ValueError("max_results needs page_size (the limit sent with each page)")
-        return self
+
+class SearchKeysetPaginator(_Paginator):
+    """A CRM search (HubSpot ``filterGroups``/``sorts``/``limit``) paged by keyset, never by offset.
+
+    Each page is a fresh first-page query ``cursor_property >= last value seen`` sorted by
+    ``cursor_property``; a record modified mid-run moves to the end of the order and is read
+    there, and no offset can shift under the reader. The search API sorts by one property
+    only, so when a whole page shares one cursor value the reader drains that value by a
+    second keyset (``cursor_property == value AND tie_property > last seen``, sorted by
+    ``tie_property``) and then continues with ``cursor_property > value``. Rows at a page
+    boundary are read twice; the merge on the primary key absorbs them. No query ever pages
+    past its first page, so the 10,000-result window of a search never applies.
+    """
+
+    type: Literal["search_keyset"]
+    cursor_property: str = Field(description="Search property of the change time (filter, sort).")
+    cursor_path: str = Field(description="Dotted path of that value in a record.")
+    tie_property: str = Field(
+        default="hs_object_id", description="Unique numeric property breaking cursor ties."
+    )
+    tie_path: str = Field(default="id", description="Dotted path of that value in a record.")
+    more_path: str = Field(
+        default="paging.next.after", description="Dotted path present while more results remain."
+    )
 
 
 class NextUrlPaginator(_Paginator):
@@ -164,7 +231,12 @@ class LinkHeaderPaginator(_Paginator):
 
 
 class OffsetPaginator(_Paginator):
-    """``offset``/``limit``; stops at ``total``, on ``has_more: false`` or on a short page."""
+    """``offset``/``limit``; stops at ``total``, on ``has_more: false`` or on a short page.
+
+    An offset points into the result set as it is sorted at each request: over a listing sorted
+    by a change time, a record modified mid-run moves and every later offset shifts, so a record
+    is skipped. Use it for listings whose order does not change while read (by id, by creation).
+    """
 
     type: Literal["offset"]
     offset_param: str = "offset"
@@ -176,7 +248,10 @@ class OffsetPaginator(_Paginator):
 
 
 class PageNumberPaginator(_Paginator):
-    """``page=1,2,...``; stops at ``total_pages``, on an empty page or a short page."""
+    """``page=1,2,...``; stops at ``total_pages``, on an empty page or a short page.
+
+    A page number is an offset: see :class:`OffsetPaginator` for the listings it suits.
+    """
 
     type: Literal["page_number"]
     page_param: str = "page"
@@ -199,6 +274,7 @@ class StartingAfterPaginator(_Paginator):
 Paginator = Annotated[
     SinglePage
     | JsonCursorPaginator
+    | SearchKeysetPaginator
     | NextUrlPaginator
     | LinkHeaderPaginator
     | OffsetPaginator
@@ -208,6 +284,9 @@ Paginator = Annotated[
 ]
 
 # --- incremental, budget, retries, records --------------------------------------------------
+
+
+CursorOrder = Literal["ascending", "descending", "unordered"]
 
 
 class Incremental(Model):
@@ -228,10 +307,13 @@ class Incremental(Model):
         default="1970-01-01T00:00:00Z",
         description="Since value of the first run (ISO time or epoch seconds/milliseconds).",
     )
-    order: Literal["ascending", "descending"] = Field(
+    order: CursorOrder = Field(
         default="ascending",
-        description="Record order by cursor. Descending (Stripe) is committed only after a full "
-        "pass, so a crash mid-pass cannot advance the watermark past unread records.",
+        description="Order of the listing by cursor across pages. Only an ascending listing is "
+        "committed batch by batch. A descending (Stripe) or unordered listing (an endpoint that "
+        "takes no sort parameter) is held until the pull is complete and then committed in "
+        "ascending cursor order, so a run stopped part-way can never advance the watermark "
+        "(the max cursor in bronze) past a record it has not read.",
     )
 
 
@@ -270,7 +352,7 @@ class Flatten(Model):
 PresetName = Literal["hubspot_contacts", "salesforce_soql", "shopify_customers", "stripe_customers"]
 
 
-class RestSource(SourceBase):
+class RestSource(SourceBase, TransportOptions):
     """A REST API read page by page into ``bronze/<source>`` (all columns as strings)."""
 
     kind: Literal["rest"]
@@ -331,13 +413,10 @@ class RestSource(SourceBase):
                 "incremental: set 'param' or put {since} in path, params or body, "
                 "otherwise every run re-reads everything"
             )
-        paginator = self.paginator
-        windowed = isinstance(paginator, JsonCursorPaginator) and paginator.max_results is not None
-        if windowed and self.incremental is None:
-            raise ValueError(
-                "paginator.max_results: re-windowing restarts at the last cursor value, "
-                "so 'incremental' must be configured"
-            )
+        if isinstance(self.paginator, SearchKeysetPaginator) and (
+            self.method != "POST" or self.body is None
+        ):
+            raise ValueError("paginator search_keyset: needs method POST and a search 'body'")
         if self.columns is not None and self.primary_key not in self.columns:
             raise ValueError(f"columns must include the primary key {self.primary_key!r}")
         return self
@@ -345,6 +424,11 @@ class RestSource(SourceBase):
     @property
     def cursor_field(self) -> str | None:
         return None if self.incremental is None else self.incremental.cursor_field
+
+    def credential_urls(self) -> Iterator[tuple[str, str]]:
+        yield "base_url", self.base_url
+        if isinstance(self.auth, _OAuth2Common) and "://" in self.auth.token_url:
+            yield "auth.token_url", self.auth.token_url
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -368,7 +452,6 @@ class _Options(BaseModel):
 class HubSpotContactsOptions(_Options):
     properties: list[str] = Field(min_length=1, description="Contact properties to extract.")
     page_size: int = Field(default=100, ge=1, le=200)
-    search_cap: int = Field(default=10_000, ge=1, description="Max results one search returns.")
     overlap_seconds: float = Field(default=300, ge=0)
     requests_per_second: float = Field(default=4, gt=0, description="Search API: 4 per second.")
 
@@ -421,18 +504,22 @@ def _hubspot_contacts(options: Any, data: Mapping[str, Any]) -> dict[str, Any]:
             "sorts": [{"propertyName": cursor, "direction": "ASCENDING"}],
             "properties": properties,
             "limit": options.page_size,
+            # Every query of the keyset asks for its first page: HubSpot's search schema lists
+            # 'after' as required, and the keyset never sends another offset.
+            "after": "0",
         },
         "records_path": "results",
         "primary_key": "id",
         "flatten": {"lift": ["properties"]},
         "columns": ["id", *properties],
+        # Keyset, not the 'after' offset: the offset points into a result set that re-sorts
+        # itself whenever a contact is modified mid-run (see SearchKeysetPaginator).
         "paginator": {
-            "type": "json_cursor",
-            "cursor_path": "paging.next.after",
-            "param": "after",
-            "location": "body",
-            "max_results": options.search_cap,
-            "page_size": options.page_size,
+            "type": "search_keyset",
+            "cursor_property": cursor,
+            "cursor_path": f"properties.{cursor}",
+            "tie_property": "hs_object_id",
+            "tie_path": "id",
         },
         "incremental": {
             "cursor_field": cursor,
@@ -472,16 +559,21 @@ def _salesforce_soql(options: Any, data: Mapping[str, Any]) -> dict[str, Any]:
 
 def _shopify_customers(options: Any, data: Mapping[str, Any]) -> dict[str, Any]:
     return {
-        "path": f"/admin/api/{options.api_version}/customers.json",
-        # Ascending by change time, so a crash mid-run never commits a later watermark than
-        # what was read in full.
-        "params": {"limit": options.page_size, "order": "updated_at asc"},
+        # customers.json takes no sort parameter: filtered by updated_at_min its pages come in
+        # id order, and committing them batch by batch lifts the watermark over unread rows.
+        # customers/search.json sorts by updated_at and pages by cursor, so a run stopped
+        # part-way has committed only rows older than every row it has not read.
+        "path": f"/admin/api/{options.api_version}/customers/search.json",
+        "params": {
+            "limit": options.page_size,
+            "order": "updated_at asc",
+            "query": f"updated_at:>='{SINCE}'",
+        },
         "records_path": "customers",
         "primary_key": "id",
         "paginator": {"type": "link_header"},
         "incremental": {
             "cursor_field": "updated_at",
-            "param": "updated_at_min",
             "format": "iso",
             "overlap_seconds": options.overlap_seconds,
         },
@@ -540,6 +632,7 @@ UNION_TAGS: frozenset[str] = frozenset(
         "oauth2_refresh_token",
         "single",
         "json_cursor",
+        "search_keyset",
         "next_url",
         "link_header",
         "offset",

@@ -214,7 +214,7 @@ def segment_membership(
     with a ``priority`` are mutually exclusive: a contact is a member only of the matching one
     with the lowest priority number; segments without a priority are independent.
     """
-    matches = {s.name: pl.sql_expr(s.where).fill_null(False) for s in segments}
+    matches = {s.name: s.expr().fill_null(False) for s in segments}
     exclusive = sorted(
         (s for s in segments if s.priority is not None), key=lambda s: s.priority or 0
     )

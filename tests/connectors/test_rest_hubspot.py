@@ -1,5 +1,6 @@
 """The ``hubspot_contacts`` preset of the REST source against the loopback CRM stand-in:
-same rows as the dedicated reader, incremental, 10k search-cap re-window, token expiry,
+same rows as the dedicated reader, incremental, keyset paging that loses nothing to contacts
+modified mid-run, ties wider than a page, more than the 10k search window, token expiry,
 429/5xx handling, and the proactive budget keeping the observed rate under the limit."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ import pytest
 
 from infra.sandbox._http import Request, Response
 from infra.sandbox.crm import CrmStandIn
-from infra.sandbox.generate import build_crm
+from infra.sandbox.generate import build_crm, iso_millis
 from tasks.connectors.http import RetryPolicy
 from tasks.connectors.lake import Lake
 from tasks.connectors.sources.rest import RestReader
@@ -148,18 +150,105 @@ def test_overlap_rereads_are_absorbed_by_the_merge(crm: ObservedCrm, tmp_path: P
     assert changed["email"][0] == "late@example.com"
 
 
-def test_ten_thousand_result_cap_is_handled_by_rewindowing() -> None:
+def test_more_than_ten_thousand_results_are_read_without_paging_offsets() -> None:
     records, _people, _dups = build_crm(random.Random(5), 10_450)
     with CrmStandIn(records, client_id="cid", client_secret="secret") as crm:
+        offsets: list[str] = []
+        crm.on_search_page = lambda _n, body: offsets.append(str(body.get("after")))
         r = reader(preset(crm.url, options=", page_size: 200"))
         df = rows(r)
-        # The stand-in answers 400 to any search past 10,000 results, so finishing at all
-        # proves the reader restarted the query (GTE the last lastmodifieddate seen). Rows
-        # re-read at a window boundary may repeat across batches; the merge absorbs them.
+        # The stand-in answers 400 to any search past 10,000 results; the keyset never asks
+        # for a page other than a query's first, so the window never applies.
         assert df["id"].n_unique() == len(records)
-        assert df.height - len(records) <= r.stats.rewindows
-        assert r.stats.rewindows >= 1
+        assert set(offsets) == {"0"}
         assert r.stats.pages >= len(records) // 200
+
+
+def _contacts(stamps: list[datetime]) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": str(1000 + n),
+            "properties": {
+                "email": f"person{n}@example.com",
+                "firstname": f"P{n}",
+                "lastmodifieddate": iso_millis(stamp),
+            },
+        }
+        for n, stamp in enumerate(stamps, start=1)
+    ]
+
+
+def _land(config: RestSource, lake: Lake) -> None:
+    """One ingest run as the ingest task does it: from bronze's watermark, batch by batch."""
+    since = committed_watermark(lake, "bronze/crm", "lastmodifieddate")
+    for batch in reader(config).batches(since=since, is_committed=lambda _b: False):
+        lake.merge("bronze/crm", batch.frame, keys=["id"])
+
+
+def _as_held(crm: CrmStandIn) -> dict[str, tuple[str | None, ...]]:
+    return {c["id"]: tuple(c["properties"].get(p) for p in PROPS) for c in crm.contacts()}
+
+
+def test_contacts_modified_between_pages_are_never_lost(tmp_path: Path) -> None:
+    """Contacts read early are modified mid-run, which moves them to the end of the
+    lastmodifieddate order. With offset paging (``after``) every later offset shifts and an
+    unread contact slips behind the reader, below the next watermark, for good."""
+    base = datetime(2026, 11, 1, tzinfo=UTC)
+    with CrmStandIn(
+        _contacts([base + timedelta(seconds=n) for n in range(60)]),
+        client_id="cid",
+        client_secret="secret",
+    ) as crm:
+
+        def modify_between_pages(number: int, _body: dict[str, Any]) -> None:
+            if number in (1, 3):  # contacts the reader has already read move to the end
+                for n in range(3):
+                    crm.upsert_contact({"firstname": f"moved{number}.{n}"}, id=str(1001 + n))
+            if number == 2:
+                crm.upsert_contact({"email": "brand.new@example.com"})
+
+        crm.on_search_page = modify_between_pages
+        lake = Lake(str(tmp_path / "lake"))
+        config = preset(crm.url, extra="    rows_per_batch: 10", options=", page_size: 10")
+        _land(config, lake)
+        crm.on_search_page = None
+        _land(config, lake)  # the next incremental run, from the committed watermark
+
+        bronze = lake.read("bronze/crm")
+        landed = {row[0]: tuple(row[1:]) for row in bronze.select("id", *PROPS).iter_rows()}
+        missing = sorted(set(_as_held(crm)) - set(landed))
+        assert missing == []
+        assert landed == _as_held(crm)
+
+
+def test_more_contacts_on_one_timestamp_than_a_page_holds(tmp_path: Path) -> None:
+    """35 contacts share one lastmodifieddate (a bulk import), pages hold 10: the reader
+    drains that value by id and moves on; changes made while it drains are read too."""
+    base = datetime(2026, 11, 1, tzinfo=UTC)
+    stamps = [base + timedelta(seconds=n) for n in range(8)]
+    stamps += [base + timedelta(seconds=30)] * 35
+    stamps += [base + timedelta(seconds=60 + n) for n in range(12)]
+    with CrmStandIn(_contacts(stamps), client_id="cid", client_secret="secret") as crm:
+        bodies: list[dict[str, Any]] = []
+
+        def modify_tied(number: int, body: dict[str, Any]) -> None:
+            bodies.append(body)
+            if number == 3:  # mid-drain: one read and one unread tied contact change
+                crm.upsert_contact({"firstname": "changed-read"}, id="1009")
+                crm.upsert_contact({"firstname": "changed-unread"}, id="1040")
+
+        crm.on_search_page = modify_tied
+        lake = Lake(str(tmp_path / "lake"))
+        config = preset(crm.url, extra="    rows_per_batch: 10", options=", page_size: 10")
+        _land(config, lake)
+        crm.on_search_page = None
+
+        bronze = lake.read("bronze/crm")
+        landed = {row[0]: tuple(row[1:]) for row in bronze.select("id", *PROPS).iter_rows()}
+        assert landed == _as_held(crm)
+        assert len(bodies) < 20  # it moved on: no query repeated itself
+        tie_sorted = [b for b in bodies if b["sorts"][0]["propertyName"] == "hs_object_id"]
+        assert tie_sorted  # the tied value was drained by id
 
 
 def test_access_token_expiry_mid_run_refreshes_once(crm: ObservedCrm) -> None:
@@ -169,7 +258,8 @@ def test_access_token_expiry_mid_run_refreshes_once(crm: ObservedCrm) -> None:
     crm.expire_tokens()
     rest = list(batches)
     r.close()
-    assert first.frame.height + sum(b.frame.height for b in rest) == len(crm.contacts())
+    ids = set(first.frame["id"]).union(*(set(b.frame["id"]) for b in rest))
+    assert len(ids) == len(crm.contacts())  # rows at a batch boundary may be read twice
     assert crm.token_requests == 2
     assert sum(1 for _t, status in crm.observed if status == 401) == 1
 
@@ -252,7 +342,8 @@ def test_budget_keeps_the_observed_rate_under_the_limit() -> None:
         assert df.height == len(records)
         pages = -(-len(records) // 12)
         assert [s for _t, s in crm.observed].count(429) == 0
-        assert len(crm.observed) == pages
+        # Each keyset query re-reads the rows on its lower bound: a few more pages than rows/12.
+        assert len(crm.observed) == r.stats.pages and pages <= r.stats.pages <= pages * 1.3
         assert crm.max_in_any_second() <= limit
         assert r.budget.waited_seconds > 0.5  # it paced itself instead of hitting 429s
 

@@ -11,11 +11,13 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlencode
 
+import httpx
 import polars as pl
 import pytest
 
 from infra.sandbox._http import Request, Response, StandInServer, json_response
 from tasks.connectors.sources import open_source
+from tasks.connectors.sources.paginators import Page, PageRequest, PaginationError, make_paginator
 from tasks.connectors.sources.rest import (
     RestReader,
     cursor_millis,
@@ -23,7 +25,7 @@ from tasks.connectors.sources.rest import (
     render_since,
 )
 from tasks.core.config import parse_pipeline
-from tasks.core.config_rest import RestSource
+from tasks.core.config_rest import RestSource, SearchKeysetPaginator
 from tasks.errors import SourceError
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -414,3 +416,117 @@ sources:
     assert ids(frame) == list(range(11, 24))
     assert {"city", "updated_at", "name"} <= set(frame.columns)
     assert catalog.seen[0].query_value("updated_since") == "2026-01-01T00:10:30Z"
+
+
+# --- search keyset (HubSpot search), step by step -------------------------------------------
+
+T0 = 1_767_225_600_000  # epoch ms
+LMD = "lastmodifieddate"
+
+
+def _contact(contact_id: int, millis: int) -> dict[str, Any]:
+    stamp = datetime.fromtimestamp(millis / 1000, UTC).isoformat(timespec="milliseconds")
+    return {"id": str(contact_id), "properties": {"lastmodifieddate": stamp.replace("+00:00", "Z")}}
+
+
+def _page(request: PageRequest, records: list[dict[str, Any]], *, more: bool) -> Page:
+    body: dict[str, Any] = {"total": 99, "results": records}
+    if more:
+        body["paging"] = {"next": {"after": str(len(records))}}
+    return Page(request, httpx.Response(200, json=body), body, records)
+
+
+def _filters(request: PageRequest | None) -> list[tuple[str, str, str | None]]:
+    assert request is not None and request.body is not None
+    (group,) = request.body["filterGroups"]
+    return [(f["propertyName"], f["operator"], f.get("value")) for f in group["filters"]]
+
+
+def _sorted_by(request: PageRequest | None) -> str:
+    assert request is not None and request.body is not None
+    return str(request.body["sorts"][0]["propertyName"])
+
+
+def test_search_keyset_moves_its_bound_drains_a_tie_then_continues_past_it() -> None:
+    pager = make_paginator(
+        SearchKeysetPaginator(
+            type="search_keyset",
+            cursor_property="lastmodifieddate",
+            cursor_path="properties.lastmodifieddate",
+        )
+    )
+    first = PageRequest(
+        "POST",
+        "/search",
+        body={
+            "filterGroups": [
+                {
+                    "filters": [
+                        {"propertyName": "email", "operator": "HAS_PROPERTY"},
+                        {"propertyName": "lastmodifieddate", "operator": "GTE", "value": str(T0)},
+                    ]
+                }
+            ],
+            "sorts": [{"propertyName": "lastmodifieddate", "direction": "ASCENDING"}],
+            "limit": 3,
+            "after": "0",
+        },
+    )
+    keep = ("email", "HAS_PROPERTY", None)
+    # A page spanning several values: the next query starts at the highest (GTE, re-read).
+    second = pager.next(
+        _page(first, [_contact(1, T0), _contact(2, T0 + 5), _contact(3, T0 + 9)], more=True)
+    )
+    assert _filters(second) == [keep, ("lastmodifieddate", "GTE", str(T0 + 9))]
+    assert second is not None and second.body is not None and second.body["after"] == "0"
+    # A full page on one value: asking again would repeat it, so drain that value by id.
+    third = pager.next(
+        _page(second, [_contact(3, T0 + 9), _contact(4, T0 + 9), _contact(7, T0 + 9)], more=True)
+    )
+    assert _filters(third) == [keep, ("lastmodifieddate", "EQ", str(T0 + 9))]
+    assert _sorted_by(third) == "hs_object_id"
+    fourth = pager.next(
+        _page(third, [_contact(3, T0 + 9), _contact(4, T0 + 9), _contact(7, T0 + 9)], more=True)
+    )
+    assert _filters(fourth) == [
+        keep,
+        ("lastmodifieddate", "EQ", str(T0 + 9)),
+        ("hs_object_id", "GT", "7"),
+    ]
+    # The value is drained: continue strictly after it, sorted by the cursor again.
+    fifth = pager.next(_page(fourth, [_contact(8, T0 + 9)], more=False))
+    assert _filters(fifth) == [keep, ("lastmodifieddate", "GT", str(T0 + 9))]
+    assert _sorted_by(fifth) == "lastmodifieddate"
+    assert fifth is not None
+    assert pager.next(_page(fifth, [_contact(9, T0 + 20)], more=False)) is None
+
+
+def test_search_keyset_refuses_replies_it_cannot_trust() -> None:
+    pager = make_paginator(
+        SearchKeysetPaginator(
+            type="search_keyset",
+            cursor_property="lastmodifieddate",
+            cursor_path="properties.lastmodifieddate",
+        )
+    )
+    request = PageRequest(
+        "POST",
+        "/search",
+        body={
+            "filterGroups": [
+                {
+                    "filters": [
+                        {"propertyName": "lastmodifieddate", "operator": "GT", "value": str(T0)}
+                    ]
+                }
+            ],
+            "sorts": [{"propertyName": "lastmodifieddate", "direction": "ASCENDING"}],
+            "limit": 2,
+        },
+    )
+    with pytest.raises(PaginationError, match="says more remain but the page is empty"):
+        pager.next(_page(request, [], more=True))
+    with pytest.raises(PaginationError, match=r"answered lastmodifieddate .* GT"):
+        pager.next(_page(request, [_contact(1, T0), _contact(2, T0)], more=True))
+    with pytest.raises(PaginationError, match="has no time at 'properties.lastmodifieddate'"):
+        pager.next(_page(request, [{"id": "5", "properties": {}}], more=True))

@@ -8,8 +8,10 @@ import random
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import httpx
 import polars as pl
 import pytest
 
@@ -18,10 +20,12 @@ from infra.sandbox.shopify import ShopifyStandIn, shopify_time
 from infra.sandbox.stripe import StripeStandIn
 from tasks.connectors.auth import MemoryTokenStore
 from tasks.connectors.http import RetryPolicy
+from tasks.connectors.lake import Lake
 from tasks.connectors.sources.rest import RestReader
 from tasks.core.config import parse_pipeline
 from tasks.core.config_rest import RestSource
 from tasks.errors import ConfigError, SourceError
+from tasks.ingest import committed_watermark
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -168,7 +172,7 @@ def test_salesforce_refresh_token_rotation_is_persisted(salesforce: SalesforceSt
     auth = f"""\
     auth: {{type: oauth2_refresh_token, token_url: /services/oauth2/token, client_id: sf-client,
            client_secret: {{secret: sf_secret}}, refresh_token: {{secret: sf_refresh}},
-           token_store: {{kind: env, name: {variable}}}}}
+           token_store: {{kind: env, name: {variable}, process_only: true}}}}
 """
     try:
         r = reader(sf_config(salesforce.url, auth=auth, extra="    rows_per_batch: 200\n"))
@@ -266,11 +270,13 @@ def test_shopify_follows_link_headers_in_update_order(shopify: ShopifyStandIn) -
     df = read(r)
     assert df.height == 120 and df["id"].n_unique() == 120
     assert r.stats.pages == 3
+    stamps = [datetime.fromisoformat(t) for t in df["updated_at"]]
+    assert stamps == sorted(stamps)  # search.json, order=updated_at asc
     assert df["addresses"][0].startswith('[{"city":')  # nested JSON kept as text
     assert df["verified_email"].unique().sort().to_list() == ["false", "true"]
 
 
-def test_shopify_incremental_updated_at_min(shopify: ShopifyStandIn) -> None:
+def test_shopify_incremental_query_on_updated_at(shopify: ShopifyStandIn) -> None:
     watermark = shopify_time(START + timedelta(minutes=100))  # "...-04:00", shop-local
     df = read(reader(shop_config(shopify.url)), since=watermark)
     # overlap 60 s: updated_at >= minute 99
@@ -309,7 +315,8 @@ def test_shopify_rotating_refresh_token_survives_expiry_mid_run(
     auth = f"""\
     auth: {{type: oauth2_refresh_token, token_url: /admin/oauth/access_token,
            client_id: shop-client, client_secret: {{secret: shop_secret}}, client_auth: body,
-           refresh_token: {{secret: shop_refresh}}, token_store: {{kind: memory, name: {key}}}}}
+           refresh_token: {{secret: shop_refresh}}, token_store: {{kind: memory, name: {key},
+           process_only: true}}}}
 """
     r = reader(shop_config(shopify.url, auth=auth, extra="    rows_per_batch: 50\n"))
     batches = r.batches(since=None, is_committed=lambda _b: False)
@@ -321,6 +328,114 @@ def test_shopify_rotating_refresh_token_survives_expiry_mid_run(
     assert shopify.token_requests == 2
     store = MemoryTokenStore(key)
     assert shopify.valid_refresh_tokens == {store.load()}
+
+
+def test_shopify_stand_in_refuses_parameters_the_endpoint_does_not_take(
+    shopify: ShopifyStandIn,
+) -> None:
+    headers = {"X-Shopify-Access-Token": "shpat_static"}
+    listing = f"{shopify.url}/admin/api/2024-10/customers.json"
+    search = f"{shopify.url}/admin/api/2024-10/customers/search.json"
+    with httpx.Client(headers=headers, timeout=10) as http:
+        ordered = http.get(listing, params={"order": "updated_at asc"})
+        assert ordered.status_code == 400 and "order" in ordered.json()["errors"]
+        windowed = http.get(search, params={"updated_at_min": "2026-01-01T00:00:00Z"})
+        assert windowed.status_code == 400 and "updated_at_min" in windowed.json()["errors"]
+        # customers.json pages in id order whatever the filter: not by change time.
+        page = http.get(listing, params={"updated_at_min": "2025-01-01T00:00:00Z"}).json()
+        ids = [c["id"] for c in page["customers"]]
+        stamps = [datetime.fromisoformat(c["updated_at"]) for c in page["customers"]]
+        assert ids == sorted(ids) and stamps != sorted(stamps)
+
+
+def _land(config: RestSource, lake: Lake, *, stop_after: int | None = None) -> None:
+    """One ingest run (from bronze's watermark, batch by batch), optionally stopped."""
+    since = committed_watermark(lake, "bronze/src", config.cursor_field)
+    for number, batch in enumerate(
+        reader(config).batches(since=since, is_committed=lambda _b: False), start=1
+    ):
+        lake.merge("bronze/src", batch.frame, keys=["id"])
+        if number == stop_after:
+            return  # the run stops here (a crash, a kill, a timeout)
+
+
+def _landed(lake: Lake) -> set[str]:
+    return set(lake.read("bronze/src")["id"]) if lake.exists("bronze/src") else set()
+
+
+def test_shopify_run_stopped_after_the_first_batch_loses_nothing(
+    shopify: ShopifyStandIn, tmp_path: Path
+) -> None:
+    lake = Lake(str(tmp_path / "lake"))
+    config = shop_config(shopify.url, extra="    rows_per_batch: 50\n")
+    _land(config, lake, stop_after=1)
+    assert len(_landed(lake)) == 50
+    _land(config, lake)  # the rerun, from the committed watermark
+    assert _landed(lake) == {str(c["id"]) for c in shop_customers(120)}
+
+
+UNORDERED = """\
+    base_url: {url}
+    path: /admin/api/2024-10/customers.json
+    params: {{limit: 50}}
+    auth: {{type: api_key, name: X-Shopify-Access-Token, key: {{secret: shop_token}}}}
+    records_path: customers
+    paginator: {{type: link_header}}
+    rows_per_batch: 50
+    incremental: {{cursor_field: updated_at, param: updated_at_min, overlap_seconds: 60{order}}}
+"""
+
+
+def test_an_unordered_listing_never_lets_a_partial_run_lift_the_watermark(
+    shopify: ShopifyStandIn, tmp_path: Path
+) -> None:
+    everyone = {str(c["id"]) for c in shop_customers(120)}
+    unordered = load(UNORDERED.format(url=shopify.url, order=", order: unordered"))
+
+    # Stopped mid-pull (the API fails on page 2): nothing was committed, nothing lifted.
+    lake = Lake(str(tmp_path / "mid-pull"))
+    shopify_fail_from_page(shopify, 2)
+    with pytest.raises(SourceError, match="answered 400"):
+        _land(unordered, lake)
+    assert _landed(lake) == set()
+    _land(unordered, lake)
+    assert _landed(lake) == everyone
+
+    # Stopped between two of the final batches: they are written oldest first.
+    lake = Lake(str(tmp_path / "between-batches"))
+    _land(unordered, lake, stop_after=1)
+    first = lake.read("bronze/src")
+    assert first.height == 50
+    _land(unordered, lake)
+    assert _landed(lake) == everyone
+
+
+def test_the_stand_in_reproduces_the_loss_of_committing_unordered_pages(
+    shopify: ShopifyStandIn, tmp_path: Path
+) -> None:
+    """The same listing declared ascending (what the old preset assumed): a run stopped after
+    its first batch commits a watermark above rows it never read, and the rerun skips them."""
+    lake = Lake(str(tmp_path / "lake"))
+    assumed = load(UNORDERED.format(url=shopify.url, order=""))
+    _land(assumed, lake, stop_after=1)
+    _land(assumed, lake)
+    lost = {str(c["id"]) for c in shop_customers(120)} - _landed(lake)
+    assert len(lost) > 0
+
+
+def shopify_fail_from_page(shopify: ShopifyStandIn, page: int) -> None:
+    """Let ``page - 1`` requests through, then answer 400 once (not retried)."""
+    original = shopify.handle
+    calls = {"n": 0}
+
+    def handle(request: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == page:
+            shopify.handle = original  # type: ignore[method-assign]
+            shopify.fail_next(1, status=400)
+        return original(request)
+
+    shopify.handle = handle  # type: ignore[method-assign]
 
 
 # --- Stripe ---------------------------------------------------------------------------------
@@ -404,3 +519,18 @@ def test_stripe_bad_key_fails_without_showing_it(
     with pytest.raises(SourceError, match="answered 401") as failure:
         read(reader(stripe_config(stripe.url)))
     assert "sk_test_wrong_key_1234" not in str(failure.value)
+
+
+def test_stripe_newest_first_pull_stopped_between_its_batches_loses_nothing(
+    stripe: StripeStandIn, tmp_path: Path
+) -> None:
+    """Stripe lists newest first, so the pull is held to its end; its batches are then
+    committed oldest first, and a stop after the first leaves the watermark below the rest."""
+    lake = Lake(str(tmp_path / "lake"))
+    config = stripe_config(stripe.url, extra="    rows_per_batch: 100\n")
+    _land(config, lake, stop_after=1)
+    first = lake.read("bronze/src")
+    assert first.height == 100
+    assert first["created"].cast(pl.Int64).max() == int(START.timestamp()) + 99 * 60
+    _land(config, lake)
+    assert _landed(lake) == {c["id"] for c in stripe_customers(250)}

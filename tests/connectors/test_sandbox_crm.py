@@ -386,3 +386,63 @@ def test_from_file_names_the_bad_file(tmp_path: Path) -> None:
 def test_url_before_start_is_an_error() -> None:
     with pytest.raises(StandInError, match="not running"):
         _ = CrmStandIn([]).url
+
+
+# -- the search request contract (the vendor's schema) and live ordering ---------------------
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ({"limit": 10, "offset": 20}, '"offset"'),  # not a search field: HubSpot says 400
+        ({"filterGroups": [{"filters": [], "or": []}]}, '"or"'),
+        (
+            {"filterGroups": [{"filters": [{"propertyName": "x", "operator": "EQ", "v": "1"}]}]},
+            '"v"',
+        ),
+        ({"limit": "10"}, "body.limit: expected integer"),
+        ({"after": 100}, "body.after: expected string"),
+        ({"sorts": [{"propertyName": "email", "direction": "UP"}]}, "'UP'"),
+    ],
+)
+def test_search_body_is_checked_against_the_vendor_schema(
+    client: httpx.Client, body: dict[str, Any], named: str
+) -> None:
+    response = _search(client, **body)
+    assert response.status_code == 400
+    assert response.json()["category"] == "VALIDATION_ERROR"
+    assert named in response.json()["message"]
+
+
+def test_search_applies_one_sort_rule_only(client: httpx.Client) -> None:
+    two = [
+        {"propertyName": "lastmodifieddate", "direction": "ASCENDING"},
+        {"propertyName": "hs_object_id", "direction": "ASCENDING"},
+    ]
+    assert _search(client, sorts=two).status_code == 400
+    by_name = _search(client, sorts=["hs_object_id"], limit=5).json()  # the spec's string form
+    assert [r["id"] for r in by_name["results"]] == sorted(
+        (r["id"] for r in by_name["results"]), key=int
+    )
+
+
+def test_search_offsets_point_into_the_live_order(crm: CrmStandIn, client: httpx.Client) -> None:
+    """Modifying a contact between two pages moves it to the end and shifts every later
+    offset: the next page starts one contact later than it would have."""
+    body: dict[str, Any] = {
+        "sorts": [{"propertyName": "lastmodifieddate", "direction": "ASCENDING"}],
+        "limit": 5,
+        "after": "0",
+    }
+    before = [r["id"] for r in _search(client, **{**body, "limit": 11}).json()["results"]]
+    first = _search(client, **body).json()
+    crm.upsert_contact({"firstname": "moved"}, id=first["results"][0]["id"])
+    second = _search(client, **{**body, "after": first["paging"]["next"]["after"]}).json()
+    assert [r["id"] for r in second["results"]] == before[6:11]
+    assert before[5] not in [r["id"] for r in first["results"] + second["results"]]
+
+
+def test_on_search_page_runs_between_pages(crm: CrmStandIn, client: httpx.Client) -> None:
+    seen: list[tuple[int, Any]] = []
+    crm.on_search_page = lambda number, body: seen.append((number, body.get("limit")))
+    _search(client, limit=3)
+    _search(client, limit=4)
+    assert seen == [(1, 3), (2, 4)]

@@ -10,12 +10,12 @@ import pytest
 from tasks.core.config import parse_pipeline
 from tasks.core.config_rest import (
     PRESETS,
-    JsonCursorPaginator,
     LinkHeaderPaginator,
     NextUrlPaginator,
     RestApiKeyAuth,
     RestOAuth2RefreshToken,
     RestSource,
+    SearchKeysetPaginator,
     StartingAfterPaginator,
     deep_merge,
 )
@@ -59,8 +59,8 @@ def test_hubspot_preset_expands_and_user_keys_override() -> None:
     assert source.base_url == "https://api.hubapi.com"
     assert source.method == "POST" and source.idempotent is True
     assert source.columns == ["id", "email", "firstname", "lastmodifieddate"]
-    assert isinstance(source.paginator, JsonCursorPaginator)
-    assert source.paginator.max_results == 10_000 and source.paginator.page_size == 200
+    assert isinstance(source.paginator, SearchKeysetPaginator)
+    assert source.paginator.cursor_property == "lastmodifieddate"
     assert source.paginator.max_pages == 50  # merged into the preset's paginator
     assert source.budget.requests_per_second == 3  # the user's value wins
     assert source.incremental is not None and source.incremental.format == "epoch_ms"
@@ -101,7 +101,11 @@ def test_shopify_preset_puts_oauth_tokens_in_the_shopify_header() -> None:
     assert (source.auth.header, source.auth.prefix) == ("X-Shopify-Access-Token", "")
     assert source.auth.token_store is not None and source.auth.token_store.kind == "prefect_secret"
     assert isinstance(source.paginator, LinkHeaderPaginator)
-    assert source.incremental is not None and source.incremental.param == "updated_at_min"
+    # The ordered endpoint: customers.json has no sort parameter (see the preset).
+    assert source.path.endswith("/customers/search.json")
+    assert source.params["order"] == "updated_at asc"
+    assert source.params["query"] == "updated_at:>='{since}'"
+    assert source.incremental is not None and source.incremental.order == "ascending"
     static = load(
         """\
         preset: shopify_customers
@@ -149,36 +153,30 @@ def test_preset_options_are_validated() -> None:
         """,
         "options.colour: Extra inputs are not permitted",
     )
-    fails("preset: zendesk_tickets\nbase_url: http://x\n", "sources.src: preset: unknown preset")
+    fails("preset: zendesk_tickets\nbase_url: https://x\n", "sources.src: preset: unknown preset")
 
 
 def test_mistakes_fail_at_load_naming_the_key() -> None:
-    fails("base_url: http://x\npaginator: {type: scroll}\n", "sources.src.paginator")
+    fails("base_url: https://x\npaginator: {type: scroll}\n", "sources.src.paginator")
     fails(
-        "base_url: http://x\nparams: {since: '{since}'}\n",
+        "base_url: https://x\nparams: {since: '{since}'}\n",
         "{since} is used but 'incremental' is not configured",
     )
     fails(
-        "base_url: http://x\nincremental: {cursor_field: updated_at}\n",
+        "base_url: https://x\nincremental: {cursor_field: updated_at}\n",
         "incremental: set 'param' or put {since}",
     )
     fails(
-        """\
-        base_url: http://x
-        paginator: {type: json_cursor, cursor_path: next, param: after, max_results: 100,
-                    page_size: 10}
-        """,
-        "re-windowing restarts at the last cursor value",
+        "base_url: https://x\npaginator: {type: search_keyset, cursor_property: t, "
+        "cursor_path: t}\n",
+        "search_keyset: needs method POST and a search 'body'",
     )
+    fails("base_url: https://x\ncolumns: [email]\n", "columns must include the primary key 'id'")
     fails(
-        "base_url: http://x\npaginator: {type: json_cursor, cursor_path: n, param: a, "
-        "max_results: 100}\n",
-        "max_results needs page_size",
+        "base_url: https://x\nauth: {type: bearer, token: plain-text}\n", "sources.src.auth.token"
     )
-    fails("base_url: http://x\ncolumns: [email]\n", "columns must include the primary key 'id'")
-    fails("base_url: http://x\nauth: {type: bearer, token: plain-text}\n", "sources.src.auth.token")
-    fails("base_url: http://x\nbudget: {requests_per_second: 0}\n", "budget.requests_per_second")
-    fails("base_url: http://x\nretries: 3\n", "sources.src.retries: Extra inputs")
+    fails("base_url: https://x\nbudget: {requests_per_second: 0}\n", "budget.requests_per_second")
+    fails("base_url: https://x\nretries: 3\n", "sources.src.retries: Extra inputs")
 
 
 def test_every_preset_expands_to_a_valid_source() -> None:
@@ -191,7 +189,7 @@ def test_every_preset_expands_to_a_valid_source() -> None:
     assert set(options) == set(PRESETS)
     for name, opts in options.items():
         source = load(
-            f"preset: {name}\nbase_url: http://x\n"
+            f"preset: {name}\nbase_url: https://x\n"
             f"auth: {{type: bearer, token: {{secret: t}}}}\noptions: {opts}\n"
         )
         assert source.cursor_field is not None

@@ -9,6 +9,7 @@ import httpx
 
 from tasks.connectors.destinations.mailchimp import MailchimpAudience, MemberChange, MemberResult
 from tasks.connectors.http import build_client
+from tasks.connectors.redact import register_secret
 from tasks.core.config import Destination, MailchimpDestination
 from tasks.core.settings import resolve_secret
 
@@ -23,9 +24,15 @@ class AudienceSink(Protocol):
 
 def _open_mailchimp(config: MailchimpDestination) -> AudienceSink:
     key = resolve_secret(config.api_key).get_secret_value()
+    register_secret(key)
     # Mailchimp: HTTP Basic with any user name and the API key; at most 10 connections.
     client = build_client(
-        config.base_url, auth=httpx.BasicAuth("audience-lake", key), max_connections=10
+        config.base_url,
+        auth=httpx.BasicAuth("audience-lake", key),
+        max_connections=10,
+        allow_insecure_http=config.allow_insecure_http,
+        ca_bundle=config.ca_bundle,
+        owner="destinations.mailchimp",
     )
     return MailchimpAudience(client, batch_size=config.batch_size)
 

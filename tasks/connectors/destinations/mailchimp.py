@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import httpx
 
 from tasks.connectors.http import RetryPolicy, send_with_retries
+from tasks.connectors.redact import redact
 from tasks.errors import PublishError
 
 MAX_BATCH = 500
@@ -85,12 +86,14 @@ class MailchimpAudience:
                 self._client, request, idempotent=True, policy=self._policy
             )
         except httpx.HTTPError as exc:
-            raise PublishError(f"mailchimp list {list_id!r}: {exc}") from exc
+            raise PublishError(redact(f"mailchimp list {list_id!r}: {exc}")) from exc
         self.requests_sent += 1
         if response.status_code != 200:
             raise PublishError(
-                f"mailchimp list {list_id!r}: POST {request.url} answered "
-                f"{response.status_code}: {response.text[:300]}"
+                redact(
+                    f"mailchimp list {list_id!r}: POST {request.url} answered "
+                    f"{response.status_code}: {response.text[:300]}"
+                )
             )
         try:
             body = response.json()
@@ -102,7 +105,9 @@ class MailchimpAudience:
             }
         except (ValueError, AttributeError) as exc:
             raise PublishError(
-                f"mailchimp list {list_id!r}: unreadable batch response {response.text[:200]!r}"
+                redact(
+                    f"mailchimp list {list_id!r}: unreadable batch response {response.text[:200]!r}"
+                )
             ) from exc
         return [
             MemberResult(

@@ -1,16 +1,16 @@
 """How a REST source turns the page, selected by ``paginator.type`` in ``pipeline.yaml``.
 
 A paginator sees each page (request, response, parsed body, records) and returns the next
-request, :data:`REWINDOW` (restart the query at the last cursor value seen, for APIs whose query
-window is capped, e.g. HubSpot search at 10,000 results), or ``None`` when the listing is done.
-The REST reader bounds every paginator by ``max_pages``.
+request, or ``None`` when the listing is done. The REST reader bounds every paginator by
+``max_pages``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
 
 import httpx
 
@@ -21,6 +21,7 @@ from tasks.core.config_rest import (
     NextUrlPaginator,
     OffsetPaginator,
     PageNumberPaginator,
+    SearchKeysetPaginator,
     SinglePage,
     StartingAfterPaginator,
 )
@@ -57,13 +58,7 @@ class Page:
     records: list[dict[str, Any]]
 
 
-class _Rewindow:
-    def __repr__(self) -> str:
-        return "REWINDOW"
-
-
-REWINDOW = _Rewindow()
-Next = PageRequest | _Rewindow | None
+Next = PageRequest | None
 
 _MISSING = object()
 
@@ -110,7 +105,7 @@ class SinglePager:
 
 
 class JsonCursorPager:
-    """``paging.next.after`` style; with ``max_results``, re-window before the cap."""
+    """``paging.next.after`` style: the reply's cursor is sent back as given."""
 
     def __init__(self, spec: JsonCursorPaginator) -> None:
         self.spec = spec
@@ -122,17 +117,149 @@ class JsonCursorPager:
         cursor = dig(page.body, self.spec.cursor_path)
         if cursor is None or cursor == "":
             return None
-        if self.spec.max_results is not None and self.spec.page_size is not None:
-            try:
-                offset = int(str(cursor))
-            except ValueError as exc:
-                raise PaginationError(
-                    f"paginator.max_results needs a numeric cursor at "
-                    f"{self.spec.cursor_path!r}, got {cursor!r}"
-                ) from exc
-            if offset + self.spec.page_size > self.spec.max_results:
-                return REWINDOW
         return page.request.with_param(self.spec.location, self.spec.param, str(cursor))
+
+
+def cursor_millis(value: Any) -> int | None:
+    """Epoch milliseconds of a cursor value: ISO-8601 text, or epoch seconds / milliseconds.
+
+    Digits are read as milliseconds from 12 digits on (epoch seconds reach 12 digits only in
+    the year 5138), as seconds below. ``None`` when the value is empty or not a time.
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        number = float(value)
+        return int(number if abs(number) >= 1e11 else number * 1000)
+    text = str(value).strip()
+    if not text:
+        return None
+    if text.lstrip("-").replace(".", "", 1).isdigit():
+        return cursor_millis(float(text))
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+Bound = Literal["GTE", "GT", "EQ"]
+
+
+class SearchKeysetPager:
+    """HubSpot-style search paged by keyset (see :class:`SearchKeysetPaginator`).
+
+    The phase lives in the request itself, so the pager keeps no state: a request sorted by
+    ``cursor_property`` is the main keyset (``cursor >= t`` or ``cursor > t``), one sorted by
+    ``tie_property`` drains the records sharing one cursor value ``t`` (``cursor == t AND
+    tie > last id``). Every request asks for the search's first page.
+    """
+
+    def __init__(self, spec: SearchKeysetPaginator) -> None:
+        self.spec = spec
+
+    def first(self, request: PageRequest) -> PageRequest:
+        return request
+
+    def next(self, page: Page) -> Next:
+        s = self.spec
+        more = dig(page.body, s.more_path) not in (None, "")
+        if more and not page.records:
+            raise PaginationError(f"{s.more_path!r} says more remain but the page is empty")
+        body = page.request.body or {}
+        sorts = body.get("sorts") or []
+        if sorts and _sort_property(sorts[0]) == s.tie_property:  # draining one cursor value
+            value = self._bound(body, s.cursor_property, "EQ")
+            if not more:
+                return self._query(page.request, ("GT", value))  # that value is done
+            last_tie = max(self._tie(record) for record in page.records)
+            return self._query(page.request, ("EQ", value), tie_after=last_tie)
+        if not more:
+            return None  # nothing at or after the bound remains
+        operator, bound = self._main_bound(body)
+        highest = max(self._cursor(record) for record in page.records)
+        if highest > bound:
+            return self._query(page.request, ("GTE", highest))
+        if operator == "GTE" and highest == bound:
+            # A whole page shares the lower bound: asking again would return the same page.
+            return self._query(page.request, ("EQ", bound))
+        raise PaginationError(
+            f"the search answered {s.cursor_property} {highest} for a query "
+            f"{s.cursor_property} {operator} {bound}"
+        )
+
+    # -- request building -------------------------------------------------------------------
+    def _query(
+        self, request: PageRequest, bound: tuple[Bound, int], *, tie_after: int | None = None
+    ) -> PageRequest:
+        s = self.spec
+        operator, value = bound
+        managed = {s.cursor_property, s.tie_property}
+        mine = [{"propertyName": s.cursor_property, "operator": operator, "value": str(value)}]
+        if tie_after is not None:
+            mine.append({"propertyName": s.tie_property, "operator": "GT", "value": str(tie_after)})
+        body = dict(request.body or {})
+        groups = body.get("filterGroups") or [{"filters": []}]
+        body["filterGroups"] = [
+            {
+                **group,
+                "filters": [
+                    f for f in group.get("filters", []) if f.get("propertyName") not in managed
+                ]
+                + mine,
+            }
+            for group in groups
+        ]
+        order = s.tie_property if operator == "EQ" else s.cursor_property
+        body["sorts"] = [{"propertyName": order, "direction": "ASCENDING"}]
+        return replace(request, body=body)
+
+    def _main_bound(self, body: dict[str, Any]) -> tuple[Bound, int]:
+        """The cursor's lower bound of a main-keyset request (``-1`` when there is none)."""
+        for operator in ("GT", "GTE"):
+            try:
+                return operator, self._bound(body, self.spec.cursor_property, operator)
+            except PaginationError:
+                continue
+        return "GTE", -1  # not incremental: the first query has no lower bound
+
+    def _bound(self, body: dict[str, Any], prop: str, operator: str) -> int:
+        for group in body.get("filterGroups") or []:
+            for f in group.get("filters", []):
+                if f.get("propertyName") == prop and f.get("operator") == operator:
+                    millis = cursor_millis(f.get("value"))
+                    if millis is not None:
+                        return millis
+        raise PaginationError(f"the request has no {prop} {operator} filter")
+
+    def _cursor(self, record: dict[str, Any]) -> int:
+        value = dig(record, self.spec.cursor_path)
+        millis = cursor_millis(value)
+        if millis is None:
+            raise PaginationError(
+                f"record {dig(record, self.spec.tie_path)!r} has no time at "
+                f"{self.spec.cursor_path!r} (got {value!r})"
+            )
+        return millis
+
+    def _tie(self, record: dict[str, Any]) -> int:
+        value = dig(record, self.spec.tie_path)
+        try:
+            return int(str(value))
+        except ValueError as exc:
+            raise PaginationError(
+                f"record tie-breaker {self.spec.tie_path!r} is not numeric: {value!r}"
+            ) from exc
+
+
+def _sort_property(sort: Any) -> str | None:
+    """The property of one ``sorts`` entry (an object, or a bare name as the spec types it)."""
+    if isinstance(sort, dict):
+        name = sort.get("propertyName")
+        return None if name is None else str(name)
+    return None if sort is None else str(sort).lstrip("-")
 
 
 def _follow(url: str) -> PageRequest:
@@ -262,6 +389,7 @@ class StartingAfterPager:
 PAGINATORS: dict[str, Callable[[Any], Paginator]] = {
     "single": SinglePager,
     "json_cursor": JsonCursorPager,
+    "search_keyset": SearchKeysetPager,
     "next_url": NextUrlPager,
     "link_header": LinkHeaderPager,
     "offset": OffsetPager,

@@ -20,47 +20,25 @@ import httpx
 from tasks.connectors.auth import build_auth
 from tasks.connectors.http import RetryPolicy, build_client, send_with_retries
 from tasks.connectors.ratelimit import RateBudget
+from tasks.connectors.redact import redact
 from tasks.connectors.sources.base import SourceBatch, WriteMode, strings_frame
 from tasks.connectors.sources.paginators import (
-    REWINDOW,
     Page,
     PageRequest,
     PaginationError,
+    cursor_millis,
     dig,
     make_paginator,
 )
 from tasks.core.config_rest import SINCE, Incremental, RestSource
 from tasks.errors import SourceError
 
+__all__ = ["ExtractStats", "RestReader", "cursor_millis", "open_rest_source", "render_since"]
+
 _NOT_FOUND = object()
 
 
 # --- cursor values --------------------------------------------------------------------------
-
-
-def cursor_millis(value: Any) -> int | None:
-    """Epoch milliseconds of a cursor value: ISO-8601 text, or epoch seconds / milliseconds.
-
-    Digits are read as milliseconds from 12 digits on (epoch seconds reach 12 digits only in
-    the year 5138), as seconds below. ``None`` when the value is empty or not a time.
-    """
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        number = float(value)
-        return int(number if abs(number) >= 1e11 else number * 1000)
-    text = str(value).strip()
-    if not text:
-        return None
-    if text.lstrip("-").replace(".", "", 1).isdigit():
-        return cursor_millis(float(text))
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
 
 
 def render_since(millis: int, fmt: str) -> str:
@@ -87,6 +65,12 @@ def since_millis(incremental: Incremental, watermark: str | None) -> int:
             "(ISO-8601 or epoch seconds/milliseconds)"
         )
     return max(0, millis - int(incremental.overlap_seconds * 1000))
+
+
+def _sort_millis(value: Any) -> int:
+    """Sort key of a cursor value; a row without a readable time sorts first (never lifts)."""
+    millis = cursor_millis(value)
+    return -1 if millis is None else millis
 
 
 def _substitute(value: Any, since: str) -> Any:
@@ -125,11 +109,10 @@ def flatten_record(record: dict[str, Any], lift: list[str], exclude: list[str]) 
 
 @dataclass
 class ExtractStats:
-    """What one reader did: pages and rows read, query windows restarted."""
+    """What one reader did: pages and rows read."""
 
     pages: int = 0
     rows: int = 0
-    rewindows: int = 0
 
 
 class RestReader:
@@ -166,10 +149,18 @@ class RestReader:
         )
         self._client = client or build_client(
             config.base_url,
-            auth=build_auth(config.auth, base_url=config.base_url, source_name=source_name),
+            auth=build_auth(
+                config.auth,
+                base_url=config.base_url,
+                source_name=source_name,
+                allow_insecure_http=config.allow_insecure_http,
+            ),
             headers=dict(config.headers),
             timeout=httpx.Timeout(config.timeout_seconds, connect=10.0, pool=60.0),
             max_connections=config.budget.max_concurrency,
+            allow_insecure_http=config.allow_insecure_http,
+            ca_bundle=config.ca_bundle,
+            owner=f"sources.{source_name}",
         )
         self._base = httpx.URL(config.base_url)
         self.stats = ExtractStats()
@@ -185,16 +176,21 @@ class RestReader:
         """Rows since the watermark, in batches of ``rows_per_batch`` (merged on the key)."""
         del is_committed  # entity source: idempotent by merge, not by batch
         incremental = self._config.incremental
-        descending = incremental is not None and incremental.order == "descending"
+        held = incremental is not None and incremental.order != "ascending"
         buffer: dict[str, dict[str, Any]] = {}
         for rows in self._pages(since):
             for row in rows:
                 buffer[row[self._config.primary_key]] = row  # a re-read row: last copy wins
-            # Newest-first listings commit nothing until the pass is complete (see Incremental).
-            if not descending and len(buffer) >= self._config.rows_per_batch:
+            # Only an ascending listing may commit part-way: the watermark is the max cursor
+            # in bronze, so a committed batch must not hold a cursor above an unread record.
+            if not held and len(buffer) >= self._config.rows_per_batch:
                 yield self._batch(list(buffer.values()))
                 buffer = {}
         values = list(buffer.values())
+        if held and incremental is not None:
+            # The pull is complete; commit it oldest first, so a stop between two of these
+            # batches leaves a watermark below every row still to be written.
+            values.sort(key=lambda row: _sort_millis(row.get(incremental.cursor_field)))
         for start in range(0, len(values), self._config.rows_per_batch):
             yield self._batch(values[start : start + self._config.rows_per_batch])
 
@@ -216,16 +212,9 @@ class RestReader:
         incremental = self._config.incremental
         window = since_millis(incremental, watermark) if incremental is not None else None
         request = self._paginator.first(self._template(window))
-        window_max: int | None = None
         for _ in range(self._config.paginator.max_pages):
             page = self._fetch(request)
-            rows = [self._row(record, page) for record in page.records]
-            if incremental is not None:
-                for row in rows:
-                    millis = cursor_millis(row.get(incremental.cursor_field))
-                    if millis is not None and (window_max is None or millis > window_max):
-                        window_max = millis
-            yield rows
+            yield [self._row(record, page) for record in page.records]
             try:
                 following = self._paginator.next(page)
             except PaginationError as exc:
@@ -234,21 +223,6 @@ class RestReader:
                 ) from exc
             if following is None:
                 return
-            if following is REWINDOW:
-                # Restart the capped query at the last cursor value seen (GTE); the rows that
-                # share it are read again and the merge absorbs them.
-                if window is None or window_max is None or window_max <= window:
-                    raise SourceError(
-                        f"source {self._name!r}: the query window is full but "
-                        f"{self.cursor_field!r} did not advance past {window}; too many "
-                        "records share one cursor value to re-window the query"
-                    )
-                window, window_max = window_max, None
-                self.stats.rewindows += 1
-                request = self._paginator.first(self._template(window))
-                continue
-            if not isinstance(following, PageRequest):  # pragma: no cover - Next is closed
-                raise TypeError(f"paginator returned {following!r}")
             request = following
         raise SourceError(
             f"source {self._name!r}: stopped after paginator.max_pages="
@@ -279,7 +253,7 @@ class RestReader:
         return request
 
     def _label(self, request: PageRequest) -> str:
-        return f"{request.method} {request.url}"
+        return redact(f"{request.method} {request.url}")  # a next-page URL may hold a key
 
     def _http_request(self, request: PageRequest) -> httpx.Request:
         if request.verbatim:
@@ -304,6 +278,15 @@ class RestReader:
         return bool(self._config.idempotent)
 
     def _fetch(self, request: PageRequest) -> Page:
+        try:
+            return self._fetch_page(request)
+        except SourceError as exc:
+            # URLs and response bodies may carry credentials (a next-page URL with the key,
+            # a server echoing the request): mask them before the message goes anywhere.
+            exc.args = (redact(str(exc)),)
+            raise
+
+    def _fetch_page(self, request: PageRequest) -> Page:
         http_request = self._http_request(request)
         label = f"{http_request.method} {http_request.url}"  # before auth can touch the URL
         try:
