@@ -105,10 +105,9 @@ def _cmd_receive_events(args: argparse.Namespace) -> int:
 
     from flows.events import announce_landed, event_sources
     from tasks.connectors.sources.events import landing_for
-    from tasks.connectors.webhook import WebhookReceiver
+    from tasks.connectors.webhook import receiver_from_options
     from tasks.core.config import load_pipeline
     from tasks.core.config_events import EventSource
-    from tasks.core.settings import resolve_secret
     from tasks.errors import ConfigError
 
     config = load_pipeline(args.config)
@@ -122,24 +121,31 @@ def _cmd_receive_events(args: argparse.Namespace) -> int:
     if not isinstance(source, EventSource):  # event_sources() returns only kind: events
         raise ConfigError(f"receive-events: source {name!r} is not an event source")
     options = source.receiver
-    secret = options.signing_secret
+    if options is None:
+        raise ConfigError(
+            f"{args.config}: sources.{name}.receiver is not set: add a receiver with a "
+            "signing_secret: {secret: NAME} (or signing: none to accept unsigned batches)"
+        )
     # Emit Prefect events only to a real API: an ephemeral one would vanish with this process.
     emit = not args.no_prefect_events and bool(os.environ.get("PREFECT_API_URL"))
-    receiver = WebhookReceiver(
+    receiver = receiver_from_options(
         landing_for(source),
+        options,
         source_name=name,
         event_id_field=source.event_id_column,
-        path=options.path,
-        secret=resolve_secret(secret).get_secret_value().encode() if secret else None,
-        signature_header=options.signature_header,
-        timestamp_header=options.timestamp_header,
-        tolerance_seconds=options.tolerance_seconds,
-        max_body_bytes=options.max_body_bytes,
-        max_events=options.max_events,
-        host=args.host or options.host,
-        port=options.port if args.port is None else args.port,
+        host=args.host,
+        port=args.port,
         on_landed=announce_landed if emit else None,
     )
+    if options.signing_secret is None:
+        signature = "NOT VERIFIED (signing: none): anyone who can connect can land events"
+    elif options.timestamp_header is None:
+        signature = f"HMAC-SHA256 of the body in {options.signature_header} (no replay window)"
+    else:
+        signature = (
+            f"HMAC-SHA256 in {options.signature_header} over '<{options.timestamp_header}>."
+            f"<body>', replay window {options.tolerance_seconds:g}s"
+        )
 
     def _stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -148,11 +154,7 @@ def _cmd_receive_events(args: argparse.Namespace) -> int:
     with receiver:
         print(f"receiving {name!r} events at POST {receiver.url}", flush=True)
         print(f"  landing: {receiver.landing.location}", flush=True)
-        print(
-            "  signature: "
-            + (f"HMAC-SHA256 in {options.signature_header}" if secret else "not required"),
-            flush=True,
-        )
+        print(f"  signature: {signature}", flush=True)
         print(
             "  prefect events: "
             + ("emitting audience-lake.events.landed" if emit else "off (no PREFECT_API_URL)"),
