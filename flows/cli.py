@@ -101,7 +101,7 @@ def _cmd_receive_events(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from flows.events import announce_landed, event_sources
+    from flows.events import LandedAnnouncer, event_sources
     from tasks.connectors.sources.events import landing_for
     from tasks.connectors.webhook import WebhookReceiver
     from tasks.core.config import load_pipeline
@@ -123,6 +123,7 @@ def _cmd_receive_events(args: argparse.Namespace) -> int:
     secret = options.signing_secret
     # Emit Prefect events only to a real API: an ephemeral one would vanish with this process.
     emit = not args.no_prefect_events and bool(os.environ.get("PREFECT_API_URL"))
+    announcer = LandedAnnouncer()  # a burst of batches -> a few events -> a few runs
     receiver = WebhookReceiver(
         landing_for(source),
         source_name=name,
@@ -136,14 +137,14 @@ def _cmd_receive_events(args: argparse.Namespace) -> int:
         max_events=options.max_events,
         host=args.host or options.host,
         port=options.port if args.port is None else args.port,
-        on_landed=announce_landed if emit else None,
+        on_landed=announcer if emit else None,
     )
 
     def _stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _stop)
-    with receiver:
+    with announcer, receiver:
         print(f"receiving {name!r} events at POST {receiver.url}", flush=True)
         print(f"  landing: {receiver.landing.location}", flush=True)
         print(
