@@ -25,3 +25,25 @@ class DataQualityError(AudienceLakeError):
 
 class PublishError(AudienceLakeError):
     """A destination refused a request in a way a retry cannot fix."""
+
+
+class OrchestratorError(AudienceLakeError):
+    """The Prefect API the run needs is unreachable or refused; the message names its URL."""
+
+
+class LakeError(AudienceLakeError):
+    """A lake operation failed. The message names the table and the lake URI."""
+
+
+class StoreAccessError(LakeError):
+    """The lake's store refused our credentials or permissions (HTTP 403: an unknown access key,
+    a bad signature, a denied action). A retry sends the same credentials: it cannot help."""
+
+
+class CorruptTableError(LakeError):
+    """A Delta table's transaction log cannot be read; the message names the table and, when it
+    can be found, the commit file. Retries read the same bytes: a person must repair it."""
+
+
+class LakeFullError(LakeError):
+    """The volume holding the lake is full (ENOSPC); the message names the table being written."""
