@@ -25,9 +25,9 @@ _URI_SCHEME = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]+):(?P<rest>.*)", re
 # A URI that lost its colon ("s3//bucket") still reads as a local path: refuse these names.
 _SCHEME_WITHOUT_COLON = re.compile(r"(?P<scheme>s3a?|file|gs|gcs|az|abfss?|https?|hdfs)//", re.I)
 _SUPPORTED_SCHEMES = ("s3", "s3a", "file")
-# S3 bucket naming rules: 3-63 characters, lowercase letters, digits, dots and hyphens,
-# starting and ending with a letter or digit.
-_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+# Characters any S3-compatible store allows in a bucket name (AWS is stricter; some stores relax
+# case and underscores): enough to catch an endpoint or a path pasted in the bucket's place.
+_BUCKET = re.compile(r"[A-Za-z0-9._-]+")
 
 
 def lake_uri_problem(uri: str) -> str | None:
@@ -68,10 +68,10 @@ def lake_uri_problem(uri: str) -> str | None:
     bucket = body.partition("/")[0]
     if not bucket:
         return f"{uri!r} names no bucket; expected s3://bucket/prefix"
-    if not _BUCKET.fullmatch(bucket) or ".." in bucket:
+    if not _BUCKET.fullmatch(bucket):
         return (
-            f"{uri!r}: {bucket!r} is not a valid S3 bucket name (3-63 lowercase letters, digits, "
-            "dots and hyphens, starting and ending with a letter or digit)"
+            f"{uri!r}: {bucket!r} is not a valid S3 bucket name (letters, digits, dots, hyphens; "
+            "the endpoint goes in AUDIENCE_LAKE_S3_ENDPOINT)"
         )
     return None
 
