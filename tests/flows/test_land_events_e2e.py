@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prefect.workers.process import ProcessWorker
 
 from tasks.connectors.lake import Lake
 from tasks.connectors.webhook import sign
@@ -173,27 +174,33 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     worker: subprocess.Popen[bytes] | None = None
     api = httpx.Client(base_url=env["PREFECT_API_URL"], timeout=10)
     try:
+        started = time.monotonic()
         _start(
             [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
             env,
             logs / "server.log",
             procs,
         )
-        _wait("prefect server health", lambda: api.get("/health").status_code == 200, 60)
-        worker = _start(
-            [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process"],
-            env,
-            logs / "worker.log",
-            procs,
-        )
+        # The receiver needs no server to start: it emits only when a batch lands.
         _start(
             [str(BIN / "audience-lake"), "receive-events", "--source", SOURCE],
             env,
             logs / "receiver.log",
             procs,
         )
-        _wait(
-            "work pool created by the worker", lambda: api.get(f"/work_pools/{POOL}").is_success, 30
+        _wait("prefect server health", lambda: api.get("/health").status_code == 200, 90)
+        # The pool `prefect work-pool create --type process` would make, made directly so the
+        # worker and `prefect deploy` can start side by side (each spends seconds importing).
+        template = ProcessWorker.get_default_base_job_template()
+        created = api.post(
+            "/work_pools/", json={"name": POOL, "type": "process", "base_job_template": template}
+        )
+        assert created.status_code == 201, created.text
+        worker = _start(
+            [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process"],
+            env,
+            logs / "worker.log",
+            procs,
         )
         deploy = subprocess.run(
             [str(BIN / "prefect"), "--no-prompt", "deploy", "--name", "land-events"],
@@ -201,7 +208,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
             cwd=ROOT,
             capture_output=True,
             text=True,
-            timeout=90,
+            timeout=120,
         )
         assert deploy.returncode == 0, deploy.stdout + deploy.stderr
         receiver_url = f"http://127.0.0.1:{receiver_port}{source.receiver.path}"
@@ -210,6 +217,8 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
             lambda: "prefect events: emitting" in (logs / "receiver.log").read_text(),
             30,
         )
+        _wait("worker polling", lambda: "started!" in (logs / "worker.log").read_text(), 30)
+        print(f"stack up in {time.monotonic() - started:.1f}s")
         yield Stack(env, api, receiver_url, lake_uri, logs)
     finally:
         api.close()
