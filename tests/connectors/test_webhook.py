@@ -357,7 +357,7 @@ def test_landed_batches_emit_the_event_that_triggers_the_land_events_deployment(
     deployments = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
     [deployment] = [d for d in deployments if d["name"] == "land-events"]
     assert deployment["entrypoint"] == "flows/events.py:land_events"
-    assert deployment["schedules"] == [{"cron": "* * * * *", "timezone": "UTC"}]  # the fallback
+    assert deployment["schedules"] == []  # the hourly pipeline's ingest is the fallback
     # Prefect's own parser for prefect.yaml triggers, and its own matching rules.
     [trigger] = _initialize_deployment_triggers("land-events", deployment["triggers"])
     assert isinstance(trigger, DeploymentEventTrigger)
