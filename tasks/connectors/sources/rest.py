@@ -169,6 +169,12 @@ class RestReader:
         self._client.close()
         self.budget.close()
 
+    def probe(self) -> int:
+        """One authenticated read of the first page (as configured; nothing is stored): the
+        number of records it held. ``audience-lake doctor`` calls this; it never writes."""
+        page = self._fetch(self._paginator.first(self._template(None)))
+        return len(page.records)
+
     # -- batches ----------------------------------------------------------------------------
     def batches(
         self, *, since: str | None, is_committed: Callable[[str], bool]
