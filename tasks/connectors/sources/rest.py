@@ -172,7 +172,9 @@ class RestReader:
     def probe(self) -> int:
         """One authenticated read of the first page (as configured; nothing is stored): the
         number of records it held. ``audience-lake doctor`` calls this; it never writes."""
-        page = self._fetch(self._paginator.first(self._template(None)))
+        incremental = self._config.incremental
+        window = since_millis(incremental, None) if incremental is not None else None
+        page = self._fetch(self._paginator.first(self._template(window)))
         return len(page.records)
 
     # -- batches ----------------------------------------------------------------------------
