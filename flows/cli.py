@@ -38,16 +38,18 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from flows.demo import run_demo
+    from flows.progress import progress_line
 
     _before_flows(args)
     started = time.monotonic()
-    run_demo(
-        config=Path(args.config),
-        data_dir=Path(args.data).resolve(),
-        lake_dir=Path(args.lake).resolve(),
-        contacts=args.contacts,
-        seed=args.seed,
-    )
+    with progress_line():
+        run_demo(
+            config=Path(args.config),
+            data_dir=Path(args.data).resolve(),
+            lake_dir=Path(args.lake).resolve(),
+            contacts=args.contacts,
+            seed=args.seed,
+        )
     print(f"demo finished in {time.monotonic() - started:.1f}s")
     return 0
 
@@ -58,18 +60,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     load_pipeline(args.config, check_secrets=True)  # fail fast, before Prefect is imported
 
     from flows.pipeline import pipeline
+    from flows.progress import progress_line
     from flows.summary import lake_summary
     from tasks.resources import open_lake
 
     _before_flows(args)
-    report = pipeline(
-        config_path=args.config,
-        full_refresh=args.full_refresh,
-        dry_run=args.dry_run,
-        sources=args.source or None,
-        segments=args.segment or None,
-        override_hold=args.override_hold,
-    )
+    with progress_line():
+        report = pipeline(
+            config_path=args.config,
+            full_refresh=args.full_refresh,
+            dry_run=args.dry_run,
+            sources=args.source or None,
+            segments=args.segment or None,
+            override_hold=args.override_hold,
+        )
     print(lake_summary(open_lake(), report))
     kept = [p for p in report.publish if p.outcome in ("held", "skipped")]
     for p in kept:

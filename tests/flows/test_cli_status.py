@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 
 from flows.pipeline import pipeline
+from flows.progress import ProgressFeed, feeding
 from tests.flows.conftest import CONFIG, ROOT, Sandbox
 
 pytestmark = pytest.mark.flow
@@ -32,7 +33,11 @@ def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_status_and_history_after_a_pipeline_run(sandbox: Sandbox, tmp_path: Path) -> None:
-    report = pipeline(config_path=CONFIG)
+    with feeding(ProgressFeed()) as feed:  # the CLI's progress line, fed by this real run
+        report = pipeline(config_path=CONFIG)
+    assert feed.tally.rows_staged == {i.source: i.rows for i in report.ingest}
+    assert feed.tally.batches == sum(i.batches for i in report.ingest)
+    assert feed.tally.contacts_sent == sum(p.sent for p in report.publish) > 0
     lake = sandbox.lake
     members = lake.read("gold/audience_members")
     sizes = dict(members.group_by("segment").len().iter_rows())
