@@ -202,6 +202,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
     print("last run per stage:")
     for row in last_stage_runs(volume, ledger).collect().iter_rows(named=True):
         print(f"  {row['stage']:<10} {_ago(now, row['last_at'])}  run {row['run_id']}")
+    from flows.doctor import last_flow_runs
+
+    flow_runs = last_flow_runs()
+    if flow_runs is None:
+        print("last run per flow (Prefect): no PREFECT_API_URL")
+    else:
+        print("last run per flow (Prefect):")
+        for flow, state, started, name in flow_runs:
+            print(f"  {flow:<22} {state:<10} {_ago(now, started)}  {name}")
     print("last ingest per source:")
     runs = last_source_runs(scan(SOURCE_RUNS, SOURCE_RUNS_SCHEMA)).collect()
     by_source = {r["source"]: r for r in runs.iter_rows(named=True)}

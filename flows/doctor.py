@@ -107,3 +107,24 @@ def _alive(last: datetime | None, interval: int | None, now: datetime) -> bool:
         return False
     window = timedelta(seconds=(interval or DEFAULT_HEARTBEAT_SECONDS) * HEARTBEAT_MISSES)
     return now - last <= window
+
+
+def last_flow_runs(*, scan: int = 200) -> list[tuple[str, str, datetime | None, str]] | None:
+    """``(flow, state, started, flow run name)`` of the latest run of each flow the Prefect API
+    knows (among its newest ``scan`` runs), or None without ``PREFECT_API_URL``."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:
+        return None
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=scan)
+        names = {flow.id: flow.name for flow in client.read_flows(limit=200)}
+    latest: dict[str, tuple[str, str, datetime | None, str]] = {}
+    for run in runs:
+        flow = names.get(run.flow_id, str(run.flow_id))
+        if flow not in latest:
+            state = (run.state.name if run.state is not None else None) or "unknown"
+            latest[flow] = (flow, state, run.start_time, run.name)
+    return sorted(latest.values())

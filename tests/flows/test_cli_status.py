@@ -10,6 +10,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from prefect.settings import PREFECT_API_URL
 
 from flows.pipeline import pipeline
 from flows.progress import ProgressFeed, feeding
@@ -20,7 +21,11 @@ pytestmark = pytest.mark.flow
 
 def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), DO_NOT_TRACK="1")
+    env.update(
+        PREFECT_HOME=str(tmp_path / "prefect-home"),
+        PREFECT_API_URL=str(PREFECT_API_URL.value()),  # this session's server
+        DO_NOT_TRACK="1",
+    )
     return subprocess.run(
         [str(Path(sys.executable).parent / "audience-lake"), *args],
         cwd=ROOT,
@@ -50,6 +55,7 @@ def test_status_and_history_after_a_pipeline_run(sandbox: Sandbox, tmp_path: Pat
     for source in ("crm_contacts", "orders", "web_events", "enrichment"):
         assert f"  {source}" in out and "landed" in out, out
     assert "holds in force: none" in out
+    assert any(line.split()[:2] == ["pipeline", "Completed"] for line in out.splitlines()), out
     for segment, size in sizes.items():
         assert any(line.split()[:2] == [segment, f"{size:,}"] for line in out.splitlines()), (
             segment,
