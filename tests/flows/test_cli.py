@@ -130,6 +130,10 @@ def _cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
         PREFECT_API_URL=str(PREFECT_API_URL.value()),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         DO_NOT_TRACK="1",
+        # `run` refuses to start with a referenced secret unset; a user's shell has them.
+        AUDIENCE_LAKE_SECRET_CRM_CLIENT_SECRET="x",
+        AUDIENCE_LAKE_SECRET_MAILCHIMP_API_KEY="x",
+        AUDIENCE_LAKE_SECRET_WEB_EVENTS_HMAC="x",
     )
     env.update(extra)
     return env
