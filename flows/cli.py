@@ -219,8 +219,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
         table = f"bronze/{name}"
         lag = "no data yet"
         if lake.exists(table):
-            newest = source_lag(lake.scan(table), source=name, now=pl.lit(now)).collect()
+            bronze = lake.scan(table)
+            cursor = getattr(config.sources[name], "cursor_field", None)
+            if cursor not in bronze.collect_schema().names():
+                cursor = None  # files and events: no incremental cursor
+            newest = source_lag(bronze, source=name, now=pl.lit(now), cursor=cursor).collect()
             lag = f"newest row landed {_ago(now, newest['newest'][0])}"
+            if newest["cursor"][0] is not None:
+                lag += f", newest {cursor} {newest['cursor'][0]}"
         state = "never ran" if run is None else f"{run['status']} {_ago(now, run['finished_at'])}"
         error = f" ({run['error']})" if run is not None and run["error"] else ""
         print(f"  {name:<16} {state}; {lag}{error}")

@@ -102,10 +102,19 @@ def contact_history(ledger: pl.LazyFrame, contact_key: str) -> pl.LazyFrame:
     )
 
 
-def source_lag(bronze: pl.LazyFrame, *, source: str, now: pl.Expr) -> pl.LazyFrame:
-    """``source, newest, lag``: the newest ``_ingested_at`` of a bronze table and how long ago
-    that was (``now`` is a literal datetime expression, so the result is deterministic)."""
+def source_lag(
+    bronze: pl.LazyFrame, *, source: str, now: pl.Expr, cursor: str | None = None
+) -> pl.LazyFrame:
+    """``source, newest, lag, cursor``: the newest ``_ingested_at`` of a bronze table, how long
+    ago that was (``now`` is a literal datetime expression, so the result is deterministic), and
+    the highest value of the source's incremental ``cursor`` column as text (None without one:
+    the source's own clock, so "landed a minute ago" and "newest change a month old" both show).
+    """
+    highest = (
+        pl.col(cursor).cast(pl.String).max() if cursor is not None else pl.lit(None, pl.String)
+    )
     return bronze.select(
         pl.lit(source).alias("source"),
         pl.col("_ingested_at").max().alias("newest"),
+        highest.alias("cursor"),
     ).with_columns((now - pl.col("newest")).alias("lag"))

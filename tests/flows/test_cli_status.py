@@ -55,6 +55,7 @@ def test_status_and_history_after_a_pipeline_run(sandbox: Sandbox, tmp_path: Pat
     for source in ("crm_contacts", "orders", "web_events", "enrichment"):
         assert f"  {source}" in out and "landed" in out, out
     assert "holds in force: none" in out
+    assert "newest updated_at 20" in out  # orders: the source's own clock, from its cursor
     assert any(line.split()[:2] == ["pipeline", "Completed"] for line in out.splitlines()), out
     for segment, size in sizes.items():
         assert any(line.split()[:2] == [segment, f"{size:,}"] for line in out.splitlines()), (

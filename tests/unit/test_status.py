@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
-from tasks.core.status import audience_history, audience_trend, last_stage_runs
+from tasks.core.status import audience_history, audience_trend, last_stage_runs, source_lag
 from tasks.core.sync import LEDGER_SCHEMA
 from tasks.volume import VOLUME_SCHEMA
 
@@ -47,3 +47,17 @@ def test_last_stage_runs_per_layer_and_publish() -> None:
     assert counts.select("audience", "run_id", "contacts").row(0) == ("l", "c", 1)
     empty = pl.LazyFrame(schema=LEDGER_SCHEMA)
     assert last_stage_runs(volume, empty).collect()["stage"].to_list() == ["ingest", "transform"]
+
+
+def test_source_lag_shows_when_rows_landed_and_the_newest_cursor() -> None:
+    bronze = pl.LazyFrame(
+        {
+            "_ingested_at": [T0, T0 + timedelta(hours=1)],
+            "updated_at": ["2026-10-30T10:00:00Z", "2026-10-31T09:00:00Z"],
+        }
+    )
+    now = pl.lit(T0 + timedelta(hours=3))
+    row = source_lag(bronze, source="orders", now=now, cursor="updated_at").collect().row(0)
+    assert row == ("orders", T0 + timedelta(hours=1), "2026-10-31T09:00:00Z", timedelta(hours=2))
+    without = source_lag(bronze, source="events", now=now).collect()
+    assert without["cursor"].to_list() == [None]
