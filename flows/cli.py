@@ -14,11 +14,17 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tasks.errors import AudienceLakeError
 
+if TYPE_CHECKING:
+    from tasks.connectors.doctor import Check
+    from tasks.core.config import PipelineConfig
+
+EXIT_DOCTOR_FAILED = 1  # `doctor` ran every check and at least one said FAIL
 EXIT_HELD = 3  # `run` completed, but some audience was held or skipped (errors exit 2)
 
 # Offline-friendly Prefect defaults; a user's own settings win.
@@ -30,16 +36,18 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from flows.demo import run_demo
+    from flows.progress import progress_line
 
     _before_flows(args)
     started = time.monotonic()
-    run_demo(
-        config=Path(args.config),
-        data_dir=Path(args.data).resolve(),
-        lake_dir=Path(args.lake).resolve(),
-        contacts=args.contacts,
-        seed=args.seed,
-    )
+    with progress_line():
+        run_demo(
+            config=Path(args.config),
+            data_dir=Path(args.data).resolve(),
+            lake_dir=Path(args.lake).resolve(),
+            contacts=args.contacts,
+            seed=args.seed,
+        )
     print(f"demo finished in {time.monotonic() - started:.1f}s")
     return 0
 
@@ -50,18 +58,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     load_pipeline(args.config, check_secrets=True)  # fail fast, before Prefect is imported
 
     from flows.pipeline import pipeline
+    from flows.progress import progress_line
     from flows.summary import lake_summary
     from tasks.resources import open_lake
 
     _before_flows(args)
-    report = pipeline(
-        config_path=args.config,
-        full_refresh=args.full_refresh,
-        dry_run=args.dry_run,
-        sources=args.source or None,
-        segments=args.segment or None,
-        override_hold=args.override_hold,
-    )
+    with progress_line():
+        report = pipeline(
+            config_path=args.config,
+            full_refresh=args.full_refresh,
+            dry_run=args.dry_run,
+            sources=args.source or None,
+            segments=args.segment or None,
+            override_hold=args.override_hold,
+        )
     print(lake_summary(open_lake(), report))
     kept = [p for p in report.publish if p.outcome in ("held", "skipped")]
     for p in kept:
@@ -79,25 +89,100 @@ def _before_flows(args: argparse.Namespace) -> None:
         _quiet_tracebacks()
 
 
-def _cmd_doctor(args: argparse.Namespace) -> int:
-    from tasks.connectors.storage import check_store
+DOCTOR_CHECKS = ("lake", "prefect", "secrets", "sources", "destinations")
+
+
+def _doctor_lake(args: argparse.Namespace, config: PipelineConfig | None) -> list[Check]:
+    from tasks.connectors.doctor import Check, check_lake
     from tasks.core.settings import load_settings
     from tasks.resources import lake_for
 
     settings = load_settings()
     lake = lake_for(settings)
-    print(f"lake: {lake.root}")
-    results = check_store(lake.root, lake.storage_options)
-    for result in results:
-        print(f"  [{'ok' if result.ok else 'FAIL'}] {result.name}: {result.detail}")
+    checks = [Check("lake", "ok", lake.root), *check_lake(lake.root, lake.storage_options)]
     if settings.uses_demo_pepper and not settings.lake_is_local:
-        print("  [warn] AUDIENCE_LAKE_PEPPER is not set: contact keys use the public demo pepper")
-    if args.config and Path(args.config).exists():
-        from tasks.core.config import load_pipeline
+        checks.append(
+            Check(
+                "pepper",
+                "warn",
+                "AUDIENCE_LAKE_PEPPER is not set: contact keys use the public demo pepper",
+                "export AUDIENCE_LAKE_PEPPER (a long random secret) before the first real run",
+            )
+        )
+    return checks
 
-        load_pipeline(args.config)
-        print(f"  [ok] config: {args.config} is valid")
-    return 0 if all(r.ok for r in results) else 1
+
+def _doctor_prefect(args: argparse.Namespace, config: PipelineConfig | None) -> list[Check]:
+    from flows.doctor import check_prefect
+
+    return check_prefect(Path(args.prefect_yaml))
+
+
+def _doctor_secrets(args: argparse.Namespace, config: PipelineConfig | None) -> list[Check]:
+    from tasks.connectors.doctor import check_secrets
+
+    return [] if config is None else check_secrets(config)
+
+
+def _doctor_sources(args: argparse.Namespace, config: PipelineConfig | None) -> list[Check]:
+    from tasks.connectors.doctor import check_sources
+
+    return [] if config is None else check_sources(config)
+
+
+def _doctor_destinations(args: argparse.Namespace, config: PipelineConfig | None) -> list[Check]:
+    from tasks.connectors.doctor import check_destinations
+
+    return [] if config is None else check_destinations(config)
+
+
+_DOCTOR: dict[str, Callable[[argparse.Namespace, PipelineConfig | None], list[Check]]] = {
+    "lake": _doctor_lake,
+    "prefect": _doctor_prefect,
+    "secrets": _doctor_secrets,
+    "sources": _doctor_sources,
+    "destinations": _doctor_destinations,
+}
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from tasks.connectors.doctor import Check
+    from tasks.core.config import load_pipeline
+
+    wanted = args.check or list(DOCTOR_CHECKS)
+    checks: list[Check] = []
+    config = None
+    if {"secrets", "sources", "destinations"} & set(wanted):
+        try:
+            # Secrets are reported one by one below, not as one load error.
+            config = load_pipeline(args.config)
+            checks.append(Check("config", "ok", f"{args.config} is valid"))
+        except Exception as exc:  # an unreadable config is a FAIL line; the rest still runs
+            hint = "audience-lake validate --config ... shows the key path"
+            checks.append(Check("config", "FAIL", describe_error(exc), hint))
+        print(checks[-1].line(), flush=True)
+    for name in wanted:
+        found = _DOCTOR[name](args, config)
+        for check in found:
+            print(check.line(), flush=True)
+        checks.extend(found)
+    failed = [c.name for c in checks if c.failed]
+    if failed:
+        print(f"doctor: {len(failed)} check(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return EXIT_DOCTOR_FAILED
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from flows.status import show_status
+
+    return show_status(args.config, points=args.points)
+
+
+def _cmd_history(args: argparse.Namespace) -> int:
+    from flows.status import show_history
+
+    return show_history(audience=args.audience, email=args.email, limit=args.limit)
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
@@ -196,48 +281,101 @@ def _cmd_receive_events(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("audience-lake")
+    except PackageNotFoundError:  # a checkout run without installing
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``audience-lake`` argument parser (every option and subcommand has a help text)."""
+    config_default = os.environ.get("AUDIENCE_LAKE_CONFIG", "pipeline.yaml")
+    config_help = "pipeline.yaml to use (default: $AUDIENCE_LAKE_CONFIG or pipeline.yaml)"
     parser = argparse.ArgumentParser(
         prog="audience-lake", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--debug", action="store_true", help="print the traceback of an error")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {_version()}", help="print the version"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="run the pipeline on sample data and local stand-ins")
-    demo.add_argument("--config", default="pipeline.yaml")
+    demo.add_argument("--config", default="pipeline.yaml", help="pipeline.yaml to use")
     demo.add_argument("--data", default=".demo", help="where sample data is generated")
     demo.add_argument("--lake", default=".lake", help="local lake directory")
-    demo.add_argument("--contacts", type=int, default=2000)
-    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument(
+        "--contacts", type=int, default=2000, help="sample contacts to generate (default 2000)"
+    )
+    demo.add_argument("--seed", type=int, default=7, help="random seed of the sample data")
     demo.set_defaults(func=_cmd_demo)
 
     run = sub.add_parser("run", help="run the pipeline once against the configured lake")
-    run.add_argument("--config", default=os.environ.get("AUDIENCE_LAKE_CONFIG", "pipeline.yaml"))
-    run.add_argument("--full-refresh", action="store_true")
+    run.add_argument("--config", default=config_default, help=config_help)
+    run.add_argument(
+        "--full-refresh", action="store_true", help="re-read every source from the beginning"
+    )
     run.add_argument("--dry-run", action="store_true", help="plan the publish, send nothing")
     run.add_argument("--source", action="append", help="only this source (repeatable)")
     run.add_argument("--segment", action="append", help="only this segment (repeatable)")
-    run.add_argument("--override-hold", action="store_true")
+    run.add_argument("--override-hold", action="store_true", help="publish audiences that are held")
     run.set_defaults(func=_cmd_run)
 
-    doctor = sub.add_parser("doctor", help="check the configured lake store")
-    doctor.add_argument("--config", default=None, help="also validate this pipeline.yaml")
+    doctor = sub.add_parser(
+        "doctor",
+        help="check lake, Prefect, secrets, sources and destinations (exit 1 on a FAIL)",
+    )
+    doctor.add_argument("--config", default=config_default, help=config_help)
+    doctor.add_argument(
+        "--check",
+        action="append",
+        choices=DOCTOR_CHECKS,
+        help="run only this group of checks (repeatable; default: all)",
+    )
+    doctor.add_argument(
+        "--prefect-yaml",
+        default="prefect.yaml",
+        help="prefect.yaml whose work pools must exist with a live worker",
+    )
     doctor.set_defaults(func=_cmd_doctor)
 
+    status = sub.add_parser(
+        "status", help="last runs, holds, audience sizes and their trend, source lag"
+    )
+    status.add_argument("--config", default=config_default, help=config_help)
+    status.add_argument(
+        "--points", type=int, default=5, help="runs shown in each audience's trend (default 5)"
+    )
+    status.set_defaults(func=_cmd_status)
+
+    history = sub.add_parser("history", help="what was sent to an audience or to one person")
+    who = history.add_mutually_exclusive_group(required=True)
+    who.add_argument("--audience", help="a list id or segment name: sends per run and action")
+    who.add_argument(
+        "--email", help="one person's email: their ledger rows (looked up by contact key)"
+    )
+    history.add_argument(
+        "--limit", type=int, default=50, help="at most this many rows (default 50)"
+    )
+    history.set_defaults(func=_cmd_history)
+
     schema = sub.add_parser("schema", help="write the JSON schema of pipeline.yaml")
-    schema.add_argument("--output", "-o", default="-")
+    schema.add_argument("--output", "-o", default="-", help="file to write ('-' = stdout)")
     schema.set_defaults(func=_cmd_schema)
 
-    validate = sub.add_parser("validate", help="validate pipeline.yaml and exit")
-    validate.add_argument("--config", default="pipeline.yaml")
+    validate = sub.add_parser(
+        "validate", help="validate pipeline.yaml (and that its secrets are set) and exit"
+    )
+    validate.add_argument("--config", default="pipeline.yaml", help="pipeline.yaml to validate")
     validate.set_defaults(func=_cmd_validate)
 
     receive = sub.add_parser(
         "receive-events", help="run the webhook receiver that lands event micro-batches"
     )
-    receive.add_argument(
-        "--config", default=os.environ.get("AUDIENCE_LAKE_CONFIG", "pipeline.yaml")
-    )
+    receive.add_argument("--config", default=config_default, help=config_help)
     receive.add_argument("--source", help="the event source (needed if there are several)")
     receive.add_argument("--host", default=None, help="bind address (default: from the config)")
     receive.add_argument("--port", type=int, default=None, help="port (0 = any free port)")

@@ -259,6 +259,14 @@ def test_unknown_table_and_column_are_named(db: Database) -> None:
         read_all(db.reader(table, cursor_field="changed_at"))
 
 
+def test_probe_connects_and_finds_the_table_without_reading_rows(db: Database) -> None:
+    """What ``audience-lake doctor`` asks of a SQL source, on PostgreSQL, MariaDB and SQLite."""
+    table = db.orders_table()
+    assert db.reader(table).probe() >= 3  # its columns: order_id, updated_at, ...
+    with pytest.raises(SourceError, match=r"source 'orders': table 't_missing' not found"):
+        db.reader("t_missing").probe()
+
+
 # --- type mapping ----------------------------------------------------------------------------
 
 

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 import httpx
 
 from tasks.connectors.destinations.mailchimp import MailchimpAudience, MemberChange, MemberResult
-from tasks.connectors.http import build_client
+from tasks.connectors.http import RetryPolicy, build_client
 from tasks.connectors.redact import register_secret
 from tasks.core.config import Destination, MailchimpDestination
 from tasks.core.settings import resolve_secret
@@ -20,6 +20,10 @@ class AudienceSink(Protocol):
     def send(self, list_id: str, changes: Sequence[MemberChange]) -> Iterator[MemberResult]: ...
 
     def close(self) -> None: ...
+
+    def probe(self, list_ids: Sequence[str], *, policy: RetryPolicy | None = None) -> str:
+        """Cheap authenticated reads of the destination and its lists; never a write."""
+        ...
 
 
 def _open_mailchimp(config: MailchimpDestination) -> AudienceSink:

@@ -70,6 +70,31 @@ class MailchimpAudience:
     def close(self) -> None:
         self._client.close()
 
+    def probe(self, list_ids: Sequence[str], *, policy: RetryPolicy | None = None) -> str:
+        """Cheap authenticated reads, never a write: ``GET /3.0/ping`` (reachable, API key
+        accepted), then ``GET /3.0/lists/{id}`` for each list (it exists in this account).
+
+        Raises:
+            PublishError: naming the request and the answer (the key never shown).
+        """
+        paths = ["/3.0/ping", *(f"/3.0/lists/{list_id}" for list_id in list_ids)]
+        for path in paths:
+            request = self._client.build_request("GET", path)
+            try:
+                response = send_with_retries(
+                    self._client, request, idempotent=True, policy=policy or self._policy
+                )
+            except httpx.HTTPError as exc:
+                raise PublishError(redact(f"mailchimp: GET {request.url}: {exc}")) from exc
+            if response.status_code != 200:
+                raise PublishError(
+                    redact(
+                        f"mailchimp: GET {request.url} answered {response.status_code}: "
+                        f"{response.text[:200]}"
+                    )
+                )
+        return f"ping ok, {len(list_ids)} lists readable"
+
     def send(self, list_id: str, changes: Sequence[MemberChange]) -> Iterator[MemberResult]:
         """Upsert ``changes`` into ``list_id``; yield one result per change, batch by batch."""
         for batch in _chunks(changes, self._batch_size):

@@ -228,6 +228,20 @@ class FileDropReader:
     def close(self) -> None:
         """Nothing held open between reads."""
 
+    def probe(self) -> str:
+        """List the drop location (reads no file): where it is and how many objects it holds.
+
+        Raises:
+            SourceError: naming the source and the location when it cannot be listed.
+        """
+        try:
+            count = sum(1 for _ in self._store.list())
+        except Exception as exc:  # any listing failure (missing folder, S3 denied) is the answer
+            raise SourceError(
+                f"source {self._name!r}: cannot list {self._store.location}: {_first_line(exc)}"
+            ) from None
+        return f"{self._store.location} lists ({count} objects)"
+
     def batches(
         self, *, since: str | None, is_committed: Callable[[str], bool]
     ) -> Iterator[SourceBatch]:

@@ -169,6 +169,14 @@ class RestReader:
         self._client.close()
         self.budget.close()
 
+    def probe(self) -> int:
+        """One authenticated read of the first page (as configured; nothing is stored): the
+        number of records it held. ``audience-lake doctor`` calls this; it never writes."""
+        incremental = self._config.incremental
+        window = since_millis(incremental, None) if incremental is not None else None
+        page = self._fetch(self._paginator.first(self._template(window)))
+        return len(page.records)
+
     # -- batches ----------------------------------------------------------------------------
     def batches(
         self, *, since: str | None, is_committed: Callable[[str], bool]

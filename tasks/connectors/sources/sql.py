@@ -219,6 +219,29 @@ class SqlTableReader:
     def close(self) -> None:
         """Connections are opened per read (no pool); nothing to release."""
 
+    def probe(self) -> int:
+        """Connect, ``SELECT 1`` and find the table (reads no rows): its number of columns.
+
+        Raises:
+            SourceError: naming the source, the masked URL and the table.
+        """
+        engine = self._engine()
+        try:
+            try:
+                conn = engine.connect()
+            except SQLAlchemyError as exc:
+                raise SourceError(
+                    self._describe(f"cannot connect to {self.masked_url}", exc)
+                ) from None
+            with conn:
+                conn.execute(sa.text("SELECT 1"))
+                return len(self._reflect(conn))
+        except SQLAlchemyError as exc:
+            what = f"checking table {self._qualified!r} in {self.masked_url} failed"
+            raise SourceError(self._describe(what, exc)) from None
+        finally:
+            engine.dispose()
+
     def batches(
         self, *, since: str | None, is_committed: Callable[[str], bool]
     ) -> Iterator[SourceBatch]:

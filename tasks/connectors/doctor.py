@@ -1,0 +1,165 @@
+"""The checks behind ``audience-lake doctor``: lake, secrets, sources, destinations.
+
+Every check is a cheap read, never a write (the lake's conditional-put check writes and deletes
+one marker object under ``_doctor/``, as it always has). Each check becomes one line:
+``ok``, ``warn``, ``FAIL`` or ``skipped``, a detail, and on failure a hint. Secrets are never
+printed: messages pass through :func:`tasks.connectors.redact.redact`.
+
+Adding a source kind or a destination = one probe function and one line in
+:data:`SOURCE_PROBES` / :data:`DESTINATION_PROBES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from tasks.connectors.destinations import DESTINATIONS
+from tasks.connectors.http import RetryPolicy
+from tasks.connectors.redact import redact
+from tasks.connectors.sources.events import landing_for
+from tasks.connectors.sources.files import open_file_drop
+from tasks.connectors.sources.rest import RestReader
+from tasks.connectors.sources.sql import open_sql_source
+from tasks.connectors.storage import check_store
+from tasks.core.config import PipelineConfig, missing_secrets
+
+CheckStatus = Literal["ok", "warn", "FAIL", "skipped"]
+
+# A doctor answers in seconds: one retry at most, a short deadline.
+PROBE_POLICY = RetryPolicy(max_attempts=2, base=0.2, cap=1.0, deadline=10.0, max_server_wait=2.0)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the doctor's report."""
+
+    name: str
+    status: CheckStatus
+    detail: str
+    hint: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "FAIL"
+
+    def line(self) -> str:
+        """``[ok] name: detail`` (and ``-> hint`` on a failure or warning)."""
+        text = f"[{self.status}] {self.name}: {self.detail}"
+        return f"{text} -> {self.hint}" if self.hint and self.status != "ok" else text
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return redact(" ".join(text.split())[:400]) if text else type(exc).__name__
+
+
+def check_lake(root: str, storage_options: Mapping[str, str]) -> list[Check]:
+    """The lake store: reachable, credentials accepted, conditional PUT refused with 412."""
+    hint = "check AUDIENCE_LAKE_LAKE_URI, AUDIENCE_LAKE_S3_ENDPOINT and the AWS_* credentials"
+    return [
+        Check(f"lake {r.name}", "ok" if r.ok else "FAIL", r.detail, "" if r.ok else hint)
+        for r in check_store(root, dict(storage_options))
+    ]
+
+
+def check_secrets(config: PipelineConfig, env: Mapping[str, str] | None = None) -> list[Check]:
+    """One line per missing secret (naming the variable to export), or one ``ok`` line."""
+    missing = missing_secrets(config, env)
+    if not missing:
+        return [Check("secrets", "ok", "every referenced secret is set")]
+    return [
+        Check(
+            f"secret {m.secret}",
+            "FAIL",
+            f"{m.path} references it and {m.env_var} is not set",
+            f"export {m.env_var} (or set it in the worker's environment)",
+        )
+        for m in missing
+    ]
+
+
+# --- sources ---------------------------------------------------------------------------------
+
+
+def _probe_rest(name: str, config: Any) -> str:
+    reader = RestReader(config, source_name=name, policy=PROBE_POLICY)
+    try:
+        records = reader.probe()
+    finally:
+        reader.close()
+    return f"{config.base_url}: authenticated, first page read ({records} records)"
+
+
+def _probe_sql(name: str, config: Any) -> str:
+    reader = open_sql_source(name, config)
+    columns = reader.probe()
+    return f"{reader.masked_url}: connected, table {config.table!r} has {columns} columns"
+
+
+def _probe_files(name: str, config: Any) -> str:
+    return open_file_drop(name, config).probe()
+
+
+def _probe_events(name: str, config: Any) -> str:
+    landing = landing_for(config)
+    try:
+        count = len(landing.list(config.pattern))
+    except Exception as exc:  # any listing failure is the answer
+        raise OSError(f"cannot list {landing.location}: {_first_line(exc)}") from None
+    return f"landing {landing.location} lists ({count} batches waiting)"
+
+
+SOURCE_PROBES: dict[str, Callable[[str, Any], str]] = {
+    "rest": _probe_rest,
+    "sql": _probe_sql,
+    "files": _probe_files,
+    "events": _probe_events,
+}
+
+SOURCE_HINTS: dict[str, str] = {
+    "rest": "check base_url, the client id/secret or API key, and that the API answers",
+    "sql": "check the database URL, its password secret, and that the table exists",
+    "files": "check that the drop folder or s3:// prefix exists and can be listed",
+    "events": "check the landing folder or s3:// prefix (the receiver creates a local one)",
+}
+
+
+def check_sources(config: PipelineConfig) -> list[Check]:
+    """One line per enabled source: reachable and authenticated by one cheap read."""
+    checks = []
+    for name, source in config.sources.items():
+        if not source.enabled:
+            checks.append(Check(f"source {name}", "skipped", "disabled"))
+            continue
+        try:
+            detail = SOURCE_PROBES[source.kind](name, source)
+        except Exception as exc:  # every failure becomes a FAIL line, not a crash
+            checks.append(
+                Check(f"source {name}", "FAIL", _first_line(exc), SOURCE_HINTS[source.kind])
+            )
+        else:
+            checks.append(Check(f"source {name}", "ok", detail))
+    return checks
+
+
+# --- destinations ----------------------------------------------------------------------------
+
+
+def check_destinations(config: PipelineConfig) -> list[Check]:
+    """One line per destination: reachable, key accepted, every configured list readable."""
+    checks = []
+    for name, destination in config.destinations.items():
+        try:
+            sink = DESTINATIONS[destination.kind](destination)
+            try:
+                detail = sink.probe(list(destination.audiences.values()), policy=PROBE_POLICY)
+            finally:
+                sink.close()
+        except Exception as exc:  # every failure becomes a FAIL line, not a crash
+            hint = "check base_url, the API key secret and the list ids under audiences"
+            checks.append(Check(f"destination {name}", "FAIL", _first_line(exc), hint))
+        else:
+            checks.append(Check(f"destination {name}", "ok", detail))
+    return checks
