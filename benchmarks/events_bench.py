@@ -90,9 +90,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         return
                     body = bodies[number]
                     started = time.perf_counter()
-                    response = client.post(
-                        rx.url, content=body, headers={"X-Signature-SHA256": sign(SECRET, body)}
-                    )
+                    ts = str(int(time.time()))
+                    headers = {
+                        "X-Signature-SHA256": sign(SECRET, body, ts),
+                        "X-Signature-Timestamp": ts,
+                    }
+                    response = client.post(rx.url, content=body, headers=headers)
                     elapsed = time.perf_counter() - started
                     response.raise_for_status()
                     with lock:

@@ -1,16 +1,25 @@
-"""``audience-lake``: run the pipeline, the demo, and the operational checks."""
+"""``audience-lake``: run the pipeline, the demo, and the operational checks.
+
+Exit status: 0 when the command succeeded, 2 for any error, reported as one line on stderr
+(``error: ...`` naming the thing: key path, source, table, lake URI, Prefect URL). ``--debug``
+also prints the traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
 from tasks.errors import AudienceLakeError
+
+EXIT_HELD = 3  # `run` completed, but some audience was held or skipped (errors exit 2)
 
 # Offline-friendly Prefect defaults; a user's own settings win.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -22,6 +31,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 def _cmd_demo(args: argparse.Namespace) -> int:
     from flows.demo import run_demo
 
+    _before_flows(args)
     started = time.monotonic()
     run_demo(
         config=Path(args.config),
@@ -43,6 +53,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from flows.summary import lake_summary
     from tasks.resources import open_lake
 
+    _before_flows(args)
     report = pipeline(
         config_path=args.config,
         full_refresh=args.full_refresh,
@@ -52,7 +63,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
         override_hold=args.override_hold,
     )
     print(lake_summary(open_lake(), report))
-    return 0
+    kept = [p for p in report.publish if p.outcome in ("held", "skipped")]
+    for p in kept:
+        print(f"{p.outcome}: {p.destination}/{p.segment}: {p.held or p.skipped}", file=sys.stderr)
+    return EXIT_HELD if kept else 0
+
+
+def _before_flows(args: argparse.Namespace) -> None:
+    """Before a command runs flows: the Prefect API must answer, and (without ``--debug``)
+    failures print one line, not Prefect's console tracebacks."""
+    from flows.common import require_prefect_api
+
+    require_prefect_api()
+    if not args.debug:
+        _quiet_tracebacks()
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
@@ -103,12 +127,11 @@ def _cmd_receive_events(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from flows.events import announce_landed, event_sources
+    from flows.events import LandedAnnouncer, event_sources
     from tasks.connectors.sources.events import landing_for
-    from tasks.connectors.webhook import WebhookReceiver
+    from tasks.connectors.webhook import receiver_from_options
     from tasks.core.config import load_pipeline
     from tasks.core.config_events import EventSource
-    from tasks.core.settings import resolve_secret
     from tasks.errors import ConfigError
 
     config = load_pipeline(args.config)
@@ -122,37 +145,41 @@ def _cmd_receive_events(args: argparse.Namespace) -> int:
     if not isinstance(source, EventSource):  # event_sources() returns only kind: events
         raise ConfigError(f"receive-events: source {name!r} is not an event source")
     options = source.receiver
-    secret = options.signing_secret
+    if options is None:
+        raise ConfigError(
+            f"{args.config}: sources.{name}.receiver is not set: add a receiver with a "
+            "signing_secret: {secret: NAME} (or signing: none to accept unsigned batches)"
+        )
     # Emit Prefect events only to a real API: an ephemeral one would vanish with this process.
     emit = not args.no_prefect_events and bool(os.environ.get("PREFECT_API_URL"))
-    receiver = WebhookReceiver(
+    announcer = LandedAnnouncer()  # a burst of batches -> a few events -> a few runs
+    receiver = receiver_from_options(
         landing_for(source),
+        options,
         source_name=name,
         event_id_field=source.event_id_column,
-        path=options.path,
-        secret=resolve_secret(secret).get_secret_value().encode() if secret else None,
-        signature_header=options.signature_header,
-        timestamp_header=options.timestamp_header,
-        tolerance_seconds=options.tolerance_seconds,
-        max_body_bytes=options.max_body_bytes,
-        max_events=options.max_events,
-        host=args.host or options.host,
-        port=options.port if args.port is None else args.port,
-        on_landed=announce_landed if emit else None,
+        host=args.host,
+        port=args.port,
+        on_landed=announcer if emit else None,
     )
+    if options.signing_secret is None:
+        signature = "NOT VERIFIED (signing: none): anyone who can connect can land events"
+    elif options.timestamp_header is None:
+        signature = f"HMAC-SHA256 of the body in {options.signature_header} (no replay window)"
+    else:
+        signature = (
+            f"HMAC-SHA256 in {options.signature_header} over '<{options.timestamp_header}>."
+            f"<body>', replay window {options.tolerance_seconds:g}s"
+        )
 
     def _stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _stop)
-    with receiver:
+    with announcer, receiver:
         print(f"receiving {name!r} events at POST {receiver.url}", flush=True)
         print(f"  landing: {receiver.landing.location}", flush=True)
-        print(
-            "  signature: "
-            + (f"HMAC-SHA256 in {options.signature_header}" if secret else "not required"),
-            flush=True,
-        )
+        print(f"  signature: {signature}", flush=True)
         print(
             "  prefect events: "
             + ("emitting audience-lake.events.landed" if emit else "off (no PREFECT_API_URL)"),
@@ -170,7 +197,10 @@ def _cmd_receive_events(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="audience-lake", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="audience-lake", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run the pipeline on sample data and local stand-ins")
@@ -215,17 +245,59 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-prefect-events", action="store_true", help="do not emit events.landed to Prefect"
     )
     receive.set_defaults(func=_cmd_receive_events)
+
+    for command in sub.choices.values():  # `audience-lake run --debug` works as well
+        command.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    debug: bool = args.debug
     try:
         code: int = args.func(args)
-    except AudienceLakeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {describe_error(exc)}", file=sys.stderr)
         return 2
     return code
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for the user: our own errors already name the thing; anything else gets its
+    type and first line, and a pointer to ``--debug``."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, AudienceLakeError):
+        return text or type(exc).__name__
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first} (rerun with --debug for the traceback)"
+
+
+class _NoTraceback(logging.Filter):
+    """Keeps a log record's message and drops its traceback (on the console only)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info = None
+        record.exc_text = None
+        record.stack_info = None
+        return True
+
+
+def _quiet_tracebacks() -> None:
+    """Prefect's console logs print a task's or flow's traceback when it fails; without
+    ``--debug`` the one-line error is the whole story (the Prefect UI keeps the traceback)."""
+    from prefect.logging.configuration import setup_logging
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    setup_logging()
+    quiet = _NoTraceback()
+    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, PrefectConsoleHandler):
+                handler.addFilter(quiet)
 
 
 if __name__ == "__main__":

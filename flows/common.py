@@ -11,6 +11,7 @@ from prefect.runtime import flow_run
 
 from tasks.core.config import PipelineConfig, load_pipeline
 from tasks.core.settings import load_settings
+from tasks.errors import OrchestratorError
 
 
 def load_config(config_path: str | None) -> PipelineConfig:
@@ -33,3 +34,29 @@ def table_artifact(key: str, rows: Sequence[dict[str, Any]], description: str) -
     """Show a table on the flow run page (keys: lowercase letters, digits and dashes)."""
     if rows:
         create_table_artifact(key=key, table=list(rows), description=description)
+
+
+def require_prefect_api() -> None:
+    """Check, before any flow starts, that the configured Prefect API answers.
+
+    Without ``PREFECT_API_URL`` flows run against a temporary local server and there is nothing
+    to check. With it, an unreachable server would otherwise surface as Prefect's bare
+    ``RuntimeError: Failed to reach API`` after the run has begun.
+
+    Raises:
+        OrchestratorError: naming the URL, the reason and the way out.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    if not url:
+        return
+    with get_client(sync_client=True) as client:
+        problem = client.api_healthcheck()
+    if problem is not None:
+        reason = str(problem).splitlines()[0] if str(problem) else type(problem).__name__
+        raise OrchestratorError(
+            f"Prefect API at {url} is unreachable: {reason}; start the server "
+            "(prefect server start) or unset PREFECT_API_URL to run ephemerally"
+        )

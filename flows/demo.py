@@ -3,11 +3,17 @@
 Generates the seeded sample data, starts the CRM and Mailchimp stand-ins on 127.0.0.1, and runs
 the ``pipeline`` flow (Prefect in ephemeral mode) against a local lake directory. Running it
 again publishes nothing new: the sync ledger in the lake remembers what was sent.
+
+The demo's event receiver (``web_events`` in ``pipeline.yaml``) verifies signatures like any
+other: the demo generates its own signing key once per data directory
+(``<data>/web_events_hmac.secret``, readable by the owner only) and exports it as
+``AUDIENCE_LAKE_SECRET_WEB_EVENTS_HMAC`` unless that is already set.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 from flows.pipeline import PipelineReport, pipeline
@@ -21,6 +27,21 @@ from tasks.resources import open_lake
 DEMO_CLIENT_ID = "demo-client"
 DEMO_CLIENT_SECRET = "demo-secret"
 DEMO_MAILCHIMP_KEY = "demo-key-us1"
+EVENTS_SECRET_ENV = "AUDIENCE_LAKE_SECRET_WEB_EVENTS_HMAC"
+EVENTS_SECRET_FILE = "web_events_hmac.secret"
+
+
+def demo_events_secret(data_dir: Path) -> str:
+    """The demo receiver's signing key: generated once per data directory, owner-only."""
+    path = data_dir / EVENTS_SECRET_FILE
+    if path.exists():
+        return path.read_text(encoding="ascii").strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(key + "\n")
+    return key
 
 
 def run_demo(
@@ -37,6 +58,8 @@ def run_demo(
         }
     )
     os.environ.setdefault("AUDIENCE_LAKE_LAKE_URI", str(lake_dir))
+    if not os.environ.get(EVENTS_SECRET_ENV):
+        os.environ[EVENTS_SECRET_ENV] = demo_events_secret(data_dir)
     crm = CrmStandIn.from_file(
         data_dir / "crm_contacts.json", client_id=DEMO_CLIENT_ID, client_secret=DEMO_CLIENT_SECRET
     )

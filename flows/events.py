@@ -2,14 +2,26 @@
 
 Near-real-time path, separate from the hourly pipeline: the ``land-events`` deployment in
 ``prefect.yaml`` is triggered by the ``audience-lake.events.landed`` event that the receiver
-(``audience-lake receive-events``) emits for every accepted batch, with a one-minute schedule as
-the fallback. A run lands every file not yet in bronze (each exactly once, each event id once),
-so overlapping or missed triggers cost nothing but a quick no-op run.
+(``audience-lake receive-events``) emits through a :class:`LandedAnnouncer`. A run lands every file
+not yet in bronze (each exactly once, each event id once), so overlapping triggers cost nothing but
+a quick no-op run; the hourly pipeline's ingest lands whatever an undelivered event left behind.
+
+Why the announcer coalesces: Prefect creates one run per matching event, so one event per batch
+turns a burst of batches into a burst of runs (with ``CANCEL_NEW``, all but one Cancelled; with
+``ENQUEUE``, a queue of no-op runs). Prefect's own ``within`` window is no substitute: a reactive
+trigger ignores the events that arrive during the rest of its window, so a batch landing there
+would wait for the next event. The announcer instead emits at once for the first batch after a
+quiet spell and then at most once per ``every`` seconds, always after the last batch it covers, so
+every accepted batch is followed by an event whose run lists the landing zone after that batch.
 """
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from types import TracebackType
 
 from prefect import flow
 from prefect.events import emit_event
@@ -22,6 +34,9 @@ from tasks.ingest import ingest_source
 from tasks.reports import IngestReport
 
 LANDED_EVENT = "audience-lake.events.landed"
+# At most one event per source this often during a burst (plus the one that starts it): a batch
+# waits at most this long for its run to be created, and a steady stream costs one run per period.
+ANNOUNCE_EVERY_SECONDS = 15.0
 
 
 def event_sources(config: PipelineConfig, names: list[str] | None = None) -> list[str]:
@@ -61,17 +76,112 @@ def land_events(
 
 
 def announce_landed(batch: LandedBatch) -> None:
-    """Emit the Prefect event that triggers ``land-events`` (the receiver's ``on_landed``).
+    """Emit the Prefect event that triggers ``land-events`` for one batch, uncoalesced.
 
     A redelivered body emits nothing: its file is already landed (and announced).
     """
-    if batch.duplicate:
-        return
+    if not batch.duplicate:
+        emit_landed([batch])
+
+
+def emit_landed(batches: Sequence[LandedBatch]) -> None:
+    """Emit one ``audience-lake.events.landed`` event for ``batches`` (all of one source)."""
+    last = batches[-1]
+    payload: dict[str, object] = {
+        "batch": last.name,
+        "events": sum(b.events for b in batches),
+        "location": last.location,
+    }
+    if len(batches) > 1:
+        payload["batches"] = len(batches)
     emit_event(
         event=LANDED_EVENT,
         resource={
-            "prefect.resource.id": f"audience-lake.source.{batch.source}",
-            "prefect.resource.name": batch.source,
+            "prefect.resource.id": f"audience-lake.source.{last.source}",
+            "prefect.resource.name": last.source,
         },
-        payload={"batch": batch.name, "events": batch.events, "location": batch.location},
+        payload=payload,
     )
+
+
+class LandedAnnouncer:
+    """The receiver's ``on_landed`` hook: few events for many batches, none of them late.
+
+    The first batch after a quiet spell of ``every`` seconds is announced at once; batches that
+    land within ``every`` seconds of the last announcement are announced together when that period
+    ends (by a timer). ``close()`` (or leaving the ``with`` block) announces what is still pending.
+
+    Args:
+        every: the shortest time between two announcements of one source.
+        emit: sends one announcement (defaults to :func:`emit_landed`, a Prefect event).
+        clock: monotonic seconds; injectable for tests.
+    """
+
+    def __init__(
+        self,
+        *,
+        every: float = ANNOUNCE_EVERY_SECONDS,
+        emit: Callable[[Sequence[LandedBatch]], None] = emit_landed,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._every = every
+        self._emit = emit
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._pending: dict[str, list[LandedBatch]] = {}
+        self._timers: dict[str, threading.Timer] = {}
+        self._closed = False
+
+    def __call__(self, batch: LandedBatch) -> None:
+        if batch.duplicate:
+            return  # its file is already landed, and was announced when it first landed
+        with self._lock:
+            source = batch.source
+            now = self._clock()
+            last = self._last.get(source)
+            if self._closed or (
+                source not in self._pending and (last is None or now - last >= self._every)
+            ):
+                self._last[source] = now
+                due: list[LandedBatch] = [batch]
+            else:
+                self._pending.setdefault(source, []).append(batch)
+                if source not in self._timers:
+                    delay = max(0.0, (last or now) + self._every - now)
+                    timer = threading.Timer(delay, self._flush, args=(source,))
+                    timer.daemon = True
+                    self._timers[source] = timer
+                    timer.start()
+                return
+        self._emit(due)
+
+    def _flush(self, source: str) -> None:
+        with self._lock:
+            self._timers.pop(source, None)
+            due = self._pending.pop(source, [])
+            if due:
+                self._last[source] = self._clock()
+        if due:
+            self._emit(due)
+
+    def close(self) -> None:
+        """Announce every pending batch now; later batches are announced one by one."""
+        with self._lock:
+            self._closed = True
+            timers = list(self._timers.values())
+        for timer in timers:
+            timer.cancel()
+        for source in list(self._pending):
+            self._flush(source)
+
+    def __enter__(self) -> LandedAnnouncer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

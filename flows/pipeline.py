@@ -6,13 +6,17 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from prefect import flow
+from prefect.artifacts import create_markdown_artifact
 
 from flows.common import current_run_id
 from flows.ingest import ingest
 from flows.publish import publish
 from flows.transform import TransformReport, transform
 from tasks.errors import SourcesFailedError
-from tasks.reports import IngestReport, PublishReport
+from tasks.publish import with_outcome
+from tasks.reports import IngestReport, PublishReport, render_publish_summary
+
+PUBLISH_SUMMARY_KEY = "publish-summary"
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,11 @@ def pipeline(
 
     A failed source does not stop the run: transform works on what landed, publish holds the
     audiences the failed source feeds (and sends the rest), then the run fails naming it.
+
+    The run page carries a ``publish-summary`` artifact: each audience's outcome, and the reason
+    for every hold. When an audience was held (or skipped) the run ends in a COMPLETED state
+    named ``Held`` (``Skipped``) instead of plain ``Completed``; called as a function it returns
+    the :class:`PipelineReport` either way.
     """
     run_id = current_run_id(None)
     ingest_state = ingest(
@@ -59,6 +68,11 @@ def pipeline(
         override_hold=override_hold,
         run_id=run_id,
     )
+    create_markdown_artifact(
+        key=PUBLISH_SUMMARY_KEY,
+        markdown=render_publish_summary(published, run_id=run_id),
+        description="What each audience's publish did, and why any was held",
+    )
     if failed_sources is not None:
         raise failed_sources
-    return PipelineReport(run_id, ingested, transformed, published)
+    return with_outcome(published, PipelineReport(run_id, ingested, transformed, published))

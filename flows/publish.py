@@ -8,7 +8,7 @@ from prefect import flow
 
 from flows.common import current_run_id, load_config, table_artifact
 from tasks.errors import ConfigError
-from tasks.publish import publish_audience, publish_holds
+from tasks.publish import emit_publish_event, publish_audience, publish_holds, with_outcome
 from tasks.reports import PublishReport
 from tasks.resources import open_lake
 
@@ -25,7 +25,11 @@ def publish(
 
     An audience is held when a source feeding it was quarantined too much, an error-level
     volume anomaly hit what feeds it, or it would lose too many members at once (see
-    :func:`tasks.publish.publish_holds`); ``override_hold`` sends anyway, and says so.
+    :func:`tasks.publish.publish_holds`); ``override_hold`` sends anyway, and says so. A held
+    audience still sends its unsubscribes. When any audience was held (or skipped because
+    another run held its list), the flow ends in a COMPLETED state named ``Held`` (``Skipped``)
+    and emits ``audience-lake.publish.held`` (``.skipped``) per audience; called from another
+    flow it returns the reports either way.
     """
     config = load_config(config_path)
     run_id = current_run_id(run_id)
@@ -40,24 +44,38 @@ def publish(
         if override_hold:
             print(f"override_hold: publishing {name}/{segment} despite: {reason}")
         else:
-            print(f"publish {name}/{segment} held: {reason} (override_hold=true sends anyway)")
+            print(
+                f"publish {name}/{segment} held: {reason} (unsubscribes still go out; "
+                "override_hold=true sends everything)"
+            )
     active = {} if override_hold else holds
-    reports = [
-        publish_audience(
-            name,
-            destination,
-            segment,
-            run_id=run_id,
-            dry_run=dry_run,
-            hold=active.get((name, segment)),
-        )
-        for name, destination in config.destinations.items()
-        for segment in destination.audiences
-        if not segments or segment in segments
-    ]
+    reports: list[PublishReport] = []
+    for name, destination in config.destinations.items():
+        for segment in destination.audiences:
+            if segments and segment not in segments:
+                continue
+            # A task that returns a state (Held/Skipped) hands that state to a direct caller:
+            # ask for the state always and read its result.
+            state = publish_audience(
+                name,
+                destination,
+                segment,
+                run_id=run_id,
+                dry_run=dry_run,
+                hold=active.get((name, segment)),
+                settings=config.publish,
+                return_state=True,
+            )
+            reports.append(state.result())
+    for report in reports:
+        if report.outcome in ("held", "skipped"):
+            emit_publish_event(report, run_id=run_id)
     table_artifact(
         "publish-results",
-        [{k: v for k, v in asdict(r).items() if k != "errors"} for r in reports],
+        [
+            {k: v for k, v in asdict(r).items() if k != "errors"} | {"outcome": r.outcome}
+            for r in reports
+        ],
         "Contacts sent per destination and segment",
     )
-    return reports
+    return with_outcome(reports, reports)

@@ -40,3 +40,25 @@ class SourcesFailedError(SourceError):
 
     def __reduce__(self) -> tuple[type[SourcesFailedError], tuple[str, dict[str, str]]]:
         return (type(self), (str(self), self.failed))  # survives Prefect's result pickling
+
+
+class OrchestratorError(AudienceLakeError):
+    """The Prefect API the run needs is unreachable or refused; the message names its URL."""
+
+
+class LakeError(AudienceLakeError):
+    """A lake operation failed. The message names the table and the lake URI."""
+
+
+class StoreAccessError(LakeError):
+    """The lake's store refused our credentials or permissions (HTTP 403: an unknown access key,
+    a bad signature, a denied action). A retry sends the same credentials: it cannot help."""
+
+
+class CorruptTableError(LakeError):
+    """A Delta table's transaction log cannot be read; the message names the table and, when it
+    can be found, the commit file. Retries read the same bytes: a person must repair it."""
+
+
+class LakeFullError(LakeError):
+    """The volume holding the lake is full (ENOSPC); the message names the table being written."""

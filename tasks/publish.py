@@ -1,33 +1,42 @@
 """Publish tasks: gold audiences -> email platforms, sending only what changed.
 
-Each audience is planned against ``ops/sync_ledger`` (what the platform last received), sent in
-the platform's batch sizes, and every contact's result is merged back into the ledger, so a
-failed contact is retried on the next run and a rerun on unchanged data sends nothing.
+Which audiences must wait (:func:`publish_holds`) and the task that publishes one audience
+(:func:`publish_audience`, a wrapper of :func:`tasks.publishing.publish_segment`: claim the
+list, plan against ``ops/sync_ledger``, send batch by batch with the intent recorded first).
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from typing import TypeVar, cast
 
 import polars as pl
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+from prefect.states import Completed
 
 from tasks.anomaly import volume_anomalies
-from tasks.connectors.destinations import AudienceSink, MemberChange, open_destination
 from tasks.connectors.lake import Lake
 from tasks.core.anomaly import audience_removals, held_segments, removal_hold, source_audiences
-from tasks.core.config import Destination, PipelineConfig
-from tasks.core.sync import LEDGER_KEYS, LEDGER_SCHEMA, plan_sync
-from tasks.reports import PublishReport
+from tasks.core.config import Destination, PipelineConfig, PublishConfig
+from tasks.core.sync import plan_sync
+from tasks.publishing import SYNC_LEDGER, publish_segment
+from tasks.reports import PublishReport, publish_state_name
 from tasks.resources import open_lake
 from tasks.retries import retry_unless_permanent
 from tasks.source_runs import failed_source_holds
 from tasks.transform import AUDIENCE, CONTACTS
 from tasks.volume import VOLUME_METRICS
 
-SYNC_LEDGER = "ops/sync_ledger"
-LEDGER_COMMIT_EVERY = 5_000  # contacts per ledger commit: progress survives a crash
+__all__ = [
+    "PUBLISH_EVENT_PREFIX",
+    "SYNC_LEDGER",
+    "emit_publish_event",
+    "publish_audience",
+    "publish_holds",
+    "with_outcome",
+]
 
 
 def publish_holds(lake: Lake, config: PipelineConfig) -> dict[tuple[str, str], str]:
@@ -44,7 +53,9 @@ def publish_holds(lake: Lake, config: PipelineConfig) -> dict[tuple[str, str], s
       will not re-subscribe an unsubscribed member without their consent), or
     * a source feeding it failed in its latest ingest (:mod:`tasks.source_runs`).
 
-    Warnings never hold. The ``override_hold`` flow parameter publishes anyway.
+    A hold delays subscribes and updates only: the unsubscribes of people who opted out are sent
+    hold or no hold (:data:`tasks.core.sync.NEVER_HELD`). Warnings never hold. The
+    ``override_hold`` flow parameter publishes anyway.
     """
     by_segment: dict[str, list[str]] = {}
     for segment, reason in _quarantine_holds(lake, config):
@@ -110,10 +121,58 @@ def _removal_hold(
     return removal_hold(on_list, removals, config.volume.removals)
 
 
-def _ledger(lake: Lake) -> pl.LazyFrame:
-    if lake.exists(SYNC_LEDGER):
-        return lake.scan(SYNC_LEDGER)
-    return pl.LazyFrame(schema=LEDGER_SCHEMA)
+PUBLISH_EVENT_PREFIX = "audience-lake.publish"
+
+
+def emit_publish_event(report: PublishReport, *, run_id: str) -> None:
+    """``audience-lake.publish.held`` / ``.skipped`` for one audience kept back, for automations.
+
+    The resource is the destination list (``audience-lake.audience.<destination>.<list>``),
+    labelled with destination, segment and list so an automation can match any of them.
+    """
+    resource = {
+        "prefect.resource.id": f"audience-lake.audience.{report.destination}.{report.audience}",
+        "prefect.resource.name": f"{report.destination}/{report.segment}",
+        "audience-lake.destination": report.destination,
+        "audience-lake.segment": report.segment,
+        "audience-lake.audience": report.audience,
+    }
+    emit_event(
+        event=f"{PUBLISH_EVENT_PREFIX}.{report.outcome}",
+        resource=resource,
+        related=[
+            {
+                "prefect.resource.id": f"audience-lake.segment.{report.segment}",
+                "prefect.resource.role": "segment",
+            }
+        ],
+        payload={
+            "run_id": run_id,
+            "reason": report.held or report.skipped,
+            "planned": report.planned,
+            "sent": report.sent,
+            "unsubscribed": report.unsubscribed,
+            "held_back": report.held_back,
+        },
+    )
+
+
+T = TypeVar("T")
+
+
+def with_outcome(reports: Sequence[PublishReport], data: T) -> T:
+    """``data``, as a COMPLETED state named ``Held``/``Skipped`` if an audience was kept back.
+
+    Returned from a task or flow, a state becomes the run's final state (shown in the UI, seen
+    by automations) and Prefect hands its caller the state's data; so the value is annotated as
+    ``data``'s type, which is what a caller of the task or flow receives.
+    """
+    name = publish_state_name(reports)
+    if name is None:
+        return data
+    kept = [f"{r.destination}/{r.segment}: {r.held or r.skipped}" for r in reports
+            if r.outcome in ("held", "skipped")]  # fmt: skip
+    return cast(T, Completed(data=data, name=name, message="; ".join(kept)))
 
 
 @task(
@@ -131,97 +190,16 @@ def publish_audience(
     run_id: str,
     dry_run: bool = False,
     hold: str | None = None,
+    settings: PublishConfig | None = None,
 ) -> PublishReport:
-    """Send the changes of one segment's audience to one destination list."""
-    logger = get_run_logger()
-    lake = open_lake()
-    audience = destination.audiences[segment]
-    members = lake.scan(AUDIENCE).filter(pl.col("segment") == segment)
-    member_count = members.select(pl.len()).collect().item()
-    plan = plan_sync(
-        members,
-        lake.scan(CONTACTS),
-        _ledger(lake),
-        destination=destination_name,
-        audience=audience,
-    ).collect()
-    base = dict(
-        destination=destination_name, segment=segment, audience=audience, members=member_count
-    )
-    if hold is not None or dry_run:
-        logger.warning("publish %s/%s not sent: %s", destination_name, segment, hold or "dry run")
-        return PublishReport(
-            **base, planned=plan.height, sent=0, failed=0, unsubscribed=0, held=hold,
-            dry_run=dry_run,
-        )  # fmt: skip
-    sink = open_destination(destination)
-    try:
-        sent, failed, unsubscribed, errors = _send_and_record(
-            lake, sink, plan, destination_name=destination_name, segment=segment,
-            audience=audience, run_id=run_id,
-        )  # fmt: skip
-    finally:
-        sink.close()
-    logger.info(
-        "publish %s/%s -> %s: %d sent (%d unsubscribed), %d failed",
-        destination_name, segment, audience, sent, unsubscribed, failed,
+    """Send the changes of one segment's audience to one destination list.
+
+    Ends ``Completed`` when the audience was published, ``Held`` when a hold kept its
+    subscribes and updates back (its unsubscribes were still sent) and ``Skipped`` when another
+    run held the list for longer than ``publish.lease_wait_seconds``.
+    """
+    report = publish_segment(
+        open_lake(), destination_name, destination, segment, run_id=run_id,
+        settings=settings or PublishConfig(), dry_run=dry_run, hold=hold,
     )  # fmt: skip
-    return PublishReport(
-        **base, planned=plan.height, sent=sent, failed=failed, unsubscribed=unsubscribed,
-        errors=tuple(errors),
-    )  # fmt: skip
-
-
-def _send_and_record(
-    lake: Lake,
-    sink: AudienceSink,
-    plan: pl.DataFrame,
-    *,
-    destination_name: str,
-    segment: str,
-    audience: str,
-    run_id: str,
-) -> tuple[int, int, int, list[str]]:
-    """Send the plan; merge each contact's result into the ledger every few thousand."""
-    logger = get_run_logger()
-    changes = [MemberChange(**row) for row in plan.drop("payload_hash").iter_rows(named=True)]
-    hashes = dict(zip(plan["contact_key"], plan["payload_hash"], strict=True))
-    actions = dict(zip(plan["contact_key"], plan["action"], strict=True))
-    sent = failed = unsubscribed = 0
-    errors: list[str] = []
-    pending: list[dict[str, object]] = []
-    for result in sink.send(audience, changes):
-        pending.append(
-            {
-                "destination": destination_name,
-                "audience": audience,
-                "segment": segment,
-                "contact_key": result.contact_key,
-                "action": actions[result.contact_key],
-                "payload_hash": hashes[result.contact_key],
-                "status": "ok" if result.ok else "error",
-                "error": result.error,
-                "run_id": run_id,
-                "synced_at": datetime.now(UTC),
-            }
-        )
-        if result.ok:
-            sent += 1
-            unsubscribed += actions[result.contact_key] == "unsubscribe"
-        else:
-            failed += 1
-            if len(errors) < 20:
-                errors.append(f"{result.contact_key}: {result.error}")
-        if len(pending) >= LEDGER_COMMIT_EVERY:
-            _commit_ledger(lake, pending)
-            logger.info(
-                "%s/%s: %d of %d sent", destination_name, segment, sent + failed, len(changes)
-            )
-            pending = []
-    if pending:
-        _commit_ledger(lake, pending)
-    return sent, failed, unsubscribed, errors
-
-
-def _commit_ledger(lake: Lake, rows: list[dict[str, object]]) -> None:
-    lake.merge(SYNC_LEDGER, pl.DataFrame(rows, schema=LEDGER_SCHEMA), keys=LEDGER_KEYS)
+    return with_outcome([report], report)

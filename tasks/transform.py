@@ -4,8 +4,10 @@ Incremental by default; ``full_refresh`` rebuilds everything and produces the sa
 
 1. :func:`stage_sources` - bronze -> ``silver/staged_<role>``: rows bronze gained or lost since
    the versions staged last time (a diff of data files, see :mod:`tasks.core.incremental`) are
-   normalised and checked against their role's contract; invalid rows go to ``ops/quarantine``,
-   valid ones are appended to the role's staging log. Cost follows the changed rows, not bronze.
+   normalised and checked against their role's contract; invalid rows go to ``ops/quarantine``
+   first, then valid ones are appended to the role's staging log in the commit that records
+   the bronze versions consumed (a crash in between redoes the role; a redo adds no
+   quarantine record twice). Cost follows the changed rows, not bronze.
 2. :func:`build_silver` - staging -> ``silver/orders``, ``silver/events``, ``silver/contacts``:
    the log rows appended since the last build name the affected people (emails, including the
    *old* email of a changed record), orders, events and anonymous ids; each affected person,
@@ -32,7 +34,9 @@ Incremental by default; ``full_refresh`` rebuilds everything and produces the sa
 Every stage reports row balances over the rows it processed in this run, quarantine counts per
 rule, and row counts for ``ops/volume_metrics``: the *table totals* after the run (per source
 from the staging state, per segment from the audience), so a small incremental run never looks
-like a volume drop.
+like a volume drop. A source's quarantined count is a total too - its current bronze rows that
+fail the contract, kept in the staging state - so a rerun after a crash, which finds the work
+done, reports (and holds publishing) exactly as the run that did it would have.
 """
 
 from __future__ import annotations
@@ -182,13 +186,18 @@ class SilverReport(StageReport):
 
 
 class Checker:
-    """Checks frames against contracts for one stage and keeps the quarantine records."""
+    """Checks frames against contracts for one stage and keeps the quarantine records.
+
+    :meth:`flush` writes the records kept so far; a caller about to commit rows whose invalid
+    siblings must not be lost flushes first (see :func:`_stage_role`).
+    """
 
     def __init__(self, *, run_id: str, now: datetime, logger: Logger) -> None:
         self.run_id = run_id
         self.now = now
         self.logger = logger
         self.quarantine: list[pl.DataFrame] = []
+        self._flushed = 0
 
     def check(self, frame: pl.DataFrame, contract: Contract, *, table: str) -> Split:
         """Valid rows of ``frame``; its quarantine records are kept for :meth:`write`."""
@@ -205,14 +214,20 @@ class Checker:
             return pl.DataFrame(schema=QUARANTINE_SCHEMA)
         return pl.concat(self.quarantine).unique("quarantine_id", maintain_order=True)
 
-    def write(self, lake: Lake, *, stage: str) -> list[dict[str, Any]]:
-        """Write this stage's quarantine (idempotently) and return its counts per rule."""
-        records = self.records()
-        if records.height:
+    def flush(self, lake: Lake, *, stage: str) -> None:
+        """Write the records kept since the last flush (idempotently: a redo adds nothing)."""
+        pending = self.quarantine[self._flushed :]
+        self._flushed = len(self.quarantine)
+        records = pl.concat(pending).unique("quarantine_id") if pending else None
+        if records is not None and records.height:
             write_quarantine_records(
                 lake, records, batch_id=records_batch_id(f"transform-{stage}", records)
             )
-        return rule_counts(records.lazy()).collect().to_dicts()
+
+    def write(self, lake: Lake, *, stage: str) -> list[dict[str, Any]]:
+        """Write this stage's quarantine (idempotently) and return its counts per rule."""
+        self.flush(lake, stage=stage)
+        return rule_counts(self.records().lazy()).collect().to_dicts()
 
 
 def _name(contract: Contract) -> str:
@@ -351,12 +366,24 @@ def _role_fingerprint(role: str, config: PipelineConfig) -> str:
 
 @dataclass
 class _RoleStaging:
+    """What staging a role did (``checked``, ``rejected``: this run) and what the staging
+    table reflects afterwards, per source (``live`` rows, ``quarantined`` current bronze rows)."""
+
     mode: str
     checked: int = 0
     rejected: int = 0
-    rejected_by_source: dict[str, int] = field(default_factory=dict)
     live: dict[str, int] = field(default_factory=dict)
+    quarantined: dict[str, int] = field(default_factory=dict)
     losses: pl.DataFrame | None = None
+
+
+def _rejected_by_source(checked: pl.DataFrame, valid: pl.DataFrame) -> dict[str, int]:
+    """Rows of ``checked`` that did not pass (are not in ``valid``), per ``_source``."""
+    passed = dict(valid.group_by("_source").len().iter_rows())
+    return {
+        str(source): int(count) - int(passed.get(source, 0))
+        for source, count in checked.group_by("_source").len().iter_rows()
+    }
 
 
 def _stage_role(
@@ -370,7 +397,14 @@ def _stage_role(
     full_refresh: bool,
     logger: Logger,
 ) -> _RoleStaging:
-    """Bring ``silver/staged_<role>`` up to the current bronze of the role's sources."""
+    """Bring ``silver/staged_<role>`` up to the current bronze of the role's sources.
+
+    The rows this consumes fail or pass the role's contract: the failures are written to
+    ``ops/quarantine`` *before* the staging commit that records the bronze versions as
+    consumed, so a crash in between redoes the role and a crash after it loses nothing. The
+    same commit records, per source, how many current bronze rows are quarantined (see
+    :class:`StagingState`), so counts never depend on which run did the work.
+    """
     table = STAGED[role]
     role_fp = _role_fingerprint(role, config)
     state, _ = _latest_state(lake, table, StagingState.from_commit)
@@ -381,21 +415,27 @@ def _stage_role(
     }
     versions = {name: int(lake.version(bronze_table(name)) or 0) for name in sources}
     mappings = {name: _mapping_digest(source) for name, source in sources.items()}
-    full = full_refresh or state is None or state.fingerprint != role_fp
+    # A state without quarantine counts predates them: restage once to learn them.
+    full = full_refresh or state is None or state.fingerprint != role_fp or state.rejected is None
     if not full and state is not None and state.versions == versions and state.mappings == mappings:
-        return _RoleStaging(mode="unchanged", live=dict(state.live))
+        return _RoleStaging(
+            mode="unchanged", live=dict(state.live), quarantined=dict(state.rejected or {})
+        )
 
     def canonical(name: str, rows: pl.LazyFrame) -> pl.LazyFrame:
         return _conform(to_canonical(rows, sources[name], source_name=name, options=options), role)
 
     added: list[pl.LazyFrame] = []
     removed: list[pl.LazyFrame] = []  # distinct records (with copies)
+    dropped: list[pl.LazyFrame] = []  # canonical rows bronze lost (valid or not)
+    restaged: set[str] = set()  # sources whose every current row is in `added`
     log = None if full or state is None else _pinned(lake, table, lake.version(table))
     for name in sorted(set(sources) | (set() if full or state is None else set(state.versions))):
         bronze = bronze_table(name) if name in sources else None
         if full or state is None:
             assert bronze is not None
             added.append(canonical(name, _pinned(lake, bronze, versions[name])))
+            restaged.add(name)
             continue
         assert log is not None
         staged_records = (
@@ -409,6 +449,7 @@ def _stage_role(
             # New source or changed field mapping: restage it whole (unchanged records cancel).
             removed.append(staged_records)
             added.append(canonical(name, _pinned(lake, bronze, versions[name])))
+            restaged.add(name)
             continue
         if since == versions[name]:
             continue
@@ -429,9 +470,11 @@ def _stage_role(
             )
             removed.append(staged_records)
             added.append(canonical(name, _pinned(lake, bronze, versions[name])))
+            restaged.add(name)
             continue
         added.append(canonical(name, gained_rows.lazy()))
-        removed.append(distinct_records(canonical(name, lost_rows.lazy())))
+        dropped.append(canonical(name, lost_rows.lazy()))
+        removed.append(distinct_records(dropped[-1]))
 
     frames = pl.collect_all(added) if added else []
     candidates = (
@@ -439,19 +482,31 @@ def _stage_role(
     )
     del frames  # frames this size are worth releasing early
     split = checker.check(candidates, contract, table=ROLE_TABLES[role])
-    valid_by_source = dict(split.valid.group_by("_source").len().iter_rows())
-    rejected_by_source = {
-        str(source): int(count) - int(valid_by_source.get(source, 0))
-        for source, count in candidates.group_by("_source").len().iter_rows()
-    }
+    rejected = _rejected_by_source(candidates, split.valid)
+    # Rows bronze lost leave the quarantined count if they had failed: check them again (a
+    # contract judges each row on its own), without recording them anywhere.
+    gone_rows = pl.concat(pl.collect_all(dropped), how="vertical") if dropped else None
+    lost_rejected: dict[str, int] = {}
+    if gone_rows is not None and gone_rows.height:
+        recheck = split_valid(
+            gone_rows, contract, table=ROLE_TABLES[role], run_id=checker.run_id, now=checker.now
+        )
+        lost_rejected = _rejected_by_source(gone_rows, recheck.valid)
+    earlier = {} if full or state is None else dict(state.rejected or {})
     seq = (state.seq if state is not None else 0) + 1
     result = _RoleStaging(
         mode="full" if full else "incremental",
         checked=candidates.height,
         rejected=split.rejected,
-        rejected_by_source={k: v for k, v in rejected_by_source.items() if v},
+        quarantined={
+            name: rejected.get(name, 0)
+            + (0 if name in restaged else earlier.get(name, 0) - lost_rejected.get(name, 0))
+            for name in sources
+        },
         losses=normalisation_losses(candidates.lazy()).collect(),
     )
+    # The rows failing the contract are recorded before the commit that marks them consumed.
+    checker.flush(lake, stage=f"staging-{role}")
     del candidates
     valid_rows = split.valid.height
     records = distinct_records(split.valid.lazy()).with_columns(pl.lit(seq, pl.Int64).alias(SEQ))
@@ -463,7 +518,7 @@ def _stage_role(
             str(k): int(v)
             for k, v in staged.group_by("_source").agg(pl.col(COPIES).sum()).iter_rows()
         }
-        new_state = StagingState(role_fp, seq, versions, mappings, result.live)
+        new_state = StagingState(role_fp, seq, versions, mappings, result.live, result.quarantined)
         lake.overwrite(table, staged, metadata=new_state.to_metadata())
         logger.info("%s: rebuilt from bronze (%d valid rows)", table, valid_rows)
         return result
@@ -489,7 +544,7 @@ def _stage_role(
         if source in live:
             live[str(source)] = live.get(str(source), 0) + int(delta)
     result.live = live
-    new_state = StagingState(role_fp, seq, versions, mappings, live)
+    new_state = StagingState(role_fp, seq, versions, mappings, live, result.quarantined)
     written = lake.append_once(
         table, updates, batch_id=f"{table}:{seq}", metadata=new_state.to_metadata()
     )
@@ -544,7 +599,7 @@ def stage_bronze(
             "table": ROLE_TABLES[role],
             "source": source,
             "rows": rows,
-            "quarantined": result.rejected_by_source.get(source, 0),
+            "quarantined": result.quarantined.get(source, 0),
         }
         for role, result in staged.items()
         for source, rows in sorted(result.live.items())

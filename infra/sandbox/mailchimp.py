@@ -33,7 +33,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -235,6 +235,7 @@ class MailchimpStandIn(StandInServer):
         self._tag_ids: dict[str, int] = {}
         self._faults: deque[_Fault] = deque()
         self._in_flight = 0
+        self._member_log: list[tuple[str, str, str | None]] = []
         for list_id in lists:
             self.add_list(list_id)
 
@@ -266,6 +267,19 @@ class MailchimpStandIn(StandInServer):
             if member is None:
                 raise KeyError(f"{email!r} is not a member of Mailchimp list {list_id!r}")
             member.status, member.last_changed = "unsubscribed", _now()
+
+    def member_requests(self, list_id: str) -> list[tuple[str, str | None]]:
+        """Every ``(email, status)`` the batch endpoint received for ``list_id``, in order.
+
+        Includes members the batch refused (the payload reached the platform either way), so
+        tests can count how often each contact was sent.
+        """
+        with self._lock:
+            return [(email, status) for lst, email, status in self._member_log if lst == list_id]
+
+    def sends_per_member(self, list_id: str) -> Counter[str]:
+        """How many batch payloads named each (normalised) email in ``list_id``."""
+        return Counter(email for email, _ in self.member_requests(list_id))
 
     def fail_next(self, count: int, *, status: int, body: bytes | None = None) -> None:
         """Make the next ``count`` requests fail with ``status`` (problem JSON unless ``body``)."""
@@ -567,6 +581,10 @@ class MailchimpStandIn(StandInServer):
         ]
         skip_duplicates = (request.query_value("skip_duplicate_check") or "").lower() == "true"
         with self._lock:
+            self._store(list_id)  # an unknown list is a 404, and logs nothing
+            self._member_log.extend(
+                (list_id, (m.email or "").strip().lower(), m.status) for m in inputs
+            )
             result = self._apply_batch(list_id, inputs, flags, skip_duplicates=skip_duplicates)
         return json_response(HTTPStatus.OK, result)
 

@@ -1,13 +1,14 @@
-"""A stdlib ``ThreadingHTTPServer`` served from a daemon thread: start, stop, context manager.
+"""A stdlib ``socketserver`` server served from a daemon thread: start, stop, context manager.
 
-Shared by the webhook receiver and the local stand-in APIs, which differ only in the server
-they build and the requests they answer.
+Shared by the webhook receiver (a bounded HTTP server of its own) and the local stand-in APIs
+(``ThreadingHTTPServer``), which differ only in the server they build and the requests they
+answer.
 """
 
 from __future__ import annotations
 
+import socketserver
 import threading
-from http.server import ThreadingHTTPServer
 from types import TracebackType
 from typing import Self
 
@@ -20,10 +21,10 @@ class BackgroundHTTPServer:
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self.host = host
         self.port = port
-        self._server: ThreadingHTTPServer | None = None
+        self._server: socketserver.TCPServer | None = None
         self._thread: threading.Thread | None = None
 
-    def _build_server(self) -> ThreadingHTTPServer:
+    def _build_server(self) -> socketserver.TCPServer:
         """The server to run, bound to ``(self.host, self.port)``."""
         raise NotImplementedError
 

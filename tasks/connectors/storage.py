@@ -32,6 +32,8 @@ import botocore
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
+from tasks.core.settings import lake_uri_problem
+
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
@@ -181,11 +183,11 @@ def check_store(root: str, storage_options: Mapping[str, str]) -> list[CheckResu
         root: a local directory or ``s3://bucket/prefix``.
         storage_options: object_store-style options, as given to the ``Lake``.
     """
+    problem = lake_uri_problem(root)
+    if problem:  # before anything else: a mistyped URI must not become a local folder
+        return [CheckResult("lake uri", False, problem)]
     if is_s3_uri(root):
         return _check_s3(root, storage_options)
-    if "://" in root and not root.startswith("file://"):
-        scheme = root.split("://", 1)[0]
-        return [CheckResult("scheme", False, f"doctor cannot check {scheme}:// roots yet")]
     return _check_local(root.removeprefix("file://"))
 
 

@@ -3,15 +3,20 @@
 Senders POST a batch of events (a JSON array, a Segment-style ``{"batch": [...]}`` object, one
 event object, or NDJSON; optionally gzip-encoded). The receiver
 
-1. verifies an optional HMAC-SHA256 signature over the raw body in constant time (API_NOTES
-   §6.4; optionally over ``"<timestamp>.<body>"`` with a replay window),
+1. verifies an HMAC-SHA256 signature in constant time over ``"<timestamp>.<body>"`` (the raw
+   body), and that the timestamp lies within a replay window of now; a receiver without a
+   secret must be asked for explicitly (``allow_unsigned=True``) and says so loudly at start,
 2. checks that every event is a JSON object carrying a non-empty event id (a bad batch is
    refused whole with a 400 naming the line, so nothing is silently dropped),
 3. lands the batch as **one immutable NDJSON file** named after the SHA-256 of the body, written
-   create-if-absent (``os.link`` locally, ``If-None-Match: *`` on S3) — so a redelivery of the
-   same body is a no-op that answers 200 again,
+   create-if-absent (``os.link`` locally, ``If-None-Match: *`` on S3) unless a file of that name
+   is already landed or archived — so a redelivery (or a replay) of the same body is a no-op
+   that answers 200 again, also after the events reader archived the first delivery,
 4. answers at once (it does no lake work) and only then tells ``on_landed`` (the CLI emits a
    Prefect event there, which triggers the ``land_events`` deployment).
+
+The HTTP side (:mod:`tasks.connectors.webhook_http`) bounds every request in bytes, time and
+threads and answers every request, bad ones with a 4xx naming the problem.
 
 Deliveries are at-least-once: a sender that times out resends, perhaps re-batched. The events
 reader (:mod:`tasks.connectors.sources.events`) ingests each landed file exactly once and each
@@ -19,7 +24,7 @@ event id once across files.
 
 Example:
     >>> landing = LocalLanding("/tmp/landing")  # doctest: +SKIP
-    >>> with WebhookReceiver(landing, source_name="web_events", secret=b"k") as receiver:
+    >>> with WebhookReceiver(landing, source_name="web_events", secret=b"k" * 32) as receiver:
     ...     print(receiver.url)  # doctest: +SKIP
     http://127.0.0.1:54321/events
 """
@@ -32,16 +37,17 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import os
+import re
 import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -49,6 +55,15 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from tasks.connectors.serving import BackgroundHTTPServer
 from tasks.connectors.storage import is_s3_uri, s3_client, split_s3_uri
+from tasks.connectors.webhook_http import (
+    HttpLimits,
+    HttpRejection,
+    LimitedHTTPServer,
+    Reply,
+    Routes,
+)
+from tasks.core.config_events import WebhookReceiverOptions
+from tasks.core.settings import resolve_secret
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -64,14 +79,19 @@ __all__ = [
     "WebhookRejection",
     "batch_file_name",
     "open_landing",
+    "receiver_from_options",
     "sign",
 ]
 
 logger = logging.getLogger(__name__)
 
 NDJSON_SUFFIX = ".ndjson"
-_READ_TIMEOUT_S = 10.0  # a client that stops sending mid-body must not hold a thread forever
-_CHUNK_LINE_MAX = 1024
+DEFAULT_TIMESTAMP_HEADER = "X-Signature-Timestamp"
+# Epoch seconds as plain decimal digits: no sign, exponent, "nan" or "inf".
+_TIMESTAMP = re.compile(r"^[0-9]{1,12}(\.[0-9]{1,9})?$")
+_MAX_NUMBER_CHARS = 64  # longer number literals are refused, not handed to int()/float()
+_MAX_NESTING = 64  # deepest JSON nesting an event may have
+_LINE_BREAK_ESCAPES = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 
 
 # --- landing zone ----------------------------------------------------------------------------
@@ -94,7 +114,7 @@ class Landing(Protocol):
     def location(self) -> str: ...
 
     def put_if_absent(self, name: str, data: bytes) -> bool:
-        """Write ``name`` unless it exists; True if this call created it."""
+        """Write ``name`` unless it exists, landed or archived; True if this call created it."""
         ...
 
     def list(self, pattern: str) -> list[LandedObject]:
@@ -124,7 +144,8 @@ class LocalLanding:
     def put_if_absent(self, name: str, data: bytes) -> bool:
         _check_name(name)
         final = self._folder / name
-        if final.exists():
+        # A body whose file was committed and archived was delivered: it must not land again.
+        if final.exists() or (self._folder / ARCHIVE / name).exists():
             return False
         staging = self._folder / ".incoming"
         staging.mkdir(parents=True, exist_ok=True)
@@ -173,7 +194,8 @@ class LocalLanding:
         _check_name(name)
         target = self._folder / ARCHIVE
         target.mkdir(exist_ok=True)
-        # replace(): a body redelivered after archiving lands again with identical content.
+        # replace(): a redelivery racing the archiving of its first copy may have landed again
+        # (with identical content, skipped by the reader as committed); the copies are equal.
         os.replace(self._folder / name, target / name)
 
 
@@ -193,6 +215,8 @@ class S3Landing:
         return f"{self._prefix}/{name}" if self._prefix else name
 
     def put_if_absent(self, name: str, data: bytes) -> bool:
+        if self._exists(self._key(ARCHIVE) + "/" + name):
+            return False  # delivered before, committed and archived
         try:
             self._client.put_object(
                 Bucket=self._bucket,
@@ -204,6 +228,15 @@ class S3Landing:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in {"PreconditionFailed", "412"}:
                 return False  # already landed: the same body was delivered before
+            raise
+        return True
+
+    def _exists(self, key: str) -> bool:
+        try:
+            self._client.head_object(Bucket=self._bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                return False
             raise
         return True
 
@@ -281,13 +314,9 @@ class LandedBatch:
     duplicate: bool
 
 
-class WebhookRejection(Exception):
-    """A request the receiver refuses; ``status`` is the HTTP answer, ``message`` the reason."""
-
-    def __init__(self, status: HTTPStatus, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+class WebhookRejection(HttpRejection):
+    """A request the receiver refuses; ``status`` is the HTTP answer, ``message`` the reason
+    (sent to the client and logged: it never quotes the body or a header value)."""
 
 
 def batch_file_name(body: bytes) -> str:
@@ -308,13 +337,19 @@ class WebhookReceiver(BackgroundHTTPServer):
         landing: where micro-batches are written.
         source_name: the event source this receiver feeds (named in errors and events).
         event_id_field: the field every event must carry (the dedupe key downstream).
-        path: the URL path that accepts POSTs (``GET /healthz`` answers 200 for probes).
-        secret: HMAC-SHA256 key; None accepts unsigned requests.
+        path: the URL path that accepts POSTs, exactly (``GET /healthz`` answers 200 for
+            probes; any other method on ``path`` gets 405).
+        secret: HMAC-SHA256 key. Required unless ``allow_unsigned`` is set.
+        allow_unsigned: accept unsigned requests when there is no ``secret`` — for a receiver
+            that only loopback can reach; logged as a WARNING at start.
         signature_header: header holding the hex digest (``sha256=`` prefix allowed).
-        timestamp_header: if set, the signature covers ``"<ts>.<body>"`` and ``ts`` (epoch
-            seconds) must be within ``tolerance_seconds`` of now.
-        max_body_bytes: largest body accepted, after gzip decoding (413 above it).
+        timestamp_header: the signature covers ``"<ts>.<body>"`` and ``ts`` (epoch seconds,
+            digits only) must be within ``tolerance_seconds`` of now. ``None`` signs the body
+            alone and leaves replays of an old body to the landing dedupe (a WARNING at start).
+        max_body_bytes: largest body accepted, on the wire and after gzip decoding (413).
         max_events: most events per request (413 above it).
+        max_connections: connections served at once (one more gets 503).
+        request_timeout_seconds: deadline for a whole request, headers and body (408).
         on_landed: called after the response is sent, once per accepted request (also for a
             redelivered body). Exceptions are logged, never sent to the client.
         clock: seconds since the epoch (injectable for replay-window tests).
@@ -328,11 +363,14 @@ class WebhookReceiver(BackgroundHTTPServer):
         event_id_field: str = "event_id",
         path: str = "/events",
         secret: bytes | None = None,
+        allow_unsigned: bool = False,
         signature_header: str = "X-Signature-SHA256",
-        timestamp_header: str | None = None,
+        timestamp_header: str | None = DEFAULT_TIMESTAMP_HEADER,
         tolerance_seconds: float = 300.0,
         max_body_bytes: int = 512_000,
         max_events: int = 10_000,
+        max_connections: int = 32,
+        request_timeout_seconds: float = 30.0,
         host: str = "127.0.0.1",
         port: int = 0,
         on_landed: Callable[[LandedBatch], None] | None = None,
@@ -340,6 +378,13 @@ class WebhookReceiver(BackgroundHTTPServer):
     ) -> None:
         if secret is not None and not secret:
             raise ValueError(f"source {source_name!r}: the webhook signing secret is empty")
+        if secret is None and not allow_unsigned:
+            raise ValueError(
+                f"source {source_name!r}: the webhook receiver has no signing secret; pass "
+                "one, or allow_unsigned=True to accept unsigned batches on purpose"
+            )
+        if not (math.isfinite(tolerance_seconds) and tolerance_seconds > 0):
+            raise ValueError(f"source {source_name!r}: tolerance_seconds must be finite and > 0")
         self.landing = landing
         self.source_name = source_name
         self.event_id_field = event_id_field
@@ -351,6 +396,11 @@ class WebhookReceiver(BackgroundHTTPServer):
         self._tolerance = tolerance_seconds
         self._max_body = max_body_bytes
         self._max_events = max_events
+        self._limits = HttpLimits(
+            max_body_bytes=max_body_bytes,
+            request_timeout_s=request_timeout_seconds,
+            max_connections=max_connections,
+        )
         self._on_landed = on_landed
         self._clock = clock
         self._stats_lock = threading.Lock()
@@ -371,11 +421,56 @@ class WebhookReceiver(BackgroundHTTPServer):
             raise RuntimeError("the webhook receiver is not running; call start() first")
         return f"http://{self.host}:{self.port}{self.path}"
 
-    def _build_server(self) -> ThreadingHTTPServer:
-        return _Server((self.host, self.port), _handler_for(self))
+    @property
+    def signed(self) -> bool:
+        """Whether every request must carry a valid signature."""
+        return self._secret is not None
+
+    def _build_server(self) -> LimitedHTTPServer:
+        if self._secret is None:
+            logger.warning(
+                "source %r: the webhook receiver on %s:%s ACCEPTS UNSIGNED BATCHES: anyone who "
+                "can reach it can land events. Configure a signing secret unless only trusted "
+                "local senders can connect.",
+                self.source_name,
+                self.host,
+                self.port,
+            )
+        elif self._timestamp_header is None:
+            logger.warning(
+                "source %r: signatures carry no timestamp: a captured request can be replayed "
+                "(it lands once, then is deduplicated); set a timestamp header",
+                self.source_name,
+            )
+        routes = Routes(
+            post_path=self.path,
+            on_post=self._on_post,
+            get={"/healthz": self._health},
+            name=f"webhook {self.source_name!r}",
+        )
+        return LimitedHTTPServer((self.host, self.port), routes, self._limits)
 
     def _thread_name(self) -> str:
         return f"webhook:{self.source_name}:{self.port}"
+
+    def _health(self) -> Reply:
+        return Reply(HTTPStatus.OK, {"status": "ok", "source": self.source_name})
+
+    def _on_post(self, body: bytes, headers: Mapping[str, str]) -> Reply:
+        try:
+            batch = self.receive(body, headers)
+        except BaseException:
+            self._count(None)
+            raise
+        self._count(batch)
+        payload = {
+            "status": "ok",
+            "batch": batch.name,
+            "events": batch.events,
+            "duplicate": batch.duplicate,
+        }
+        # The sender has its answer first; then the batch is announced (may take a moment).
+        return Reply(HTTPStatus.OK, payload, after=lambda: self._notify(batch))
 
     # --- the work ----------------------------------------------------------------------------
 
@@ -388,17 +483,16 @@ class WebhookReceiver(BackgroundHTTPServer):
         self._verify(body, headers)
         decoded = self._decode(body, headers.get("content-encoding", "identity"))
         events = self._parse(decoded)
-        lines = "".join(
-            json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n" for event in events
-        )
+        lines = b"".join(self._ndjson_line(event, index) for index, event in enumerate(events))
         name = batch_file_name(decoded)
         try:
-            created = self.landing.put_if_absent(name, lines.encode("utf-8"))
+            created = self.landing.put_if_absent(name, lines)
         except (OSError, ClientError, BotoCoreError) as exc:
             logger.error("source %r: landing %s failed: %s", self.source_name, name, exc)
             raise WebhookRejection(
                 HTTPStatus.SERVICE_UNAVAILABLE,
                 "the batch could not be stored; retry later",
+                headers={"Retry-After": "5"},
             ) from exc
         return LandedBatch(
             source=self.source_name,
@@ -420,13 +514,13 @@ class WebhookReceiver(BackgroundHTTPServer):
         timestamp: str | None = None
         if self._timestamp_header is not None:
             timestamp = headers.get(self._timestamp_header.lower(), "").strip()
-            try:
-                skew = abs(self._clock() - float(timestamp))
-            except ValueError:
+            if not _TIMESTAMP.match(timestamp):
                 raise WebhookRejection(
-                    HTTPStatus.UNAUTHORIZED, f"missing or non-numeric {self._timestamp_header}"
-                ) from None
-            if skew > self._tolerance:
+                    HTTPStatus.UNAUTHORIZED,
+                    f"missing or invalid {self._timestamp_header}: epoch seconds as digits",
+                )
+            skew = abs(self._clock() - float(timestamp))
+            if not skew <= self._tolerance:  # also refuses a NaN clock
                 raise WebhookRejection(
                     HTTPStatus.UNAUTHORIZED,
                     f"{self._timestamp_header} is {skew:.0f}s away from now "
@@ -443,7 +537,7 @@ class WebhookReceiver(BackgroundHTTPServer):
             return body
         if encoding not in {"gzip", "x-gzip"}:
             raise WebhookRejection(
-                HTTPStatus.UNSUPPORTED_MEDIA_TYPE, f"unsupported Content-Encoding {encoding!r}"
+                HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "unsupported Content-Encoding"
             )
         # Bounded inflate: a small gzip bomb must not become gigabytes in memory.
         inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
@@ -458,17 +552,24 @@ class WebhookReceiver(BackgroundHTTPServer):
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                 f"decoded body exceeds {self._max_body} bytes",
             )
+        # Nothing silently dropped: a cut-off stream or bytes after it are refused, not ignored.
+        if not inflater.eof:
+            raise WebhookRejection(HTTPStatus.BAD_REQUEST, "gzip body is truncated")
+        if inflater.unused_data:
+            raise WebhookRejection(HTTPStatus.BAD_REQUEST, "data after the end of the gzip body")
         return data
 
     def _parse(self, body: bytes) -> list[dict[str, Any]]:
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise WebhookRejection(HTTPStatus.BAD_REQUEST, f"body is not UTF-8: {exc}") from exc
+            raise WebhookRejection(
+                HTTPStatus.BAD_REQUEST, f"body is not UTF-8 (byte {exc.start})"
+            ) from None
         if not text.strip():
             raise WebhookRejection(HTTPStatus.BAD_REQUEST, "empty batch")
         try:
-            whole: Any = json.loads(text)
+            whole: Any = _loads(text, "body")
         except json.JSONDecodeError:
             events = self._parse_lines(text)
         else:
@@ -499,15 +600,16 @@ class WebhookReceiver(BackgroundHTTPServer):
 
     def _parse_lines(self, text: str) -> list[Any]:
         events: list[Any] = []
-        for number, line in enumerate(text.splitlines(), start=1):
+        # Split on LF only: str.splitlines() would also cut at U+2028 etc. inside a string.
+        for number, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:
-                events.append(json.loads(line))
+                events.append(_loads(line, f"line {number}"))
             except json.JSONDecodeError as exc:
                 raise WebhookRejection(
                     HTTPStatus.BAD_REQUEST, f"line {number} is not valid JSON: {exc.msg}"
-                ) from exc
+                ) from None
         return events
 
     def _check_event(self, event: Any, where: str) -> None:
@@ -522,6 +624,24 @@ class WebhookReceiver(BackgroundHTTPServer):
                 f"{where} has no {self.event_id_field!r} (a non-empty string or integer): "
                 "deliveries are deduplicated on it",
             )
+        if _depth(event) > _MAX_NESTING:
+            raise WebhookRejection(
+                HTTPStatus.BAD_REQUEST, f"{where} is nested deeper than {_MAX_NESTING} levels"
+            )
+
+    def _ndjson_line(self, event: dict[str, Any], index: int) -> bytes:
+        text = json.dumps(event, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        # json escapes control characters but not U+0085/U+2028/U+2029, which str.splitlines()
+        # and other line readers treat as line breaks: escape them so one event is one line.
+        # They can only occur inside JSON strings, where the escape means the same character.
+        text = text.translate(_LINE_BREAK_ESCAPES)
+        try:
+            return text.encode("utf-8") + b"\n"
+        except UnicodeEncodeError:
+            raise WebhookRejection(
+                HTTPStatus.BAD_REQUEST,
+                f"event {index} holds an unpaired UTF-16 surrogate escape (not valid Unicode)",
+            ) from None
 
     def _count(self, batch: LandedBatch | None) -> None:
         with self._stats_lock:
@@ -541,143 +661,107 @@ class WebhookReceiver(BackgroundHTTPServer):
             logger.exception("source %r: on_landed hook failed for %s", self.source_name, batch)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128
+def receiver_from_options(
+    landing: Landing,
+    options: WebhookReceiverOptions,
+    *,
+    source_name: str,
+    event_id_field: str = "event_id",
+    host: str | None = None,
+    port: int | None = None,
+    on_landed: Callable[[LandedBatch], None] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> WebhookReceiver:
+    """The receiver a source's ``receiver:`` options describe (``host``/``port`` override them).
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        logger.debug("webhook connection from %s failed", client_address, exc_info=True)
+    Raises:
+        ConfigError: the signing secret is not set in the environment.
+    """
+    secret = None
+    if options.signing_secret is not None:
+        secret = resolve_secret(options.signing_secret, env).get_secret_value().encode()
+    return WebhookReceiver(
+        landing,
+        source_name=source_name,
+        event_id_field=event_id_field,
+        path=options.path,
+        secret=secret,
+        allow_unsigned=options.signing == "none",
+        signature_header=options.signature_header,
+        timestamp_header=options.timestamp_header,
+        tolerance_seconds=options.tolerance_seconds,
+        max_body_bytes=options.max_body_bytes,
+        max_events=options.max_events,
+        max_connections=options.max_connections,
+        request_timeout_seconds=options.request_timeout_seconds,
+        host=options.host if host is None else host,
+        port=options.port if port is None else port,
+        on_landed=on_landed,
+    )
 
 
-def _handler_for(owner: WebhookReceiver) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "AudienceLakeWebhook/1"
-        timeout = _READ_TIMEOUT_S
+# --- strict JSON -----------------------------------------------------------------------------
 
-        def log_message(self, format: str, *args: Any) -> None:
-            logger.debug("webhook %s: " + format, owner.source_name, *args)
 
-        def do_GET(self) -> None:
-            if self.path.split("?", 1)[0] == "/healthz":
-                self._reply(HTTPStatus.OK, {"status": "ok", "source": owner.source_name})
-            elif self.path.split("?", 1)[0] == owner.path:
-                self._reply(
-                    HTTPStatus.METHOD_NOT_ALLOWED,
-                    {"status": "error", "message": f"use POST {owner.path}"},
-                    extra={"Allow": "POST"},
-                )
-            else:
-                self._not_found()
+class _Unacceptable(ValueError):
+    """A JSON text the receiver will not land (a reason, never a quote of the input)."""
 
-        def do_POST(self) -> None:
-            if self.path.split("?", 1)[0] != owner.path:
-                self._discard_body()
-                self._not_found()
-                return
-            try:
-                body = self._read_body()
-                batch = owner.receive(body, {k.lower(): v for k, v in self.headers.items()})
-            except WebhookRejection as rejection:
-                owner._count(None)
-                extra = {"Retry-After": "5"} if rejection.status >= 500 else {}
-                if rejection.status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
-                    self.close_connection = True  # the rest of the body may still be unread
-                self._reply(
-                    rejection.status,
-                    {"status": "error", "message": rejection.message},
-                    extra=extra,
-                )
-                return
-            owner._count(batch)
-            self._reply(
-                HTTPStatus.OK,
-                {
-                    "status": "ok",
-                    "batch": batch.name,
-                    "events": batch.events,
-                    "duplicate": batch.duplicate,
-                },
-            )
-            # The sender has its answer; now announce the batch (may take a moment).
-            owner._notify(batch)
 
-        def _not_found(self) -> None:
-            self._reply(HTTPStatus.NOT_FOUND, {"status": "error", "message": "no such path"})
+def _reject_constant(name: str) -> Any:
+    raise _Unacceptable(f"{name} is not a JSON value")
 
-        def _read_body(self) -> bytes:
-            if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-                return b"".join(self._chunks())
-            length_header = self.headers.get("Content-Length")
-            if length_header is None:
-                raise WebhookRejection(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required")
-            try:
-                length = int(length_header)
-            except ValueError:
-                raise WebhookRejection(HTTPStatus.BAD_REQUEST, "invalid Content-Length") from None
-            if length < 0:
-                raise WebhookRejection(HTTPStatus.BAD_REQUEST, "invalid Content-Length")
-            if length > owner._max_body:
-                raise WebhookRejection(
-                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                    f"body of {length} bytes exceeds {owner._max_body}",
-                )
-            body = self.rfile.read(length)
-            if len(body) != length:
-                raise WebhookRejection(HTTPStatus.BAD_REQUEST, "body shorter than Content-Length")
-            return body
 
-        def _chunks(self) -> Iterator[bytes]:
-            total = 0
-            for _ in range(owner._max_body + 1):  # bounded: every chunk is at least 1 byte
-                line = self.rfile.readline(_CHUNK_LINE_MAX)
-                try:
-                    size = int(line.split(b";", 1)[0].strip(), 16)
-                except ValueError:
-                    raise WebhookRejection(
-                        HTTPStatus.BAD_REQUEST, "malformed chunked body"
-                    ) from None
-                if size == 0:
-                    while self.rfile.readline(_CHUNK_LINE_MAX).strip():
-                        pass  # trailers
-                    return
-                total += size
-                if total > owner._max_body:
-                    raise WebhookRejection(
-                        HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                        f"chunked body exceeds {owner._max_body} bytes",
-                    )
-                chunk = self.rfile.read(size)
-                self.rfile.readline(_CHUNK_LINE_MAX)
-                if len(chunk) != size:
-                    raise WebhookRejection(HTTPStatus.BAD_REQUEST, "chunked body ended early")
-                yield chunk
+def _bounded_int(literal: str) -> int:
+    if len(literal) > _MAX_NUMBER_CHARS:
+        raise _Unacceptable(f"an integer literal has {len(literal)} digits")
+    return int(literal)
 
-        def _discard_body(self) -> None:
-            length = self.headers.get("Content-Length", "0")
-            if length.isdigit() and int(length) <= owner._max_body:
-                self.rfile.read(int(length))
-            else:
-                self.close_connection = True
 
-        def _reply(
-            self,
-            status: HTTPStatus,
-            payload: dict[str, Any],
-            *,
-            extra: Mapping[str, str] | None = None,
-        ) -> None:
-            data = json.dumps(payload).encode("utf-8")
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for key, value in (extra or {}).items():
-                self.send_header(key, value)
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(data)
-            self.wfile.flush()
+def _finite_float(literal: str) -> float:
+    if len(literal) > _MAX_NUMBER_CHARS:
+        raise _Unacceptable(f"a number literal has {len(literal)} characters")
+    value = float(literal)
+    if not math.isfinite(value):
+        raise _Unacceptable("a number is out of the float range")
+    return value
 
-    return Handler
+
+_DECODER = json.JSONDecoder(
+    parse_constant=_reject_constant, parse_int=_bounded_int, parse_float=_finite_float
+)
+
+
+def _loads(text: str, where: str) -> Any:
+    """RFC 8259 JSON: no NaN/Infinity, numbers of bounded length, bounded depth.
+
+    Raises:
+        json.JSONDecodeError: the text is not JSON (the caller may try another framing).
+        WebhookRejection: the text is JSON the receiver refuses.
+    """
+    try:
+        return _DECODER.decode(text)
+    except json.JSONDecodeError:
+        raise
+    except _Unacceptable as exc:
+        raise WebhookRejection(HTTPStatus.BAD_REQUEST, f"{where}: {exc}") from None
+    except RecursionError:
+        raise WebhookRejection(HTTPStatus.BAD_REQUEST, f"{where}: JSON nested too deeply") from None
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a parsed JSON value, computed without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        deepest = max(deepest, level)
+        if deepest > _MAX_NESTING:
+            return deepest
+        stack.extend((child, level + 1) for child in children)
+    return deepest

@@ -185,6 +185,22 @@ class Thresholds(Model):
     )
 
 
+class PublishConfig(Model):
+    """How a publish claims each destination list before sending (see ``ops/publish_leases``)."""
+
+    lease_seconds: float = Field(
+        default=600,
+        gt=0,
+        description="A claim on a destination list lasts this long unless renewed; the holder "
+        "renews it before every platform batch. A crashed run blocks its lists at most this long.",
+    )
+    lease_wait_seconds: float = Field(
+        default=60,
+        ge=0,
+        description="How long a publish waits for a list another run holds before skipping it.",
+    )
+
+
 class PipelineConfig(Model):
     """The whole of ``pipeline.yaml``."""
 
@@ -193,6 +209,7 @@ class PipelineConfig(Model):
     segments: list[Segment] = Field(default_factory=list)
     destinations: dict[Name, Destination] = Field(default_factory=dict)
     thresholds: Thresholds = Field(default_factory=Thresholds)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
     transform: TransformConfig = Field(default_factory=TransformConfig)
     volume: VolumeConfig = Field(default_factory=VolumeConfig)
 

@@ -1,8 +1,8 @@
 """``kind: events`` sources: web-analytics events pushed to a webhook, landed as micro-batches.
 
 A sender POSTs batches of events to the receiver (``audience-lake receive-events``), which
-verifies the optional HMAC signature, answers 2xx at once and lands each accepted request as
-one immutable NDJSON file in ``landing`` (a local folder or an ``s3://`` prefix). The
+verifies the HMAC signature and its timestamp, answers 2xx at once and lands each accepted
+request as one immutable NDJSON file in ``landing`` (a local folder or an ``s3://`` prefix). The
 ``land_events`` flow then moves new files into ``bronze/<source>``: each file exactly once,
 and each ``event_id`` once across every delivery (deliveries are at-least-once).
 
@@ -14,18 +14,23 @@ Example (``pipeline.yaml``)::
       fields: {event_id: messageId, occurred_at: timestamp, event_type: event}
       receiver:
         port: 8713
-        signing_secret: {secret: web_events_hmac}
+        signing_secret: {secret: web_events_hmac}   # AUDIENCE_LAKE_SECRET_WEB_EVENTS_HMAC
+
+A receiver must either have a ``signing_secret`` or say ``signing: none`` (accept unsigned
+batches, for a receiver only trusted local senders can reach); neither is a config error.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from tasks.core.config import Model, Role, SecretRef, SourceBase
 
 _HEADER_NAME = r"^[A-Za-z0-9][A-Za-z0-9-]*$"
+
+Signing = Literal["hmac_sha256", "none"]
 
 
 class WebhookReceiverOptions(Model):
@@ -34,26 +39,73 @@ class WebhookReceiverOptions(Model):
     host: str = Field(default="127.0.0.1", description="Bind address of the receiver.")
     port: int = Field(default=8713, ge=0, le=65535, description="Port (0 picks a free one).")
     path: str = Field(default="/events", description="URL path that accepts POSTed batches.")
+    signing: Signing = Field(
+        default="hmac_sha256",
+        description="hmac_sha256: every request must carry a valid signature made with "
+        "signing_secret. none: accept unsigned batches (anyone who can reach the receiver can "
+        "land events; logged as a warning at start) - only for loopback or trusted senders.",
+    )
     signing_secret: SecretRef | None = Field(
         default=None,
-        description="HMAC-SHA256 key; when set, every request must carry a valid signature.",
+        validate_default=True,
+        description="HMAC-SHA256 key (a {secret: NAME} reference); required unless signing: none.",
     )
     signature_header: str = Field(
         default="X-Signature-SHA256",
         pattern=_HEADER_NAME,
-        description="Header with hex HMAC-SHA256 of the raw body ('sha256=' prefix allowed).",
+        description="Header with hex HMAC-SHA256 of '<timestamp>.<body>' (or of the body "
+        "when timestamp_header is null); a 'sha256=' prefix is allowed.",
     )
     timestamp_header: str | None = Field(
-        default=None,
+        default="X-Signature-Timestamp",
         pattern=_HEADER_NAME,
-        description="If set, the signature covers '<timestamp>.<body>' and the timestamp "
-        "(epoch seconds) must lie within tolerance_seconds of now (replay protection).",
+        description="Header with the signing time (epoch seconds, digits only). The signature "
+        "covers '<timestamp>.<body>' and the timestamp must lie within tolerance_seconds of "
+        "now, so a captured request cannot be replayed later. null signs the body alone "
+        "(for senders that cannot send a timestamp; replays are then only deduplicated).",
     )
-    tolerance_seconds: float = Field(default=300, gt=0)
+    tolerance_seconds: float = Field(
+        default=300,
+        gt=0,
+        le=86_400,
+        allow_inf_nan=False,
+        description="Largest accepted distance between the signed timestamp and now.",
+    )
     max_body_bytes: int = Field(
-        default=512_000, ge=1, description="Largest accepted request body (after decoding)."
+        default=512_000,
+        ge=1,
+        description="Largest accepted request body, on the wire and after decoding.",
     )
     max_events: int = Field(default=10_000, ge=1, description="Most events in one request.")
+    max_connections: int = Field(
+        default=32,
+        ge=1,
+        le=4096,
+        description="Connections served at once; one more is answered 503 with Retry-After.",
+    )
+    request_timeout_seconds: float = Field(
+        default=30,
+        gt=0,
+        le=600,
+        allow_inf_nan=False,
+        description="Deadline for a whole request (headers and body); slower ones get 408.",
+    )
+
+    @field_validator("signing_secret")
+    @classmethod
+    def _secret_matches_signing(
+        cls, value: SecretRef | None, info: ValidationInfo
+    ) -> SecretRef | None:
+        signing = info.data.get("signing")
+        if signing == "hmac_sha256" and value is None:
+            raise ValueError(
+                "a signing secret is required: set signing_secret: {secret: NAME} "
+                "(read from AUDIENCE_LAKE_SECRET_<NAME>), or signing: none to accept "
+                "unsigned batches on purpose"
+            )
+        if signing == "none" and value is not None:
+            raise ValueError("signing: none and a signing_secret contradict each other")
+        return value
 
     @field_validator("path")
     @classmethod
@@ -94,7 +146,11 @@ class EventSource(SourceBase):
         description="Move each file to archive/ under the landing root once its rows are in "
         "bronze, so runs list only pending files.",
     )
-    receiver: WebhookReceiverOptions = Field(default_factory=WebhookReceiverOptions)
+    receiver: WebhookReceiverOptions | None = Field(
+        default=None,
+        description="The webhook receiver (audience-lake receive-events) for this source; "
+        "absent when something else lands the files.",
+    )
 
     @field_validator("landing")
     @classmethod

@@ -196,8 +196,12 @@ class StagingState:
 
     Written as commit metadata in the same commit as the staged rows, so rows and state never
     disagree. Per source: the bronze ``versions`` staged, a digest of the field ``mappings``
-    used (a changed mapping restages the source), and the ``live`` row count (volume metrics
-    read it without a scan).
+    used (a changed mapping restages the source), the ``live`` row count (volume metrics
+    read it without a scan), and the ``rejected`` count: how many of the source's current
+    bronze rows fail the role's contract (they are in ``ops/quarantine``, not in the log).
+    Both counts describe what the table reflects, not what one run did, so a run that finds
+    the table up to date (a rerun after a crash) reports what the run that staged it would
+    have. ``rejected`` is None in a state written before it was recorded (restage the role).
     """
 
     fingerprint: str
@@ -205,6 +209,7 @@ class StagingState:
     versions: dict[str, int] = field(default_factory=dict)
     mappings: dict[str, str] = field(default_factory=dict)
     live: dict[str, int] = field(default_factory=dict)
+    rejected: dict[str, int] | None = None
 
     def to_metadata(self) -> dict[str, str]:
         return {STAGING_STATE_KEY: json.dumps(asdict(self), sort_keys=True)}
@@ -222,6 +227,11 @@ class StagingState:
             versions={str(k): int(v) for k, v in data.get("versions", {}).items()},
             mappings={str(k): str(v) for k, v in data.get("mappings", {}).items()},
             live={str(k): int(v) for k, v in data.get("live", {}).items()},
+            rejected=(
+                None
+                if data.get("rejected") is None
+                else {str(k): int(v) for k, v in data["rejected"].items()}
+            ),
         )
 
 

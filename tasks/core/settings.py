@@ -7,6 +7,7 @@ never from ``pipeline.yaml``. Secrets are ``SecretStr`` so they never appear in 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -18,6 +19,61 @@ from tasks.errors import ConfigError
 # Used only when no pepper is configured, so the embedded demo runs with zero configuration.
 # `audience-lake doctor` warns when a non-local lake runs with it.
 DEMO_PEPPER = "audience-lake-demo-pepper-not-secret"
+
+LAKE_URI_FORMS = "a local directory, file:///absolute/path or s3://bucket/prefix"
+_URI_SCHEME = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]+):(?P<rest>.*)", re.DOTALL)
+# A URI that lost its colon ("s3//bucket") still reads as a local path: refuse these names.
+_SCHEME_WITHOUT_COLON = re.compile(r"(?P<scheme>s3a?|file|gs|gcs|az|abfss?|https?|hdfs)//", re.I)
+_SUPPORTED_SCHEMES = ("s3", "s3a", "file")
+# Characters any S3-compatible store allows in a bucket name (AWS is stricter; some stores relax
+# case and underscores): enough to catch an endpoint or a path pasted in the bucket's place.
+_BUCKET = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def lake_uri_problem(uri: str) -> str | None:
+    """Why ``uri`` cannot be a lake root, or None if it can.
+
+    A typo must not silently become a local folder: ``s3:/bucket`` and ``s3//bucket`` are
+    refused, as are an S3 URI without a valid bucket and any scheme other than s3/s3a/file.
+
+    Example:
+        >>> lake_uri_problem("s3:/bucket/lake")
+        "'s3:/bucket/lake' is missing a '/' after 's3:' (write s3://bucket/lake)"
+        >>> lake_uri_problem("s3://bucket/lake") is None
+        True
+    """
+    if not uri.strip():
+        return f"is empty; expected {LAKE_URI_FORMS}"
+    if uri != uri.strip():
+        return f"{uri!r} has leading or trailing whitespace"
+    typo = _SCHEME_WITHOUT_COLON.match(uri)
+    if typo:
+        scheme = typo["scheme"]
+        fixed = f"{scheme}://{uri[typo.end() :]}"
+        return f"{uri!r} looks like a URI without its ':' (write {fixed})"
+    match = _URI_SCHEME.fullmatch(uri)
+    if match is None:
+        return None  # a local path (a one-letter "scheme" is a Windows drive: not matched)
+    scheme, rest = match["scheme"], match["rest"]
+    if scheme not in _SUPPORTED_SCHEMES:
+        if scheme.lower() in _SUPPORTED_SCHEMES:
+            return f"{uri!r}: write the scheme in lowercase ({scheme.lower()}://)"
+        return f"{uri!r}: unsupported scheme {scheme!r}; expected {LAKE_URI_FORMS}"
+    if not rest.startswith("//"):
+        fixed = f"{scheme}://{rest.lstrip('/')}"
+        return f"{uri!r} is missing a '/' after '{scheme}:' (write {fixed})"
+    body = rest[2:]
+    if scheme == "file":
+        return None if body.startswith("/") else f"{uri!r}: write file:///absolute/path"
+    bucket = body.partition("/")[0]
+    if not bucket:
+        return f"{uri!r} names no bucket; expected s3://bucket/prefix"
+    if not _BUCKET.fullmatch(bucket):
+        return (
+            f"{uri!r}: {bucket!r} is not a valid S3 bucket name (letters, digits, dots, hyphens; "
+            "the endpoint goes in AUDIENCE_LAKE_S3_ENDPOINT)"
+        )
+    return None
 
 
 class Settings(BaseSettings):
@@ -55,9 +111,10 @@ class Settings(BaseSettings):
 
     @field_validator("lake_uri")
     @classmethod
-    def _known_scheme(cls, value: str) -> str:
-        if "://" in value and not value.startswith(("s3://", "s3a://", "file://")):
-            raise ValueError(f"lake_uri {value!r}: only local paths and s3:// are supported")
+    def _valid_lake_uri(cls, value: str) -> str:
+        problem = lake_uri_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @property
@@ -86,7 +143,8 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         problems = "; ".join(
-            f"AUDIENCE_LAKE_{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            f"AUDIENCE_LAKE_{'.'.join(str(p) for p in e['loc']).upper()}: "
+            + str(e["msg"]).removeprefix("Value error, ")
             for e in exc.errors()
         )
         raise ConfigError(f"environment: {problems}") from exc

@@ -303,3 +303,19 @@ def test_too_many_concurrent_requests_get_429() -> None:
     assert set(statuses) == {200, 429}
     assert retry_after == [None] * workers
     assert peak > 3
+
+
+def test_member_requests_count_every_payload_per_member(
+    mailchimp: MailchimpStandIn, client: httpx.Client
+) -> None:
+    _batch(client, [{"email_address": "A@example.com", "status": "subscribed"},
+                    {"email_address": "not-an-email", "status": "subscribed"}])  # fmt: skip
+    _batch(client, [{"email_address": "a@example.com", "status": "unsubscribed"}],
+           update_existing=True)  # fmt: skip
+    assert mailchimp.member_requests(LIST) == [
+        ("a@example.com", "subscribed"),
+        ("not-an-email", "subscribed"),  # refused by the platform, but it was sent
+        ("a@example.com", "unsubscribed"),
+    ]
+    assert mailchimp.sends_per_member(LIST) == {"a@example.com": 2, "not-an-email": 1}
+    assert mailchimp.member_requests("other-list") == []

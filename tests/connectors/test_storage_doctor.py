@@ -260,3 +260,14 @@ def test_store_that_ignores_if_none_match_fails_conditional_put(
         assert "ACCEPTED" in conditional.detail
     listing = s3_endpoint.client().list_objects_v2(Bucket=s3_bucket)
     assert listing.get("KeyCount", 0) == 0  # the probe is deleted even when the check fails
+
+
+@pytest.mark.parametrize("root", ["s3:/bucket/lake", "s3//bucket/lake", "s3://", "gs://bucket/x"])
+def test_a_mistyped_lake_uri_fails_the_doctor_and_creates_nothing(
+    root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    [result] = check_store(root, {})
+    assert (result.name, result.ok) == ("lake uri", False)
+    assert repr(root) in result.detail
+    assert list(tmp_path.iterdir()) == []  # not silently a local folder

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,14 @@ def landed_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*") if p.is_file())
 
 
-def signed(body: bytes, **headers: str) -> dict[str, str]:
-    return {"X-Signature-SHA256": "sha256=" + sign(SECRET, body), **headers}
+def signed(body: bytes, *, at: float | None = None, **headers: str) -> dict[str, str]:
+    """What a sender sends: a fresh timestamp and the signature over '<timestamp>.<body>'."""
+    ts = str(int(time.time() if at is None else at))
+    return {
+        "X-Signature-SHA256": "sha256=" + sign(SECRET, body, ts),
+        "X-Signature-Timestamp": ts,
+        **headers,
+    }
 
 
 @pytest.fixture
@@ -117,13 +124,15 @@ def test_chunked_transfer_encoding_is_read(receiver: WebhookReceiver, landing: P
     [
         ({}, "missing X-Signature-SHA256"),
         ({"X-Signature-SHA256": "sha256=" + "0" * 64}, "does not match"),
-        ({"X-Signature-SHA256": sign(b"other-secret", b"[]")}, "does not match"),
+        ({"X-Signature-SHA256": sign(b"other-secret", json.dumps(EVENTS).encode())}, "not match"),
+        ({"X-Signature-SHA256": sign(SECRET, json.dumps(EVENTS).encode())}, "not match"),
     ],
-    ids=["missing", "wrong-digest", "wrong-secret"],
+    ids=["missing", "wrong-digest", "wrong-secret", "body-only"],
 )
 def test_bad_signatures_are_refused_and_nothing_lands(
     receiver: WebhookReceiver, landing: Path, headers: dict[str, str], message: str
 ) -> None:
+    headers = {"X-Signature-Timestamp": str(int(time.time())), **headers}
     response = httpx.post(receiver.url, content=json.dumps(EVENTS).encode(), headers=headers)
     assert response.status_code == 401
     assert message in response.json()["message"]
@@ -143,18 +152,19 @@ def test_timestamped_signatures_reject_replays_outside_the_window(landing: Path)
         LocalLanding(landing),
         source_name="web",
         secret=SECRET,
-        timestamp_header="X-Timestamp",
         tolerance_seconds=300,
         clock=lambda: now,
     ) as server:
         body = json.dumps(EVENTS).encode()
         for ts, status in [(str(int(now - 10)), 200), (str(int(now - 301)), 401), ("soon", 401)]:
-            headers = {"X-Signature-SHA256": sign(SECRET, body, ts), "X-Timestamp": ts}
+            headers = {"X-Signature-SHA256": sign(SECRET, body, ts), "X-Signature-Timestamp": ts}
             response = httpx.post(server.url, content=body, headers=headers)
             assert response.status_code == status, (ts, response.text)
         # A signature over the body alone is not valid when timestamps are required.
         response = httpx.post(
-            server.url, content=body, headers={**signed(body), "X-Timestamp": str(int(now))}
+            server.url,
+            content=body,
+            headers={"X-Signature-SHA256": sign(SECRET, body), "X-Signature-Timestamp": str(now)},
         )
         assert response.status_code == 401
     assert len(landed_files(landing)) == 1
@@ -185,7 +195,11 @@ def test_invalid_batches_are_refused_whole_with_the_reason(
 
 def test_limits_answer_413(landing: Path) -> None:
     with WebhookReceiver(
-        LocalLanding(landing), source_name="web", max_body_bytes=200, max_events=2
+        LocalLanding(landing),
+        source_name="web",
+        allow_unsigned=True,
+        max_body_bytes=200,
+        max_events=2,
     ) as server:
         big = json.dumps([{"event_id": f"e{i}", "pad": "x" * 50} for i in range(5)]).encode()
         assert httpx.post(server.url, content=big).status_code == 413
@@ -210,7 +224,9 @@ def test_routes_methods_and_health(receiver: WebhookReceiver) -> None:
 def test_a_landing_failure_answers_503_so_the_sender_retries(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the landing folder should be")
-    with WebhookReceiver(LocalLanding(blocker / "landing"), source_name="web") as server:
+    with WebhookReceiver(
+        LocalLanding(blocker / "landing"), source_name="web", allow_unsigned=True
+    ) as server:
         response = httpx.post(server.url, content=json.dumps(EVENTS).encode())
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "5"
@@ -248,7 +264,9 @@ def test_on_landed_runs_after_the_reply_and_its_failure_is_not_the_senders(
         seen.append(batch)
         raise RuntimeError("event bus down")
 
-    with WebhookReceiver(LocalLanding(landing), source_name="web", on_landed=hook) as server:
+    with WebhookReceiver(
+        LocalLanding(landing), source_name="web", allow_unsigned=True, on_landed=hook
+    ) as server:
         body = json.dumps(EVENTS).encode()
         assert httpx.post(server.url, content=body).status_code == 200
         assert httpx.post(server.url, content=body).status_code == 200
@@ -339,7 +357,7 @@ def test_landed_batches_emit_the_event_that_triggers_the_land_events_deployment(
     deployments = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
     [deployment] = [d for d in deployments if d["name"] == "land-events"]
     assert deployment["entrypoint"] == "flows/events.py:land_events"
-    assert deployment["schedules"] == [{"cron": "* * * * *", "timezone": "UTC"}]  # the fallback
+    assert deployment["schedules"] == []  # the hourly pipeline's ingest is the fallback
     # Prefect's own parser for prefect.yaml triggers, and its own matching rules.
     [trigger] = _initialize_deployment_triggers("land-events", deployment["triggers"])
     assert isinstance(trigger, DeploymentEventTrigger)
@@ -358,7 +376,10 @@ def test_landed_batches_emit_the_event_that_triggers_the_land_events_deployment(
         with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
             worker = EventsWorker.instance()
             with WebhookReceiver(
-                LocalLanding(landing), source_name="web_events", on_landed=announce_landed
+                LocalLanding(landing),
+                source_name="web_events",
+                allow_unsigned=True,
+                on_landed=announce_landed,
             ) as server:
                 body = json.dumps(EVENTS).encode()
                 httpx.post(server.url, content=body)

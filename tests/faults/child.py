@@ -1,10 +1,16 @@
-"""Subprocess entry point for fault tests: run the real ingest task, optionally dying on cue.
+"""Subprocess entry point for fault tests: run the real ingest or transform, dying on cue.
 
 ``python -m tests.faults.child [SPEC_JSON]`` (the spec as an argument or one line on stdin)
-runs ``tasks.ingest.ingest_source`` (the Prefect task's plain function, with Prefect's run
-logger disabled, so no Prefect server is involved) for each source named in the spec, against
-the lake named by ``AUDIENCE_LAKE_LAKE_URI``. It prints one line per event, flushed, so the
-parent can follow along and kill it at a precise point::
+runs, against the lake named by ``AUDIENCE_LAKE_LAKE_URI`` and with Prefect's run logger
+disabled (no Prefect server is involved):
+
+* ``spec["job"] == "ingest"`` (the default): ``tasks.ingest.ingest_source`` (the Prefect task's
+  plain function) for each source named in ``spec["sources"]``;
+* ``spec["job"] == "transform"``: the transform flow's tasks in the flow's order
+  (:func:`tests.faults.staging.run_transform`).
+
+It prints one line per event, flushed, so the parent can follow along and kill it at a precise
+point::
 
     warm                      imports done, waiting for the spec on stdin
     ready                     spec read, about to ingest
@@ -14,7 +20,9 @@ parent can follow along and kill it at a precise point::
 Faults (``spec["fault"]``), injected here in the child, never in production code:
 
 * ``{"kind": "exit_after_commits", "n": N}`` — ``os._exit`` right after the N-th lake write
-  returned (the commit is durable; nothing after it ran);
+  returned (the commit is durable; nothing after it ran). For the ingest job every call of a
+  writing method counts; for the transform job only calls that made a Delta commit (the
+  table's version moved), so N enumerates the run's commit boundaries exactly;
 * ``{"kind": "exit_before_watermark", "source": S}`` — ``os._exit`` when the ingest of ``S`` has
   written everything and reads its watermark back for the report;
 * ``{"kind": "none"}`` — run to the end (the parent may still SIGKILL it at any moment).
@@ -76,6 +84,7 @@ def main(argv: list[str]) -> int:
 
     from tasks.core.config import load_pipeline
     from tasks.ingest import ingest_source
+    from tests.faults.staging import instrument_commits, run_transform
 
     # Warm: the imports (seconds) are done before the spec arrives, so a pool of warm children
     # keeps them out of the tests' wall time. EOF on stdin means "not needed after all".
@@ -85,6 +94,21 @@ def main(argv: list[str]) -> int:
         return 0
     spec: dict[str, Any] = json.loads(line)
     os.environ.update(spec.get("env") or {})
+    if spec.get("job") == "transform":
+        fault = spec.get("fault") or {}
+        exit_at = fault.get("n") if fault.get("kind") == "exit_after_commits" else None
+
+        def on_commit(count: int, method: str, table: str) -> None:
+            print(f"commit {count} {method} {table}", flush=True)
+            if count == exit_at:
+                os._exit(EXIT_CODE)
+
+        instrument_commits(on_commit)
+        print("ready", flush=True)
+        with disable_run_logger():
+            run_transform(run_id=spec["run_id"])
+        print("done", flush=True)
+        return 0
     config = load_pipeline(spec["config"])
     _instrument(spec.get("fault") or {})
     print("ready", flush=True)

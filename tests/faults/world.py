@@ -353,7 +353,7 @@ def build_world(
     records, _people, _dups = build_crm(random.Random(5), 240)
     crm = FaultyCrm(records, client_id="cid", client_secret=CRM_SECRET)
     landing = root / "landing"
-    receiver = WebhookReceiver(LocalLanding(landing), source_name="web_events")
+    receiver = WebhookReceiver(LocalLanding(landing), source_name="web_events", allow_unsigned=True)
     orders_db = root / "orders.db"
     _write_orders(orders_db)
     drops = root / "drops"

@@ -78,6 +78,7 @@ def sandbox(
     monkeypatch.setenv("AUDIENCE_LAKE_SECRET_CRM_CLIENT_SECRET", "flow-secret")
     monkeypatch.setenv("AUDIENCE_LAKE_CRM_CLIENT_ID", "flow-client")
     monkeypatch.setenv("AUDIENCE_LAKE_SECRET_MAILCHIMP_API_KEY", "flow-key-us1")
+    monkeypatch.setenv("AUDIENCE_LAKE_SECRET_WEB_EVENTS_HMAC", "flow-hmac-key")
     monkeypatch.setenv("AUDIENCE_LAKE_LAKE_URI", str(tmp_path / "lake"))
     crm = CrmStandIn.from_file(
         data_dir / "crm_contacts.json", client_id="flow-client", client_secret="flow-secret"

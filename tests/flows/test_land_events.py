@@ -44,7 +44,10 @@ def test_land_events_lands_only_event_sources_each_event_once(sandbox: Sandbox) 
     source = load_pipeline(CONFIG).sources["web_events"]
     assert isinstance(source, EventSource)
     with WebhookReceiver(
-        landing_for(source), source_name="web_events", event_id_field=source.event_id_column
+        landing_for(source),
+        source_name="web_events",
+        event_id_field=source.event_id_column,
+        allow_unsigned=True,
     ) as receiver:
         batch = [
             {"event_id": delivered[0], "event_type": "page_view", "occurred_at": "x"},

@@ -6,28 +6,45 @@ seeded as history into a second fresh lake, and the next run there meets a broke
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
+from uuid import UUID
 
 import polars as pl
 import pytest
 import yaml
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterParentFlowRunId,
+    TaskRunFilter,
+    TaskRunFilterFlowRunId,
+)
+from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.sorting import FlowRunSort
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 from prefect.events.schemas.events import ReceivedEvent
 
+from flows.cli import EXIT_HELD, main
 from flows.common import utc_now
 from flows.ingest import ingest
-from flows.pipeline import PipelineReport, pipeline
+from flows.pipeline import PUBLISH_SUMMARY_KEY, PipelineReport, pipeline
 from flows.publish import publish
 from flows.transform import transform
 from tasks.anomaly import ARTIFACT_KEY, EVENT_NAME, VOLUME_ALERTS, record_alerts
 from tasks.connectors.lake import Lake
+from tasks.connectors.leases import Lease, LeaseStore, lease_key
 from tasks.core.config import load_pipeline
-from tasks.publish import publish_holds
+from tasks.publish import PUBLISH_EVENT_PREFIX, publish_holds
 from tasks.volume import VOLUME_METRICS
 from tests.connectors.test_notifiers import HOOK_PATH, SlackWebhookStandIn
 from tests.flows.conftest import CONFIG, Sandbox
@@ -178,30 +195,195 @@ def test_a_broken_crm_load_holds_its_audiences_until_overridden(
     assert lake.read("ops/sync_ledger").height == sum(p.sent for p in forced)
 
 
-def test_an_opt_out_storm_is_held_as_a_large_removal(sandbox: Sandbox) -> None:
+def test_an_opt_out_storm_is_held_but_its_unsubscribes_go_out_and_the_hold_shows(
+    sandbox: Sandbox,
+) -> None:
     first = pipeline(config_path=CONFIG)
     assert not [p for p in first.publish if p.held]
     biggest = max(first.publish, key=lambda p: p.members)
     assert biggest.members >= 20, "the sample needs a list large enough for the removal guard"
     lake = sandbox.lake
     members = lake.read("gold/audience_members").filter(pl.col("segment") == biggest.segment)
-    # A CRM mapping bug marks most of the list as opted out.
+    # A CRM mapping bug marks most of the list as opted out; one remaining member is renamed.
+    storm = set(members["email"].head(members.height * 3 // 5))
+    renamed = members["email"][-1]
+    for contact in sandbox.crm.contacts():
+        email = (contact["properties"].get("email") or "").strip().lower()
+        if email in storm:
+            sandbox.crm.upsert_contact({"hs_email_optout": "true"}, id=contact["id"])
+        elif email == renamed:
+            sandbox.crm.upsert_contact({"firstname": "Renamed"}, id=contact["id"])
+
+    # The command exits 3: completed, with an audience held.
+    assert main(["run", "--config", CONFIG]) == EXIT_HELD == 3
+    run = latest_flow_run("pipeline")
+    assert run.state is not None and run.state.name == "Held" and run.state.is_completed()
+    report = latest_publish_reports(run.id)
+    held = report[biggest.segment]
+    assert held["held"] is not None and "large removal" in held["held"], held
+    assert held["outcome"] == "held"
+
+    # Opt-outs are legal obligations: every one of them went out despite the hold ...
+    platform = sandbox.mailchimp.members(biggest.audience)
+    by_email = {m["email_address"].lower(): m for m in platform.values()}
+    assert {e for e in storm if by_email[e]["status"] == "unsubscribed"} == storm
+    assert held["unsubscribed"] == held["sent"] == len(storm)
+    # ... while the update waits for a run without the hold.
+    assert held["held_back"] == 1
+    assert by_email[renamed]["merge_fields"]["FNAME"] != "Renamed"
+
+    # The task, the publish sub-flow and the pipeline run all say Held, not Completed.
+    with get_client(sync_client=True) as client:
+        publish_run = next(
+            r
+            for r in client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])
+                )
+            )
+            if r.name and r.state and r.state.name == "Held"
+        )
+        tasks = client.read_task_runs(
+            task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[publish_run.id]))
+        )
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[PUBLISH_SUMMARY_KEY]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]),
+            )
+        )
+    states = {t.name: t.state.name for t in tasks if t.state is not None}
+    assert states[f"publish-{biggest.segment}"] == "Held"
+    assert sorted(set(states.values())) == ["Completed", "Held"]
+    # The summary artifact sits on the top-level pipeline run and gives the reason.
+    assert len(artifacts) == 1, artifacts
+    summary = str(artifacts[0].data)
+    assert f"| {biggest.segment} | {biggest.audience} | **held** |" in summary
+    assert "large removal" in summary
+    # An event an automation can alert on, naming the destination list.
+    events = publish_events(f"audience-lake.audience.mailchimp.{biggest.audience}", run.id)
+    assert events, "no audience-lake.publish.held event reached the Prefect server"
+    assert events[0].event == "audience-lake.publish.held"
+    assert events[0].resource["audience-lake.segment"] == biggest.segment
+    assert events[0].resource["audience-lake.destination"] == "mailchimp"
+    assert events[0].resource["audience-lake.audience"] == biggest.audience
+    assert "large removal" in events[0].payload["reason"]
+
+    # With nobody left to remove, the hold lifts and the update goes out; a plain run ends
+    # Completed and exits 0.
+    assert main(["run", "--config", CONFIG]) == 0
+    after = latest_flow_run("pipeline")
+    assert after.state is not None and after.state.name == "Completed"
+    updated = {m["email_address"].lower(): m for m in
+               sandbox.mailchimp.members(biggest.audience).values()}  # fmt: skip
+    assert updated[renamed]["merge_fields"]["FNAME"] == "Renamed"
+
+
+def test_a_dry_run_of_a_held_audience_sends_nothing_not_even_unsubscribes(
+    sandbox: Sandbox,
+) -> None:
+    first = pipeline(config_path=CONFIG)
+    biggest = max(first.publish, key=lambda p: p.members)
+    members = sandbox.lake.read("gold/audience_members").filter(
+        pl.col("segment") == biggest.segment
+    )
     storm = set(members["email"].head(members.height * 3 // 5))
     for contact in sandbox.crm.contacts():
         if (contact["properties"].get("email") or "").strip().lower() in storm:
             sandbox.crm.upsert_contact({"hs_email_optout": "true"}, id=contact["id"])
+    before = len(sandbox.mailchimp.requests)
+    dry = pipeline(config_path=CONFIG, dry_run=True)
+    held = next(p for p in dry.publish if p.segment == biggest.segment)
+    assert held.held is not None and held.dry_run and held.sent == 0
+    assert held.planned >= len(storm)
+    assert [r for r in sandbox.mailchimp.requests[before:] if r[0] == "POST"] == []
 
-    second = pipeline(config_path=CONFIG)
-    held = next(p for p in second.publish if p.segment == biggest.segment)
-    assert held.held is not None and "large removal" in held.held, held
-    assert held.sent == held.unsubscribed == 0
-    assert second.transform.anomalies == []  # too little history: only the removal guard holds
-    subscribed = [
-        m for m in sandbox.mailchimp.members(biggest.audience).values()
-        if m["status"] == "subscribed"
-    ]  # fmt: skip
-    assert len(subscribed) == biggest.members  # nobody was unsubscribed
 
-    forced = publish(config_path=CONFIG, override_hold=True)
-    sent = next(p for p in forced if p.segment == biggest.segment)
-    assert sent.held is None and sent.unsubscribed >= len(storm) // 2
+def test_a_list_claimed_by_another_run_is_skipped_visibly(sandbox: Sandbox, tmp_path: Path) -> None:
+    first = pipeline(config_path=CONFIG)
+    target = max(first.publish, key=lambda p: p.members)
+    raw = yaml.safe_load(Path(CONFIG).read_text(encoding="utf-8"))
+    raw["publish"] = {"lease_wait_seconds": 0}
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    # One member is renamed, so the list has something to send ...
+    renamed = sandbox.lake.read("gold/audience_members").filter(
+        pl.col("segment") == target.segment
+    )["email"][0]
+    for contact in sandbox.crm.contacts():
+        if (contact["properties"].get("email") or "").strip().lower() == renamed:
+            sandbox.crm.upsert_contact({"firstname": "Renamed"}, id=contact["id"])
+    # ... but a run elsewhere holds it (e.g. a scheduled run meeting a rerun from the UI).
+    other = LeaseStore(sandbox.lake).try_claim(
+        lease_key("mailchimp", target.audience), "scheduled@elsewhere:1", ttl=600, now=utc_now()
+    )
+    assert isinstance(other, Lease)
+    before = len(sandbox.mailchimp.member_requests(target.audience))
+
+    assert main(["run", "--config", str(config)]) == EXIT_HELD
+    run = latest_flow_run("pipeline")
+    assert run.state is not None and run.state.name == "Skipped" and run.state.is_completed()
+    row = latest_publish_reports(run.id)[target.segment]
+    assert row["outcome"] == "skipped"
+    assert f"list mailchimp/{target.audience} is claimed by scheduled@elsewhere:1" in row["skipped"]
+    assert len(sandbox.mailchimp.member_requests(target.audience)) == before
+    with get_client(sync_client=True) as client:
+        children = FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id]))
+        publish_run = next(
+            r for r in client.read_flow_runs(flow_run_filter=children)
+            if r.state is not None and r.state.name == "Skipped"
+        )  # fmt: skip
+        tasks = client.read_task_runs(
+            task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[publish_run.id]))
+        )
+    states = {t.name: t.state.name for t in tasks if t.state is not None}
+    assert states[f"publish-{target.segment}"] == "Skipped"
+    events = publish_events(f"audience-lake.audience.mailchimp.{target.audience}", run.id)
+    assert [e.event for e in events] == ["audience-lake.publish.skipped"]
+
+
+def latest_flow_run(name: str) -> FlowRun:
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[name])),
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=1,
+        )
+    return runs[0]
+
+
+def latest_publish_reports(pipeline_run_id: UUID) -> dict[str, dict[str, Any]]:
+    """The rows of the ``publish-results`` table artifact of the pipeline's publish sub-flow."""
+    with get_client(sync_client=True) as client:
+        children = FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[pipeline_run_id])
+        )
+        subflows = [r.id for r in client.read_flow_runs(flow_run_filter=children)]
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["publish-results"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=subflows),
+            )
+        )
+    assert len(artifacts) == 1, artifacts
+    data = artifacts[0].data
+    rows: list[dict[str, Any]] = json.loads(data) if isinstance(data, str) else data
+    return {row["segment"]: row for row in rows}
+
+
+def publish_events(resource_id: str, run_id: UUID, *, timeout: float = 15.0) -> list[ReceivedEvent]:
+    """``audience-lake.publish.*`` events about one list from one run, as the server stored them."""
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            page = client.read_events(
+                EventFilter(
+                    event=EventNameFilter(prefix=[PUBLISH_EVENT_PREFIX]),
+                    resource=EventResourceFilter(id=[resource_id]),
+                ),
+                limit=50,
+            )
+            mine = [e for e in page.events if e.payload.get("run_id") == str(run_id)]
+            if mine or time.monotonic() > deadline:
+                return mine
+            time.sleep(0.5)

@@ -15,6 +15,7 @@ CLI = str(Path(sys.executable).with_name("audience-lake"))
 SECRETS = {
     "AUDIENCE_LAKE_SECRET_CRM_CLIENT_SECRET": "s3cret-crm",
     "AUDIENCE_LAKE_SECRET_MAILCHIMP_API_KEY": "key-us1",
+    "AUDIENCE_LAKE_SECRET_WEB_EVENTS_HMAC": "hmac-key",
 }
 
 
@@ -40,8 +41,12 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str]) -> str:
 
 def test_validate_fails_on_a_missing_secret_naming_it_and_its_variable(tmp_path: Path) -> None:
     config = str(ROOT / "pipeline.yaml")
-    only_crm = {"AUDIENCE_LAKE_SECRET_CRM_CLIENT_SECRET": "s3cret-crm"}
-    line = assert_one_line_error(run_cli(["validate", "--config", config], tmp_path, **only_crm))
+    all_but_mailchimp = {
+        k: v for k, v in SECRETS.items() if k != "AUDIENCE_LAKE_SECRET_MAILCHIMP_API_KEY"
+    }
+    line = assert_one_line_error(
+        run_cli(["validate", "--config", config], tmp_path, **all_but_mailchimp)
+    )
     assert line == (
         f"error: {config}: destinations.mailchimp.api_key: secret 'mailchimp_api_key' is not set "
         "(export AUDIENCE_LAKE_SECRET_MAILCHIMP_API_KEY)"

@@ -166,6 +166,9 @@ def test_states_round_trip_through_commit_metadata() -> None:
     commit = {"operation": "WRITE", **staging.to_metadata()}
     assert StagingState.from_commit(commit) == staging
     assert StagingState.from_commit({"operation": "OPTIMIZE"}) is None
+    counted = StagingState("fp", 5, {"crm": 8}, {"crm": "m1"}, {"crm": 118}, {"crm": 2})
+    assert StagingState.from_commit(counted.to_metadata()) == counted
+    assert StagingState.from_commit(staging.to_metadata()).rejected is None  # type: ignore[union-attr]
     built = TransformState("fp2", AS_OF.isoformat(), {"orders": 3}, {"silver/orders": 9})
     assert TransformState.from_commit({**built.to_metadata()}) == built
     assert TransformState.from_commit(staging.to_metadata()) is None

@@ -13,6 +13,7 @@ import httpx
 
 from tasks.connectors.http import RetryPolicy, send_with_retries
 from tasks.connectors.redact import redact
+from tasks.core.sync import SyncAction
 from tasks.errors import PublishError
 
 MAX_BATCH = 500
@@ -22,7 +23,7 @@ MAX_BATCH = 500
 class MemberChange:
     contact_key: str
     email: str
-    action: str  # subscribe | unsubscribe
+    action: SyncAction
     first_name: str | None = None
     last_name: str | None = None
 

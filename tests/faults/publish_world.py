@@ -1,0 +1,322 @@
+"""The world the publish fault tests crash into: a lake with two audiences and a Mailchimp.
+
+The lake holds only what publishing reads (``silver/contacts``, ``gold/audience_members``,
+``ops/sync_ledger``, ``ops/publish_leases``), written as real Delta tables; the Mailchimp
+stand-in runs in the test process on loopback and logs every member payload it receives. Child
+processes (:mod:`tests.faults.publish_child`) run the real publish code against both.
+
+A scenario has two phases: :func:`initial` people are published once (in the test process);
+then :func:`changed` people — some opted out, some renamed, some new — are the data of the run
+under test, which plans unsubscribes, updates and new subscribes in several platform batches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from tasks.connectors.lake import Lake
+from tasks.core.sync import LEDGER_KEYS, LEDGER_SCHEMA
+
+ROOT = Path(__file__).resolve().parents[2]
+CHILD_TIMEOUT_S = 120.0
+LISTS = {"seg_a": "list-a", "seg_b": "list-b"}
+BATCH_SIZE = 5
+API_KEY = "fault-key-us1"
+PEOPLE = 20
+
+
+def pipeline_yaml(mailchimp_url: str, *, lease_seconds: float, lease_wait_seconds: float) -> str:
+    """A config whose only job here is the destination (a source is required by the schema)."""
+    audiences = "\n".join(f"      {segment}: {list_id}" for segment, list_id in LISTS.items())
+    return f"""
+version: 1
+sources:
+  people:
+    kind: files
+    role: contacts
+    path: ./unused
+    format: csv
+segments:
+  - name: seg_a
+    where: order_count >= 1
+  - name: seg_b
+    where: order_count >= 2
+destinations:
+  mailchimp:
+    kind: mailchimp
+    base_url: {mailchimp_url}
+    api_key: {{secret: fault_mailchimp}}
+    batch_size: {BATCH_SIZE}
+    audiences:
+{audiences}
+publish:
+  lease_seconds: {lease_seconds}
+  lease_wait_seconds: {lease_wait_seconds}
+"""
+
+
+@dataclass(frozen=True)
+class Person:
+    n: int
+    consent: str
+    segments: tuple[str, ...]
+    first_name: str
+
+    @property
+    def key(self) -> str:
+        return f"v1:{self.n:064x}"
+
+    @property
+    def email(self) -> str:
+        return f"person{self.n}@example.com"
+
+
+def initial() -> list[Person]:
+    """Everyone opted in; the first 12 in seg_a, every other one in seg_b."""
+    return [
+        Person(
+            n,
+            "subscribed",
+            tuple(s for s, on in (("seg_a", n < 12), ("seg_b", n % 2 == 0)) if on),
+            f"P{n}",
+        )
+        for n in range(PEOPLE)
+    ]
+
+
+def changed() -> list[Person]:
+    """Opt-outs (n % 5 == 1), renames (n % 4 == 3) and newcomers (n >= 12 join seg_a)."""
+    people = []
+    for p in initial():
+        consent = "unsubscribed" if p.n % 5 == 1 else p.consent
+        name = f"{p.first_name}-renamed" if p.n % 4 == 3 else p.first_name
+        segments = tuple(sorted(set(p.segments) | ({"seg_a"} if p.n >= 12 else set())))
+        if consent != "subscribed":
+            segments = ()
+        people.append(Person(p.n, consent, segments, name))
+    return people
+
+
+def write_people(lake: Lake, people: list[Person]) -> None:
+    """``silver/contacts`` and ``gold/audience_members`` for ``people`` (replacing both)."""
+    contacts = pl.DataFrame(
+        [{"contact_key": p.key, "email": p.email, "consent_status": p.consent} for p in people],
+        schema={"contact_key": pl.String(), "email": pl.String(), "consent_status": pl.String()},
+    )
+    members = pl.DataFrame(
+        [
+            {
+                "segment": s,
+                "contact_key": p.key,
+                "email": p.email,
+                "first_name": p.first_name,
+                "last_name": "Test",
+            }
+            for p in people
+            for s in p.segments
+        ],
+        schema={
+            k: pl.String() for k in ("segment", "contact_key", "email", "first_name", "last_name")
+        },
+    )
+    lake.overwrite("silver/contacts", contacts)
+    lake.overwrite("gold/audience_members", members)
+
+
+def ledger_view(lake: Lake) -> pl.DataFrame:
+    """The sync ledger without the columns that differ between runs (run id, time)."""
+    return lake.read("ops/sync_ledger").drop("run_id", "synced_at").sort(LEDGER_KEYS)
+
+
+class PublishChild:
+    """A child running :mod:`tests.faults.publish_child`, followed line by line."""
+
+    def __init__(self, env: dict[str, str], stderr_path: Path) -> None:
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self.stderr_path = stderr_path
+        with stderr_path.open("w") as stderr:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.faults.publish_child"],
+                cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=stderr, text=True,
+            )  # fmt: skip
+        self._reader = threading.Thread(target=self._follow, daemon=True)
+        self._reader.start()
+
+    def _follow(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for(self, predicate: Callable[[str], bool], timeout: float = CHILD_TIMEOUT_S) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise AssertionError(f"child ended early:\n{self.describe()}")
+            self.lines.append(line)
+            if predicate(line):
+                return line
+        self.kill()
+        raise AssertionError(f"child did not print the expected line in {timeout}s")
+
+    def start(self, spec: dict[str, Any]) -> None:
+        if "warm" not in self.lines:
+            self.wait_for(lambda line: line == "warm")
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(spec) + "\n")
+        self.proc.stdin.close()
+
+    def finish(self, timeout: float = CHILD_TIMEOUT_S) -> int:
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"child still running after {timeout}s") from None
+        self._reader.join(timeout=5)
+        while True:
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if line is not None:
+                self.lines.append(line)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=20)
+
+    def reports(self) -> list[dict[str, Any]]:
+        return [json.loads(line[len("report "):]) for line in self.lines
+                if line.startswith("report ")]  # fmt: skip
+
+    def points(self) -> list[str]:
+        """The commit and send lines, in order: every point a crash can follow."""
+        return [line for line in self.lines if line.startswith(("commit ", "send "))]
+
+    def describe(self) -> str:
+        err = (
+            self.stderr_path.read_text(errors="replace")[-3000:]
+            if self.stderr_path.exists()
+            else ""
+        )
+        return "\n".join(self.lines[-20:]) + "\n--- stderr ---\n" + err
+
+
+class PublishChildPool:
+    """One warm child (imports done) ready at all times."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        self._env = dict(os.environ)
+        self._env.update({"PREFECT_HOME": str(root / "prefect"), "PYTHONPATH": str(ROOT),
+                          "PYTHONUNBUFFERED": "1",
+                          "AUDIENCE_LAKE_SECRET_FAULT_MAILCHIMP": API_KEY})  # fmt: skip
+        self._count = 0
+        self._warm: list[PublishChild] = []
+
+    def _spawn(self) -> PublishChild:
+        self._count += 1
+        return PublishChild(self._env, self._root / f"publish-child-{self._count}.err")
+
+    def take(self, spec: dict[str, Any]) -> PublishChild:
+        """The warm child started on ``spec`` (its ``env`` is applied in the child)."""
+        warm = self._warm[0] if self._warm and self._warm[0].proc.poll() is None else None
+        child = warm or self._spawn()
+        child.start(spec)
+        self._warm = [self._spawn()]  # warms up while this one works
+        return child
+
+    def warm_many(self, count: int) -> list[PublishChild]:
+        """``count`` children with their imports done, not yet started."""
+        children = [self._spawn() for _ in range(count)]
+        for child in children:
+            child.wait_for(lambda line: line == "warm")
+        return children
+
+    def close(self) -> None:
+        for child in self._warm:
+            child.kill()
+        self._warm = []
+
+
+def _changes_per_list() -> dict[str, int]:
+    """How many changes the run under test plans per list (the pure planner, in memory)."""
+    from datetime import UTC, datetime
+
+    from tasks.core.sync import ledger_rows, plan_sync
+
+    def frames(people: list[Person], segment: str) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+        members = pl.LazyFrame(
+            [{"contact_key": p.key, "email": p.email, "first_name": p.first_name,
+              "last_name": "Test"} for p in people if segment in p.segments],
+            schema={k: pl.String() for k in ("contact_key", "email", "first_name", "last_name")},
+        )  # fmt: skip
+        contacts = pl.LazyFrame(
+            [{"contact_key": p.key, "email": p.email, "consent_status": p.consent}
+             for p in people],
+            schema={k: pl.String() for k in ("contact_key", "email", "consent_status")},
+        )  # fmt: skip
+        return members, contacts
+
+    counts = {}
+    for segment, list_id in LISTS.items():
+        empty = pl.LazyFrame(schema=LEDGER_SCHEMA)
+        first = plan_sync(*frames(initial(), segment), empty, destination="mailchimp",
+                          audience=list_id).collect()  # fmt: skip
+        ledger = ledger_rows(first, destination="mailchimp", audience=list_id, segment=segment,
+                             run_id="setup", synced_at=datetime.now(UTC),
+                             errors=dict.fromkeys(first["contact_key"]))  # fmt: skip
+        second = plan_sync(*frames(changed(), segment), ledger.lazy(), destination="mailchimp",
+                           audience=list_id).collect()  # fmt: skip
+        counts[list_id] = second.height
+    return counts
+
+
+def expected_points() -> list[tuple[str, str]]:
+    """Every point a crash can follow in the run under test, in order: ``(kind, what)``.
+
+    Per list: the claim, then per batch a renewal (from the second batch on), the intent
+    commit, the send and the result commit, then the release. The baseline test checks that the
+    real run prints exactly these.
+    """
+    points: list[tuple[str, str]] = []
+    for list_id, changes in _changes_per_list().items():
+        points.append(("commit", f"lease mailchimp/{list_id} claimed"))
+        for batch in range(-(-changes // BATCH_SIZE)):
+            if batch:
+                points.append(("commit", f"lease mailchimp/{list_id} claimed"))
+            size = min(BATCH_SIZE, changes - batch * BATCH_SIZE)
+            points += [
+                ("commit", f"ledger {size} pending"),
+                ("send", f"{list_id} {size}"),
+                ("commit", f"ledger {size} ok"),
+            ]
+        points.append(("commit", f"lease mailchimp/{list_id} released"))
+    return points
+
+
+def printed_point(line: str) -> tuple[str, str]:
+    """A child's ``commit <n> <what>`` / ``send <n> <what>`` line as ``(kind, what)``."""
+    kind, _n, what = line.split(" ", 2)
+    return kind, what
