@@ -45,6 +45,19 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float =
     raise AssertionError(f"{what}: not within {timeout:.0f}s (last: {last!r})")
 
 
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=VALUE`` lines of a compose env file (comments and blank lines skipped)."""
+    env: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        assert sep, f"{path.name}: not KEY=VALUE: {line!r}"
+        env[key.strip()] = value.strip()
+    return env
+
+
 def clean_environment(**overrides: str) -> dict[str, str]:
     """This process's environment without any ``PREFECT_*`` / ``AUDIENCE_LAKE_*``, plus overrides.
 

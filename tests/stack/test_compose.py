@@ -22,6 +22,7 @@ import yaml
 
 from infra.sandbox.serve import _parse_args, config_list_ids, port_of
 from tasks.core.config import load_pipeline
+from tests.stack_harness import read_env_file
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
@@ -43,19 +44,6 @@ def _compose() -> dict[str, Any]:
 def _services() -> dict[str, dict[str, Any]]:
     services: dict[str, dict[str, Any]] = _compose()["services"]
     return services
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """``KEY=VALUE`` lines of a compose env file (comments and blank lines skipped)."""
-    env: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, sep, value = line.partition("=")
-        assert sep, f"{path.name}: not KEY=VALUE: {line!r}"
-        env[key.strip()] = value.strip()
-    return env
 
 
 def _scripts() -> list[Path]:

@@ -20,6 +20,7 @@ the Mailchimp stand-in each time.
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 import uuid
@@ -38,13 +39,13 @@ from infra.sandbox.serve import config_list_ids
 from tasks.connectors.lake import Lake
 from tasks.source_runs import SOURCE_RUNS
 from tests.conftest import S3Endpoint, free_port
-from tests.stack.test_compose import ENV_EXAMPLE, read_env_file
 from tests.stack_harness import (
     BIN,
     ROOT,
     Processes,
     clean_environment,
     processes,
+    read_env_file,
     wait_for,
     wait_for_flow_run,
     wait_for_prefect_server,
@@ -54,6 +55,7 @@ pytestmark = [pytest.mark.flow, pytest.mark.s3, pytest.mark.timeout(420)]
 
 POOL = "audience-lake"
 DEPLOYMENT = "pipeline/pipeline-hourly"
+ENV_EXAMPLE = ROOT / "infra" / ".env.example"
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 SAMPLE_CONTACTS = "300"
 RUN_TIMEOUT_S = 150.0
@@ -112,8 +114,6 @@ def _prefect_database(stack_id: str) -> tuple[str, str]:
         with psycopg.connect(PG_ADMIN_DSN, autocommit=True, connect_timeout=5) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
     except psycopg.OperationalError as exc:
-        import os
-
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"PostgreSQL at {PG_ADMIN_DSN} is needed under CI: {exc}", pytrace=False)
         print(f"PostgreSQL unavailable ({exc}); the Prefect server uses SQLite")
