@@ -117,7 +117,8 @@ def test_demo_runs_twice_and_the_second_run_publishes_nothing(tmp_path: Path) ->
 
 
 def _cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    """The environment of a user's shell: this session's Prefect server, nothing else set."""
+    """The environment of a user's shell: this session's Prefect server and the secrets the demo
+    config names (so each test meets the error it is about, not a missing secret)."""
     from prefect.settings import PREFECT_API_URL
 
     env = {
@@ -130,6 +131,9 @@ def _cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
         PREFECT_API_URL=str(PREFECT_API_URL.value()),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         DO_NOT_TRACK="1",
+        AUDIENCE_LAKE_SECRET_CRM_CLIENT_SECRET="cli-secret",
+        AUDIENCE_LAKE_SECRET_MAILCHIMP_API_KEY="cli-key-us1",
+        AUDIENCE_LAKE_SECRET_WEB_EVENTS_HMAC="cli-hmac-key",
     )
     env.update(extra)
     return env
@@ -190,6 +194,8 @@ def test_a_mistyped_lake_uri_is_refused_not_made_a_local_folder(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("AUDIENCE_LAKE_LAKE_URI", uri)
+    for name in ("CRM_CLIENT_SECRET", "MAILCHIMP_API_KEY", "WEB_EVENTS_HMAC"):
+        monkeypatch.setenv(f"AUDIENCE_LAKE_SECRET_{name}", "set")  # the URI is what's wrong
     for command in (["doctor"], ["run", "--config", CONFIG]):
         assert main(command) == 2
         err = capsys.readouterr().err.strip().splitlines()
