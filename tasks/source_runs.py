@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Literal
 
@@ -50,7 +50,7 @@ def mask_emails(text: str) -> str:
 
 @task(cache_policy=NO_CACHE)
 def record_source_runs(errors: Mapping[str, str | None], *, run_id: str, now: datetime) -> int:
-    """Append how each source of this ingest ended (``None`` = landed), once per run."""
+    """Append how each source of this ingest ended (``None`` = landed), once per attempt."""
     rows = [
         {
             "run_id": run_id,
@@ -62,9 +62,19 @@ def record_source_runs(errors: Mapping[str, str | None], *, run_id: str, now: da
         for source, error in sorted(errors.items())
     ]
     frame = pl.DataFrame(rows, schema=SOURCE_RUNS_SCHEMA)
-    names = hashlib.sha256(",".join(sorted(errors)).encode()).hexdigest()[:12]
-    open_lake().append_once(SOURCE_RUNS, frame, batch_id=f"source_runs:{run_id}:{names}")
+    open_lake().append_once(SOURCE_RUNS, frame, batch_id=source_runs_batch_id(errors, run_id, now))
     return frame.height
+
+
+def source_runs_batch_id(sources: Iterable[str], run_id: str, now: datetime) -> str:
+    """The ``append_once`` key of one ingest attempt's records.
+
+    ``now`` is part of it: a flow run retried from the UI keeps its ``run_id`` but ingests again
+    at a later ``now``, and its outcome must be recorded (a source that lands on the retry lifts
+    its hold). A retry of this task alone gets the same arguments, so it stays a no-op.
+    """
+    names = hashlib.sha256(",".join(sorted(sources)).encode()).hexdigest()[:12]
+    return f"source_runs:{run_id}:{names}:{now.isoformat()}"
 
 
 def latest_failures(runs: pl.LazyFrame) -> pl.LazyFrame:

@@ -1,37 +1,117 @@
-"""Run the CRM and Mailchimp stand-ins until Ctrl-C.
+"""Run the CRM and Mailchimp stand-ins until Ctrl-C (or SIGTERM).
 
-``python -m infra.sandbox.serve --data DIR [--crm-port 8711] [--mailchimp-port 8712]
-[--lists a,b]`` — ``DIR`` must contain ``crm_contacts.json`` (see
-``python -m infra.sandbox.generate --out DIR``).
+``python -m infra.sandbox.serve [--data DIR] [--config pipeline.yaml] [--host H]
+[--crm-port P] [--mailchimp-port P] [--lists a,b]``
+
+Every default comes from the same environment the worker reads (``infra/.env.example``), so the
+stand-ins answer exactly where and how the pipeline calls them:
+
+* ``--data``: ``$AUDIENCE_LAKE_SANDBOX_DIR``; the directory must hold ``crm_contacts.json``
+  (``python -m infra.sandbox.generate --out DIR`` or ``infra/bin/sandbox-data.sh``);
+* ``--crm-port`` / ``--mailchimp-port``: the port of ``$AUDIENCE_LAKE_CRM_URL`` /
+  ``$AUDIENCE_LAKE_MAILCHIMP_URL`` (8711 / 8712 when unset);
+* credentials: ``$AUDIENCE_LAKE_CRM_CLIENT_ID``, ``$AUDIENCE_LAKE_SECRET_CRM_CLIENT_SECRET``,
+  ``$AUDIENCE_LAKE_SECRET_MAILCHIMP_API_KEY`` (the demo's values when unset);
+* ``--lists``: every Mailchimp list id the destinations of ``--config`` publish to, so a list
+  the pipeline sends to always exists.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from infra.sandbox.crm import CrmStandIn
 from infra.sandbox.generate import CRM_FILE
 from infra.sandbox.mailchimp import MailchimpStandIn
+from tasks.core.config import load_pipeline
 
 DEFAULT_CRM_PORT = 8711
 DEFAULT_MAILCHIMP_PORT = 8712
-DEFAULT_LISTS = "newsletter"
+DEFAULT_CLIENT_ID = "demo-client"
+DEFAULT_CLIENT_SECRET = "demo-secret"
+DEFAULT_API_KEY = "demo-key-us1"
 
 
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def port_of(url: str | None, default: int) -> int:
+    """The port a stand-in URL names (``http://sandbox-apis:8711`` -> 8711), else ``default``."""
+    if not url:
+        return default
+    port = urlsplit(url).port
+    return default if port is None else port
+
+
+def config_list_ids(config: Path) -> list[str]:
+    """Every list id the destinations of ``config`` publish to, in config order, deduplicated."""
+    # env={}: the list ids are literal; no secret or URL is needed to read them.
+    pipeline = load_pipeline(str(config), env={})
+    ids = [
+        list_id
+        for destination in pipeline.destinations.values()
+        for list_id in destination.audiences.values()
+    ]
+    return list(dict.fromkeys(ids))
+
+
+def _default_config(env: Mapping[str, str]) -> Path:
+    home = env.get("AUDIENCE_LAKE_HOME")
+    return Path(home) / "pipeline.yaml" if home else Path("pipeline.yaml")
+
+
+def _parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Serve the sandbox CRM and Mailchimp stand-ins.")
-    parser.add_argument("--data", type=Path, required=True, help="directory from generate")
+    data = env.get("AUDIENCE_LAKE_SANDBOX_DIR")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=Path(data) if data else None,
+        required=not data,
+        help="directory from generate (default $AUDIENCE_LAKE_SANDBOX_DIR)",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=_default_config(env),
+        help="pipeline config whose Mailchimp lists to serve (default pipeline.yaml)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    parser.add_argument("--crm-port", type=int, default=DEFAULT_CRM_PORT)
-    parser.add_argument("--mailchimp-port", type=int, default=DEFAULT_MAILCHIMP_PORT)
-    parser.add_argument("--lists", default=DEFAULT_LISTS, help="comma-separated Mailchimp list ids")
-    parser.add_argument("--client-id", default="demo-client")
-    parser.add_argument("--client-secret", default="demo-secret")
-    parser.add_argument("--api-key", default="demo-key-us1")
+    parser.add_argument(
+        "--crm-port",
+        type=int,
+        default=port_of(env.get("AUDIENCE_LAKE_CRM_URL"), DEFAULT_CRM_PORT),
+        help="CRM port (default: the port of $AUDIENCE_LAKE_CRM_URL, else 8711)",
+    )
+    parser.add_argument(
+        "--mailchimp-port",
+        type=int,
+        default=port_of(env.get("AUDIENCE_LAKE_MAILCHIMP_URL"), DEFAULT_MAILCHIMP_PORT),
+        help="Mailchimp port (default: the port of $AUDIENCE_LAKE_MAILCHIMP_URL, else 8712)",
+    )
+    parser.add_argument(
+        "--lists",
+        default=None,
+        help="comma-separated Mailchimp list ids (default: every list --config publishes to)",
+    )
+    parser.add_argument(
+        "--client-id",
+        default=env.get("AUDIENCE_LAKE_CRM_CLIENT_ID") or DEFAULT_CLIENT_ID,
+        help="CRM OAuth client id (default $AUDIENCE_LAKE_CRM_CLIENT_ID)",
+    )
+    parser.add_argument(
+        "--client-secret",
+        default=env.get("AUDIENCE_LAKE_SECRET_CRM_CLIENT_SECRET") or DEFAULT_CLIENT_SECRET,
+        help="CRM OAuth client secret (default $AUDIENCE_LAKE_SECRET_CRM_CLIENT_SECRET)",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=env.get("AUDIENCE_LAKE_SECRET_MAILCHIMP_API_KEY") or DEFAULT_API_KEY,
+        help="Mailchimp API key (default $AUDIENCE_LAKE_SECRET_MAILCHIMP_API_KEY)",
+    )
     return parser.parse_args(argv)
 
 
@@ -50,7 +130,10 @@ def build_servers(args: argparse.Namespace) -> tuple[CrmStandIn, MailchimpStandI
         host=args.host,
         port=args.crm_port,
     )
-    lists = [name.strip() for name in args.lists.split(",") if name.strip()]
+    if args.lists is None:
+        lists = config_list_ids(args.config)
+    else:
+        lists = [name.strip() for name in args.lists.split(",") if name.strip()]
     mailchimp = MailchimpStandIn(
         api_key=args.api_key, lists=lists, host=args.host, port=args.mailchimp_port
     )
@@ -64,14 +147,13 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Start both stand-ins, print their URLs and block until interrupted."""
-    args = _parse_args(argv)
+    args = _parse_args(argv, os.environ)
     crm, mailchimp = build_servers(args)
     signal.signal(signal.SIGTERM, _interrupt)
     with crm, mailchimp:
         print(f"CRM (HubSpot-style):  {crm.url}  token: POST {crm.url}/oauth/v1/token", flush=True)
-        print(f"  client_id={args.client_id} client_secret={args.client_secret}", flush=True)
+        print(f"  client_id={args.client_id}", flush=True)
         print(f"Mailchimp (v3):       {mailchimp.url}/3.0  lists: {mailchimp.list_ids}", flush=True)
-        print(f"  api key (Basic password or Bearer): {args.api_key}", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
         try:
             threading.Event().wait()

@@ -10,15 +10,11 @@ batches and reads bronze and the deployment's flow runs back from the lake and t
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,30 +28,20 @@ from tasks.connectors.webhook import sign
 from tasks.core.config import load_pipeline
 from tasks.core.config_events import EventSource
 from tests.conftest import free_port
+from tests.stack_harness import (
+    BIN,
+    ROOT,
+    clean_environment,
+    processes,
+    wait_for,
+    wait_for_prefect_server,
+)
 
 pytestmark = [pytest.mark.flow, pytest.mark.timeout(240)]
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 SOURCE = "web_events"
 POOL = "audience-lake"  # the pool prefect.yaml names
 SECRET = "e2e-signing-secret"
-
-
-def _wait(what: str, check: Callable[[], Any], timeout: float, every: float = 0.5) -> Any:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except (httpx.HTTPError, OSError) as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(every)
-    raise AssertionError(f"{what}: not within {timeout:.0f}s (last: {last!r})")
 
 
 @dataclass
@@ -99,50 +85,13 @@ class Stack:
         return source.receiver
 
 
-def _start(
-    args: list[str], env: dict[str, str], log: Path, procs: list[subprocess.Popen[bytes]]
-) -> subprocess.Popen[bytes]:
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            args,
-            env=env,
-            cwd=ROOT,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    procs.append(proc)
-    return proc
-
-
-def _stop(proc: subprocess.Popen[bytes], *, sigterms: int = 1) -> None:
-    """Stop one process we started: SIGTERM (a Prefect worker needs two), then SIGKILL."""
-    for _ in range(sigterms):
-        if proc.poll() is not None:
-            break
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            continue
-    # Each process leads its own session: this also ends children it left behind (flow runs).
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
-
-
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
     port, receiver_port = free_port(), free_port()
     data_dir = tmp_path / "data"
     (data_dir / "drops" / "events").mkdir(parents=True)
     lake_uri = str(tmp_path / "lake")
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("PREFECT_", "AUDIENCE_LAKE_"))
-    }
+    env = clean_environment()
     env.update(
         PREFECT_HOME=str(tmp_path / "prefect-home"),
         PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
@@ -169,26 +118,19 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     if source.receiver.signing_secret is not None:
         env[source.receiver.signing_secret.env_var] = SECRET
     logs = tmp_path / "logs"
-    logs.mkdir()
-    procs: list[subprocess.Popen[bytes]] = []
-    worker: subprocess.Popen[bytes] | None = None
-    api = httpx.Client(base_url=env["PREFECT_API_URL"], timeout=10)
-    try:
+    with processes(logs) as group:
         started = time.monotonic()
-        _start(
+        group.start(
+            "prefect-server",
             [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
             env,
-            logs / "server.log",
-            procs,
         )
         # The receiver needs no server to start: it emits only when a batch lands.
-        _start(
-            [str(BIN / "audience-lake"), "receive-events", "--source", SOURCE],
-            env,
-            logs / "receiver.log",
-            procs,
+        group.start(
+            "receiver", [str(BIN / "audience-lake"), "receive-events", "--source", SOURCE], env
         )
-        _wait("prefect server health", lambda: api.get("/health").status_code == 200, 90)
+        api = httpx.Client(base_url=env["PREFECT_API_URL"], timeout=10)
+        wait_for_prefect_server(group, api, 90)
         # The pool `prefect work-pool create --type process` would make, made directly so the
         # worker and `prefect deploy` can start side by side (each spends seconds importing).
         template = ProcessWorker.get_default_base_job_template()
@@ -196,11 +138,11 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
             "/work_pools/", json={"name": POOL, "type": "process", "base_job_template": template}
         )
         assert created.status_code == 201, created.text
-        worker = _start(
+        group.start(
+            "worker",
             [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process"],
             env,
-            logs / "worker.log",
-            procs,
+            sigterms=2,
         )
         deploy = subprocess.run(
             [str(BIN / "prefect"), "--no-prompt", "deploy", "--name", "land-events"],
@@ -212,20 +154,13 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         )
         assert deploy.returncode == 0, deploy.stdout + deploy.stderr
         receiver_url = f"http://127.0.0.1:{receiver_port}{source.receiver.path}"
-        _wait(
-            "receiver ready",
-            lambda: "prefect events: emitting" in (logs / "receiver.log").read_text(),
-            30,
-        )
-        _wait("worker polling", lambda: "started!" in (logs / "worker.log").read_text(), 30)
+        wait_for("receiver ready", lambda: "prefect events: emitting" in group.log("receiver"), 30)
+        wait_for("worker polling", lambda: "started!" in group.log("worker"), 30)
         print(f"stack up in {time.monotonic() - started:.1f}s")
-        yield Stack(env, api, receiver_url, lake_uri, logs)
-    finally:
-        api.close()
-        for proc in reversed(procs):
-            _stop(proc, sigterms=2 if proc is worker else 1)
-        for log in sorted(logs.glob("*.log")):
-            print(f"--- {log.name} ---\n{log.read_text(errors='replace')[-3000:]}")
+        try:
+            yield Stack(env, api, receiver_url, lake_uri, logs)
+        finally:
+            api.close()
 
 
 def _event(label: str) -> dict[str, Any]:
@@ -250,7 +185,7 @@ def test_batches_land_through_the_trigger_in_few_runs_none_cancelled(stack: Stac
     first = [_event("first"), _event("first")]
     stack.post(first)
     landed = {e["event_id"] for e in first}
-    _wait("first batch in bronze", lambda: landed <= stack.bronze_event_ids(), 60)
+    wait_for("first batch in bronze", lambda: landed <= stack.bronze_event_ids(), 60)
     first_latency = time.monotonic() - started
 
     # A burst: six batches within a second. Every one lands within a minute.
@@ -259,14 +194,14 @@ def test_batches_land_through_the_trigger_in_few_runs_none_cancelled(stack: Stac
     for batch in burst:
         stack.post(batch)
     burst_ids = {e["event_id"] for batch in burst for e in batch}
-    _wait("burst in bronze", lambda: burst_ids <= stack.bronze_event_ids(), 60)
+    wait_for("burst in bronze", lambda: burst_ids <= stack.bronze_event_ids(), 60)
     burst_latency = time.monotonic() - started
 
     def settled() -> list[dict[str, Any]]:
         runs = stack.deployment_runs(deployment["id"])
         return runs if all(r["state_type"] in TERMINAL for r in runs) else []
 
-    runs = _wait("every land-events run finished", settled, 45)
+    runs = wait_for("every land-events run finished", settled, 45)
     states = sorted(f"{r['state_name']} ({(r.get('created_by') or {}).get('type')})" for r in runs)
     print(f"first batch {first_latency:.1f}s, burst {burst_latency:.1f}s; runs: {states}")
     assert [r["state_type"] for r in runs] == ["COMPLETED"] * len(runs), states
