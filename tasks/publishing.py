@@ -34,6 +34,7 @@ from tasks.connectors.destinations import AudienceSink, MemberChange, open_desti
 from tasks.connectors.lake import Lake
 from tasks.connectors.leases import Lease, LeaseState, LeaseStore, lease_key
 from tasks.core.config import Destination, PublishConfig
+from tasks.core.features import AUDIENCE_SCHEMA
 from tasks.core.sync import (
     LEDGER_KEYS,
     LEDGER_SCHEMA,
@@ -55,6 +56,22 @@ def ledger(lake: Lake) -> pl.LazyFrame:
     if lake.exists(SYNC_LEDGER):
         return lake.scan(SYNC_LEDGER)
     return pl.LazyFrame(schema=LEDGER_SCHEMA)
+
+
+def audience_members(lake: Lake, segment: str) -> pl.LazyFrame:
+    """One segment's rows of ``gold/audience_members``; none before gold was ever built (a first
+    run whose contact source failed), so the publish reports its hold instead of crashing."""
+    if not lake.exists(AUDIENCE):
+        return pl.LazyFrame(schema=AUDIENCE_SCHEMA)
+    return lake.scan(AUDIENCE).filter(pl.col("segment") == segment)
+
+
+def current_consent(lake: Lake) -> pl.LazyFrame:
+    """``silver/contacts``' keys, emails and consent; no one before silver was ever built."""
+    if not lake.exists(CONTACTS):
+        schema = {"contact_key": pl.String, "email": pl.String, "consent_status": pl.String}
+        return pl.LazyFrame(schema=schema)
+    return lake.scan(CONTACTS)
 
 
 def holder_id(run_id: str) -> str:
@@ -122,7 +139,7 @@ def publish_segment(
     """
     logger = get_run_logger()
     audience = destination.audiences[segment]
-    members = lake.scan(AUDIENCE).filter(pl.col("segment") == segment)
+    members = audience_members(lake, segment)
     base = PublishReport(
         destination=destination_name,
         segment=segment,
@@ -183,7 +200,11 @@ def _finish(
 
 def _plan(lake: Lake, members: pl.LazyFrame, destination_name: str, audience: str) -> pl.DataFrame:
     return plan_sync(
-        members, lake.scan(CONTACTS), ledger(lake), destination=destination_name, audience=audience
+        members,
+        current_consent(lake),
+        ledger(lake),
+        destination=destination_name,
+        audience=audience,
     ).collect()
 
 

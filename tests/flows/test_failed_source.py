@@ -117,3 +117,21 @@ def test_an_ingest_that_read_nothing_stops_the_pipeline_before_transform(
     assert state.is_failed()
     assert "unknown source(s) ['no_such_source']" in (state.message or "")
     assert not sandbox.lake.exists("silver/contacts")
+
+
+def test_a_first_ever_run_with_the_contact_source_down_fails_naming_it(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On an empty lake gold has never been built: publish reports its holds instead of
+    crashing on the missing audience table, and the run fails naming the source."""
+    config = config_failing_fast(tmp_path / "pipeline.yaml")
+    monkeypatch.setenv("AUDIENCE_LAKE_CRM_URL", f"http://127.0.0.1:{free_port()}")  # down
+
+    down = pipeline(config_path=config, return_state=True)
+
+    assert down.is_failed()
+    message = down.message or ""
+    assert f"{FAILING}: SourceError: source '{FAILING}'" in message, message
+    assert "TableNotFound" not in message and "does not exist" not in message, message
+    lists = load_pipeline(config).destinations["mailchimp"].audiences.values()
+    assert all(not sandbox.mailchimp.members(list_id) for list_id in lists)  # nobody consented
