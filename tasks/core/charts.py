@@ -51,12 +51,10 @@ def sparkline(values: Sequence[float]) -> str:
     if not values:
         return ""
     low, high = min(values), max(values)
-    span = high - low
     top = len(SPARK_BARS) - 1
-    return "".join(
-        SPARK_BARS[top if span == 0 and high > 0 else round((v - low) / span * top) if span else 0]
-        for v in values
-    )
+    if high == low:  # a steady series: full bars when it has rows, the floor when it has none
+        return SPARK_BARS[top if high > 0 else 0] * len(values)
+    return "".join(SPARK_BARS[round((v - low) / (high - low) * top)] for v in values)
 
 
 def series_charts(
