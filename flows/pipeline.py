@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from prefect import flow
+from prefect import State, flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows.common import current_run_id, load_config
@@ -96,12 +97,9 @@ def pipeline(
         description="What each audience's publish did, and why any was held",
     )
     sub_runs = [
-        SubRun(name, str(state.state_details.flow_run_id or "") or None, state.name or state.type)
-        for name, state in (
-            ("ingest", ingest_state),
-            ("transform", transform_state),
-            ("publish", publish_state),
-        )
+        sub_run("ingest", ingest_state),
+        sub_run("transform", transform_state),
+        sub_run("publish", publish_state),
     ]
     create_markdown_artifact(
         key=PIPELINE_SUMMARY_KEY,
@@ -121,3 +119,9 @@ def pipeline(
     if failed_sources is not None:
         raise failed_sources
     return with_outcome(published, PipelineReport(run_id, ingested, transformed, published))
+
+
+def sub_run(flow_name: str, state: State[Any]) -> SubRun:
+    """The sub-flow run a state belongs to, for the summary's links."""
+    flow_run_id = state.state_details.flow_run_id
+    return SubRun(flow_name, str(flow_run_id) if flow_run_id else None, state.name or "")

@@ -63,7 +63,10 @@ def upstream(event: ReceivedEvent) -> set[str]:
     return {r.id for r in event.related if r.role == "asset"}
 
 
-def test_a_pipeline_run_shows_its_summary_charts_and_lineage(sandbox: Sandbox) -> None:
+@pytest.mark.usefixtures("lake_env")
+def test_a_pipeline_run_shows_its_summary_charts_and_lineage(
+    sandbox: Sandbox, lake_env: str
+) -> None:
     report = pipeline(config_path=CONFIG)
     run_id = UUID(report.run_id)
     config = load_pipeline(CONFIG)
