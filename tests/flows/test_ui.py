@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -21,7 +22,12 @@ from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterParentFlowRunId,
 )
-from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+from prefect.events.filters import (
+    EventFilter,
+    EventNameFilter,
+    EventOccurredFilter,
+    EventResourceFilter,
+)
 from prefect.events.schemas.events import ReceivedEvent
 from prefect.utilities.callables import parameter_schema
 
@@ -39,14 +45,20 @@ pytestmark = pytest.mark.flow
 MATERIALIZED = "prefect.asset.materialization.succeeded"
 
 
-def materialisations(keys: list[str], *, timeout: float = 20.0) -> dict[str, ReceivedEvent]:
-    """The newest materialisation event of each asset key (events arrive asynchronously)."""
+def materialisations(
+    keys: list[str], *, since: datetime, timeout: float = 20.0
+) -> dict[str, ReceivedEvent]:
+    """Each asset key's newest materialisation since ``since`` (events arrive asynchronously).
+
+    Destination keys are shared by every test's run: only events of this run may count.
+    """
     deadline = time.monotonic() + timeout
     found: dict[str, ReceivedEvent] = {}
     with get_client(sync_client=True) as client:
         while True:
             page = client.read_events(
                 EventFilter(
+                    occurred=EventOccurredFilter(since=since),
                     event=EventNameFilter(name=[MATERIALIZED]),
                     resource=EventResourceFilter(id=keys),
                 ),
@@ -67,6 +79,7 @@ def upstream(event: ReceivedEvent) -> set[str]:
 def test_a_pipeline_run_shows_its_summary_charts_and_lineage(
     sandbox: Sandbox, lake_env: str
 ) -> None:
+    started = datetime.now(UTC)
     report = pipeline(config_path=CONFIG)
     run_id = UUID(report.run_id)
     config = load_pipeline(CONFIG)
@@ -124,7 +137,7 @@ def test_a_pipeline_run_shows_its_summary_charts_and_lineage(
             expected[destination_asset_key(destination.kind, name, list_id)] = {
                 key("gold/audience_members")
             }
-    events = materialisations(sorted(expected))
+    events = materialisations(sorted(expected), since=started)
     assert set(events) == set(expected), sorted(set(expected) - set(events))
     assert {k: upstream(e) for k, e in events.items()} == expected
     orders = events[bronze["orders"]]
