@@ -19,11 +19,18 @@ def load_config(config_path: str | None) -> PipelineConfig:
     return load_pipeline(config_path or load_settings().config)
 
 
-def current_run_id(run_id: str | None) -> str:
-    """The run id to stamp on rows: the parent's when given, else this flow run's."""
+def current_run_id(run_id: str | None = None) -> str:
+    """The run id to stamp on rows: ``run_id`` when given, else the top-level flow run's.
+
+    A sub-flow (ingest, transform, publish called by ``pipeline``) stamps its rows with the
+    pipeline's flow run id, read from Prefect's run context: the id is internal and never a
+    parameter a person has to fill in.
+    """
     if run_id:
         return run_id
-    return str(flow_run.get_id() or f"local-{datetime.now(UTC):%Y%m%dT%H%M%S%f}")
+    if flow_run.get_id() is None:
+        return f"local-{datetime.now(UTC):%Y%m%dT%H%M%S%f}"
+    return str(flow_run.get_root_flow_run_id())
 
 
 def utc_now() -> datetime:

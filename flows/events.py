@@ -61,11 +61,15 @@ def event_sources(config: PipelineConfig, names: list[str] | None = None) -> lis
 def land_events(
     config_path: str | None = None,
     sources: list[str] | None = None,
-    run_id: str | None = None,
 ) -> list[IngestReport]:
-    """Land every new event micro-batch of each event source (or only ``sources``) in bronze."""
+    """Land every new event micro-batch of each event source (or only ``sources``) in bronze.
+
+    Args:
+        config_path: The pipeline.yaml to run (empty: the AUDIENCE_LAKE_CONFIG setting).
+        sources: Only these event sources (names from pipeline.yaml); empty: every one.
+    """
     config = load_config(config_path)
-    run_id = current_run_id(run_id)
+    run_id = current_run_id()
     started_at = utc_now()
     reports = [
         ingest_source(name, config.sources[name], run_id=run_id, started_at=started_at)

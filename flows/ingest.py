@@ -14,7 +14,9 @@ from prefect import flow
 from flows.common import current_run_id, load_config, table_artifact, utc_now
 from tasks.errors import ConfigError, SourcesFailedError
 from tasks.ingest import ingest_source
+from tasks.lineage import materialise_tables
 from tasks.reports import IngestReport
+from tasks.resources import open_lake
 from tasks.source_runs import SOURCE_RUNS, record_source_runs
 from tasks.volume import record_volumes
 
@@ -26,11 +28,16 @@ def ingest(
     config_path: str | None = None,
     sources: list[str] | None = None,
     full_refresh: bool = False,
-    run_id: str | None = None,
 ) -> list[IngestReport]:
-    """Pull each source (or only ``sources``) incrementally; ``full_refresh`` re-reads all."""
+    """Pull each source (or only ``sources``) incrementally; ``full_refresh`` re-reads all.
+
+    Args:
+        config_path: The pipeline.yaml to run (empty: the AUDIENCE_LAKE_CONFIG setting).
+        sources: Only these sources (names from pipeline.yaml); empty: every enabled source.
+        full_refresh: Re-read every source from the beginning instead of from its watermark.
+    """
     config = load_config(config_path)
-    run_id = current_run_id(run_id)
+    run_id = current_run_id()
     unknown = sorted(set(sources or []) - set(config.sources))
     if unknown:
         raise ConfigError(f"ingest: unknown source(s) {unknown}; known: {sorted(config.sources)}")
@@ -68,6 +75,11 @@ def ingest(
     record_volumes(landed, run_id=run_id, stage="ingest", now=started_at)
     record_source_runs(errors, run_id=run_id, now=utc_now())
     table_artifact("ingest-summary", [asdict(r) for r in reports], "Rows landed in bronze")
+    materialise_tables(
+        config,
+        open_lake().root,
+        {r.table: {"rows": r.rows, "batches": r.batches, "run_id": run_id} for r in reports},
+    )
     failed = {name: error for name, error in errors.items() if error is not None}
     if failed:
         lines = "\n".join(f"  {name}: {error}" for name, error in failed.items())

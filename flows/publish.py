@@ -8,9 +8,11 @@ from prefect import flow
 
 from flows.common import current_run_id, load_config, table_artifact
 from tasks.errors import ConfigError
+from tasks.lineage import destination_asset_key, lake_asset_key, materialise
 from tasks.publish import emit_publish_event, publish_audience, publish_holds, with_outcome
 from tasks.reports import PublishReport
 from tasks.resources import open_lake
+from tasks.transform import AUDIENCE
 
 
 @flow(name="publish", log_prints=True)
@@ -19,7 +21,6 @@ def publish(
     segments: list[str] | None = None,
     dry_run: bool = False,
     override_hold: bool = False,
-    run_id: str | None = None,
 ) -> list[PublishReport]:
     """Send each audience's changes; ``dry_run`` plans without sending.
 
@@ -30,9 +31,15 @@ def publish(
     another run held its list), the flow ends in a COMPLETED state named ``Held`` (``Skipped``)
     and emits ``audience-lake.publish.held`` (``.skipped``) per audience; called from another
     flow it returns the reports either way.
+
+    Args:
+        config_path: The pipeline.yaml to run (empty: the AUDIENCE_LAKE_CONFIG setting).
+        segments: Only these segments (names from pipeline.yaml); empty: every audience.
+        dry_run: Plan the changes and report them without sending anything.
+        override_hold: Publish held audiences anyway (the run says so); use after checking why.
     """
     config = load_config(config_path)
-    run_id = current_run_id(run_id)
+    run_id = current_run_id()
     known = {s.name for s in config.segments}
     unknown = sorted(set(segments or []) - known)
     if unknown:
@@ -70,6 +77,17 @@ def publish(
     for report in reports:
         if report.outcome in ("held", "skipped"):
             emit_publish_event(report, run_id=run_id)
+    audience = lake_asset_key(open_lake().root, AUDIENCE)
+    for r in reports:
+        if r.outcome in ("sent", "held"):  # a held audience still sent its unsubscribes
+            materialise(
+                destination_asset_key(
+                    config.destinations[r.destination].kind, r.destination, r.audience
+                ),
+                name=f"{r.destination}/{r.segment}",
+                upstream=[audience],
+                metadata={"sent": r.sent, "unsubscribed": r.unsubscribed, "failed": r.failed},
+            )
     table_artifact(
         "publish-results",
         [

@@ -11,7 +11,9 @@ from prefect import flow, get_run_logger
 from flows.common import current_run_id, load_config, table_artifact, utc_now
 from tasks.anomaly import check_volumes
 from tasks.core.anomaly import VolumeAnomaly
+from tasks.lineage import materialise_tables
 from tasks.reports import TableReport
+from tasks.resources import open_lake
 from tasks.transform import (
     build_gold,
     build_silver,
@@ -29,12 +31,14 @@ class TransformReport:
 
     ``tables``: the row balance of every silver and gold table; ``rule_counts``: quarantined
     rows per table, source, rule and column (this run's checks, most frequent first);
-    ``losses``: source values normalisation could not read (set to null, row kept);
+    ``run_id``: what its rows were stamped with; ``losses``: source values normalisation
+    could not read (set to null, row kept);
     ``mode``: ``full``, ``incremental`` or ``unchanged`` (silver); ``contacts_rebuilt``: the
     contacts gold recomputed (None: all of them); ``staging``: per role, ``full``,
     ``incremental`` or ``unchanged``.
     """
 
+    run_id: str
     tables: list[TableReport]
     audience_sizes: dict[str, int]
     anomalies: list[VolumeAnomaly] = field(default_factory=list)
@@ -56,7 +60,6 @@ def transform(
     config_path: str | None = None,
     full_refresh: bool = False,
     as_of: datetime | None = None,
-    run_id: str | None = None,
 ) -> TransformReport:
     """Bring silver and gold up to date with bronze.
 
@@ -65,9 +68,14 @@ def transform(
     :mod:`tasks.transform`). The first run with a new ``as_of`` (default: midnight UTC today)
     recomputes every contact's time-relative features. ``full_refresh`` rebuilds everything
     from bronze and yields the same tables.
+
+    Args:
+        config_path: The pipeline.yaml to run (empty: the AUDIENCE_LAKE_CONFIG setting).
+        full_refresh: Rebuild silver and gold from all of bronze instead of from what changed.
+        as_of: The moment time-relative features are computed at (empty: midnight UTC today).
     """
     config = load_config(config_path)
-    run_id = current_run_id(run_id)
+    run_id = current_run_id()
     now = utc_now()
     as_of = as_of or default_as_of()
     staging = stage_sources(config, run_id=run_id, now=now, full_refresh=full_refresh)
@@ -108,8 +116,17 @@ def transform(
         [{"segment": k, "members": v} for k, v in gold.audience_sizes.items()],
         "Publishable members per segment",
     )
+    materialise_tables(
+        config,
+        open_lake().root,
+        {
+            t.table: {"rows_out": t.rows_out, "quarantined": t.quarantined, "run_id": run_id}
+            for t in tables
+        },
+    )
     anomalies = check_volumes(config, run_id=run_id, now=now)
     return TransformReport(
+        run_id=run_id,
         tables=tables,
         audience_sizes=gold.audience_sizes,
         anomalies=anomalies,

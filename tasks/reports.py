@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 PublishOutcome = Literal["sent", "held", "skipped", "dry_run"]
 
@@ -113,4 +113,110 @@ def render_publish_summary(reports: Sequence[PublishReport], *, run_id: str) -> 
             "Held audiences still sent the unsubscribes of people who opted out; their "
             "subscribes and updates wait for a run without a hold (or `override_hold`).",
         ]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class SubRun:
+    """A sub-flow run the pipeline started: its flow name, its id and how it ended."""
+
+    flow: str
+    flow_run_id: str | None
+    state: str
+
+
+def _cell(value: object) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def render_pipeline_summary(
+    *,
+    run_id: str,
+    sub_runs: Sequence[SubRun],
+    ingested: Sequence[IngestReport],
+    tables: Sequence[TableReport],
+    rule_counts: Sequence[Mapping[str, Any]],
+    audience_sizes: Mapping[str, int],
+    published: Sequence[PublishReport],
+    failed_sources: Mapping[str, str],
+) -> str:
+    """Markdown for the pipeline run page: what every stage did, with links to the sub-runs.
+
+    Links are relative to the UI (``/runs/flow-run/<id>``), so they work behind any host name.
+    """
+    lines = [f"# Pipeline run `{run_id}`", "", "## Sub-runs", ""]
+    for r in sub_runs:
+        link = f"[{r.flow}](/runs/flow-run/{r.flow_run_id})" if r.flow_run_id else r.flow
+        lines.append(f"- {link}: {r.state}")
+    if failed_sources:
+        lines += ["", "## Failed sources", "", "| source | error |", "|---|---|"]
+        lines += [f"| {s} | {_cell(e)} |" for s, e in sorted(failed_sources.items())]
+    lines += [
+        "",
+        "## Rows per table (this run)",
+        "",
+        "| table | rows in | rows out | quarantined | duplicates |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for i in ingested:
+        lines.append(
+            f"| {i.table} | {i.rows + i.quarantined_rows} | {i.rows} | {i.quarantined_rows} | 0 |"
+        )
+    for t in tables:
+        lines.append(
+            f"| {t.table} | {t.rows_in} | {t.rows_out} | {t.quarantined} | {t.duplicates} |"
+        )
+    by_rule: dict[tuple[str, str], int] = {}
+    for counted in rule_counts:
+        key = (str(counted.get("table")), str(counted.get("rule")))
+        by_rule[key] = by_rule.get(key, 0) + int(counted.get("rows", 0))
+    lines += ["", "## Quarantined this run, by rule", ""]
+    if by_rule:
+        lines += ["| table | rule | rows |", "|---|---|---:|"]
+        lines += [
+            f"| {table} | {_cell(rule)} | {rows} |"
+            for (table, rule), rows in sorted(by_rule.items(), key=lambda kv: -kv[1])
+        ]
+    else:
+        lines.append("Nothing was quarantined.")
+    lines += [
+        "",
+        "## Audiences",
+        "",
+        "| segment | members | destination | outcome | planned | sent | unsubscribed | failed "
+        "| held back | reason |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    published_segments = set()
+    for p in published:
+        published_segments.add(p.segment)
+        reason = _cell(p.held or p.skipped or "")
+        lines.append(
+            f"| {p.segment} | {audience_sizes.get(p.segment, p.members)} | {p.destination} "
+            f"| **{p.outcome}** | {p.planned} | {p.sent} | {p.unsubscribed} | {p.failed} "
+            f"| {p.held_back} | {reason} |"
+        )
+    for segment, size in audience_sizes.items():
+        if segment not in published_segments:
+            lines.append(f"| {segment} | {size} | (none) | not published | | | | | | |")
+    sent: dict[str, list[int]] = {}
+    for p in published:
+        totals = sent.setdefault(p.destination, [0, 0, 0])
+        totals[0] += p.sent
+        totals[1] += p.unsubscribed
+        totals[2] += p.failed
+    lines += ["", "## Sent per destination", ""]
+    if sent:
+        lines += ["| destination | sent | of which unsubscribed | failed |", "|---|---:|---:|---:|"]
+        lines += [f"| {d} | {s} | {u} | {f} |" for d, (s, u, f) in sorted(sent.items())]
+    else:
+        lines.append("Nothing was published.")
+    holds = [p for p in published if p.outcome in ("held", "skipped")]
+    lines += ["", "## Holds", ""]
+    if holds:
+        lines += [
+            f"- {p.destination}/{p.segment} {p.outcome}: {p.held or p.skipped}" for p in holds
+        ]
+    else:
+        lines.append("No audience was held.")
     return "\n".join(lines) + "\n"

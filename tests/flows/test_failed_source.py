@@ -8,9 +8,15 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
+from prefect import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+)
 
 from flows.ingest import ingest
-from flows.pipeline import pipeline
+from flows.pipeline import PIPELINE_SUMMARY_KEY, pipeline
 from flows.publish import publish
 from tasks.core.anomaly import source_audiences
 from tasks.core.config import load_pipeline
@@ -78,6 +84,15 @@ def test_the_pipeline_goes_on_without_a_down_source_and_holds_what_it_feeds(
 
     assert down.is_failed()
     assert f"{FAILING}: SourceError: source '{FAILING}'" in (down.message or "")
+    # The failed run's page still says what happened, naming the source.
+    with get_client(sync_client=True) as client:
+        (summary,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[PIPELINE_SUMMARY_KEY]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[down.state_details.flow_run_id]),
+            )
+        )
+    assert f"| {FAILING} | SourceError: source '{FAILING}'" in str(summary.data)
     lake = sandbox.lake
     runs = lake.read(SOURCE_RUNS)
     failed_run = runs.filter(pl.col("status") == "failed")

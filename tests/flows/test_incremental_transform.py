@@ -158,7 +158,7 @@ def test_incremental_run_matches_a_full_refresh_and_touches_only_the_changed_peo
     ingest(config_path=CONFIG)
     quarantined_before = lake.read("ops/quarantine").height
 
-    incremental = run(run_id="incremental-run")
+    incremental = run()
     assert incremental.mode == "incremental"
     assert set(incremental.staging.values()) == {"incremental"}
     assert all(t.balanced for t in incremental.tables), incremental.tables
@@ -198,7 +198,7 @@ def test_incremental_run_matches_a_full_refresh_and_touches_only_the_changed_peo
 
     # A full refresh of the same bronze yields the same tables and finds nothing to rewrite.
     versions = {t: lake.version(t) for t in (CONTACTS, ORDERS, EVENTS, AUDIENCE)}
-    full = run(full_refresh=True, run_id="full-run")
+    full = run(full_refresh=True)
     assert full.mode == "full" and set(full.staging.values()) == {"full"}
     assert all(t.balanced for t in full.tables)
     assert_same_tables(snapshot(lake), after)
@@ -207,7 +207,7 @@ def test_incremental_run_matches_a_full_refresh_and_touches_only_the_changed_peo
     # Volume metrics are table totals either way: incremental runs never look like a drop, and
     # a source's quarantined count is its current rows failing the contract (the broken email
     # included), not the rows one run happened to check.
-    assert metrics_of(lake, "incremental-run").equals(metrics_of(lake, "full-run"))
+    assert metrics_of(lake, incremental.run_id).equals(metrics_of(lake, full.run_id))
 
 
 def test_a_new_as_of_recomputes_every_contacts_features_but_no_silver(sandbox: Sandbox) -> None:
