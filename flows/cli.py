@@ -1,8 +1,9 @@
 """``audience-lake``: run the pipeline, the demo, and the operational checks.
 
-Exit status: 0 when the command succeeded, 2 for any error, reported as one line on stderr
-(``error: ...`` naming the thing: key path, source, table, lake URI, Prefect URL). ``--debug``
-also prints the traceback.
+Exit status: 0 when the command succeeded; 1 when ``doctor`` ran and a check failed; 2 for any
+error, reported as one line on stderr (``error: ...`` naming the thing: key path, source, table,
+lake URI, Prefect URL); 3 when ``run`` completed but an audience was held or skipped.
+``--debug`` also prints the traceback.
 """
 
 from __future__ import annotations
