@@ -14,13 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
-import signal
-import subprocess
-import sys
-import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +22,8 @@ import polars as pl
 
 from tasks.connectors.lake import Lake
 from tasks.core.sync import LEDGER_KEYS, LEDGER_SCHEMA
+from tests.faults.world import ROOT, Child
 
-ROOT = Path(__file__).resolve().parents[2]
-CHILD_TIMEOUT_S = 120.0
 LISTS = {"seg_a": "list-a", "seg_b": "list-b"}
 BATCH_SIZE = 5
 API_KEY = "fault-key-us1"
@@ -141,70 +133,11 @@ def ledger_view(lake: Lake) -> pl.DataFrame:
     return lake.read("ops/sync_ledger").drop("run_id", "synced_at").sort(LEDGER_KEYS)
 
 
-class PublishChild:
+class PublishChild(Child):
     """A child running :mod:`tests.faults.publish_child`, followed line by line."""
 
-    def __init__(self, env: dict[str, str], stderr_path: Path) -> None:
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self.stderr_path = stderr_path
-        with stderr_path.open("w") as stderr:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.faults.publish_child"],
-                cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=stderr, text=True,
-            )  # fmt: skip
-        self._reader = threading.Thread(target=self._follow, daemon=True)
-        self._reader.start()
-
-    def _follow(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._queue.put(line.rstrip("\n"))
-        self._queue.put(None)
-
-    def wait_for(self, predicate: Callable[[str], bool], timeout: float = CHILD_TIMEOUT_S) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self._queue.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if line is None:
-                raise AssertionError(f"child ended early:\n{self.describe()}")
-            self.lines.append(line)
-            if predicate(line):
-                return line
-        self.kill()
-        raise AssertionError(f"child did not print the expected line in {timeout}s")
-
-    def start(self, spec: dict[str, Any]) -> None:
-        if "warm" not in self.lines:
-            self.wait_for(lambda line: line == "warm")
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(spec) + "\n")
-        self.proc.stdin.close()
-
-    def finish(self, timeout: float = CHILD_TIMEOUT_S) -> int:
-        try:
-            code = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(f"child still running after {timeout}s") from None
-        self._reader.join(timeout=5)
-        while True:
-            try:
-                line = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if line is not None:
-                self.lines.append(line)
-        return code
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=20)
+    module = "tests.faults.publish_child"
+    timeout_s = 120.0
 
     def reports(self) -> list[dict[str, Any]]:
         return [json.loads(line[len("report "):]) for line in self.lines
@@ -213,14 +146,6 @@ class PublishChild:
     def points(self) -> list[str]:
         """The commit and send lines, in order: every point a crash can follow."""
         return [line for line in self.lines if line.startswith(("commit ", "send "))]
-
-    def describe(self) -> str:
-        err = (
-            self.stderr_path.read_text(errors="replace")[-3000:]
-            if self.stderr_path.exists()
-            else ""
-        )
-        return "\n".join(self.lines[-20:]) + "\n--- stderr ---\n" + err
 
 
 class PublishChildPool:

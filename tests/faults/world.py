@@ -202,7 +202,11 @@ class World:
 
 
 class Child:
-    """``python -m tests.faults.child`` with its stdout followed line by line (bounded waits)."""
+    """``python -m <module>`` (a fault-test child) with its stdout followed line by line
+    (bounded waits)."""
+
+    module = "tests.faults.child"
+    timeout_s = CHILD_TIMEOUT_S  # default bound of wait_for() and finish()
 
     def __init__(self, env: dict[str, str], stderr_path: Path) -> None:
         self.stderr_path = stderr_path
@@ -210,7 +214,7 @@ class Child:
         self._queue: queue.Queue[str | None] = queue.Queue()
         with stderr_path.open("wb") as stderr:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.faults.child"],
+                [sys.executable, "-m", self.module],
                 cwd=ROOT,
                 env=env,
                 stdin=subprocess.PIPE,
@@ -223,7 +227,8 @@ class Child:
 
     def start(self, spec: dict[str, Any]) -> None:
         """Hand the warm child its spec (waits until its imports are done)."""
-        self.wait_for(lambda line: line == "warm")
+        if "warm" not in self.lines:
+            self.wait_for(lambda line: line == "warm")
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps(spec) + "\n")
         self.proc.stdin.close()
@@ -234,7 +239,8 @@ class Child:
             self._queue.put(line.rstrip("\n"))
         self._queue.put(None)
 
-    def wait_for(self, predicate: Callable[[str], bool], timeout: float = CHILD_TIMEOUT_S) -> str:
+    def wait_for(self, predicate: Callable[[str], bool], timeout: float | None = None) -> str:
+        timeout = self.timeout_s if timeout is None else timeout
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -262,7 +268,8 @@ class Child:
             if line is not None:
                 self.lines.append(line)
 
-    def finish(self, timeout: float = CHILD_TIMEOUT_S) -> int:
+    def finish(self, timeout: float | None = None) -> int:
+        timeout = self.timeout_s if timeout is None else timeout
         try:
             code = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
