@@ -24,12 +24,9 @@ URLs are rendered with the password masked, and driver messages are scrubbed of 
 
 from __future__ import annotations
 
-import json
-import math
-import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +40,23 @@ from sqlalchemy.exc import ArgumentError, NoSuchTableError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from tasks.connectors.sources.base import SourceBatch, WriteMode
+from tasks.connectors.sources.sql_dialects import DIALECTS, CursorKind, SqlDialect, mask_url
+from tasks.connectors.sources.sql_values import (
+    SQLITE_TIME_FORMAT,
+    binary_series,
+    bool_series,
+    first_line,
+    float_series,
+    json_series,
+    localise,
+    parse_instant,
+    scrub,
+    sqlite_date_series,
+    sqlite_timestamps,
+    text_series,
+    to_zone,
+    typed_series,
+)
 from tasks.core.config import SqlSource, sql_dialect
 from tasks.core.settings import resolve_secret
 from tasks.errors import SourceError
@@ -50,90 +64,6 @@ from tasks.errors import SourceError
 __all__ = ["DIALECTS", "SqlDialect", "SqlTableReader", "mask_url", "open_sql_source"]
 
 Decimals = Literal["float64", "decimal"]
-# How a cursor column's values compare, which decides how the watermark text becomes a
-# parameter: aware datetimes, naive UTC datetimes (MySQL TIMESTAMP in a UTC session), naive
-# wall-clock datetimes in `naive_timezone`, SQLite text timestamps, dates, numbers, text.
-CursorKind = Literal[
-    "aware", "utc_naive", "local_naive", "sqlite_time", "date", "int", "float", "decimal", "text"
-]
-
-_SQLITE_TIME_FORMAT = "%Y-%m-%d %H:%M:%f"  # SQLite strftime: milliseconds are its finest unit
-_OFFSET_FORMATS = (
-    "%Y-%m-%dT%H:%M:%S%.fZ",
-    "%Y-%m-%dT%H:%M:%SZ",
-    "%Y-%m-%dT%H:%M:%S%.f%:z",
-    "%Y-%m-%dT%H:%M:%S%:z",
-    "%Y-%m-%d %H:%M:%S%.f%:z",
-    "%Y-%m-%d %H:%M:%S%:z",
-    "%Y-%m-%d %H:%M:%S%.fZ",
-    "%Y-%m-%d %H:%M:%SZ",
-)
-_NAIVE_FORMATS = (
-    "%Y-%m-%d %H:%M:%S%.f",
-    "%Y-%m-%d %H:%M:%S",
-    "%Y-%m-%dT%H:%M:%S%.f",
-    "%Y-%m-%dT%H:%M:%S",
-    "%Y-%m-%d %H:%M",
-    "%Y-%m-%d",
-)
-
-
-# --- dialects --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SqlDialect:
-    """How to reach one database family: driver, session setup, timestamp semantics."""
-
-    drivername: str
-    connect_args: Callable[[float], dict[str, Any]]
-    timestamp_kind: Callable[[sa.types.TypeEngine[Any]], CursorKind]
-
-
-def _pg_connect_args(timeout: float) -> dict[str, Any]:
-    # Session in UTC: timestamptz values come back as UTC, and comparisons of a zone-less
-    # column with a parameter never depend on the server's default zone.
-    return {"connect_timeout": max(2, math.ceil(timeout)), "options": "-c TimeZone=UTC"}
-
-
-def _mysql_connect_args(timeout: float) -> dict[str, Any]:
-    # A UTC session makes TIMESTAMP columns read and compare in UTC (they are stored in UTC and
-    # converted to the session zone); DATETIME columns are zone-less wall-clock values.
-    return {
-        "connect_timeout": max(1, math.ceil(timeout)),
-        "read_timeout": 300,
-        "init_command": "SET time_zone = '+00:00'",
-        "charset": "utf8mb4",
-    }
-
-
-def _sqlite_connect_args(timeout: float) -> dict[str, Any]:
-    return {"timeout": timeout}
-
-
-def _pg_timestamp(type_: sa.types.TypeEngine[Any]) -> CursorKind:
-    return "aware" if getattr(type_, "timezone", False) else "local_naive"
-
-
-def _mysql_timestamp(type_: sa.types.TypeEngine[Any]) -> CursorKind:
-    return "utc_naive" if isinstance(type_, sa_mysql.TIMESTAMP) else "local_naive"
-
-
-def _sqlite_timestamp(type_: sa.types.TypeEngine[Any]) -> CursorKind:
-    del type_
-    return "sqlite_time"
-
-
-DIALECTS: dict[str, SqlDialect] = {
-    "postgresql": SqlDialect("postgresql+psycopg", _pg_connect_args, _pg_timestamp),
-    "mysql": SqlDialect("mysql+pymysql", _mysql_connect_args, _mysql_timestamp),
-    "sqlite": SqlDialect("sqlite", _sqlite_connect_args, _sqlite_timestamp),
-}
-
-
-def mask_url(url: URL) -> str:
-    """The URL as text with any password replaced by ``***``."""
-    return url.render_as_string(hide_password=True)
 
 
 # --- column plans ----------------------------------------------------------------------------
@@ -411,7 +341,7 @@ class SqlTableReader:
             # SQLite keeps timestamps as text in whatever format the writer chose; compare them
             # normalised (offsets applied, millisecond precision). Truncation only widens an
             # inclusive lower bound, and a value SQLite cannot parse is re-read, never skipped.
-            normalised = sa.func.strftime(_SQLITE_TIME_FORMAT, cur)
+            normalised = sa.func.strftime(SQLITE_TIME_FORMAT, cur)
             return [sa.or_(normalised >= sa.literal(value), normalised.is_(None))]
         return [cur >= sa.literal(value)]
 
@@ -420,12 +350,12 @@ class SqlTableReader:
         kind = column.kind
         try:
             if kind in ("aware", "utc_naive", "local_naive", "sqlite_time"):
-                moment = _parse_instant(since) - self._overlap
+                moment = parse_instant(since) - self._overlap
                 if kind == "aware":
                     return moment
                 if kind == "utc_naive":
                     return moment.replace(tzinfo=None)
-                local = _to_zone(moment, self._tz).replace(tzinfo=None)
+                local = to_zone(moment, self._tz).replace(tzinfo=None)
                 if kind == "sqlite_time":
                     return local.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
                 return local
@@ -456,7 +386,7 @@ class SqlTableReader:
             except Exception:
                 # Values that do not fit the declared type (SQLite is dynamically typed, MySQL
                 # has zero dates): keep them as text; the drift check decides what bronze takes.
-                series.append(_text_series(column.name, values[position]))
+                series.append(text_series(column.name, values[position]))
         return SourceBatch(pl.DataFrame(series), origin=self._qualified)
 
     # --- type mapping ----------------------------------------------------------------------------
@@ -472,30 +402,30 @@ class SqlTableReader:
             and isinstance(type_, sa_mysql.TINYINT)
             and getattr(type_, "display_width", None) == 1
         ):
-            return column(pl.Boolean(), _bool_series, "int")
+            return column(pl.Boolean(), bool_series, "int")
         if isinstance(type_, sa.Integer):
-            return column(pl.Int64(), _typed(pl.Int64()), "int")
+            return column(pl.Int64(), typed_series(pl.Int64()), "int")
         if isinstance(type_, sa.Float):
-            return column(pl.Float64(), _float_series, "float")
+            return column(pl.Float64(), float_series, "float")
         if isinstance(type_, sa.Numeric):
             precision, scale = type_.precision, type_.scale
             if self._decimals == "float64":
-                return column(pl.Float64(), _float_series, "decimal")
+                return column(pl.Float64(), float_series, "decimal")
             if precision is None or precision > 38:
-                return column(pl.String(), _text_series, "decimal")
+                return column(pl.String(), text_series, "decimal")
             dtype = pl.Decimal(precision, scale or 0)
-            return column(dtype, _typed(dtype), "decimal")
+            return column(dtype, typed_series(dtype), "decimal")
         if isinstance(type_, sa.DateTime):
             kind = self._dialect.timestamp_kind(type_)
             return column(pl.Datetime("us", "UTC"), self._timestamp_builder(kind), kind)
         if isinstance(type_, sa.Date):
-            build = _sqlite_date_series if self._family == "sqlite" else _typed(pl.Date())
+            build = sqlite_date_series if self._family == "sqlite" else typed_series(pl.Date())
             return column(pl.Date(), build, "date")
         if isinstance(type_, sa.JSON):
-            return column(pl.String(), _json_series, "text")
+            return column(pl.String(), json_series, "text")
         if isinstance(type_, sa.LargeBinary | sa.BINARY | sa.VARBINARY):
-            return column(pl.Binary(), _binary_series, "text")
-        return column(pl.String(), _text_series, "text")
+            return column(pl.Binary(), binary_series, "text")
+        return column(pl.String(), text_series, "text")
 
     def _timestamp_builder(self, kind: CursorKind) -> Callable[[str, Sequence[Any]], pl.Series]:
         tz = self._tz
@@ -504,145 +434,21 @@ class SqlTableReader:
             if kind == "aware":
                 return pl.Series(name, values, dtype=pl.Datetime("us", "UTC"), strict=True)
             if kind == "sqlite_time":
-                return _sqlite_timestamps(name, values, tz)
+                return sqlite_timestamps(name, values, tz)
             naive = pl.Series(name, values, dtype=pl.Datetime("us"), strict=True)
             zone = "UTC" if kind == "utc_naive" else tz
-            return _localise(naive, zone, column=name, source=self._name)
+            return localise(naive, zone, column=name, source=self._name)
 
         return build
 
     def _describe(self, what: str, exc: SQLAlchemyError) -> str:
         original = getattr(exc, "orig", None) or exc
-        reason = _first_line(original)
+        reason = first_line(original)
         message = f"source {self._name!r}: {what}: {type(original).__name__}: {reason}"
-        return _scrub(message, self._password)
+        return scrub(message, self._password)
 
 
 # --- value conversion ------------------------------------------------------------------------
-
-
-def _typed(dtype: pl.DataType) -> Callable[[str, Sequence[Any]], pl.Series]:
-    def build(name: str, values: Sequence[Any]) -> pl.Series:
-        return pl.Series(name, values, dtype=dtype, strict=True)
-
-    return build
-
-
-def _bool_series(name: str, values: Sequence[Any]) -> pl.Series:
-    if all(v is None or v in (0, 1) for v in values):  # True/False are 1/0 too
-        return pl.Series(name, [None if v is None else bool(v) for v in values], dtype=pl.Boolean)
-    return pl.Series(name, values, dtype=pl.Int64, strict=True)  # a TINYINT used as a number
-
-
-def _float_series(name: str, values: Sequence[Any]) -> pl.Series:
-    return pl.Series(
-        name, [None if v is None else float(v) for v in values], dtype=pl.Float64, strict=True
-    )
-
-
-def _text_series(name: str, values: Sequence[Any]) -> pl.Series:
-    return pl.Series(name, [None if v is None else _text(v) for v in values], dtype=pl.String)
-
-
-def _json_series(name: str, values: Sequence[Any]) -> pl.Series:
-    # psycopg decodes json/jsonb into Python values, PyMySQL and SQLite hand over the text.
-    texts = [
-        None if v is None else v if isinstance(v, str) else json.dumps(v, sort_keys=True)
-        for v in values
-    ]
-    return pl.Series(name, texts, dtype=pl.String)
-
-
-def _binary_series(name: str, values: Sequence[Any]) -> pl.Series:
-    return pl.Series(name, [None if v is None else bytes(v) for v in values], dtype=pl.Binary)
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value).decode("utf-8", errors="backslashreplace")
-    if isinstance(value, dict | list):
-        return json.dumps(value, sort_keys=True, default=str)
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    return str(value)
-
-
-def _localise(naive: pl.Series, zone: str, *, column: str, source: str) -> pl.Series:
-    if zone == "UTC":
-        return naive.dt.replace_time_zone("UTC")
-    try:
-        local = naive.dt.replace_time_zone(zone, ambiguous="earliest", non_existent="raise")
-    except pl.exceptions.PolarsError as exc:
-        raise SourceError(
-            f"source {source!r}: column {column!r} holds a time that does not exist in "
-            f"{zone} (a DST gap): {_first_line(exc)}"
-        ) from None
-    return local.dt.convert_time_zone("UTC")
-
-
-def _sqlite_timestamps(name: str, values: Sequence[Any], zone: str) -> pl.Series:
-    if any(v is not None and not isinstance(v, str) for v in values):
-        raise TypeError("non-text timestamp")  # -> kept as text by the caller
-    text = pl.Series(name, values, dtype=pl.String).str.strip_chars()
-    with_offset = [
-        text.str.strptime(pl.Datetime("us"), fmt, strict=False, exact=True).dt.convert_time_zone(
-            "UTC"
-        )
-        if "%z" in fmt or "%:z" in fmt
-        else text.str.strptime(pl.Datetime("us", "UTC"), fmt, strict=False, exact=True)
-        for fmt in _OFFSET_FORMATS
-    ]
-    aware = pl.select(pl.coalesce(with_offset)).to_series()
-    naive = pl.select(
-        pl.coalesce(
-            [
-                text.str.strptime(pl.Datetime("us"), fmt, strict=False, exact=True)
-                for fmt in _NAIVE_FORMATS
-            ]
-        )
-    ).to_series()
-    localised = naive.dt.replace_time_zone(
-        zone, ambiguous="earliest", non_existent="raise"
-    ).dt.convert_time_zone("UTC")
-    parsed = aware.fill_null(localised).alias(name)
-    if (parsed.is_null() & text.is_not_null()).any():
-        raise ValueError("unparseable timestamp")  # -> kept as text by the caller
-    return parsed
-
-
-def _sqlite_date_series(name: str, values: Sequence[Any]) -> pl.Series:
-    text = pl.Series(name, values, dtype=pl.String)
-    parsed = text.str.strptime(pl.Date, "%Y-%m-%d", strict=False, exact=True)
-    if (parsed.is_null() & text.is_not_null()).any():
-        raise ValueError("unparseable date")
-    return parsed
-
-
-def _parse_instant(text: str) -> datetime:
-    """A watermark as an aware datetime; zone-less text is UTC (bronze timestamps are UTC)."""
-    value = text.strip()
-    if value.endswith(" UTC"):
-        value = value[:-4]
-    moment = datetime.fromisoformat(value)
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
-def _to_zone(moment: datetime, zone: str) -> datetime:
-    from zoneinfo import ZoneInfo
-
-    return moment.astimezone(ZoneInfo(zone))
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return lines[0][:500] if lines else type(exc).__name__
-
-
-def _scrub(message: str, password: str | None) -> str:
-    """Remove the password from a message, however a driver chose to quote it."""
-    if password:
-        message = message.replace(password, "***")
-    return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", message)
 
 
 def open_sql_source(name: str, config: SqlSource) -> SqlTableReader:
