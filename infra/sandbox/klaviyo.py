@@ -72,6 +72,9 @@ CLEARED_BY_SUBSCRIBE = frozenset({"UNSUBSCRIBE", "SPAM_COMPLAINT", "USER_SUPPRES
 SUPPRESSION_REASONS = frozenset(
     {"HARD_BOUNCE", "INVALID_EMAIL", "SPAM_COMPLAINT", "UNSUBSCRIBE", "USER_SUPPRESSED"}
 )
+# latitude/longitude are left out when unknown: the spec types them `nullable` beside a `oneOf`
+# of string/number, and validators read that as "null is not allowed".
+LOCATION_KEYS = ("address1", "address2", "city", "country", "region", "zip", "timezone", "ip")
 PROFILE_ATTRIBUTES = (
     "email",
     "phone_number",
@@ -302,7 +305,9 @@ class _Profile:
                 "created": _iso(self.created),
                 "updated": _iso(self.updated),
                 "last_event_date": None,
-                "location": copy.deepcopy(self.location),
+                # Klaviyo sends an object of nulls when no location is known (the spec's
+                # nullable beside a $ref is ignored under OpenAPI 3.0, so null is invalid).
+                "location": {**dict.fromkeys(LOCATION_KEYS), **copy.deepcopy(self.location or {})},
                 "properties": copy.deepcopy(self.properties),
             }
         )
