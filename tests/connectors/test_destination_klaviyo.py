@@ -16,7 +16,7 @@ import pytest
 
 from infra.sandbox.klaviyo import KlaviyoStandIn
 from tasks.connectors.destinations import DESTINATIONS
-from tasks.connectors.destinations.klaviyo import Klaviyo
+from tasks.connectors.destinations.klaviyo import Klaviyo, rate_class
 from tasks.connectors.destinations.protocol import FieldSpec, Member
 from tasks.connectors.http import RetryPolicy
 from tasks.errors import PublishError
@@ -256,6 +256,30 @@ def test_an_endless_429_storm_stops_with_a_clear_error(
     with pytest.raises(PublishError, match="answered 429: throttled"):
         list(adapter.upsert(LIST, [member(1)]))
     assert len(klaviyo.exchanges) == 4
+
+
+def test_the_adapter_paces_itself_under_the_documented_limits(
+    klaviyo: KlaviyoStandIn, opener: Callable[..., Klaviyo]
+) -> None:
+    """Six one-profile jobs are ~24 import-class calls: over the 10/s burst unless paced."""
+    adapter = opener(klaviyo, batch_size=1)
+    started = time.monotonic()
+    assert all(r.ok for r in adapter.upsert(LIST, [member(n) for n in range(6)]))
+    calls = sum(rate_class(e.request.method, e.request.path) == "import" for e in klaviyo.exchanges)
+    assert calls > 10
+    assert klaviyo.rate_limited == 0
+    assert time.monotonic() - started >= (calls - 10) / 10 - 0.2
+    assert adapter.paced_seconds > 0
+
+
+def test_each_call_counts_against_its_documented_rate_class() -> None:
+    assert rate_class("POST", "/api/profile-bulk-import-jobs") == "import"
+    assert rate_class("GET", "/api/profile-bulk-import-jobs/j/import-errors") == "import"
+    assert rate_class("POST", "/api/profile-subscription-bulk-delete-jobs") == "consent"
+    assert rate_class("DELETE", f"/api/lists/{LIST}/relationships/profiles") == "list_writes"
+    assert rate_class("GET", f"/api/lists/{LIST}/relationships/profiles") == "reads"
+    assert rate_class("GET", "/api/profiles") == "reads"
+    assert rate_class("POST", "/api/data-privacy-deletion-jobs") == "deletion"
 
 
 def test_the_real_burst_limit_is_honoured(opener: Callable[..., Klaviyo]) -> None:

@@ -38,22 +38,27 @@ Klaviyo (JSON:API bodies, ``Authorization: Klaviyo-API-Key``, a pinned ``revisio
 * **erase** - one *data privacy deletion job* per email (Klaviyo takes exactly one
   identifier per job); 202, deleted asynchronously.
 
-Every request goes through :func:`~tasks.connectors.http.send_with_retries` (429 with
-``Retry-After``, 5xx) and every error message is redacted, so the API key never appears.
+Every request is paced by its operation's documented burst (per second) and steady (per
+minute) limits (:data:`RATE_CLASSES`), goes through
+:func:`~tasks.connectors.http.send_with_retries` (429 with ``Retry-After``, 5xx), and every
+error message is redacted, so the API key never appears.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import httpx
+from pyrate_limiter import Limiter, Rate
 
 from tasks.connectors.destinations.protocol import (
     ErasureResult,
@@ -102,6 +107,15 @@ STANDARD_ATTRIBUTES = frozenset(
 )
 LOCATION_TEXT = frozenset({"address1", "address2", "city", "country", "region", "zip", "timezone"})
 LOCATION_NUMBER = frozenset({"latitude", "longitude"})
+# (burst per second, steady per minute) of each rate class, from the operations'
+# x-klaviyo-ratelimit; the adapter paces itself to both so it rarely meets a 429.
+RATE_CLASSES: dict[str, tuple[int, int]] = {
+    "import": (10, 150),  # import job create, job status, import errors
+    "consent": (75, 750),  # subscribe / unsubscribe / suppress jobs
+    "reads": (75, 750),  # GET /api/profiles, /api/lists, list relationships
+    "list_writes": (10, 150),  # POST / DELETE list relationships
+    "deletion": (3, 60),  # data privacy deletion jobs
+}
 REASONS: dict[str, SuppressionStatus] = {
     "UNSUBSCRIBE": "unsubscribed",
     "USER_SUPPRESSED": "unsubscribed",
@@ -111,6 +125,44 @@ REASONS: dict[str, SuppressionStatus] = {
 }
 _EMAIL = re.compile(r"^[^@\s\"\\,]+@[^@\s\"\\,]+\.[^@\s\"\\,]+$")
 _POINTER_INDEX = re.compile(r"^/data/attributes/profiles/data/(\d+)(?:/|$)")
+
+
+class RatePacer:
+    """Client-side budget for one rate class: a rolling second and a rolling minute.
+
+    A rolling window is never looser than Klaviyo's fixed ones, so requests paced here stay
+    inside both. ``waited`` counts the seconds callers spent waiting.
+    """
+
+    def __init__(self, name: str, burst: int, steady: int) -> None:
+        self.name = name
+        self._limiter = Limiter([Rate(burst, 1000), Rate(steady, 60_000)], buffer_ms=50)
+        self._lock = threading.Lock()
+        self.waited = 0.0
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        started = time.monotonic()
+        self._limiter.try_acquire(self.name, blocking=True)
+        with self._lock:
+            self.waited += time.monotonic() - started
+        yield
+
+    def close(self) -> None:
+        self._limiter.close()
+
+
+def rate_class(method: str, path: str) -> str:
+    """Which of :data:`RATE_CLASSES` a call counts against."""
+    if path.startswith("/api/profile-bulk-import-jobs"):
+        return "import"
+    if path.startswith(("/api/profile-subscription-", "/api/profile-suppression-")):
+        return "consent"
+    if path.startswith("/api/data-privacy-deletion-jobs"):
+        return "deletion"
+    if path.endswith("/relationships/profiles") and method != "GET":
+        return "list_writes"
+    return "reads"
 
 
 @dataclass(frozen=True)
@@ -174,6 +226,7 @@ class Klaviyo:
         poll_timeout: float = 900.0,
         tags_property: str = "tags",
         page_size: int = PAGE_SIZE,
+        pace: bool = True,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if not 1 <= batch_size <= IMPORT_MAX_PROFILES:
@@ -189,9 +242,21 @@ class Klaviyo:
         self._page_size = page_size
         self._sleep = sleep
         self._origin = urlsplit(str(client.base_url))[:2]
+        self._pacers = (
+            {name: RatePacer(f"klaviyo-{name}", *limits) for name, limits in RATE_CLASSES.items()}
+            if pace
+            else {}
+        )
         self.requests_sent = 0
 
+    @property
+    def paced_seconds(self) -> float:
+        """Seconds spent waiting for the client-side rate budget."""
+        return sum(pacer.waited for pacer in self._pacers.values())
+
     def close(self) -> None:
+        for pacer in self._pacers.values():
+            pacer.close()
         self._client.close()
 
     # -- HTTP ------------------------------------------------------------------------------------
@@ -215,9 +280,14 @@ class Klaviyo:
         request = self._client.build_request(
             method, url, params=dict(params) if params else None, content=content, headers=headers
         )
+        budget = self._pacers.get(rate_class(method, request.url.path))
         try:
             response = send_with_retries(
-                self._client, request, idempotent=True, policy=policy or self._policy
+                self._client,
+                request,
+                idempotent=True,
+                policy=policy or self._policy,
+                budget=budget,
             )
         except httpx.HTTPError as exc:
             raise PublishError(redact(f"klaviyo: {method} {request.url.path}: {exc}")) from exc
