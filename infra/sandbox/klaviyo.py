@@ -382,7 +382,10 @@ class _Condition:
     def __init__(self, op: str, name: str, value: Any) -> None:
         self.op = op
         self.name = name
-        self.value = value
+        # `any` lists of strings become sets: a lookup of 100 emails scans each profile once.
+        self.value = (
+            frozenset(value) if op == "any" and all(isinstance(v, str) for v in value) else value
+        )
 
     def test(self, actual: Any) -> bool:
         if actual is None:
@@ -506,6 +509,7 @@ class KlaviyoStandIn(StandInServer):
         self._lock = threading.RLock()
         self._ids = itertools.count(1)
         self._profiles: dict[str, _Profile] = {}
+        self._email_index: dict[str, str] = {}
         self._lists: dict[str, _List] = {}
         self._jobs: dict[str, _ImportJob] = {}
         self._pending: deque[Callable[[], None]] = deque()
@@ -872,17 +876,15 @@ class KlaviyoStandIn(StandInServer):
         return "01K" + "0" * 7 + digits
 
     def _by_email(self, email: str) -> _Profile | None:
-        wanted = email.strip().lower()
-        for profile in self._profiles.values():
-            if profile.email is not None and profile.email.lower() == wanted:
-                return profile
-        return None
+        profile_id = self._email_index.get(email.strip().lower())
+        return None if profile_id is None else self._profiles.get(profile_id)
 
     def _find_or_create(self, email: str) -> _Profile:
         found = self._by_email(email)
         if found is None:
             found = _Profile(self._new_id(), email=email.strip())
             self._profiles[found.id] = found
+            self._email_index[email.strip().lower()] = found.id
         return found
 
     def _list(self, list_id: str) -> _List:
@@ -1179,7 +1181,7 @@ class KlaviyoStandIn(StandInServer):
         if sort.lstrip("-") not in self._PROFILE_SORTS:
             raise _invalid(f"'{sort}' is not a valid sort field.", parameter="sort")
         with self._lock:
-            chosen = [p for p in self._profiles.values() if self._matches(p, conditions)]
+            chosen = [p for p in self._candidates(conditions) if self._matches(p, conditions)]
             chosen.sort(key=lambda p: self._sort_key(p, sort.lstrip("-")), reverse=sort[0] == "-")
             base = self._base(request)
             wire = [
@@ -1187,6 +1189,17 @@ class KlaviyoStandIn(StandInServer):
                 for p in chosen
             ]
             return self._page(request, wire, size, values, "profiles")
+
+    def _candidates(self, conditions: list[_Condition]) -> Iterable[_Profile]:
+        """Profiles an email condition can match (through the email index), else all."""
+        for condition in conditions:
+            if condition.name == "email":
+                wanted = [condition.value] if condition.op == "equals" else condition.value
+                found = (self._by_email(str(email)) for email in wanted)
+                return sorted(
+                    {p.id: p for p in found if p is not None}.values(), key=lambda p: p.id
+                )
+        return list(self._profiles.values())
 
     @staticmethod
     def _sparse(profile: dict[str, Any], fields: list[str]) -> dict[str, Any]:
@@ -1557,6 +1570,7 @@ class KlaviyoStandIn(StandInServer):
             )
             if hit:
                 del self._profiles[profile.id]
+                self._email_index.pop((profile.email or "").lower(), None)
                 for found in self._lists.values():
                     found.members.pop(profile.id, None)
                 self.deletions.append(profile.email or profile.id)
