@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +19,9 @@ from infra.sandbox.klaviyo import KlaviyoStandIn
 from tasks.connectors.destinations import DESTINATIONS
 from tasks.connectors.destinations.klaviyo import Klaviyo, rate_class
 from tasks.connectors.destinations.protocol import FieldSpec, Member
+from tasks.connectors.doctor import check_destinations
 from tasks.connectors.http import RetryPolicy
+from tasks.core.config import load_pipeline
 from tasks.errors import PublishError
 from tests.connectors.klaviyo_support import (
     KEY,
@@ -60,6 +63,7 @@ def _ok(results: object) -> dict[str, bool]:
     return {r.contact_key: r.ok for r in results}  # type: ignore[attr-defined]
 
 
+ROOT = Path(__file__).resolve().parents[2]
 PERSONAL = dict(first_name="Ada", ltv=1234.5, last_order="2026-11-02", category="books", score=87)
 
 
@@ -395,3 +399,31 @@ def test_erase_asks_for_one_deletion_job_per_email(
     assert klaviyo.list_members(LIST) == {"person2@example.com"}
     posts = [e for e in klaviyo.exchanges if e.request.path == "/api/data-privacy-deletion-jobs"]
     assert len(posts) == 2
+
+
+# -- doctor ----------------------------------------------------------------------------------------
+def test_doctor_probes_a_configured_klaviyo_destination(
+    klaviyo: KlaviyoStandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = (ROOT / "pipeline.yaml").read_text()
+    block = (
+        "destinations:\n"
+        "  klaviyo:\n"
+        "    kind: klaviyo\n"
+        f"    base_url: {klaviyo.url}\n"
+        "    api_key: {secret: klaviyo_doctor_key}\n"
+        "    audiences:\n"
+        f"      champions: {LIST}\n"
+        f"      at_risk: {OTHER_LIST}\n"
+    )
+    config_file = tmp_path / "pipeline.yaml"
+    config_file.write_text(text.replace("destinations:\n", block, 1))
+    monkeypatch.setenv("AUDIENCE_LAKE_SECRET_KLAVIYO_DOCTOR_KEY", KEY)
+    # The Mailchimp destination of the file is pointed here too: it fails fast, and is not checked.
+    config = load_pipeline(str(config_file), env={"AUDIENCE_LAKE_MAILCHIMP_URL": klaviyo.url})
+    checks = {c.name: c for c in check_destinations(config)}
+    assert checks["destination klaviyo"].status == "ok", checks["destination klaviyo"]
+    assert "2 lists readable" in checks["destination klaviyo"].detail
+    klaviyo.api_key = "pk_rotated"
+    failed = {c.name: c for c in check_destinations(config)}["destination klaviyo"]
+    assert failed.status == "FAIL" and KEY not in failed.detail
