@@ -1142,6 +1142,14 @@ class KlaviyoStandIn(StandInServer):
             "subscriptions.email.marketing.suppression",
             "subscriptions.email.marketing.list_suppressions",
             "subscriptions.email.marketing.can_receive_email_marketing",
+            "subscriptions.email.marketing.consent_timestamp",
+            "subscriptions.email.marketing.last_updated",
+            "subscriptions.email.marketing.method",
+            "subscriptions.email.marketing.method_detail",
+            "subscriptions.email.marketing.custom_method_detail",
+            "subscriptions.email.marketing.double_optin",
+            "predictive_analytics",
+            *(f"location.{part}" for part in (*LOCATION_KEYS, "latitude", "longitude")),
         }
     )
     _PROFILE_SORTS = frozenset(
