@@ -1,19 +1,21 @@
-"""Run the CRM and Mailchimp stand-ins until Ctrl-C (or SIGTERM).
+"""Run the CRM, Mailchimp and Klaviyo stand-ins until Ctrl-C (or SIGTERM).
 
 ``python -m infra.sandbox.serve [--data DIR] [--config pipeline.yaml] [--host H]
-[--crm-port P] [--mailchimp-port P] [--lists a,b]``
+[--crm-port P] [--mailchimp-port P] [--klaviyo-port P] [--lists a,b]``
 
 Every default comes from the same environment the worker reads (``infra/.env.example``), so the
 stand-ins answer exactly where and how the pipeline calls them:
 
 * ``--data``: ``$AUDIENCE_LAKE_SANDBOX_DIR``; the directory must hold ``crm_contacts.json``
   (``python -m infra.sandbox.generate --out DIR`` or ``infra/bin/sandbox-data.sh``);
-* ``--crm-port`` / ``--mailchimp-port``: the port of ``$AUDIENCE_LAKE_CRM_URL`` /
-  ``$AUDIENCE_LAKE_MAILCHIMP_URL`` (8711 / 8712 when unset);
+* ``--crm-port`` / ``--mailchimp-port`` / ``--klaviyo-port``: the port of
+  ``$AUDIENCE_LAKE_CRM_URL`` / ``$AUDIENCE_LAKE_MAILCHIMP_URL`` / ``$AUDIENCE_LAKE_KLAVIYO_URL``
+  (8711 / 8712 / 8713 when unset);
 * credentials: ``$AUDIENCE_LAKE_CRM_CLIENT_ID``, ``$AUDIENCE_LAKE_SECRET_CRM_CLIENT_SECRET``,
-  ``$AUDIENCE_LAKE_SECRET_MAILCHIMP_API_KEY`` (the demo's values when unset);
-* ``--lists``: every Mailchimp list id the destinations of ``--config`` publish to, so a list
-  the pipeline sends to always exists.
+  ``$AUDIENCE_LAKE_SECRET_MAILCHIMP_API_KEY``, ``$AUDIENCE_LAKE_SECRET_KLAVIYO_API_KEY`` (the
+  demo's values when unset);
+* ``--lists``: every Mailchimp list id the Mailchimp destinations of ``--config`` publish to, so
+  a list the pipeline sends to always exists; the Klaviyo stand-in gets the Klaviyo lists.
 """
 
 from __future__ import annotations
@@ -28,14 +30,17 @@ from urllib.parse import urlsplit
 
 from infra.sandbox.crm import CrmStandIn
 from infra.sandbox.generate import CRM_FILE
+from infra.sandbox.klaviyo import KlaviyoStandIn
 from infra.sandbox.mailchimp import MailchimpStandIn
 from tasks.core.config import load_pipeline
 
 DEFAULT_CRM_PORT = 8711
 DEFAULT_MAILCHIMP_PORT = 8712
+DEFAULT_KLAVIYO_PORT = 8713
 DEFAULT_CLIENT_ID = "demo-client"
 DEFAULT_CLIENT_SECRET = "demo-secret"
 DEFAULT_API_KEY = "demo-key-us1"
+DEFAULT_KLAVIYO_KEY = "pk_demo_klaviyo"
 
 
 def port_of(url: str | None, default: int) -> int:
@@ -46,13 +51,15 @@ def port_of(url: str | None, default: int) -> int:
     return default if port is None else port
 
 
-def config_list_ids(config: Path) -> list[str]:
-    """Every list id the destinations of ``config`` publish to, in config order, deduplicated."""
+def config_list_ids(config: Path, kind: str | None = None) -> list[str]:
+    """Every list id the destinations of ``config`` (of ``kind``, when given) publish to, in
+    config order, deduplicated."""
     # env={}: the list ids are literal; no secret or URL is needed to read them.
     pipeline = load_pipeline(str(config), env={})
     ids = [
         list_id
         for destination in pipeline.destinations.values()
+        if kind is None or destination.kind == kind
         for list_id in destination.audiences.values()
     ]
     return list(dict.fromkeys(ids))
@@ -64,7 +71,9 @@ def _default_config(env: Mapping[str, str]) -> Path:
 
 
 def _parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Serve the sandbox CRM and Mailchimp stand-ins.")
+    parser = argparse.ArgumentParser(
+        description="Serve the sandbox CRM, Mailchimp and Klaviyo stand-ins."
+    )
     data = env.get("AUDIENCE_LAKE_SANDBOX_DIR")
     parser.add_argument(
         "--data",
@@ -91,6 +100,17 @@ def _parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> argparse.
         type=int,
         default=port_of(env.get("AUDIENCE_LAKE_MAILCHIMP_URL"), DEFAULT_MAILCHIMP_PORT),
         help="Mailchimp port (default: the port of $AUDIENCE_LAKE_MAILCHIMP_URL, else 8712)",
+    )
+    parser.add_argument(
+        "--klaviyo-port",
+        type=int,
+        default=port_of(env.get("AUDIENCE_LAKE_KLAVIYO_URL"), DEFAULT_KLAVIYO_PORT),
+        help="Klaviyo port (default: the port of $AUDIENCE_LAKE_KLAVIYO_URL, else 8713)",
+    )
+    parser.add_argument(
+        "--klaviyo-api-key",
+        default=env.get("AUDIENCE_LAKE_SECRET_KLAVIYO_API_KEY") or DEFAULT_KLAVIYO_KEY,
+        help="Klaviyo private API key (default $AUDIENCE_LAKE_SECRET_KLAVIYO_API_KEY)",
     )
     parser.add_argument(
         "--lists",
@@ -131,7 +151,7 @@ def build_servers(args: argparse.Namespace) -> tuple[CrmStandIn, MailchimpStandI
         port=args.crm_port,
     )
     if args.lists is None:
-        lists = config_list_ids(args.config)
+        lists = config_list_ids(args.config, kind="mailchimp")
     else:
         lists = [name.strip() for name in args.lists.split(",") if name.strip()]
     mailchimp = MailchimpStandIn(
@@ -140,20 +160,32 @@ def build_servers(args: argparse.Namespace) -> tuple[CrmStandIn, MailchimpStandI
     return crm, mailchimp
 
 
+def build_klaviyo(args: argparse.Namespace) -> KlaviyoStandIn:
+    """Create (but do not start) the Klaviyo stand-in with the config's Klaviyo lists."""
+    return KlaviyoStandIn(
+        api_key=args.klaviyo_api_key,
+        lists=config_list_ids(args.config, kind="klaviyo"),
+        host=args.host,
+        port=args.klaviyo_port,
+    )
+
+
 def _interrupt(signum: int, frame: object) -> None:
     """Turn SIGTERM into the same clean shutdown as Ctrl-C."""
     raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Start both stand-ins, print their URLs and block until interrupted."""
+    """Start the stand-ins, print their URLs and block until interrupted."""
     args = _parse_args(argv, os.environ)
     crm, mailchimp = build_servers(args)
+    klaviyo = build_klaviyo(args)
     signal.signal(signal.SIGTERM, _interrupt)
-    with crm, mailchimp:
+    with crm, mailchimp, klaviyo:
         print(f"CRM (HubSpot-style):  {crm.url}  token: POST {crm.url}/oauth/v1/token", flush=True)
         print(f"  client_id={args.client_id}", flush=True)
         print(f"Mailchimp (v3):       {mailchimp.url}/3.0  lists: {mailchimp.list_ids}", flush=True)
+        print(f"Klaviyo (2026-07-15): {klaviyo.url}/api  lists: {klaviyo.list_ids}", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
         try:
             threading.Event().wait()

@@ -170,7 +170,40 @@ class MailchimpDestination(Model, TransportOptions):
         yield "base_url", self.base_url
 
 
-Destination = Annotated[MailchimpDestination, Field(discriminator="kind")]
+class KlaviyoDestination(Model, TransportOptions):
+    """A Klaviyo account (private API key), publishing to static lists by id."""
+
+    kind: Literal["klaviyo"]
+    base_url: str = Field(default="https://a.klaviyo.com", description="Klaviyo API host.")
+    api_key: SecretRef = Field(description="Private API key (Klaviyo-API-Key ...).")
+    revision: str = Field(
+        default="2026-07-15",
+        pattern=r"^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$",
+        description="API revision sent in the `revision` header on every request.",
+    )
+    batch_size: int = Field(
+        default=10_000, ge=1, le=10_000, description="Profiles per bulk import job (max 10,000)."
+    )
+    poll_interval_seconds: float = Field(
+        default=2.0, gt=0, le=60, description="Wait between two reads of an import job."
+    )
+    poll_timeout_seconds: float = Field(
+        default=900.0,
+        gt=0,
+        description="An import job not finished after this long is sent again next run.",
+    )
+    tags_property: str = Field(
+        default="tags",
+        min_length=1,
+        description="Profile property holding a member's tags (Klaviyo has no profile tags).",
+    )
+    audiences: dict[Name, str] = Field(min_length=1, description="Segment name -> Klaviyo list id.")
+
+    def credential_urls(self) -> Iterator[tuple[str, str]]:
+        yield "base_url", self.base_url
+
+
+Destination = Annotated[MailchimpDestination | KlaviyoDestination, Field(discriminator="kind")]
 
 # The `volume:` section (anomaly detection, notifiers, publish holds) builds on Model/SecretRef.
 from tasks.core.config_anomaly import VolumeConfig  # noqa: E402

@@ -29,5 +29,7 @@ def test_registries_cover_every_configured_kind() -> None:
         get_args(m.model_fields["kind"].annotation)[0] for m in get_args(get_args(Source)[0])
     }
     assert source_kinds == set(SOURCE_READERS)
-    destination_kinds = {get_args(Destination)[0].model_fields["kind"].annotation.__args__[0]}
+    destination_kinds = {
+        get_args(m.model_fields["kind"].annotation)[0] for m in get_args(get_args(Destination)[0])
+    }
     assert destination_kinds == set(DESTINATIONS)

@@ -7,6 +7,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from tasks.connectors.destinations.klaviyo import open_klaviyo
 from tasks.connectors.destinations.mailchimp import MailchimpAudience, MemberChange, MemberResult
 from tasks.connectors.http import RetryPolicy, build_client
 from tasks.connectors.redact import register_secret
@@ -42,6 +43,7 @@ def _open_mailchimp(config: MailchimpDestination) -> AudienceSink:
 
 
 DESTINATIONS: dict[str, Callable[[Any], AudienceSink]] = {"mailchimp": _open_mailchimp}
+DESTINATIONS["klaviyo"] = open_klaviyo  # type: ignore[assignment]  # Destination protocol
 
 
 def open_destination(config: Destination) -> AudienceSink:
