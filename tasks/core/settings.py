@@ -10,10 +10,11 @@ import os
 import re
 from collections.abc import Mapping
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tasks.core.config import SecretRef
+from tasks.core.encryption import StoreEncryption, store_encryption
 from tasks.errors import ConfigError
 
 # Used only when no pepper is configured, so the embedded demo runs with zero configuration.
@@ -103,6 +104,20 @@ class Settings(BaseSettings):
     s3_allow_http: bool | None = Field(
         default=None, description="Allow plain-HTTP endpoints (default: true for http:// URLs)."
     )
+    s3_sse: str | None = Field(
+        default=None,
+        description="Server-side encryption of every object written to the store: none, "
+        "sse-s3 (AES256) or sse-kms (aws:kms, with s3_sse_kms_key_id).",
+    )
+    s3_sse_kms_key_id: str | None = Field(
+        default=None, description="KMS key (id, alias/name or ARN) for sse-kms."
+    )
+    s3_ca_bundle: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("AUDIENCE_LAKE_S3_CA_BUNDLE", "AWS_CA_BUNDLE"),
+        description="PEM file of the CAs the store's TLS certificate is verified against "
+        "(instead of the default trust store).",
+    )
     pepper: SecretStr = Field(
         default=SecretStr(DEMO_PEPPER),
         description="Secret for contact_key = HMAC-SHA256(pepper, email).",
@@ -116,6 +131,16 @@ class Settings(BaseSettings):
         if problem:
             raise ValueError(problem)
         return value
+
+    @model_validator(mode="after")
+    def _valid_encryption(self) -> Settings:
+        self.store_encryption  # noqa: B018 - raises ValueError for an invalid combination
+        return self
+
+    @property
+    def store_encryption(self) -> StoreEncryption | None:
+        """The server-side encryption every object written to the store gets (None: none)."""
+        return store_encryption(self.s3_sse, self.s3_sse_kms_key_id)
 
     @property
     def lake_is_local(self) -> bool:
@@ -143,7 +168,8 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         problems = "; ".join(
-            f"AUDIENCE_LAKE_{'.'.join(str(p) for p in e['loc']).upper()}: "
+            # A check across variables (e.g. sse-kms and its key id) has no single location.
+            (f"AUDIENCE_LAKE_{'.'.join(str(p) for p in e['loc']).upper()}: " if e["loc"] else "")
             + str(e["msg"]).removeprefix("Value error, ")
             for e in exc.errors()
         )
