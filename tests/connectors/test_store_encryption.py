@@ -190,3 +190,51 @@ def test_settings_default_to_no_encryption_header(monkeypatch: pytest.MonkeyPatc
 def test_a_lake_with_invalid_encryption_options_fails_before_any_write() -> None:
     with pytest.raises(LakeError, match="lake s3://bucket/lake: .*needs a KMS key id"):
         Lake("s3://bucket/lake", {"aws_server_side_encryption": "aws:kms"})
+
+
+# --- doctor --------------------------------------------------------------------------------------
+
+
+@pytest.mark.s3
+def test_doctor_prints_the_encryption_the_probe_object_got(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    s3_endpoint: S3Endpoint,
+    s3_bucket: str,
+) -> None:
+    from flows.cli import main
+
+    if not s3_endpoint.managed:
+        pytest.skip("SSE-KMS needs a KMS on MinIO; the moto server stores what a PUT asks for")
+    monkeypatch.setenv("AUDIENCE_LAKE_LAKE_URI", f"s3://{s3_bucket}/lake")
+    monkeypatch.setenv("AUDIENCE_LAKE_S3_ENDPOINT", s3_endpoint.url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_endpoint.access_key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_endpoint.secret_access_key)
+    monkeypatch.setenv("AUDIENCE_LAKE_S3_SSE", "sse-kms")
+    monkeypatch.setenv("AUDIENCE_LAKE_S3_SSE_KMS_KEY_ID", KMS_KEY)
+
+    assert main(["doctor", "--check", "lake"]) == 0
+
+    out = capsys.readouterr().out
+    assert (
+        f"[ok] lake encryption: a probe object was stored with SSE-KMS (aws:kms, key {KMS_KEY})"
+        in out
+    )
+    assert "[warn] lake tls: plain HTTP to http://127.0.0.1:" in out
+
+
+@pytest.mark.parametrize(
+    ("url", "bundle", "summary"),
+    [
+        ("https://api.example.com", None, "TLS verified (default trust store)"),
+        ("https://api.example.com", "/etc/ca.pem", "TLS verified (CA bundle /etc/ca.pem)"),
+        ("http://127.0.0.1:8711", None, "plain HTTP (not encrypted)"),
+        (None, None, ""),
+    ],
+)
+def test_doctor_names_how_each_api_is_reached(
+    url: str | None, bundle: str | None, summary: str
+) -> None:
+    from tasks.connectors.doctor import tls_summary
+
+    assert tls_summary(url, bundle) == summary
