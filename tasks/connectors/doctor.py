@@ -112,7 +112,8 @@ def check_secrets(config: PipelineConfig, env: Mapping[str, str] | None = None) 
             f"secret {m.secret}",
             "FAIL",
             f"{m.path} references it and {m.env_var} is not set",
-            f"export {m.env_var} (or set it in the worker's environment)",
+            f"export {m.env_var} in the worker's environment, or create the Prefect Secret block "
+            f"audience-lake-{m.secret.replace('_', '-')} (read when PREFECT_API_URL is set)",
         )
         for m in missing
     ]

@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tasks.core.config import SecretRef
 from tasks.core.encryption import StoreEncryption, store_encryption
+from tasks.core.secret_sources import lookup_secret
 from tasks.errors import ConfigError
 
 # Used only when no pepper is configured, so the embedded demo runs with zero configuration.
@@ -152,9 +153,13 @@ class Settings(BaseSettings):
 
 
 def resolve_secret(ref: SecretRef, env: Mapping[str, str] | None = None) -> SecretStr:
-    """The value of a secret named in ``pipeline.yaml``; a clear error if it is missing."""
+    """The value of a secret named in ``pipeline.yaml``; a clear error if it is missing.
+
+    ``AUDIENCE_LAKE_SECRET_<NAME>`` first, then the registered secret sources (a Prefect Secret
+    block ``audience-lake-<name>`` when ``tasks.secret_blocks`` is loaded and an API is set).
+    """
     env = os.environ if env is None else env
-    value = env.get(ref.env_var)
+    value = env.get(ref.env_var) or lookup_secret(ref.secret)
     if not value:
         raise ConfigError(f"secret {ref.secret!r} is not set: export {ref.env_var}")
     return SecretStr(value)
