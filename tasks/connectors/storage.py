@@ -26,17 +26,21 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import re
 import socket
 import ssl
+import tempfile
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
 
 import boto3
 import botocore
+import certifi
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
@@ -94,7 +98,8 @@ _OPTION_ALIASES: dict[str, str] = {
 # object_store has no option for the CAs it trusts: deltalake and polars read the trust store
 # from SSL_CERT_FILE when they build a client (checked with deltalake 1.6.6 and polars 2.1). The
 # bundle travels in the storage options under this key (ignored by both) so that boto3 clients
-# built from the same options verify against it too.
+# built from the same options verify against exactly it, and trust_ca_bundle adds it to the
+# process trust store for deltalake and polars.
 CA_BUNDLE_OPTION = "aws_ca_bundle"
 _TRUST_STORE_VARIABLE = "SSL_CERT_FILE"
 
@@ -167,25 +172,41 @@ def check_ca_bundle(path: str) -> None:
 def trust_ca_bundle(storage_options: Mapping[str, str]) -> None:
     """Make deltalake and polars trust the CA bundle of ``storage_options`` (if any).
 
-    They read their trust store from ``SSL_CERT_FILE`` whenever they open a connection, so this
-    sets it for the process. One process has one such trust store: a different
-    ``SSL_CERT_FILE`` already set is an error rather than a silent override.
+    They read their trust store from ``SSL_CERT_FILE`` whenever they open a connection, and so do
+    httpx and Python's ``ssl`` defaults: a file holding only a private CA would break every other
+    HTTPS connection of the process (vendor APIs, Prefect). So ``SSL_CERT_FILE`` is pointed at a
+    combined file: the trust store in force (``SSL_CERT_FILE`` if set, else certifi's bundle, the
+    default of httpx) plus the bundle. Idempotent: a store that already holds the bundle is kept.
 
     Raises:
-        ValueError: for an unreadable bundle or a conflicting ``SSL_CERT_FILE``.
+        ValueError: for an unreadable bundle or an unreadable ``SSL_CERT_FILE``.
     """
     bundle = ca_bundle_of(storage_options)
     if bundle is None:
         return
     check_ca_bundle(bundle)
-    wanted = os.path.abspath(bundle)
-    current = os.environ.get(_TRUST_STORE_VARIABLE)
-    if current and os.path.abspath(current) != wanted:
-        raise ValueError(
-            f"the store's CA bundle is {wanted} but {_TRUST_STORE_VARIABLE} is already set to "
-            f"{current}; deltalake reads one trust store per process: unset it or use the same file"
-        )
-    os.environ[_TRUST_STORE_VARIABLE] = wanted
+    current = os.environ.get(_TRUST_STORE_VARIABLE) or None
+    os.environ[_TRUST_STORE_VARIABLE] = _with_bundle(current, bundle)
+
+
+def _with_bundle(current: str | None, bundle: str) -> str:
+    base = current or certifi.where()
+    try:
+        base_pem = Path(base).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{_TRUST_STORE_VARIABLE}={base!r} cannot be read: {exc}") from exc
+    added = Path(bundle).read_bytes().strip()
+    if added in base_pem:
+        return base
+    combined = base_pem.rstrip() + b"\n" + added + b"\n"
+    digest = hashlib.sha256(combined).hexdigest()[:16]
+    target = Path(tempfile.gettempdir()) / f"audience-lake-trust-{digest}.pem"
+    if not target.exists():
+        # Write then rename: another process may be reading the same name.
+        partial = target.with_name(f"{target.name}.{uuid.uuid4().hex}.tmp")
+        partial.write_bytes(combined)
+        os.replace(partial, target)
+    return str(target)
 
 
 def store_security_options(settings: Settings) -> dict[str, str]:

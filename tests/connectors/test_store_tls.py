@@ -9,6 +9,7 @@ another CA is refused like no bundle.
 
 from __future__ import annotations
 
+import os
 import ssl
 import subprocess
 import time
@@ -17,6 +18,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import certifi
 import polars as pl
 import pytest
 
@@ -168,12 +170,33 @@ def test_the_bundle_comes_from_the_environment(
     assert lake.read("bronze/env")["a"].to_list() == [1]
 
 
-def test_a_conflicting_process_trust_store_is_an_error(
-    monkeypatch: pytest.MonkeyPatch, https_store: str, pki: Pki, other_ca: Path
+def test_the_process_trust_store_keeps_the_default_cas(
+    https_store: str, pki: Pki, bucket: str
+) -> None:
+    # httpx and Python's ssl read SSL_CERT_FILE too: a file holding only the private CA would
+    # break every public HTTPS connection of the process (vendor APIs, Prefect).
+    Lake(f"s3://{bucket}/lake", _options(https_store, pki.ca_pem))
+
+    trusted = Path(os.environ["SSL_CERT_FILE"]).read_bytes()
+    assert Path(certifi.where()).read_bytes().strip() in trusted
+    assert pki.ca_pem.read_bytes().strip() in trusted
+    Lake(f"s3://{bucket}/lake", _options(https_store, pki.ca_pem))  # idempotent
+    assert Path(os.environ["SSL_CERT_FILE"]).read_bytes() == trusted
+
+
+def test_an_existing_process_trust_store_is_extended(
+    monkeypatch: pytest.MonkeyPatch, https_store: str, pki: Pki, other_ca: Path, bucket: str
 ) -> None:
     monkeypatch.setenv("SSL_CERT_FILE", str(other_ca))
-    with pytest.raises(LakeError, match="SSL_CERT_FILE is already set"):
-        Lake("s3://bucket/lake", _options(https_store, pki.ca_pem))
+    before = other_ca.read_bytes()
+
+    lake = Lake(f"s3://{bucket}/lake", _options(https_store, pki.ca_pem))
+    lake.append_once("bronze/extended", pl.DataFrame({"a": [1]}), batch_id="b1")
+
+    trusted = Path(os.environ["SSL_CERT_FILE"]).read_bytes()
+    assert other_ca.read_bytes().strip() in trusted
+    assert pki.ca_pem.read_bytes().strip() in trusted
+    assert other_ca.read_bytes() == before  # the user's file is not modified
 
 
 def test_an_unreadable_bundle_is_named(https_store: str, tmp_path: Path) -> None:
