@@ -21,6 +21,7 @@ from prefect.blocks.system import Secret
 from prefect.settings import get_current_settings
 
 from tasks.core.secret_sources import register_secret_source
+from tasks.errors import ConfigError
 
 BLOCK_PREFIX = "audience-lake-"
 
@@ -34,10 +35,16 @@ def load_secret_block(secret: str) -> str | None:
     """The value of the block for ``secret``, or None (no API URL, no such block, empty)."""
     if not get_current_settings().api.url:
         return None
+    name = secret_block_name(secret)
     try:
-        block: Any = Secret.load(secret_block_name(secret), _sync=True)  # type: ignore[call-arg]
+        block: Any = Secret.load(name, _sync=True)  # type: ignore[call-arg]
     except ValueError:  # no such block
         return None
+    except Exception as exc:  # the API is down or refuses us: say which secret and block
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise ConfigError(
+            f"secret {secret!r}: reading the Prefect Secret block {name!r} failed: {reason}"
+        ) from exc
     value = block.get()
     return value if isinstance(value, str) and value else None
 

@@ -104,7 +104,11 @@ def _with_tls(detail: str, config: Any) -> str:
 
 def check_secrets(config: PipelineConfig, env: Mapping[str, str] | None = None) -> list[Check]:
     """One line per missing secret (naming the variable to export), or one ``ok`` line."""
-    missing = missing_secrets(config, env)
+    try:
+        missing = missing_secrets(config, env)
+    except Exception as exc:  # a secret source (Prefect API) failing is a FAIL line, not a crash
+        hint = "check PREFECT_API_URL, or set the secrets in the worker's environment"
+        return [Check("secrets", "FAIL", _first_line(exc), hint)]
     if not missing:
         return [Check("secrets", "ok", "every referenced secret is set")]
     return [

@@ -17,13 +17,14 @@ import yaml
 from prefect import flow
 from prefect.blocks.system import Secret
 from prefect.client.orchestration import get_client
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
 from tasks.core.config import SecretRef
 from tasks.core.config_yaml import is_secret_name
 from tasks.core.settings import resolve_secret
 from tasks.errors import ConfigError
 from tasks.secret_blocks import load_secret_block, secret_block_name
+from tests.conftest import free_port
 from tests.flows.conftest import ROOT
 
 pytestmark = pytest.mark.flow
@@ -131,3 +132,16 @@ def test_prefect_yaml_passes_no_secret_as_a_parameter_or_job_variable() -> None:
                     if isinstance(item, str) and _names_a_secret(item):
                         found.append((path, item))
     assert not found, f"prefect.yaml hands secrets to runs the UI shows: {found}"
+
+
+def test_an_unreachable_prefect_api_is_a_clear_error_naming_the_block() -> None:
+    ref = SecretRef(secret="unreachable_key")
+    closed = f"http://127.0.0.1:{free_port()}/api"
+    unreachable = {PREFECT_API_URL: closed, PREFECT_CLIENT_MAX_RETRIES: 0}
+    with temporary_settings(updates=unreachable), pytest.raises(ConfigError) as caught:
+        resolve_secret(ref, env={})
+    message = str(caught.value)
+    assert message.startswith(
+        "secret 'unreachable_key': reading the Prefect Secret block "
+        "'audience-lake-unreachable-key' failed: "
+    )
