@@ -53,10 +53,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _use_secret_blocks() -> None:
+    """Let ``{secret: NAME}`` come from Prefect Secret blocks when a Prefect server is named.
+
+    Without ``PREFECT_API_URL`` there are no blocks to read, so Prefect is not imported.
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        import tasks.secret_blocks  # noqa: F401  (registers the block source)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from tasks.core.config import load_pipeline
 
-    load_pipeline(args.config, check_secrets=True)  # fail fast, before Prefect is imported
+    _use_secret_blocks()
+    load_pipeline(args.config, check_secrets=True)  # fail fast, before the flows are imported
 
     from flows.pipeline import pipeline
     from flows.progress import progress_line
@@ -153,6 +163,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     wanted = args.check or list(DOCTOR_CHECKS)
     checks: list[Check] = []
     config = None
+    _use_secret_blocks()
     if {"secrets", "sources", "destinations"} & set(wanted):
         try:
             # Secrets are reported one by one below, not as one load error.
@@ -201,6 +212,7 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from tasks.core.config import load_pipeline
 
+    _use_secret_blocks()
     config = load_pipeline(args.config, check_secrets=True)
     print(
         f"{args.config}: ok ({len(config.sources)} sources, {len(config.segments)} segments, "

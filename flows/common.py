@@ -12,6 +12,7 @@ from prefect.runtime import flow_run
 from tasks.core.config import PipelineConfig, load_pipeline
 from tasks.core.settings import load_settings
 from tasks.errors import OrchestratorError
+from tasks.secret_blocks import BLOCK_PREFIX as _REGISTERS_SECRET_BLOCKS  # noqa: F401
 
 
 def load_config(config_path: str | None) -> PipelineConfig:

@@ -5,6 +5,10 @@
 #   AUDIENCE_LAKE_POOL     work pool (default audience-lake, the one prefect.yaml names)
 #   AUDIENCE_LAKE_DEPLOY   deployments to deploy, space-separated names (default: all)
 # Every step must succeed; a failure stops the container (and compose restarts it).
+# Secrets (AWS_*, AUDIENCE_LAKE_PEPPER, AUDIENCE_LAKE_SECRET_<NAME>) are in this process's
+# environment, which the process worker hands to each flow run without recording it; or in
+# Prefect Secret blocks named audience-lake-<name>. Never pass them as --job-variable or as
+# deployment parameters: the UI shows both in clear.
 set -eu
 : "${AUDIENCE_LAKE_HOME:?set AUDIENCE_LAKE_HOME to the repository checkout}"
 : "${PREFECT_API_URL:?set PREFECT_API_URL to the Prefect server API, e.g. http://prefect-server:4200/api}"

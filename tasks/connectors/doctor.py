@@ -22,7 +22,7 @@ from tasks.connectors.sources.events import landing_for
 from tasks.connectors.sources.files import open_file_drop
 from tasks.connectors.sources.rest import RestReader
 from tasks.connectors.sources.sql import open_sql_source
-from tasks.connectors.storage import check_store
+from tasks.connectors.storage import CheckResult, check_store
 from tasks.core.config import PipelineConfig, missing_secrets
 
 CheckStatus = Literal["ok", "warn", "FAIL", "skipped"]
@@ -59,14 +59,56 @@ def check_lake(root: str, storage_options: Mapping[str, str]) -> list[Check]:
     """The lake store: reachable, credentials accepted, conditional PUT refused with 412."""
     hint = "check AUDIENCE_LAKE_LAKE_URI, AUDIENCE_LAKE_S3_ENDPOINT and the AWS_* credentials"
     return [
-        Check(f"lake {r.name}", "ok" if r.ok else "FAIL", r.detail, "" if r.ok else hint)
+        Check(f"lake {r.name}", _status(r.ok, warn=r.warn), r.detail, _lake_hint(r, hint))
         for r in check_store(root, dict(storage_options))
     ]
 
 
+def _status(ok: bool, *, warn: bool) -> CheckStatus:
+    if not ok:
+        return "FAIL"
+    return "warn" if warn else "ok"
+
+
+def _lake_hint(result: CheckResult, default: str) -> str:
+    if result.ok and not result.warn:
+        return ""
+    return LAKE_HINTS.get(result.name, default)
+
+
+LAKE_HINTS: dict[str, str] = {
+    "tls": "use an https:// endpoint (AUDIENCE_LAKE_S3_CA_BUNDLE for a private CA)",
+    "encryption": "set AUDIENCE_LAKE_S3_SSE (sse-s3, or sse-kms with "
+    "AUDIENCE_LAKE_S3_SSE_KMS_KEY_ID) and check the store supports it",
+}
+
+
+def tls_summary(url: str | None, ca_bundle: str | None) -> str:
+    """How the client of a source or destination protects ``url``: verified TLS or plain HTTP.
+
+    Certificate verification cannot be turned off, so an https request that succeeded was
+    verified, against ``ca_bundle`` when one is configured.
+    """
+    if url is None:
+        return ""
+    if url.lower().startswith("https://"):
+        trusted = f"CA bundle {ca_bundle}" if ca_bundle else "default trust store"
+        return f"TLS verified ({trusted})"
+    return "plain HTTP (not encrypted)"
+
+
+def _with_tls(detail: str, config: Any) -> str:
+    summary = tls_summary(getattr(config, "base_url", None), getattr(config, "ca_bundle", None))
+    return f"{detail}; {summary}" if summary else detail
+
+
 def check_secrets(config: PipelineConfig, env: Mapping[str, str] | None = None) -> list[Check]:
     """One line per missing secret (naming the variable to export), or one ``ok`` line."""
-    missing = missing_secrets(config, env)
+    try:
+        missing = missing_secrets(config, env)
+    except Exception as exc:  # a secret source (Prefect API) failing is a FAIL line, not a crash
+        hint = "check PREFECT_API_URL, or set the secrets in the worker's environment"
+        return [Check("secrets", "FAIL", _first_line(exc), hint)]
     if not missing:
         return [Check("secrets", "ok", "every referenced secret is set")]
     return [
@@ -74,7 +116,8 @@ def check_secrets(config: PipelineConfig, env: Mapping[str, str] | None = None) 
             f"secret {m.secret}",
             "FAIL",
             f"{m.path} references it and {m.env_var} is not set",
-            f"export {m.env_var} (or set it in the worker's environment)",
+            f"export {m.env_var} in the worker's environment, or create the Prefect Secret block "
+            f"audience-lake-{m.secret.replace('_', '-')} (read when PREFECT_API_URL is set)",
         )
         for m in missing
     ]
@@ -140,7 +183,7 @@ def check_sources(config: PipelineConfig) -> list[Check]:
                 Check(f"source {name}", "FAIL", _first_line(exc), SOURCE_HINTS[source.kind])
             )
         else:
-            checks.append(Check(f"source {name}", "ok", detail))
+            checks.append(Check(f"source {name}", "ok", _with_tls(detail, source)))
     return checks
 
 
@@ -161,5 +204,5 @@ def check_destinations(config: PipelineConfig) -> list[Check]:
             hint = "check base_url, the API key secret and the list ids under audiences"
             checks.append(Check(f"destination {name}", "FAIL", _first_line(exc), hint))
         else:
-            checks.append(Check(f"destination {name}", "ok", detail))
+            checks.append(Check(f"destination {name}", "ok", _with_tls(detail, destination)))
     return checks

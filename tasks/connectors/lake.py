@@ -41,11 +41,14 @@ from deltalake.exceptions import CommitFailedError
 from deltalake.exceptions import TableNotFoundError as DeltaTableNotFoundError
 
 from tasks.connectors.storage import (
+    encryption_of,
     is_s3_uri,
     normalise_option_key,
     parse_duration_seconds,
     s3_client,
     split_s3_uri,
+    store_security_options,
+    trust_ca_bundle,
 )
 from tasks.core.settings import Settings, lake_uri_problem
 from tasks.errors import CorruptTableError, LakeError, LakeFullError, StoreAccessError
@@ -160,6 +163,7 @@ def settings_storage_options(settings: Settings) -> dict[str, str]:
         secret_access_key=None if secret is None else secret.get_secret_value(),
         region=settings.aws_region,
         allow_http=settings.s3_allow_http,
+        extra=store_security_options(settings),
     )
 
 
@@ -195,6 +199,7 @@ class Lake:
             raise LakeError(f"lake root {problem}")
         try:
             _reject_unsafe_rename(options)
+            encryption_of(options)  # an invalid encryption setting fails here, not mid-write
         except ValueError as exc:
             raise LakeError(f"lake {root}: {exc}") from exc
         if is_s3_uri(root):
@@ -205,6 +210,10 @@ class Lake:
             self._root = root.rstrip("/")
             self._options = _with_default_client_options(options)
             self._check_http(options)
+            try:
+                trust_ca_bundle(options)
+            except ValueError as exc:
+                raise LakeError(f"lake {root}: {exc}") from exc
         elif "://" in root and not root.startswith("file://"):
             # Other object stores work with deltalake, but tables() and the doctor only know
             # local and S3 roots; fail early rather than half-work.

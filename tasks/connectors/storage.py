@@ -5,10 +5,17 @@ The checks answer the questions that decide whether Delta writes there are safe:
 
 * local: the directory exists (or can be created), is writable, and supports atomic
   create-if-absent (``O_EXCL``), which Delta's local commits rely on;
-* S3: the endpoint answers, the credentials are accepted for the bucket, and the store honours
-  conditional PUT (``If-None-Match: *`` answered with 412 for an existing key). deltalake 1.6
-  commits every ``_delta_log`` entry that way, so a store that ignores the header silently loses
-  commits when two writers race (ARCHITECTURE §5.3).
+* S3: the endpoint answers (over TLS verified against the configured CA bundle or the default
+  trust store, or plain HTTP, which is reported), the credentials are accepted for the bucket, the
+  store honours conditional PUT (``If-None-Match: *`` answered with 412 for an existing key), and
+  the probe object was stored with the server-side encryption the configuration asks for (read
+  back with HEAD). deltalake 1.6 commits every ``_delta_log`` entry with a conditional PUT, so a
+  store that ignores the header silently loses commits when two writers race (ARCHITECTURE §5.3).
+
+Encryption at rest and the CA bundle are storage options like the endpoint and the keys, so one
+mapping configures every writer: deltalake/object_store read ``aws_server_side_encryption`` and
+``aws_sse_kms_key_id`` themselves, and every object written through boto3 (landed files, their
+archive copies, doctor probes) gets the same headers from :func:`sse_put_arguments`.
 
 Each check yields one :class:`CheckResult`. When a check fails, the checks after it are reported as
 failed with a ``skipped: ...`` detail rather than left out, so the report always has the same rows.
@@ -19,32 +26,49 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import re
 import socket
+import ssl
+import tempfile
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 import boto3
 import botocore
+import certifi
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from tasks.core.settings import lake_uri_problem
+from tasks.core.encryption import StoreEncryption, store_encryption
+from tasks.core.settings import Settings, lake_uri_problem
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.literals import ServerSideEncryptionType
 
 __all__ = [
+    "CA_BUNDLE_OPTION",
     "CheckResult",
+    "SseArguments",
+    "StoreEncryption",
+    "ca_bundle_of",
     "check_store",
+    "encryption_of",
     "is_s3_uri",
     "normalise_option_key",
     "parse_duration_seconds",
+    "put_arguments",
     "s3_client",
     "split_s3_uri",
+    "sse_put_arguments",
+    "store_encryption",
+    "store_security_options",
+    "trust_ca_bundle",
 ]
 
 _S3_SCHEMES = ("s3://", "s3a://")
@@ -65,7 +89,20 @@ _OPTION_ALIASES: dict[str, str] = {
     "connect_timeout": "connect_timeout",
     "timeout": "timeout",
     "s3_allow_unsafe_rename": "s3_allow_unsafe_rename",
+    "server_side_encryption": "server_side_encryption",
+    "sse_kms_key_id": "sse_kms_key_id",
+    "server_side_encryption_aws_kms_key_id": "sse_kms_key_id",
+    "ca_bundle": "ca_bundle",
 }
+
+# object_store has no option for the CAs it trusts: deltalake and polars read the trust store
+# from SSL_CERT_FILE when they build a client (checked with deltalake 1.6.6 and polars 2.1). The
+# bundle travels in the storage options under this key (ignored by both) so that boto3 clients
+# built from the same options verify against exactly it, and trust_ca_bundle adds it to the
+# process trust store for deltalake and polars.
+CA_BUNDLE_OPTION = "aws_ca_bundle"
+_TRUST_STORE_VARIABLE = "SSL_CERT_FILE"
+
 
 # Doctor checks must answer quickly even when the endpoint is a black hole.
 _DOCTOR_CONNECT_TIMEOUT_S = 3.0
@@ -77,11 +114,108 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|secs|m|min|mins)?\s*$")
 
 @dataclass(frozen=True)
 class CheckResult:
-    """Outcome of one storage check: ``name`` (e.g. ``"conditional put"``), pass/fail, detail."""
+    """Outcome of one storage check: ``name`` (e.g. ``"conditional put"``), pass/fail, detail.
+
+    ``warn`` marks a passed check that still deserves attention (plain HTTP, objects stored
+    unencrypted).
+    """
 
     name: str
     ok: bool
     detail: str
+    warn: bool = False
+
+
+class SseArguments(TypedDict, total=False):
+    """The boto3 ``put_object`` / ``copy_object`` arguments for server-side encryption."""
+
+    ServerSideEncryption: ServerSideEncryptionType
+    SSEKMSKeyId: str
+
+
+def put_arguments(encryption: StoreEncryption | None) -> SseArguments:
+    """``encryption`` as boto3 ``put_object`` / ``copy_object`` arguments (none for None)."""
+    if encryption is None:
+        return {}
+    arguments: SseArguments = {"ServerSideEncryption": encryption.algorithm}
+    if encryption.kms_key_id:
+        arguments["SSEKMSKeyId"] = encryption.kms_key_id
+    return arguments
+
+
+def encryption_of(storage_options: Mapping[str, str]) -> StoreEncryption | None:
+    """The server-side encryption that ``storage_options`` ask for (validated as above)."""
+    mode = _option(storage_options, "server_side_encryption")
+    key = _option(storage_options, "sse_kms_key_id")
+    return store_encryption(mode, key)
+
+
+def sse_put_arguments(storage_options: Mapping[str, str]) -> SseArguments:
+    """boto3 arguments that give an object the encryption deltalake gives the tables."""
+    return put_arguments(encryption_of(storage_options))
+
+
+def ca_bundle_of(storage_options: Mapping[str, str]) -> str | None:
+    """The PEM file of CAs the store's TLS certificate is verified against, if one is set."""
+    value = _option(storage_options, "ca_bundle")
+    return value.strip() or None if value is not None else None
+
+
+def check_ca_bundle(path: str) -> None:
+    """Raise :class:`ValueError` naming ``path`` if it holds no loadable CA certificates."""
+    try:
+        ssl.create_default_context(cafile=path)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"cannot load CA certificates from {path!r}: {exc}") from exc
+
+
+def trust_ca_bundle(storage_options: Mapping[str, str]) -> None:
+    """Make deltalake and polars trust the CA bundle of ``storage_options`` (if any).
+
+    They read their trust store from ``SSL_CERT_FILE`` whenever they open a connection, and so do
+    httpx and Python's ``ssl`` defaults: a file holding only a private CA would break every other
+    HTTPS connection of the process (vendor APIs, Prefect). So ``SSL_CERT_FILE`` is pointed at a
+    combined file: the trust store in force (``SSL_CERT_FILE`` if set, else certifi's bundle, the
+    default of httpx) plus the bundle. Idempotent: a store that already holds the bundle is kept.
+
+    Raises:
+        ValueError: for an unreadable bundle or an unreadable ``SSL_CERT_FILE``.
+    """
+    bundle = ca_bundle_of(storage_options)
+    if bundle is None:
+        return
+    check_ca_bundle(bundle)
+    current = os.environ.get(_TRUST_STORE_VARIABLE) or None
+    os.environ[_TRUST_STORE_VARIABLE] = _with_bundle(current, bundle)
+
+
+def _with_bundle(current: str | None, bundle: str) -> str:
+    base = current or certifi.where()
+    try:
+        base_pem = Path(base).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{_TRUST_STORE_VARIABLE}={base!r} cannot be read: {exc}") from exc
+    added = Path(bundle).read_bytes().strip()
+    if added in base_pem:
+        return base
+    combined = base_pem.rstrip() + b"\n" + added + b"\n"
+    digest = hashlib.sha256(combined).hexdigest()[:16]
+    target = Path(tempfile.gettempdir()) / f"audience-lake-trust-{digest}.pem"
+    if not target.exists():
+        # Write then rename: another process may be reading the same name.
+        partial = target.with_name(f"{target.name}.{uuid.uuid4().hex}.tmp")
+        partial.write_bytes(combined)
+        os.replace(partial, target)
+    return str(target)
+
+
+def store_security_options(settings: Settings) -> dict[str, str]:
+    """The storage options for the encryption and CA bundle configured in ``settings``."""
+    encryption = settings.store_encryption
+    options = {} if encryption is None else encryption.storage_options()
+    if settings.s3_ca_bundle:
+        options[CA_BUNDLE_OPTION] = settings.s3_ca_bundle
+    return options
 
 
 def is_s3_uri(uri: str) -> bool:
@@ -151,7 +285,8 @@ def s3_client(
 
     Keys missing from ``storage_options`` fall back to boto3's usual chain (environment, profile),
     which matches what object_store does. ``signed=False`` builds an anonymous client, used to ask
-    "does anything answer?" without involving credentials.
+    "does anything answer?" without involving credentials. TLS is verified against the options'
+    CA bundle when one is set (see :data:`CA_BUNDLE_OPTION`), else boto3's default trust store.
     """
     endpoint = _option(storage_options, "endpoint")
     region = _option(storage_options, "region")
@@ -171,6 +306,7 @@ def s3_client(
         aws_access_key_id=_option(storage_options, "access_key_id") if signed else None,
         aws_secret_access_key=_option(storage_options, "secret_access_key") if signed else None,
         aws_session_token=_option(storage_options, "session_token") if signed else None,
+        verify=ca_bundle_of(storage_options),
         config=config,
     )
     return client
@@ -276,9 +412,13 @@ def _remove_quietly(path: str) -> None:
 
 
 def _check_s3(root: str, storage_options: Mapping[str, str]) -> list[CheckResult]:
-    names = ["reachable", "credentials", "conditional put"]
+    names = ["reachable", "tls", "credentials", "conditional put", "encryption"]
     try:
         bucket, prefix = split_s3_uri(root)
+        encryption = encryption_of(storage_options)
+        bundle = ca_bundle_of(storage_options)
+        if bundle is not None:
+            check_ca_bundle(bundle)
     except ValueError as exc:
         return _with_skipped([CheckResult("reachable", False, str(exc))], names, "reachable")
 
@@ -298,13 +438,16 @@ def _check_s3(root: str, storage_options: Mapping[str, str]) -> list[CheckResult
     results = [_check_reachable(client(signed=False), bucket, endpoint)]
     if not results[-1].ok:
         return _with_skipped(results, names, "reachable")
+    results.append(_describe_tls(_option(storage_options, "endpoint"), bundle))
 
     signed_client = client(signed=True)
     results.append(_check_credentials(signed_client, bucket, prefix))
     if not results[-1].ok:
         return _with_skipped(results, names, "credentials")
 
-    results.append(_check_conditional_put(signed_client, bucket, prefix))
+    sse = put_arguments(encryption)
+    results.append(_check_conditional_put(signed_client, bucket, prefix, sse))
+    results.append(_check_encryption(signed_client, bucket, prefix, encryption))
     return results
 
 
@@ -352,14 +495,93 @@ def _check_credentials(client: S3Client, bucket: str, prefix: str) -> CheckResul
     return CheckResult("credentials", True, f"credentials accepted; bucket {bucket!r} is listable")
 
 
-def _check_conditional_put(client: S3Client, bucket: str, prefix: str) -> CheckResult:
-    key = "/".join(
+def _probe_key(prefix: str) -> str:
+    return "/".join(
         part for part in (prefix, "_audience_lake_doctor", f"{uuid.uuid4().hex}.probe") if part
     )
+
+
+def _describe_tls(endpoint: str | None, bundle: str | None) -> CheckResult:
+    # Reached only after an HTTPS request succeeded: boto3 verified the certificate, since
+    # nothing here ever turns verification off.
+    if endpoint is not None and endpoint.lower().startswith("http://"):
+        return CheckResult(
+            "tls",
+            True,
+            f"plain HTTP to {endpoint}: data and signed requests are not encrypted in transit "
+            "(fine on loopback or a private network; use https:// elsewhere)",
+            warn=True,
+        )
+    trusted = f"the CA bundle {bundle}" if bundle else "the default trust store"
+    return CheckResult("tls", True, f"HTTPS, certificate verified against {trusted}")
+
+
+def _check_encryption(
+    client: S3Client, bucket: str, prefix: str, wanted: StoreEncryption | None
+) -> CheckResult:
+    """Upload a probe with the configured SSE headers and report what the store says it did."""
+    key = _probe_key(prefix)
+    arguments = put_arguments(wanted)
+    try:
+        try:
+            client.put_object(Bucket=bucket, Key=key, Body=b"probe", **arguments)
+            head = client.head_object(Bucket=bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            asked = wanted.describe() if wanted else "no server-side encryption"
+            return CheckResult(
+                "encryption",
+                False,
+                f"a PUT with {asked} of s3://{bucket}/{key} failed ({_describe(exc)}); "
+                "the store may not support that encryption (MinIO needs a KMS configured)",
+            )
+    finally:
+        with contextlib.suppress(ClientError, BotoCoreError):
+            client.delete_object(Bucket=bucket, Key=key)
+    got_algorithm = head.get("ServerSideEncryption")
+    got_key = head.get("SSEKMSKeyId")
+    got = _describe_stored(got_algorithm, got_key)
+    if wanted is None:
+        if got_algorithm:
+            return CheckResult("encryption", True, f"a probe object was stored with {got}")
+        return CheckResult(
+            "encryption",
+            True,
+            "a probe object was stored unencrypted (no server-side encryption configured and "
+            "none reported by the bucket); set AUDIENCE_LAKE_S3_SSE",
+            warn=True,
+        )
+    if got_algorithm != wanted.algorithm or not _same_kms_key(wanted.kms_key_id, got_key):
+        return CheckResult(
+            "encryption",
+            False,
+            f"configured {wanted.describe()} but the store reports the probe object as {got}",
+        )
+    return CheckResult("encryption", True, f"a probe object was stored with {got}")
+
+
+def _describe_stored(algorithm: str | None, kms_key_id: str | None) -> str:
+    if not algorithm:
+        return "no server-side encryption"
+    if algorithm.startswith("aws:kms"):
+        return f"SSE-KMS ({algorithm}, key {kms_key_id or 'the store default'})"
+    return f"SSE-S3 ({algorithm})" if algorithm == "AES256" else algorithm
+
+
+def _same_kms_key(wanted: str | None, got: str | None) -> bool:
+    # AWS answers with the key's ARN even when the request named a bare key id.
+    if wanted is None:
+        return True
+    return got is not None and (got == wanted or got.endswith(f"/{wanted}"))
+
+
+def _check_conditional_put(
+    client: S3Client, bucket: str, prefix: str, sse: SseArguments
+) -> CheckResult:
+    key = _probe_key(prefix)
     location = f"s3://{bucket}/{key}"
     try:
         try:
-            client.put_object(Bucket=bucket, Key=key, Body=b"probe", IfNoneMatch="*")
+            client.put_object(Bucket=bucket, Key=key, Body=b"probe", IfNoneMatch="*", **sse)
         except (ClientError, BotoCoreError) as exc:
             return CheckResult(
                 "conditional put",
@@ -368,7 +590,7 @@ def _check_conditional_put(client: S3Client, bucket: str, prefix: str) -> CheckR
                 "deltalake commits every log entry this way, so writes would fail",
             )
         try:
-            client.put_object(Bucket=bucket, Key=key, Body=b"probe", IfNoneMatch="*")
+            client.put_object(Bucket=bucket, Key=key, Body=b"probe", IfNoneMatch="*", **sse)
         except ClientError as exc:
             if _status(exc) == 412:
                 return CheckResult(
@@ -422,6 +644,11 @@ def _connection_reason(exc: BotoCoreError) -> str:
         chain.append(current)
         current = current.__cause__ or current.__context__
     for link in chain:
+        if isinstance(link, ssl.SSLCertVerificationError):
+            return (
+                f"TLS certificate verification failed ({link.verify_message}); if the store "
+                "uses a private CA, set AUDIENCE_LAKE_S3_CA_BUNDLE to its PEM file"
+            )
         if isinstance(link, socket.gaierror):
             return f"DNS lookup failed ({link.strerror or link})"
         if isinstance(link, ConnectionRefusedError):
@@ -429,6 +656,11 @@ def _connection_reason(exc: BotoCoreError) -> str:
         if isinstance(link, TimeoutError):
             return "connection timed out"
     text = str(exc)
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return (
+            "TLS certificate verification failed; if the store uses a private CA, set "
+            "AUDIENCE_LAKE_S3_CA_BUNDLE to its PEM file"
+        )
     if "timeout" in text.lower() or "timed out" in text.lower():
         return f"timed out: {text}"
     return f"not reachable: {text}"

@@ -54,7 +54,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tasks.connectors.serving import BackgroundHTTPServer
-from tasks.connectors.storage import is_s3_uri, s3_client, split_s3_uri
+from tasks.connectors.storage import (
+    SseArguments,
+    is_s3_uri,
+    s3_client,
+    split_s3_uri,
+    sse_put_arguments,
+)
 from tasks.connectors.webhook_http import (
     HttpLimits,
     HttpRejection,
@@ -202,9 +208,11 @@ class LocalLanding:
 class S3Landing:
     """A landing prefix on S3 or an S3-compatible store (conditional PUT required)."""
 
-    def __init__(self, uri: str, client: S3Client) -> None:
+    def __init__(self, uri: str, client: S3Client, *, sse: SseArguments | None = None) -> None:
         self._bucket, self._prefix = split_s3_uri(uri)
         self._client = client
+        # Landed files and their archive copies get the lake's server-side encryption.
+        self._sse: SseArguments = sse or {}
 
     @property
     def location(self) -> str:
@@ -224,6 +232,7 @@ class S3Landing:
                 Body=data,
                 IfNoneMatch="*",
                 ContentType="application/x-ndjson",
+                **self._sse,
             )
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in {"PreconditionFailed", "412"}:
@@ -272,6 +281,7 @@ class S3Landing:
             Bucket=self._bucket,
             Key=self._key(ARCHIVE) + "/" + name,
             CopySource={"Bucket": self._bucket, "Key": source},
+            **self._sse,
         )
         self._client.delete_object(Bucket=self._bucket, Key=source)
 
@@ -279,8 +289,9 @@ class S3Landing:
 def open_landing(location: str, storage_options: Mapping[str, str] | None = None) -> Landing:
     """The landing zone at ``location`` (folder or ``s3://bucket/prefix``)."""
     if is_s3_uri(location):
-        client = s3_client(storage_options or {}, connect_timeout=3.0, read_timeout=30.0)
-        return S3Landing(location, client)
+        options = storage_options or {}
+        client = s3_client(options, connect_timeout=3.0, read_timeout=30.0)
+        return S3Landing(location, client, sse=sse_put_arguments(options))
     return LocalLanding(location)
 
 

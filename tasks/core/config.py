@@ -32,6 +32,7 @@ from tasks.core.predicates import (
     compile_predicate,
     predicate_columns,
 )
+from tasks.core.secret_sources import lookup_secret
 from tasks.core.transport import TransportOptions
 from tasks.errors import ConfigError
 
@@ -485,7 +486,7 @@ def missing_secrets(
         parts = path.split(".")
         if parts[0] == "sources" and not config.sources[parts[1]].enabled:
             continue
-        if not env.get(ref.env_var):
+        if not env.get(ref.env_var) and lookup_secret(ref.secret) is None:
             missing.append(MissingSecret(path, ref.secret, ref.env_var))
     return missing
 

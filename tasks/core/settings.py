@@ -10,10 +10,12 @@ import os
 import re
 from collections.abc import Mapping
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tasks.core.config import SecretRef
+from tasks.core.encryption import StoreEncryption, store_encryption
+from tasks.core.secret_sources import lookup_secret
 from tasks.errors import ConfigError
 
 # Used only when no pepper is configured, so the embedded demo runs with zero configuration.
@@ -103,6 +105,20 @@ class Settings(BaseSettings):
     s3_allow_http: bool | None = Field(
         default=None, description="Allow plain-HTTP endpoints (default: true for http:// URLs)."
     )
+    s3_sse: str | None = Field(
+        default=None,
+        description="Server-side encryption of every object written to the store: none, "
+        "sse-s3 (AES256) or sse-kms (aws:kms, with s3_sse_kms_key_id).",
+    )
+    s3_sse_kms_key_id: str | None = Field(
+        default=None, description="KMS key (id, alias/name or ARN) for sse-kms."
+    )
+    s3_ca_bundle: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("AUDIENCE_LAKE_S3_CA_BUNDLE", "AWS_CA_BUNDLE"),
+        description="PEM file of the CAs the store's TLS certificate is verified against "
+        "(instead of the default trust store).",
+    )
     pepper: SecretStr = Field(
         default=SecretStr(DEMO_PEPPER),
         description="Secret for contact_key = HMAC-SHA256(pepper, email).",
@@ -117,6 +133,16 @@ class Settings(BaseSettings):
             raise ValueError(problem)
         return value
 
+    @model_validator(mode="after")
+    def _valid_encryption(self) -> Settings:
+        self.store_encryption  # noqa: B018 - raises ValueError for an invalid combination
+        return self
+
+    @property
+    def store_encryption(self) -> StoreEncryption | None:
+        """The server-side encryption every object written to the store gets (None: none)."""
+        return store_encryption(self.s3_sse, self.s3_sse_kms_key_id)
+
     @property
     def lake_is_local(self) -> bool:
         return not self.lake_uri.startswith(("s3://", "s3a://"))
@@ -127,9 +153,13 @@ class Settings(BaseSettings):
 
 
 def resolve_secret(ref: SecretRef, env: Mapping[str, str] | None = None) -> SecretStr:
-    """The value of a secret named in ``pipeline.yaml``; a clear error if it is missing."""
+    """The value of a secret named in ``pipeline.yaml``; a clear error if it is missing.
+
+    ``AUDIENCE_LAKE_SECRET_<NAME>`` first, then the registered secret sources (a Prefect Secret
+    block ``audience-lake-<name>`` when ``tasks.secret_blocks`` is loaded and an API is set).
+    """
     env = os.environ if env is None else env
-    value = env.get(ref.env_var)
+    value = env.get(ref.env_var) or lookup_secret(ref.secret)
     if not value:
         raise ConfigError(f"secret {ref.secret!r} is not set: export {ref.env_var}")
     return SecretStr(value)
@@ -143,7 +173,8 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         problems = "; ".join(
-            f"AUDIENCE_LAKE_{'.'.join(str(p) for p in e['loc']).upper()}: "
+            # A check across variables (e.g. sse-kms and its key id) has no single location.
+            (f"AUDIENCE_LAKE_{'.'.join(str(p) for p in e['loc']).upper()}: " if e["loc"] else "")
             + str(e["msg"]).removeprefix("Value error, ")
             for e in exc.errors()
         )

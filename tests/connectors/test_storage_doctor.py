@@ -19,6 +19,7 @@ import pytest
 
 from tasks.connectors.lake import s3_storage_options
 from tasks.connectors.storage import CheckResult, check_store
+from tasks.core.encryption import StoreEncryption
 from tests.conftest import S3Endpoint, free_port
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "expect", "proxy-connection"}
@@ -34,6 +35,8 @@ class _S3Proxy:
     ``mode="strip-if-none-match"`` forwards everything but drops the ``If-None-Match`` header, so
     every conditional PUT succeeds: exactly a store that ignores conditional writes.
     ``mode="deny-signed"`` answers every signed request with 403 InvalidAccessKeyId.
+    ``mode="strip-sse"`` drops the server-side encryption headers of requests: a store (or a
+    gateway) that ignores the encryption the client asked for.
     """
 
     def __init__(self, upstream: str, *, mode: str) -> None:
@@ -60,6 +63,10 @@ class _S3Proxy:
                     if name.lower() not in _HOP_BY_HOP
                     and not (
                         proxy._mode == "strip-if-none-match" and name.lower() == "if-none-match"
+                    )
+                    and not (
+                        proxy._mode == "strip-sse"
+                        and name.lower().startswith("x-amz-server-side-encryption")
                     )
                 }
                 upstream = http.client.HTTPConnection(*proxy._upstream, timeout=30)
@@ -115,18 +122,28 @@ def strip_proxy(s3_endpoint: S3Endpoint) -> Iterator[_S3Proxy]:
 
 
 @pytest.fixture
+def strip_sse_proxy(s3_endpoint: S3Endpoint) -> Iterator[_S3Proxy]:
+    proxy = _S3Proxy(s3_endpoint.url, mode="strip-sse")
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
 def deny_proxy(s3_endpoint: S3Endpoint) -> Iterator[_S3Proxy]:
     proxy = _S3Proxy(s3_endpoint.url, mode="deny-signed")
     yield proxy
     proxy.close()
 
 
-def _options(endpoint: S3Endpoint, url: str | None = None) -> dict[str, str]:
+def _options(
+    endpoint: S3Endpoint, url: str | None = None, *, encryption: StoreEncryption | None = None
+) -> dict[str, str]:
     return s3_storage_options(
         endpoint=url or endpoint.url,
         access_key_id=endpoint.access_key_id,
         secret_access_key=endpoint.secret_access_key,
         region=endpoint.region,
+        extra=None if encryption is None else encryption.storage_options(),
     )
 
 
@@ -172,13 +189,69 @@ def test_s3_store_passes_every_check_and_leaves_no_probe(
 ) -> None:
     results = check_store(f"s3://{s3_bucket}/lake", _options(s3_endpoint))
 
-    assert [r.name for r in results] == ["reachable", "credentials", "conditional put"]
+    assert [r.name for r in results] == [
+        "reachable",
+        "tls",
+        "credentials",
+        "conditional put",
+        "encryption",
+    ]
     assert all(r.ok for r in results), results
-    assert "412" in _by_name(results)["conditional put"].detail
+    by_name = _by_name(results)
+    assert "412" in by_name["conditional put"].detail
+    if s3_endpoint.url.startswith("http://"):
+        assert by_name["tls"].warn
+        assert by_name["tls"].detail.startswith("plain HTTP")
+    if s3_endpoint.managed:  # moto reports no encryption when none was asked for
+        assert by_name["encryption"].warn
+        assert "stored unencrypted" in by_name["encryption"].detail
     listing = s3_endpoint.client().list_objects_v2(Bucket=s3_bucket)
     assert listing.get("KeyCount", 0) == 0
     if len(s3_endpoint.secret_access_key) >= 6:  # a short secret could appear by accident
         _no_secrets(results, s3_endpoint.secret_access_key)
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize(
+    ("encryption", "reported"),
+    [
+        (StoreEncryption("AES256"), "SSE-S3 (AES256)"),
+        (StoreEncryption("aws:kms", "alias/lake"), "SSE-KMS (aws:kms, key alias/lake)"),
+    ],
+    ids=["sse-s3", "sse-kms"],
+)
+def test_the_encryption_a_probe_object_got_is_reported(
+    encryption: StoreEncryption, reported: str, s3_endpoint: S3Endpoint, s3_bucket: str
+) -> None:
+    if not s3_endpoint.managed:
+        pytest.skip("SSE needs a KMS on MinIO; the moto server stores what a PUT asks for")
+    results = _by_name(
+        check_store(f"s3://{s3_bucket}/lake", _options(s3_endpoint, encryption=encryption))
+    )
+
+    assert all(r.ok for r in results.values()), results
+    assert results["encryption"].detail == f"a probe object was stored with {reported}"
+    assert not results["encryption"].warn
+    listing = s3_endpoint.client().list_objects_v2(Bucket=s3_bucket)
+    assert listing.get("KeyCount", 0) == 0  # probes removed
+
+
+@pytest.mark.s3
+def test_a_store_that_drops_the_encryption_headers_fails_the_check(
+    s3_endpoint: S3Endpoint, s3_bucket: str, strip_sse_proxy: _S3Proxy
+) -> None:
+    options = _options(s3_endpoint, strip_sse_proxy.url, encryption=StoreEncryption("AES256"))
+
+    results = _by_name(check_store(f"s3://{s3_bucket}/lake", options))
+
+    assert results["conditional put"].ok
+    encryption = results["encryption"]
+    assert not encryption.ok
+    if s3_endpoint.managed:
+        assert encryption.detail == (
+            "configured SSE-S3 (AES256) but the store reports the probe object as "
+            "no server-side encryption"
+        )
 
 
 @pytest.mark.s3
@@ -193,7 +266,7 @@ def test_unreachable_endpoint_fails_reachable_and_skips_the_rest(
     assert time.monotonic() - started < 15
     assert not results["reachable"].ok
     assert "connection refused" in results["reachable"].detail
-    for name in ("credentials", "conditional put"):
+    for name in ("tls", "credentials", "conditional put", "encryption"):
         assert not results[name].ok
         assert results[name].detail.startswith("skipped:")
 
