@@ -307,6 +307,8 @@ class MailchimpStandIn(StandInServer):
         self.max_connections = max_connections
         self.response_delay = response_delay
         self.max_in_flight = 0
+        self.rejected_over_ceiling = 0
+        """Requests answered 429 because ``max_connections`` were already in flight."""
         self._lock = threading.RLock()
         self._lists: dict[str, dict[str, _Member]] = {}
         self._forgotten: dict[str, set[str]] = {}
@@ -418,6 +420,7 @@ class MailchimpStandIn(StandInServer):
             self._in_flight += 1
             in_flight = self._in_flight
             self.max_in_flight = max(self.max_in_flight, in_flight)
+            self.rejected_over_ceiling += in_flight > self.max_connections
         try:
             if in_flight > self.max_connections:
                 return problem(
