@@ -427,3 +427,53 @@ def test_a_bad_key_or_unknown_list_stops_the_run(mailchimp: MailchimpStandIn) ->
     with pytest.raises(PublishError, match="401"):
         list(bad.remove(LIST, [_member(1)]))
     bad.close()
+
+
+def test_suppression_read_steps_back_when_the_rest_of_the_list_moves_up(
+    mailchimp: MailchimpStandIn,
+) -> None:
+    # 15 unsubscribed, 10 a page: after the first page, 6 of its members are archived, so the
+    # 5 unread ones move up to positions 4-8 and the next offset (9) finds nothing at all.
+    setup = _destination(mailchimp)
+    list(setup.upsert(LIST, [_member(i) for i in range(15)]))
+    for i in range(15):
+        mailchimp.member_unsubscribes(LIST, f"p{i}@example.com")
+    adapter = _destination(mailchimp, page_size=10)
+    done: list[int] = []
+
+    def archive_six(list_id: str, offset: int) -> None:
+        if not done:
+            done.append(offset)
+            list(setup.remove(list_id, [_member(i) for i in range(6)]))
+
+    mailchimp.on_members_page = archive_six
+    page = adapter.suppressions_since(LIST, None)
+    mailchimp.on_members_page = None
+    adapter.close()
+    setup.close()
+
+    assert {f"p{i}@example.com" for i in range(10, 15)} <= {s.email for s in page.suppressions}
+
+
+def test_a_merge_field_created_meanwhile_by_another_run_is_accepted(
+    mailchimp: MailchimpStandIn, destination: Mailchimp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another run creates LTV between this run's listing and its create call.
+    listing = Mailchimp._merge_field_types
+    calls: list[int] = []
+
+    def racing_listing(self: Mailchimp, audience: str) -> dict[str, str]:
+        found = listing(self, audience)
+        if not calls:
+            calls.append(1)
+            other = _destination(mailchimp)
+            other.ensure_fields(audience, [FIELDS[0]], create=True)
+            other.close()
+        return found
+
+    monkeypatch.setattr(Mailchimp, "_merge_field_types", racing_listing)
+
+    created = destination.ensure_fields(LIST, [FIELDS[0], FIELDS[2]], create=True)
+
+    assert created == ["CATEGORY"]
+    assert mailchimp.merge_fields(LIST)["LTV"]["type"] == "number"

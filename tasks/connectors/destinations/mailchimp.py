@@ -209,9 +209,8 @@ class Mailchimp:
                 + "; ".join(problems)
                 + ("" if create else " (set the mapping to create missing fields, or add them)")
             )
-        for spec in missing:
-            self._create_merge_field(audience, spec)
-        return [f.name for f in missing]
+        created = [spec.name for spec in missing if self._create_merge_field(audience, spec)]
+        return created
 
     def upsert(self, audience: str, members: Sequence[Member]) -> Iterator[RecordResult]:
         """Subscribe or update members with their merge fields and tags, 500 per call."""
@@ -429,7 +428,9 @@ class Mailchimp:
             )
             started = started or _server_time(response) or self._clock()
             page = _members_of(response, audience)
-            if offset > 0 and page and str(page[0].get("id")) not in seen:
+            if offset > 0 and (not page or str(page[0].get("id")) not in seen):
+                # Nothing at the overlap we expected (rows shifted up past it, or the rest
+                # of the list moved up entirely): step back a page and read again.
                 offset = max(0, offset - (self._page_size - overlap))
                 continue
             seen.update((str(m.get("id")), m) for m in page)
@@ -458,7 +459,8 @@ class Mailchimp:
                 return types
         raise PublishError(f"mailchimp list {audience!r}: merge fields exceed {MAX_PAGES} pages")
 
-    def _create_merge_field(self, audience: str, spec: FieldSpec) -> None:
+    def _create_merge_field(self, audience: str, spec: FieldSpec) -> bool:
+        """Create one merge field; ``False`` when another run created it first (same type)."""
         body = {
             "tag": spec.name,
             "name": spec.label or spec.name,
@@ -472,11 +474,15 @@ class Mailchimp:
         response = self._send(
             self._client.build_request("POST", path, json=body), audience, idempotent=False
         )
-        if isinstance(response, _Transient) or response.status_code != 200:
-            reason = response.reason if isinstance(response, _Transient) else _short(response)
-            raise PublishError(
-                redact(f"mailchimp list {audience!r}: creating merge field {spec.name}: {reason}")
-            )
+        if not isinstance(response, _Transient) and response.status_code == 200:
+            return True
+        now = self._merge_field_types(audience).get(spec.name)
+        if now is not None and now in _COMPATIBLE_TYPES[spec.type]:
+            return False
+        reason = response.reason if isinstance(response, _Transient) else _short(response)
+        raise PublishError(
+            redact(f"mailchimp list {audience!r}: creating merge field {spec.name}: {reason}")
+        )
 
     # -- HTTP -----------------------------------------------------------------------------------
     def _get(
@@ -659,7 +665,7 @@ def _member_results(
             results.append(refused[member.contact_key])
         elif key in errors:
             text = errors[key]
-            permanent = any(marker in text for marker in _PERMANENT_MEMBER_ERRORS)
+            permanent = any(marker in text.lower() for marker in _PERMANENT_MEMBER_ERRORS)
             results.append(
                 RecordResult(member.contact_key, ok=False, error=text, retryable=not permanent)
             )
