@@ -12,9 +12,10 @@ import httpx
 import pytest
 
 from infra.sandbox.mailchimp import MailchimpStandIn, subscriber_hash
-from tasks.connectors.destinations.mailchimp import Mailchimp
+from tasks.connectors.destinations.mailchimp import Mailchimp, open_mailchimp
 from tasks.connectors.destinations.protocol import FieldSpec, Member
 from tasks.connectors.http import RetryPolicy, build_client
+from tasks.core.config import MailchimpDestination
 from tasks.errors import PublishError
 
 LIST = "newsletter"
@@ -477,3 +478,27 @@ def test_a_merge_field_created_meanwhile_by_another_run_is_accepted(
 
     assert created == ["CATEGORY"]
     assert mailchimp.merge_fields(LIST)["LTV"]["type"] == "number"
+
+
+def test_open_mailchimp_builds_the_adapter_from_the_config(
+    mailchimp: MailchimpStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUDIENCE_LAKE_SECRET_MC_TEST_KEY", KEY)
+    config = MailchimpDestination.model_validate(
+        {
+            "kind": "mailchimp",
+            "base_url": mailchimp.url,
+            "api_key": {"secret": "mc_test_key"},
+            "batch_size": 2,
+            "audiences": {"loyal": LIST, "lapsed": LIST},
+        }
+    )
+    adapter = open_mailchimp(config)
+
+    results = list(adapter.upsert(LIST, [_member(i) for i in range(5)]))
+    receipts = list(adapter.erase(["p0@example.com"]))
+    adapter.close()
+
+    assert all(r.ok for r in results)
+    assert mailchimp.requests.count(("POST", f"/3.0/lists/{LIST}")) == 3  # batch_size 2
+    assert [r.detail for r in receipts] == [f"list {LIST}: deleted"]  # each list once

@@ -56,10 +56,13 @@ from tasks.connectors.http import (
     RETRY_STATUS,
     InsecureTransportRefused,
     RetryPolicy,
+    build_client,
     is_certificate_error,
     send_with_retries,
 )
-from tasks.connectors.redact import redact
+from tasks.connectors.redact import redact, register_secret
+from tasks.core.config import MailchimpDestination
+from tasks.core.settings import resolve_secret
 from tasks.core.sync import SyncAction
 from tasks.errors import PublishError
 
@@ -532,6 +535,26 @@ class Mailchimp:
         """A 401/403 is the account, not the member: stop the run."""
         if response.status_code in (401, 403):
             raise PublishError(redact(f"mailchimp list {audience!r}: {_short(response)}"))
+
+
+def open_mailchimp(config: MailchimpDestination) -> Mailchimp:
+    """The protocol adapter for one configured Mailchimp account (erasing from its lists).
+
+    HTTP Basic with any user name and the API key; a pool of :data:`MAX_CONNECTIONS`.
+    """
+    key = resolve_secret(config.api_key).get_secret_value()
+    register_secret(key)
+    client = build_client(
+        config.base_url,
+        auth=httpx.BasicAuth("audience-lake", key),
+        max_connections=MAX_CONNECTIONS,
+        allow_insecure_http=config.allow_insecure_http,
+        ca_bundle=config.ca_bundle,
+        owner="destinations.mailchimp",
+    )
+    return Mailchimp(
+        client, batch_size=config.batch_size, erase_lists=sorted(set(config.audiences.values()))
+    )
 
 
 # -- the older sink the publish engine calls today ------------------------------------------------
