@@ -474,3 +474,30 @@ def test_member_tags_read(client: httpx.Client) -> None:
     tags = client.get(f"{_member_path('t@example.com')}/tags").json()
 
     assert [t["name"] for t in tags["tags"]] == ["a", "b"] and tags["total_items"] == 2
+
+
+def test_the_eleventh_simultaneous_request_gets_the_documented_429() -> None:
+    workers = 11
+    barrier = threading.Barrier(workers, timeout=5)
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    with MailchimpStandIn(lists=[LIST], response_delay=1.5) as server:  # default ceiling: 10
+        url = f"{server.url}/3.0/lists/{LIST}/members"
+
+        def call() -> None:
+            with httpx.Client(auth=("any", KEY), timeout=5) as http:
+                barrier.wait()
+                response = http.get(url)
+            with lock:
+                statuses.append(response.status_code)
+
+        threads = [threading.Thread(target=call, daemon=True) for _ in range(workers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=10)
+        refused = server.rejected_over_ceiling
+
+    assert sorted(statuses) == [200] * 10 + [429]
+    assert refused == 1
