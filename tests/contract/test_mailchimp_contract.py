@@ -36,6 +36,7 @@ from infra.sandbox.mailchimp import MailchimpStandIn, subscriber_hash
 from tasks.connectors.destinations.mailchimp import Mailchimp, _suppression
 from tasks.connectors.destinations.protocol import FieldSpec, Member
 from tasks.connectors.http import RetryPolicy, build_client
+from tasks.errors import PublishError
 from tests.contract.openapi_check import ContractChecker, HttpExchange, load_spec
 
 SPEC = "mailchimp_marketing_v3.audience_sync.json"
@@ -135,7 +136,7 @@ def _adapter_session(server: MailchimpStandIn) -> list[HttpExchange]:
         lambda: adapter.probe(["missing-list"]),
         lambda: list(adapter.upsert("nope", members[:1])),
     ):
-        with pytest.raises(Exception, match="404"):
+        with pytest.raises(PublishError, match="404"):
             call()
     adapter.close()
     return transport.exchanges

@@ -36,11 +36,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 import httpx
 
 from tasks.connectors.destinations.protocol import (
+    Destination,
     ErasureResult,
     FieldSpec,
     FieldType,
@@ -791,3 +792,7 @@ def _iso(moment: datetime) -> str:
 
 def _short(response: httpx.Response) -> str:
     return redact(f"HTTP {response.status_code}: {response.text[:200]}")
+
+
+if TYPE_CHECKING:  # mypy checks that the adapter keeps the protocol
+    _DESTINATION: type[Destination] = Mailchimp
