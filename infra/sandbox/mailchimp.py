@@ -1,24 +1,37 @@
-"""A Mailchimp Marketing API v3 style list-members API on loopback (``API_NOTES.md`` §2).
+"""A Mailchimp Marketing API v3 style audience API on loopback (``API_NOTES.md`` §2).
 
-Routes (base path ``/3.0``):
+Follows the trimmed vendor OpenAPI document of the Mailchimp Marketing API (the operations an
+audience sync calls), not any one adapter. Routes (base path ``/3.0``):
 
 * ``GET  /3.0/ping``
 * ``GET  /3.0/lists/{list_id}``
 * ``POST /3.0/lists/{list_id}`` — batch subscribe/update, ≤ 500 members, always 200 with
-  per-member ``errors[]`` (``ERROR_CONTACT_EXISTS`` / ``ERROR_GENERIC``).
-* ``GET  /3.0/lists/{list_id}/members?count=&offset=&status=&since_last_changed=`` (count ≤ 1000;
-  archived members only with ``status=archived``; ``since_last_changed`` is inclusive).
+  per-member ``errors[]`` (``ERROR_CONTACT_EXISTS`` / ``ERROR_GENERIC``, with ``field`` and
+  ``field_message`` for a refused merge field).
+* ``GET  /3.0/lists/{list_id}/members`` with ``count`` (≤ 1000, default 10), ``offset``,
+  ``status``, ``since_last_changed`` / ``before_last_changed`` (strictly after / before, as the
+  spec words it), ``sort_field`` / ``sort_dir``, ``fields`` / ``exclude_fields``. Archived
+  members only with ``status=archived``. Without ``sort_field`` members come in creation order;
+  with ``sort_field=last_changed`` an edit moves a member to its new place, so offset paging
+  over a changing audience shifts exactly as the real one does. ``on_members_page`` lets a test
+  edit the audience between two pages.
 * ``POST /3.0/lists/{list_id}/members`` — add one member (400 "Member Exists" if present).
 * ``GET|PUT|PATCH|DELETE /3.0/lists/{list_id}/members/{subscriber_hash}`` — the path key may
   also be the raw email address. PUT is an idempotent upsert (``status_if_new`` only on create;
   ``tags`` only on create, as in Mailchimp); PATCH is partial; DELETE archives (204).
-* ``POST /3.0/lists/{list_id}/members/{hash}/tags`` — ``{"tags":[{"name","status"}]}`` → 204.
+* ``GET|POST /3.0/lists/{list_id}/members/{hash}/tags`` — POST ``{"tags":[{"name","status"}]}``
+  → 204.
 * ``POST /3.0/lists/{list_id}/members/{hash}/actions/delete-permanent`` → 204; the address is
   then "forgotten" and can never be re-added.
+* ``GET|POST /3.0/lists/{list_id}/merge-fields`` — the audience's merge fields (``FNAME``,
+  ``LNAME``, ``ADDRESS``, ``PHONE``, ``BIRTHDAY`` from the start); a member value for a tag the
+  audience lacks, or of the wrong type, is refused for that member.
 
-Auth is HTTP Basic (any user, API key as password) or ``Bearer <api key>``. Errors are RFC 7807
-problem documents (``type,title,status,detail,instance`` and sometimes ``errors[]``). More than
-``max_connections`` requests in flight at once get 429 without ``Retry-After``.
+Query parameters an operation does not declare are rejected (400), and so are declared ones
+the stand-in does not implement, rather than silently ignored. Auth is HTTP Basic (any user, API
+key as password) or ``Bearer <api key>``. Errors are RFC 7807 problem documents
+(``type,title,status,detail,instance`` and sometimes ``errors[]``). More than
+``max_connections`` (10) requests in flight at once get 429 without ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -34,13 +47,23 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 
 from infra.sandbox._http import Request, Response, StandInServer, empty_response, json_response
+from infra.sandbox.mailchimp_merge import (
+    MERGE_FIELDS_MAX_COUNT,
+    MergeField,
+    MergeValueError,
+    check_merge_values,
+    default_merge_fields,
+    missing_required,
+    new_merge_field,
+    select_fields,
+)
 
 BASE_PATH = "/3.0"
 BATCH_MAX_MEMBERS = 500
@@ -55,9 +78,41 @@ _EMAIL = re.compile(
     r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
 )
 _MEMBER_PATH = re.compile(
-    r"^/3\.0/lists/(?P<list>[^/]+)(?P<members>/members(?:/(?P<key>[^/]+)"
-    r"(?P<rest>/tags|/actions/delete-permanent)?)?)?/?$"
+    r"^/3\.0/lists/(?P<list>[^/]+)(?:(?P<members>/members(?:/(?P<key>[^/]+)"
+    r"(?P<rest>/tags|/actions/delete-permanent)?)?)|(?P<merge>/merge-fields))?/?$"
 )
+SORT_FIELDS = frozenset({"last_changed", "timestamp_opt", "timestamp_signup"})
+_VIEW = frozenset({"fields", "exclude_fields"})
+_PAGE = frozenset({"count", "offset"})
+MEMBERS_QUERY = (
+    _VIEW
+    | _PAGE
+    | {
+        "status",
+        "since_last_changed",
+        "before_last_changed",
+        "sort_field",
+        "sort_dir",
+    }
+)
+"""``GET …/members`` parameters the stand-in implements."""
+MEMBERS_QUERY_NOT_IMPLEMENTED = frozenset(
+    {
+        "email_type",
+        "since_timestamp_opt",
+        "before_timestamp_opt",
+        "unique_email_id",
+        "vip_only",
+        "interest_category_id",
+        "interest_ids",
+        "interest_match",
+        "since_last_campaign",
+        "unsubscribed_since",
+    }
+)
+"""Declared by the spec for ``GET …/members`` but not implemented: refused, never ignored."""
+ABUSE_REASON = "N/A (Abuse Complaint)"
+"""``unsubscribe_reason`` of a member unsubscribed by a spam complaint."""
 _OFFSET_WITHOUT_PLUS = re.compile(r" (\d{2}:?\d{2})$")
 
 
@@ -91,11 +146,21 @@ class MailchimpError(Exception):
 class MemberError(Exception):
     """A per-member failure (a batch ``errors[]`` entry, or a 400 on single-member calls)."""
 
-    def __init__(self, title: str, message: str, code: str = "ERROR_GENERIC") -> None:
+    def __init__(
+        self,
+        title: str,
+        message: str,
+        code: str = "ERROR_GENERIC",
+        *,
+        field_name: str = "",
+        field_message: str = "",
+    ) -> None:
         super().__init__(message)
         self.title = title
         self.message = message
         self.code = code
+        self.field_name = field_name
+        self.field_message = field_message
 
 
 def problem(
@@ -137,6 +202,10 @@ class _Member:
     tags: list[str] = field(default_factory=list)
     last_changed: str = field(default_factory=_now)
     status_before_archive: str | None = None
+    seq: int = 0
+    """Creation order: the default order of reads, and the tie-break of sorted ones."""
+    timestamp_signup: str = field(default_factory=_now)
+    unsubscribe_reason: str | None = None
 
     @property
     def archived(self) -> bool:
@@ -154,7 +223,11 @@ class _Member:
             "tags": [{"id": tag_ids[name], "name": name} for name in self.tags],
             "tags_count": len(self.tags),
             "last_changed": self.last_changed,
+            # Real timestamps, never "" (the spec types them date-time; see the specs README).
+            "timestamp_signup": self.timestamp_signup,
+            "timestamp_opt": self.timestamp_signup,
             "list_id": list_id,
+            **({"unsubscribe_reason": self.unsubscribe_reason} if self.unsubscribe_reason else {}),
         }
 
 
@@ -173,6 +246,7 @@ class _MemberInput:
     status_if_new: str | None
     merge_fields: dict[str, Any]
     tags: list[str] | None
+    skip_merge_validation: bool = False
 
 
 def _parse_member(raw: Any, where: str, *, email_required: bool) -> _MemberInput:
@@ -207,7 +281,10 @@ class MailchimpStandIn(StandInServer):
     """Mailchimp Marketing v3 list-members API served on loopback.
 
     ``response_delay`` (seconds) keeps each request in flight a little longer, which makes the
-    ``max_connections`` limit easy to exercise from tests.
+    ``max_connections`` limit easy to exercise from tests. ``clock`` stamps ``last_changed``
+    (Mailchimp's resolution: whole seconds). ``on_members_page(list_id, offset)``, when set, runs
+    after each ``GET …/members`` page is built and before it is sent: a test edits the audience
+    there, as a marketer or a recipient would between two pages of a read.
     """
 
     name = "mailchimp"
@@ -221,6 +298,7 @@ class MailchimpStandIn(StandInServer):
         port: int = 0,
         max_connections: int = 10,
         response_delay: float = 0.0,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         super().__init__(host=host, port=port)
         if max_connections < 1:
@@ -229,6 +307,8 @@ class MailchimpStandIn(StandInServer):
         self.max_connections = max_connections
         self.response_delay = response_delay
         self.max_in_flight = 0
+        self.rejected_over_ceiling = 0
+        """Requests answered 429 because ``max_connections`` were already in flight."""
         self._lock = threading.RLock()
         self._lists: dict[str, dict[str, _Member]] = {}
         self._forgotten: dict[str, set[str]] = {}
@@ -236,6 +316,10 @@ class MailchimpStandIn(StandInServer):
         self._faults: deque[_Fault] = deque()
         self._in_flight = 0
         self._member_log: list[tuple[str, str, str | None]] = []
+        self._merge_fields: dict[str, dict[str, MergeField]] = {}
+        self._seq = 0
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self.on_members_page: Callable[[str, int], None] | None = None
         for list_id in lists:
             self.add_list(list_id)
 
@@ -247,6 +331,13 @@ class MailchimpStandIn(StandInServer):
         with self._lock:
             self._lists.setdefault(list_id, {})
             self._forgotten.setdefault(list_id, set())
+            self._merge_fields.setdefault(list_id, default_merge_fields())
+
+    def merge_fields(self, list_id: str) -> dict[str, dict[str, Any]]:
+        """The merge fields of ``list_id`` in wire shape, keyed by tag."""
+        with self._lock:
+            self._store(list_id)
+            return {t: f.to_wire(list_id) for t, f in self._merge_fields[list_id].items()}
 
     @property
     def list_ids(self) -> list[str]:
@@ -260,13 +351,38 @@ class MailchimpStandIn(StandInServer):
             store = self._store(list_id)
             return {h: m.to_wire(list_id, self._tag_ids) for h, m in store.items()}
 
-    def member_unsubscribes(self, list_id: str, email: str) -> None:
+    def member_unsubscribes(self, list_id: str, email: str, *, reason: str | None = None) -> None:
         """Simulate the person clicking "unsubscribe" in the platform."""
         with self._lock:
-            member = self._store(list_id).get(subscriber_hash(email))
-            if member is None:
-                raise KeyError(f"{email!r} is not a member of Mailchimp list {list_id!r}")
-            member.status, member.last_changed = "unsubscribed", _now()
+            member = self._existing(list_id, email)
+            member.status, member.last_changed = "unsubscribed", self._stamp()
+            member.unsubscribe_reason = reason
+
+    def member_reports_spam(self, list_id: str, email: str) -> None:
+        """Simulate a spam complaint: Mailchimp unsubscribes the member (abuse reason)."""
+        self.member_unsubscribes(list_id, email, reason=ABUSE_REASON)
+
+    def member_bounces(self, list_id: str, email: str) -> None:
+        """Simulate a hard bounce: the address is cleaned."""
+        with self._lock:
+            member = self._existing(list_id, email)
+            member.status, member.last_changed = "cleaned", self._stamp()
+
+    def marketer_edits(self, list_id: str, email: str, **merge_fields: Any) -> None:
+        """Simulate an edit in the Mailchimp UI: new merge values, a new ``last_changed``."""
+        with self._lock:
+            member = self._existing(list_id, email)
+            member.merge_fields.update(merge_fields)
+            member.last_changed = self._stamp()
+
+    def _existing(self, list_id: str, email: str) -> _Member:
+        member = self._store(list_id).get(subscriber_hash(email))
+        if member is None:
+            raise KeyError(f"{email!r} is not a member of Mailchimp list {list_id!r}")
+        return member
+
+    def _stamp(self) -> str:
+        return self._clock().astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00")
 
     def member_requests(self, list_id: str) -> list[tuple[str, str | None]]:
         """Every ``(email, status)`` the batch endpoint received for ``list_id``, in order.
@@ -304,6 +420,7 @@ class MailchimpStandIn(StandInServer):
             self._in_flight += 1
             in_flight = self._in_flight
             self.max_in_flight = max(self.max_in_flight, in_flight)
+            self.rejected_over_ceiling += in_flight > self.max_connections
         try:
             if in_flight > self.max_connections:
                 return problem(
@@ -331,7 +448,12 @@ class MailchimpStandIn(StandInServer):
         except MailchimpError as exc:
             return problem(exc.status, exc.title, exc.detail, errors=exc.errors)
         except MemberError as exc:
-            return problem(HTTPStatus.BAD_REQUEST, exc.title, exc.message)
+            errors = (
+                [{"field": exc.field_name, "message": exc.field_message}]
+                if exc.field_name
+                else None
+            )
+            return problem(HTTPStatus.BAD_REQUEST, exc.title, exc.message, errors=errors)
 
     def _take_fault(self) -> Response | None:
         with self._lock:
@@ -374,25 +496,69 @@ class MailchimpStandIn(StandInServer):
 
     def _route(self, request: Request) -> Response:
         if request.path.rstrip("/") == f"{BASE_PATH}/ping":
+            _check_query(request, frozenset())
             return json_response(HTTPStatus.OK, {"health_status": "Everything's Chimpy!"})
         match = _MEMBER_PATH.match(request.path)
         if match is None:
             raise _not_found(f"No Mailchimp stand-in resource at {request.path!r}.")
         list_id, key, rest = match["list"], match["key"], match["rest"]
+        _check_query(request, _allowed_query(request.method, match))
         with self._lock:
             self._store(list_id)  # 404 for unknown lists before anything else
+        if match["merge"] is not None:
+            return self._merge_fields_resource(request, list_id)
         if match["members"] is None:
             return self._list_resource(request, list_id)
         if key is None:
             return self._members_collection(request, list_id)
         member_hash = subscriber_hash(key) if "@" in key else key.lower()
         if rest == "/tags":
-            self._require(request, "POST")
+            self._require(request, "GET", "POST")
+            if request.method == "GET":
+                return self._member_tags(request, list_id, member_hash)
             return self._update_tags(list_id, member_hash, self._json(request))
         if rest == "/actions/delete-permanent":
             self._require(request, "POST")
             return self._delete_permanent(list_id, member_hash)
         return self._member_resource(request, list_id, member_hash)
+
+    def _merge_fields_resource(self, request: Request, list_id: str) -> Response:
+        self._require(request, "GET", "POST")
+        with self._lock:
+            fields = self._merge_fields[list_id]
+            if request.method == "POST":
+                created = new_merge_field(_object(self._json(request)), fields)
+                if isinstance(created, str):
+                    raise _invalid(created, created.split(":")[0], created)
+                fields[created.tag] = created
+                body = {
+                    **created.to_wire(list_id),
+                    "merge_field_limit": 30,
+                    "total_items": len(fields),
+                }
+                return json_response(HTTPStatus.OK, body)
+            selected = [f.to_wire(list_id) for f in fields.values() if _field_matches(request, f)]
+        count = _query_int(request, "count", MEMBERS_DEFAULT_COUNT, MERGE_FIELDS_MAX_COUNT)
+        offset = _query_int(request, "offset", 0, None)
+        body = {
+            "merge_fields": selected[offset : offset + count],
+            "list_id": list_id,
+            "total_items": len(selected),
+            "merge_field_limit": 30,
+            "_links": [],
+        }
+        return json_response(HTTPStatus.OK, _view(request, body))
+
+    def _member_tags(self, request: Request, list_id: str, member_hash: str) -> Response:
+        with self._lock:
+            member = self._store(list_id).get(member_hash)
+            if member is None:
+                raise _not_found(f"Member {member_hash} is not on list {list_id!r}.")
+            tags = [{"id": self._tag_ids[t], "name": t} for t in member.tags]
+        count = _query_int(request, "count", MEMBERS_DEFAULT_COUNT, MEMBERS_MAX_COUNT)
+        offset = _query_int(request, "offset", 0, None)
+        body = {"tags": tags[offset : offset + count], "total_items": len(tags), "_links": []}
+        return json_response(HTTPStatus.OK, _view(request, body))
 
     @staticmethod
     def _require(request: Request, *methods: str) -> None:
@@ -424,12 +590,14 @@ class MailchimpStandIn(StandInServer):
                 "member_count": sum(m.status == "subscribed" for m in store.values()),
                 "unsubscribe_count": sum(m.status == "unsubscribed" for m in store.values()),
             }
-        return json_response(HTTPStatus.OK, {"id": list_id, "name": list_id, "stats": counts})
+        body = {"id": list_id, "name": list_id, "stats": counts}
+        return json_response(HTTPStatus.OK, _view(request, body))
 
     def _members_collection(self, request: Request, list_id: str) -> Response:
         self._require(request, "GET", "POST")
         if request.method == "POST":
             payload = _parse_member(self._json(request), "", email_required=True)
+            payload.skip_merge_validation = _query_bool(request, "skip_merge_validation")
             with self._lock:
                 if self._is_member(list_id, subscriber_hash(payload.email or "")):
                     raise MemberError(
@@ -452,20 +620,24 @@ class MailchimpStandIn(StandInServer):
         status = request.query_value("status")
         if status is not None and status not in STATUSES | {"archived"}:
             raise _invalid(f"status {status!r} is not a member status.", "status", "invalid")
-        since = _parse_since(request.query_value("since_last_changed"))
+        since = _parse_time(request, "since_last_changed")
+        before = _parse_time(request, "before_last_changed")
+        order = _member_order(request)
         with self._lock:
-            selected = [
-                self._wire(list_id, m)
+            chosen = [
+                m
                 for m in self._store(list_id).values()
                 if (m.status == status if status else not m.archived)
-                and (since is None or _timestamp(m.last_changed) >= since)
+                and (since is None or _timestamp(m.last_changed) > since)
+                and (before is None or _timestamp(m.last_changed) < before)
             ]
-        body = {
-            "members": selected[offset : offset + count],
-            "list_id": list_id,
-            "total_items": len(selected),
-        }
-        return json_response(HTTPStatus.OK, body)
+            chosen.sort(key=order[0], reverse=order[1])
+            page = [self._wire(list_id, m) for m in chosen[offset : offset + count]]
+        body = {"members": page, "list_id": list_id, "total_items": len(chosen), "_links": []}
+        hook = self.on_members_page
+        if hook is not None:
+            hook(list_id, offset)
+        return json_response(HTTPStatus.OK, _view(request, body))
 
     def _member_resource(self, request: Request, list_id: str, member_hash: str) -> Response:
         self._require(request, "GET", "PUT", "PATCH", "DELETE")
@@ -479,16 +651,17 @@ class MailchimpStandIn(StandInServer):
                     f"list {list_id!r}."
                 )
             if request.method == "GET":
-                return json_response(HTTPStatus.OK, self._wire(list_id, member))
+                return json_response(HTTPStatus.OK, _view(request, self._wire(list_id, member)))
             if request.method == "DELETE":
                 if not member.archived:
                     member.status_before_archive = member.status
-                    member.status, member.last_changed = "archived", _now()
+                    member.status, member.last_changed = "archived", self._stamp()
                 return empty_response()
             return self._patch(request, list_id, member)
 
     def _put(self, request: Request, list_id: str, member_hash: str) -> Response:
         payload = _parse_member(self._json(request), "", email_required=False)
+        payload.skip_merge_validation = _query_bool(request, "skip_merge_validation")
         existing = self._store(list_id).get(member_hash)
         if payload.email is None and existing is not None:
             payload.email = existing.email_address
@@ -518,12 +691,13 @@ class MailchimpStandIn(StandInServer):
                 "email_address",
                 "must match the existing member",
             )
+        values = self._merge_values(list_id, payload)
         if payload.status is not None:
             _check_status_change(member, payload.status)
             if payload.status != member.status:
                 member.status = payload.status
-        member.merge_fields.update(payload.merge_fields)
-        member.last_changed = _now()
+        member.merge_fields.update(values)
+        member.last_changed = self._stamp()
         return json_response(HTTPStatus.OK, self._wire(list_id, member))
 
     def _update_tags(self, list_id: str, member_hash: str, body: Any) -> Response:
@@ -543,7 +717,7 @@ class MailchimpStandIn(StandInServer):
                 elif name not in member.tags:
                     self._tag_ids.setdefault(name, len(self._tag_ids) + 1)
                     member.tags.append(name)
-            member.last_changed = _now()
+            member.last_changed = self._stamp()
         return empty_response()
 
     def _delete_permanent(self, list_id: str, member_hash: str) -> Response:
@@ -579,7 +753,10 @@ class MailchimpStandIn(StandInServer):
             _parse_member(raw, f"members.{i}", email_required=True)
             for i, raw in enumerate(raw_members)
         ]
-        skip_duplicates = (request.query_value("skip_duplicate_check") or "").lower() == "true"
+        skip_duplicates = _query_bool(request, "skip_duplicate_check")
+        skip_merge_validation = _query_bool(request, "skip_merge_validation")
+        for payload in inputs:
+            payload.skip_merge_validation = skip_merge_validation
         with self._lock:
             self._store(list_id)  # an unknown list is a 404, and logs nothing
             self._member_log.extend(
@@ -622,7 +799,9 @@ class MailchimpStandIn(StandInServer):
                     sync_tags=flags["sync_tags"],
                 )
             except MemberError as exc:
-                errors.append(_batch_error(email, exc.message, exc.code))
+                errors.append(
+                    _batch_error(email, exc.message, exc.code, exc.field_name, exc.field_message)
+                )
                 continue
             (created if is_new else updated).append(self._wire(list_id, member))
         return {
@@ -663,20 +842,39 @@ class MailchimpStandIn(StandInServer):
             )
         store = self._store(list_id)
         member = store.get(key)
+        values = self._merge_values(list_id, payload)
         if member is None or member.archived:
-            return self._create(list_id, email, payload, previous=member), True
+            return self._create(list_id, email, payload, values, previous=member), True
         if payload.status is not None and update_existing:
             _check_status_change(member, payload.status)
             member.status = payload.status
-        member.merge_fields.update(payload.merge_fields)
+        member.merge_fields.update(values)
         if payload.tags is not None and sync_tags:
             member.tags = []
         self._add_tags(member, payload.tags)
-        member.last_changed = _now()
+        member.last_changed = self._stamp()
         return member, False
 
+    def _merge_values(self, list_id: str, payload: _MemberInput) -> dict[str, Any]:
+        """``payload``'s merge values checked against the audience's fields."""
+        try:
+            return check_merge_values(payload.merge_fields, self._merge_fields[list_id])
+        except MergeValueError as exc:
+            raise MemberError(
+                "Invalid Resource",
+                f"{payload.email}: Your merge fields were invalid. {exc.tag}: {exc.message}",
+                field_name=exc.tag,
+                field_message=exc.message,
+            ) from exc
+
     def _create(
-        self, list_id: str, email: str, payload: _MemberInput, *, previous: _Member | None
+        self,
+        list_id: str,
+        email: str,
+        payload: _MemberInput,
+        values: dict[str, Any],
+        *,
+        previous: _Member | None,
     ) -> _Member:
         status = payload.status or payload.status_if_new
         if status is None:
@@ -685,8 +883,25 @@ class MailchimpStandIn(StandInServer):
             )
         if previous is not None:
             _check_status_change(previous, status)
-        member = _Member(email_address=email, status=status)
-        member.merge_fields.update(payload.merge_fields)
+        missing = missing_required(values, self._merge_fields[list_id])
+        if missing and not payload.skip_merge_validation:
+            raise MemberError(
+                "Invalid Resource",
+                f"{email}: Your merge fields were invalid. {missing[0]}: Please enter a value",
+                field_name=missing[0],
+                field_message="Please enter a value",
+            )
+        if previous is None:
+            self._seq += 1
+        stamp = self._stamp()
+        member = _Member(
+            email_address=email,
+            status=status,
+            last_changed=stamp,
+            seq=previous.seq if previous is not None else self._seq,
+            timestamp_signup=stamp,
+        )
+        member.merge_fields.update(values)
         self._add_tags(member, payload.tags)
         self._store(list_id)[subscriber_hash(email)] = member
         return member
@@ -713,14 +928,132 @@ def _check_status_change(member: _Member, new_status: str) -> None:
         )
 
 
-def _batch_error(email: str, message: str, code: str = "ERROR_GENERIC") -> dict[str, str]:
+def _batch_error(
+    email: str,
+    message: str,
+    code: str = "ERROR_GENERIC",
+    field_name: str = "",
+    field_message: str = "",
+) -> dict[str, str]:
     return {
         "email_address": email,
         "error": message,
         "error_code": code,
-        "field": "",
-        "field_message": "",
+        "field": field_name,
+        "field_message": field_message,
     }
+
+
+_QUERY_BY_ROUTE: dict[tuple[str, str], frozenset[str]] = {
+    ("list", "GET"): _VIEW | {"include_total_contacts"},
+    ("list", "POST"): frozenset({"skip_merge_validation", "skip_duplicate_check"}),
+    ("members", "GET"): MEMBERS_QUERY,
+    ("members", "POST"): frozenset({"skip_merge_validation"}),
+    ("member", "GET"): _VIEW,
+    ("member", "PUT"): frozenset({"skip_merge_validation"}),
+    ("member", "PATCH"): frozenset({"skip_merge_validation"}),
+    ("tags", "GET"): _VIEW | _PAGE,
+    ("merge", "GET"): _VIEW | _PAGE | {"type", "required"},
+}
+
+
+def _allowed_query(method: str, match: re.Match[str]) -> frozenset[str]:
+    """The query parameters the spec declares for this operation (and the stand-in serves)."""
+    if match["merge"] is not None:
+        route = "merge"
+    elif match["members"] is None:
+        route = "list"
+    elif match["key"] is None:
+        route = "members"
+    elif match["rest"] == "/tags":
+        route = "tags"
+    elif match["rest"] is None:
+        route = "member"
+    else:
+        route = "action"
+    return _QUERY_BY_ROUTE.get((route, method), frozenset())
+
+
+def _check_query(request: Request, allowed: frozenset[str]) -> None:
+    for name in sorted(request.query):
+        if name in MEMBERS_QUERY_NOT_IMPLEMENTED and "members" in request.path:
+            raise _invalid(
+                f"The stand-in does not implement the query parameter {name!r}.",
+                name,
+                "not implemented by the stand-in",
+            )
+        if name not in allowed:
+            raise _invalid(
+                f"Unknown query parameter {name!r} for {request.method} {request.path}.",
+                name,
+                "unknown query parameter",
+            )
+
+
+def _query_bool(request: Request, name: str) -> bool:
+    raw = request.query_value(name)
+    if raw is None or raw == "":
+        return False
+    if raw.lower() not in {"true", "false"}:
+        raise _invalid(f"{name} must be true or false, got {raw!r}.", name, "boolean")
+    return raw.lower() == "true"
+
+
+def _object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise _invalid("The resource submitted could not be validated.", "", "must be object")
+    return body
+
+
+def _field_matches(request: Request, definition: MergeField) -> bool:
+    kind = request.query_value("type")
+    required = request.query_value("required")
+    if required is not None:
+        wanted = _query_bool(request, "required")
+        if definition.required != wanted:
+            return False
+    return kind is None or definition.type == kind
+
+
+def _view(request: Request, body: dict[str, Any]) -> dict[str, Any]:
+    """Apply ``fields`` / ``exclude_fields`` (comma-separated, dot notation)."""
+    fields = request.query_value("fields")
+    exclude = request.query_value("exclude_fields")
+    return select_fields(
+        body,
+        fields.split(",") if fields else None,
+        exclude.split(",") if exclude else None,
+    )
+
+
+def _member_order(request: Request) -> tuple[Callable[[_Member], Any], bool]:
+    """Sort key and ``reverse`` for a members read; creation order when unsorted."""
+    sort_field = request.query_value("sort_field")
+    sort_dir = (request.query_value("sort_dir") or "ASC").upper()
+    if sort_dir not in {"ASC", "DESC"}:
+        raise _invalid(f"sort_dir {sort_dir!r} is not ASC or DESC.", "sort_dir", "invalid")
+    if sort_field is None:
+        return (lambda m: m.seq), sort_dir == "DESC"
+    if sort_field not in SORT_FIELDS:
+        raise _invalid(f"sort_field {sort_field!r} is not sortable.", "sort_field", "invalid")
+    attribute = "timestamp_signup" if sort_field == "timestamp_opt" else sort_field
+
+    def key(member: _Member) -> tuple[datetime, int]:
+        return _timestamp(getattr(member, attribute)), member.seq
+
+    return key, sort_dir == "DESC"
+
+
+def _parse_time(request: Request, name: str) -> datetime | None:
+    raw = request.query_value(name)
+    if not raw:
+        return None
+    text = _OFFSET_WITHOUT_PLUS.sub(r"+\1", raw.strip())  # an unencoded "+" arrives as " "
+    try:
+        return _timestamp(text)
+    except ValueError as exc:
+        problem_text = f"{name} {raw!r} is not an ISO 8601 timestamp."
+        raise _invalid(problem_text, name, "invalid date") from exc
 
 
 def _query_int(request: Request, name: str, default: int, high: int | None) -> int:
@@ -738,17 +1071,3 @@ def _query_int(request: Request, name: str, default: int, high: int | None) -> i
 def _timestamp(value: str) -> datetime:
     moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _parse_since(raw: str | None) -> datetime | None:
-    if not raw:
-        return None
-    text = _OFFSET_WITHOUT_PLUS.sub(r"+\1", raw.strip())  # an unencoded "+" arrives as " "
-    try:
-        return _timestamp(text)
-    except ValueError as exc:
-        raise _invalid(
-            f"since_last_changed {raw!r} is not an ISO 8601 timestamp.",
-            "since_last_changed",
-            "invalid date",
-        ) from exc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -319,3 +320,184 @@ def test_member_requests_count_every_payload_per_member(
     ]
     assert mailchimp.sends_per_member(LIST) == {"a@example.com": 2, "not-an-email": 1}
     assert mailchimp.member_requests("other-list") == []
+
+
+# -- merge fields, reads for a two-way sync, strict parameters ----------------------------------
+def test_merge_fields_list_create_and_refuse(client: httpx.Client) -> None:
+    listed = client.get(f"/lists/{LIST}/merge-fields", params={"count": 100}).json()
+    created = client.post(
+        f"/lists/{LIST}/merge-fields", json={"tag": "LTV", "name": "Lifetime", "type": "number"}
+    )
+    duplicate = client.post(
+        f"/lists/{LIST}/merge-fields", json={"tag": "LTV", "name": "Again", "type": "text"}
+    )
+    bad_type = client.post(f"/lists/{LIST}/merge-fields", json={"name": "X", "type": "colour"})
+    numbers = client.get(f"/lists/{LIST}/merge-fields", params={"type": "number"}).json()
+
+    assert [f["tag"] for f in listed["merge_fields"]] == [
+        "FNAME", "LNAME", "ADDRESS", "PHONE", "BIRTHDAY",
+    ]  # fmt: skip
+    assert created.status_code == 200
+    assert created.json()["type"] == "number" and created.json()["total_items"] == 6
+    assert duplicate.status_code == bad_type.status_code == 400
+    assert "already exists" in duplicate.json()["detail"]
+    assert [f["tag"] for f in numbers["merge_fields"]] == ["LTV"]
+
+
+def test_member_merge_values_are_checked_per_member(client: httpx.Client) -> None:
+    client.post(f"/lists/{LIST}/merge-fields", json={"tag": "LTV", "name": "L", "type": "number"})
+    client.post(f"/lists/{LIST}/merge-fields", json={"tag": "SEEN", "name": "S", "type": "date"})
+    members: list[dict[str, Any]] = [
+        {"email_address": "ok@example.com", "status": "subscribed",
+         "merge_fields": {"LTV": "12.5", "SEEN": "2026-01-02"}},
+        {"email_address": "nan@example.com", "status": "subscribed", "merge_fields": {"LTV": "x"}},
+        {"email_address": "day@example.com", "status": "subscribed",
+         "merge_fields": {"SEEN": "02/01/2026"}},
+        {"email_address": "new@example.com", "status": "subscribed", "merge_fields": {"NEW": 1}},
+        {"email_address": "bool@example.com", "status": "subscribed",
+         "merge_fields": {"FNAME": True}},
+    ]  # fmt: skip
+    body = _batch(client, members)
+    single = client.put(
+        _member_path("one@example.com"),
+        json={"email_address": "one@example.com", "status": "subscribed",
+              "merge_fields": {"NEW": "x"}},
+    )  # fmt: skip
+
+    assert body["total_created"] == 1
+    assert body["new_members"][0]["merge_fields"] == {"LTV": 12.5, "SEEN": "2026-01-02"}
+    fields = {e["email_address"]: e["field"] for e in body["errors"]}
+    assert fields == {
+        "nan@example.com": "LTV",
+        "day@example.com": "SEEN",
+        "new@example.com": "NEW",
+        "bool@example.com": "FNAME",
+    }
+    assert single.status_code == 400 and single.json()["errors"][0]["field"] == "NEW"
+
+
+def test_required_merge_field_unless_validation_is_skipped(client: httpx.Client) -> None:
+    client.post(
+        f"/lists/{LIST}/merge-fields",
+        json={"tag": "CITY", "name": "City", "type": "text", "required": True},
+    )
+    member = [{"email_address": "r@example.com", "status": "subscribed"}]
+
+    refused = _batch(client, member)
+    skipped = client.post(
+        f"/lists/{LIST}", params={"skip_merge_validation": "true"}, json={"members": member}
+    ).json()
+
+    assert refused["errors"][0]["field"] == "CITY"
+    assert skipped["total_created"] == 1
+
+
+def test_member_reads_by_status_since_sorted_with_fields(
+    mailchimp: MailchimpStandIn, client: httpx.Client
+) -> None:
+    _subscribe(client, "a@example.com", "b@example.com", "c@example.com")
+    stamp = mailchimp.members(LIST)[subscriber_hash("c@example.com")]["last_changed"]
+    mailchimp.member_unsubscribes(LIST, "b@example.com")
+    mailchimp.member_reports_spam(LIST, "a@example.com")
+    mailchimp.member_bounces(LIST, "c@example.com")
+
+    unsubscribed = client.get(
+        f"/lists/{LIST}/members",
+        params={"status": "unsubscribed", "sort_field": "last_changed", "sort_dir": "DESC",
+                "fields": "members.email_address,members.unsubscribe_reason,total_items"},
+    ).json()  # fmt: skip
+    cleaned = client.get(f"/lists/{LIST}/members", params={"status": "cleaned"}).json()
+    after = client.get(
+        f"/lists/{LIST}/members", params={"since_last_changed": "2999-01-01T00:00:00Z"}
+    )
+
+    assert set(unsubscribed) == {"members", "total_items"}  # only the fields asked for
+    assert unsubscribed["total_items"] == 2
+    assert sorted(unsubscribed["members"], key=lambda m: m["email_address"]) == [
+        {"email_address": "a@example.com", "unsubscribe_reason": "N/A (Abuse Complaint)"},
+        {"email_address": "b@example.com"},
+    ]
+    assert [m["email_address"] for m in cleaned["members"]] == ["c@example.com"]
+    assert after.json()["total_items"] == 0
+    assert stamp  # every member carries a real last_changed, never ""
+
+
+def test_since_last_changed_is_strictly_after(client: httpx.Client) -> None:
+    _subscribe(client, "s@example.com")
+    stamp = client.get(_member_path("s@example.com")).json()["last_changed"]
+
+    at = client.get(f"/lists/{LIST}/members", params={"since_last_changed": stamp}).json()
+    before = client.get(f"/lists/{LIST}/members", params={"before_last_changed": stamp}).json()
+
+    assert at["total_items"] == 0 and before["total_items"] == 0
+
+
+def test_an_edit_reorders_a_sorted_read_between_pages(
+    mailchimp: MailchimpStandIn, client: httpx.Client
+) -> None:
+    _subscribe(client, *(f"o{i}@example.com" for i in range(4)))
+    edits = iter(["o0@example.com"])
+
+    def edit(list_id: str, offset: int) -> None:
+        email = next(edits, None)
+        if email is not None:
+            time.sleep(1.05)  # last_changed has one-second resolution, as in Mailchimp
+            mailchimp.marketer_edits(list_id, email, FNAME="moved")
+
+    mailchimp.on_members_page = edit
+    params = {"sort_field": "last_changed", "count": 2}
+    first = client.get(f"/lists/{LIST}/members", params={**params, "offset": 0}).json()
+    second = client.get(f"/lists/{LIST}/members", params={**params, "offset": 2}).json()
+
+    assert [m["email_address"] for m in first["members"]] == ["o0@example.com", "o1@example.com"]
+    # o0 moved to the end: o2 slid into the first page's range and is skipped by offset 2.
+    assert [m["email_address"] for m in second["members"]] == ["o3@example.com", "o0@example.com"]
+
+
+def test_unknown_and_unimplemented_query_parameters_are_refused(client: httpx.Client) -> None:
+    unknown = client.get(f"/lists/{LIST}/members", params={"since": "2026-01-01"})
+    unimplemented = client.get(f"/lists/{LIST}/members", params={"vip_only": "true"})
+    on_batch = client.post(f"/lists/{LIST}", params={"count": 5}, json={"members": []})
+    ping = client.get("/ping", params={"x": 1})
+
+    for response in (unknown, unimplemented, on_batch, ping):
+        assert response.status_code == 400
+        assert response.json()["title"] == "Invalid Resource"
+    assert "not implement" in unimplemented.json()["detail"]
+
+
+def test_member_tags_read(client: httpx.Client) -> None:
+    _batch(client, [{"email_address": "t@example.com", "status": "subscribed", "tags": ["a"]}])
+    client.post(f"{_member_path('t@example.com')}/tags",
+                json={"tags": [{"name": "b", "status": "active"}]})  # fmt: skip
+
+    tags = client.get(f"{_member_path('t@example.com')}/tags").json()
+
+    assert [t["name"] for t in tags["tags"]] == ["a", "b"] and tags["total_items"] == 2
+
+
+def test_the_eleventh_simultaneous_request_gets_the_documented_429() -> None:
+    workers = 11
+    barrier = threading.Barrier(workers, timeout=5)
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    with MailchimpStandIn(lists=[LIST], response_delay=1.5) as server:  # default ceiling: 10
+        url = f"{server.url}/3.0/lists/{LIST}/members"
+
+        def call() -> None:
+            with httpx.Client(auth=("any", KEY), timeout=5) as http:
+                barrier.wait()
+                response = http.get(url)
+            with lock:
+                statuses.append(response.status_code)
+
+        threads = [threading.Thread(target=call, daemon=True) for _ in range(workers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=10)
+        refused = server.rejected_over_ceiling
+
+    assert sorted(statuses) == [200] * 10 + [429]
+    assert refused == 1
