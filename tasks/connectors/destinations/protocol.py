@@ -109,7 +109,8 @@ class Destination(Protocol):
         ...
 
     def upsert(self, audience: str, members: Sequence[Member]) -> Iterator[RecordResult]:
-        """Add or update members (subscribed) with their fields and tags."""
+        """Add or update members with their fields and tags. Never re-subscribes someone the
+        platform holds as opted out: an opt-out made at the platform outlives our pushes."""
         ...
 
     def remove(self, audience: str, members: Sequence[Member]) -> Iterator[RecordResult]:
@@ -121,8 +122,9 @@ class Destination(Protocol):
         ...
 
     def suppressions_since(self, audience: str, since: datetime | None) -> SuppressionPage:
-        """Unsubscribes, bounces, cleaned addresses and spam complaints changed after
-        ``since`` (all of them when ``None``)."""
+        """Unsubscribes, bounces, cleaned addresses and spam complaints changed at or after
+        ``since`` (all of them when ``None``). A record may come back twice across reads; one
+        is never skipped."""
         ...
 
     def erase(self, emails: Sequence[str]) -> Iterator[ErasureResult]:
