@@ -21,7 +21,7 @@ def test_import_contracts_are_kept() -> None:
 def test_registries_cover_every_configured_kind() -> None:
     from typing import get_args
 
-    from tasks.connectors.destinations import DESTINATIONS
+    from tasks.connectors.destinations import DESTINATIONS, PLATFORMS
     from tasks.connectors.sources import SOURCE_READERS
     from tasks.core.config import Destination, Source
 
@@ -29,5 +29,7 @@ def test_registries_cover_every_configured_kind() -> None:
         get_args(m.model_fields["kind"].annotation)[0] for m in get_args(get_args(Source)[0])
     }
     assert source_kinds == set(SOURCE_READERS)
-    destination_kinds = {get_args(Destination)[0].model_fields["kind"].annotation.__args__[0]}
-    assert destination_kinds == set(DESTINATIONS)
+    destination_kinds = {
+        get_args(m.model_fields["kind"].annotation)[0] for m in get_args(get_args(Destination)[0])
+    }
+    assert destination_kinds == set(DESTINATIONS) | set(PLATFORMS)
