@@ -566,7 +566,7 @@ ROUTES: tuple[_Route, ...] = (
         "GET",
         re.compile(rf"^{_V4}/definitions$"),
         {**_BUSINESS_UNIT, "includeTranslations": _is_bool},
-        "_definitions",
+        "_read_definitions",
     ),
     _Route(
         "POST",
@@ -1177,7 +1177,7 @@ class HubSpotMarketingStandIn(StandInServer):
         return json_response(HTTPStatus.OK, body)
 
     # -- communication preferences v4 -----------------------------------------------------------
-    def _definitions(self, request: Request, match: re.Match[str]) -> Response:
+    def _read_definitions(self, request: Request, match: re.Match[str]) -> Response:
         started = iso_now()
         with self._lock:
             results = [
@@ -1243,7 +1243,8 @@ class HubSpotMarketingStandIn(StandInServer):
         """Valid, normalised emails of a ``BatchInputString`` body and errors for the rest."""
         inputs = self._json(request, BATCH_STRINGS_BODY)["inputs"]
         self._check_batch_size(inputs)
-        emails, invalid = [], []
+        emails: list[str] = []
+        invalid: list[str] = []
         for raw in inputs:
             email = raw.strip().lower()
             (emails if is_valid_email(email) else invalid).append(raw)
@@ -1303,7 +1304,7 @@ class HubSpotMarketingStandIn(StandInServer):
                 status = self._statuses[email][sid]
                 results.append(self._status_wire(email, sid, status, reason))
         # The spec declares only 200 for batch/write: per-input errors ride in a 200.
-        body = {
+        body: dict[str, Any] = {
             "status": "COMPLETE",
             "results": self._shuffled(results),
             "requestedAt": started,
