@@ -665,6 +665,12 @@ class HubSpotMarketingStandIn(StandInServer):
                 self._lists[list_id] = _List(list_id, name or f"list {list_id}", processing)
                 self._next_list_id = max(self._next_list_id, int(list_id) + 1)
 
+    @property
+    def list_ids(self) -> list[str]:
+        """Ids of all lists, in creation order."""
+        with self._lock:
+            return list(self._lists)
+
     def add_property(
         self, name: str, type_: str, field_type: str, *, read_only: bool = False
     ) -> None:

@@ -6,11 +6,13 @@ import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from infra.sandbox.hubspot_marketing import HubSpotMarketingStandIn
+from infra.sandbox.serve import config_list_ids, config_subscription_ids
 from tasks.connectors.destinations import PLATFORMS, open_destination
 from tasks.connectors.destinations.hubspot import (
     HubSpot,
@@ -23,6 +25,7 @@ from tasks.connectors.http import RetryPolicy, build_client
 from tasks.core.config import HubSpotDestination
 from tasks.errors import ConfigError, PublishError
 
+ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "pat-na1-test-token-0123456789"
 LIST = "41"
 SUBSCRIPTION = 1001
@@ -465,3 +468,22 @@ def test_rolling_budget_waits_for_the_oldest_start() -> None:
             now[0] += 1.0
 
     assert slept == [8.0]  # the third start waits until the first leaves the window
+
+
+def test_the_sandbox_serves_the_lists_hubspot_destinations_name(tmp_path: Path) -> None:
+    text = (ROOT / "pipeline.yaml").read_text(encoding="utf-8")
+    hubspot_block = (
+        "destinations:\n"
+        "  hubspot:\n"
+        "    kind: hubspot\n"
+        "    base_url: http://127.0.0.1:8714\n"
+        "    token: {secret: hubspot_token}\n"
+        "    subscription_type_id: 77\n"
+        "    audiences: {champions: '12', at_risk: '13'}\n"
+    )
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(text.replace("destinations:\n", hubspot_block, 1), encoding="utf-8")
+
+    assert config_list_ids(config, "hubspot") == ["12", "13"]
+    assert "12" not in config_list_ids(config)  # Mailchimp's lists stay Mailchimp's
+    assert config_subscription_ids(config) == [77]
