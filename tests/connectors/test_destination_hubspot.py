@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from infra.sandbox.hubspot_marketing import HubSpotMarketingStandIn
@@ -17,6 +19,7 @@ from tasks.connectors.destinations import PLATFORMS, open_destination
 from tasks.connectors.destinations.hubspot import (
     HubSpot,
     RollingWindowBudget,
+    _unique_email_batches,
     format_value,
     open_hubspot,
 )
@@ -409,7 +412,7 @@ def test_mistyped_and_read_only_properties_are_never_altered(
 @pytest.mark.parametrize(
     ("value", "wire"),
     [(None, ""), (True, "true"), (False, "false"), (3, "3"), (2.0, "2"), (10.25, "10.25"),
-     (1e-7, "0.0000001"), ("2026-11-30", "2026-11-30")],
+     (1e-7, "0.0000001"), (1.5e-13, "0.00000000000015"), ("2026-11-30", "2026-11-30")],
 )  # fmt: skip
 def test_values_go_as_hubspot_strings(value: object, wire: str) -> None:
     assert format_value(value) == wire  # type: ignore[arg-type]
@@ -487,3 +490,23 @@ def test_the_sandbox_serves_the_lists_hubspot_destinations_name(tmp_path: Path) 
     assert config_list_ids(config, "hubspot") == ["12", "13"]
     assert "12" not in config_list_ids(config)  # Mailchimp's lists stay Mailchimp's
     assert config_subscription_ids(config) == [77]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    emails=st.lists(st.sampled_from(["a@x.io", "A@x.io", "b@x.io", "c@x.io", "d@x.io"])),
+    size=st.integers(1, 4),
+)
+def test_batches_hold_every_member_once_and_no_email_twice(emails: list[str], size: int) -> None:
+    members = [Member(f"k{n}", email, {}) for n, email in enumerate(emails)]
+
+    batches = list(_unique_email_batches(members, size))
+
+    assert sorted(m.contact_key for b in batches for m in b) == sorted(
+        m.contact_key for m in members
+    )
+    for batch in batches:
+        assert 1 <= len(batch) <= size
+        assert len({m.email.lower() for m in batch}) == len(batch)
+    if len({e.lower() for e in emails}) == len(emails):  # no repeats: order kept
+        assert [m for b in batches for m in b] == members

@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any, ClassVar, Literal
 
 import httpx
@@ -129,7 +130,9 @@ class RollingWindowBudget:
             if len(self._starts) < self.max_requests:
                 self._starts.append(now)
                 return 0.0
-            return self.window_seconds - (now - self._starts[0])
+            wait = self.window_seconds - (now - self._starts[0])
+            self.waited_seconds += wait
+            return wait
 
     @contextmanager
     def slot(self) -> Iterator[None]:
@@ -137,7 +140,6 @@ class RollingWindowBudget:
             wait = self._reserve()
             if wait <= 0:
                 break
-            self.waited_seconds += wait
             self._sleep(wait)
         yield
 
@@ -160,8 +162,8 @@ def format_value(value: FieldValue) -> str:
     if isinstance(value, float):
         if value.is_integer():
             return str(int(value))
-        text = repr(value)
-        return f"{value:.12f}".rstrip("0") if "e" in text else text
+        # Plain notation (HubSpot refuses "1e-07"), exactly the digits repr() would keep.
+        return format(Decimal(repr(value)), "f")
     return str(value)
 
 
