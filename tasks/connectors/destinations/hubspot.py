@@ -67,9 +67,10 @@ from tasks.errors import PublishError
 MAX_BATCH = 100
 BURST_PER_WINDOW = 100
 WINDOW_SECONDS = 10.0
-# The client's window starts when a request leaves, the server's when it arrives: a little
-# slack keeps the two from disagreeing at the edge.
-WINDOW_SLACK_SECONDS = 0.1
+# The client counts a request when it leaves, HubSpot when it arrives; network jitter between
+# the two makes a client-side window of exactly 10 s meet 429s (measured on the stand-in with a
+# scaled window: 1 % slack still drew 4 429s in 100 requests, 5 % none). 5 % of throughput.
+WINDOW_SLACK_SECONDS = 0.5
 MEMBERSHIP_PAGE = 250
 MAX_MEMBERSHIP_PAGES = 20_000
 CURSOR_OVERLAP = timedelta(minutes=1)
