@@ -510,3 +510,13 @@ def test_batches_hold_every_member_once_and_no_email_twice(emails: list[str], si
         assert len({m.email.lower() for m in batch}) == len(batch)
     if len({e.lower() for e in emails}) == len(emails):  # no repeats: order kept
         assert [m for b in batches for m in b] == members
+
+
+def test_a_health_check_probe_takes_its_own_short_retry_policy(
+    hubspot: HubSpotMarketingStandIn,
+) -> None:
+    destination = adapter(hubspot)  # the publish policy would ride out one 503
+    hubspot.fail_next(1, status=503)
+    with pytest.raises(PublishError, match="503"):
+        destination.probe([LIST], policy=RetryPolicy(max_attempts=1))
+    assert "1 lists readable" in destination.probe([LIST])

@@ -260,6 +260,7 @@ class HubSpot:
         params: Mapping[str, str | int] | None = None,
         ok: tuple[int, ...] = (200,),
         what: str,
+        policy: RetryPolicy | None = None,
     ) -> httpx.Response:
         """Send one request (paced, retried); a status outside ``ok`` is a :class:`PublishError`
         naming ``what``, the request and HubSpot's own message (the token never shown)."""
@@ -268,7 +269,11 @@ class HubSpot:
             # Every call here is safe to repeat: upserts by email, set-like membership changes,
             # absolute status writes, and erasure.
             response = send_with_retries(
-                self._client, request, idempotent=True, policy=self._policy, budget=self._budget
+                self._client,
+                request,
+                idempotent=True,
+                policy=policy or self._policy,
+                budget=self._budget,
             )
         except httpx.HTTPError as exc:
             raise PublishError(redact(f"hubspot: {what}: {method} {request.url}: {exc}")) from exc
@@ -295,14 +300,16 @@ class HubSpot:
         return body
 
     # -- probe and fields -------------------------------------------------------------------------
-    def probe(self, audiences: Sequence[str]) -> str:
+    def probe(self, audiences: Sequence[str], *, policy: RetryPolicy | None = None) -> str:
         """Reads only: the subscription types (the configured one must exist) and one page of
-        each list's memberships (the list exists and the token may read it)."""
+        each list's memberships (the list exists and the token may read it). ``policy``: the
+        retries of a health check, shorter than a publish's."""
         body = self._body(
             self._call(
                 "GET",
                 "/communication-preferences/v4/definitions",
                 what="read subscription types",
+                policy=policy,
             ),
             "read subscription types",
         )
@@ -318,6 +325,7 @@ class HubSpot:
                 f"/crm/v3/lists/{audience}/memberships",
                 params={"limit": 1},
                 what=f"read list {audience}",
+                policy=policy,
             )
         return f"subscription type {self._subscription_id} found, {len(audiences)} lists readable"
 
