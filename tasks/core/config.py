@@ -171,6 +171,8 @@ class MailchimpDestination(Model, TransportOptions):
 
 
 class HubSpotDestination(Model, TransportOptions):
+    """A HubSpot portal (private app token), publishing to MANUAL contact lists by id."""
+
     kind: Literal["hubspot"]
     base_url: str = Field(
         default="https://api.hubapi.com",
@@ -187,7 +189,9 @@ class HubSpotDestination(Model, TransportOptions):
         description="'subscription': opt-outs unsubscribe from subscription_type_id only; "
         "'all': from every email subscription of the portal.",
     )
-    batch_size: int = Field(default=100, ge=1, le=100)
+    batch_size: int = Field(
+        default=100, ge=1, le=100, description="Contacts per batch call (HubSpot's maximum: 100)."
+    )
     audiences: dict[Name, Annotated[str, Field(pattern=r"^[1-9][0-9]{0,18}$")]] = Field(
         min_length=1, description="Segment name -> id (digits) of a MANUAL HubSpot contact list."
     )
