@@ -608,7 +608,9 @@ class HubSpotMarketingStandIn(StandInServer):
     ``lists`` pre-creates ``MANUAL`` lists by id (numeric strings, as HubSpot's are);
     ``subscription_ids`` names the email subscription types of the portal. ``shuffle_seed``
     fixes the order in which batch results are returned (always not the input order when a
-    batch has more than one input). ``exchanges`` records every request and answer.
+    batch has more than one input). ``exchanges`` records every request and answer (turn it off
+    with ``record_exchanges=False`` for long runs). ``response_delay`` (seconds) keeps every
+    admitted request in flight that long, as the real API's latency does.
     """
 
     name = "hubspot-marketing"
@@ -623,6 +625,8 @@ class HubSpotMarketingStandIn(StandInServer):
         window_seconds: float = DEFAULT_WINDOW_SECONDS,
         daily_limit: int = DEFAULT_DAILY_LIMIT,
         shuffle_seed: int = 7,
+        response_delay: float = 0.0,
+        record_exchanges: bool = True,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -633,8 +637,12 @@ class HubSpotMarketingStandIn(StandInServer):
         self.burst = burst
         self.window_seconds = window_seconds
         self.daily_limit = daily_limit
+        self.response_delay = response_delay
+        self.record_exchanges = record_exchanges
         self.exchanges: list[Exchange] = []
         self.rate_limited = 0
+        self.max_in_flight = 0
+        self._in_flight = 0
         self._lock = threading.RLock()
         self._random = random.Random(shuffle_seed)
         self._window: deque[float] = deque()
@@ -727,6 +735,8 @@ class HubSpotMarketingStandIn(StandInServer):
     # -- HTTP -----------------------------------------------------------------------------------
     def dispatch(self, request: Request) -> Response:
         response = super().dispatch(request)
+        if not self.record_exchanges:
+            return response
         with self._lock:
             self.exchanges.append(
                 Exchange(
@@ -744,13 +754,28 @@ class HubSpotMarketingStandIn(StandInServer):
         return response
 
     def handle(self, request: Request) -> Response:
-        """Faults, rate limit, auth, then routing; every answer carries the rate headers."""
+        """Faults, rate limit, auth, then routing; every answer carries the rate headers.
+
+        ``max_in_flight`` records the most requests handled at once (HubSpot caps none).
+        """
+        with self._lock:
+            self._in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self._in_flight)
+        try:
+            return self._handle_counted(request)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def _handle_counted(self, request: Request) -> Response:
         fault = self._take_fault()
         if fault is not None:
             return fault
         limited = self._admit()
         if limited is not None:
             return limited
+        if self.response_delay > 0:
+            time.sleep(self.response_delay)
         rejection = self._authenticate(request)
         response = rejection if rejection is not None else self._route(request)
         response.headers.update(self._rate_headers())

@@ -161,7 +161,10 @@ def _drive_adapter(server: HubSpotMarketingStandIn) -> None:
 def _drive_rate_limit() -> list[Exchange]:
     """A 429 storm: a tiny burst window the adapter does not pace itself for."""
     with HubSpotMarketingStandIn(token=TOKEN, lists=[LIST], burst=2, window_seconds=0.3) as server:
-        list(_adapter(server, batch_size=5).upsert(LIST, _people(20)))
+        storm = RetryPolicy(max_attempts=12, base=0.05, cap=0.5, deadline=20.0)
+        list(
+            _adapter(server, batch_size=5, max_in_flight=2, policy=storm).upsert(LIST, _people(20))
+        )
         assert server.rate_limited > 0
         return list(server.exchanges)
 
