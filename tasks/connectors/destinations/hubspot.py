@@ -30,7 +30,9 @@ Pacing: every request takes a slot from a rolling 10-second budget (HubSpot's bu
 100 requests per 10 s for a Free/Starter private app, more on higher tiers), so a run stays
 under the limit instead of meeting 429s; a 429 that still comes (another app on the same portal)
 is retried by :func:`send_with_retries` with full-jitter backoff (HubSpot sends no
-``Retry-After``).
+``Retry-After``). Up to ``max_in_flight`` batches are sent at once: a batch call takes long
+enough that one at a time would use only part of the budget. Results still come back in member
+order, and a batch naming someone still in flight waits for it.
 """
 
 from __future__ import annotations
