@@ -1,7 +1,7 @@
-"""Run the CRM, Mailchimp and Klaviyo stand-ins until Ctrl-C (or SIGTERM).
+"""Run the CRM, Mailchimp, Klaviyo and HubSpot (destination) stand-ins until Ctrl-C (or SIGTERM).
 
 ``python -m infra.sandbox.serve [--data DIR] [--config pipeline.yaml] [--host H]
-[--crm-port P] [--mailchimp-port P] [--klaviyo-port P] [--lists a,b]``
+[--crm-port P] [--mailchimp-port P] [--klaviyo-port P] [--hubspot-port P] [--lists a,b]``
 
 Every default comes from the same environment the worker reads (``infra/.env.example``), so the
 stand-ins answer exactly where and how the pipeline calls them:
@@ -15,7 +15,10 @@ stand-ins answer exactly where and how the pipeline calls them:
   ``$AUDIENCE_LAKE_SECRET_MAILCHIMP_API_KEY``, ``$AUDIENCE_LAKE_SECRET_KLAVIYO_API_KEY`` (the
   demo's values when unset);
 * ``--lists``: every Mailchimp list id the Mailchimp destinations of ``--config`` publish to, so
-  a list the pipeline sends to always exists; the Klaviyo stand-in gets the Klaviyo lists.
+  a list the pipeline sends to always exists; the Klaviyo stand-in gets the Klaviyo lists;
+* HubSpot: ``--hubspot-port`` is the port of ``$AUDIENCE_LAKE_HUBSPOT_URL`` (8714 when unset),
+  the token ``$AUDIENCE_LAKE_SECRET_HUBSPOT_TOKEN``; its lists and subscription types are those
+  the ``kind: hubspot`` destinations of ``--config`` name.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from urllib.parse import urlsplit
 
 from infra.sandbox.crm import CrmStandIn
 from infra.sandbox.generate import CRM_FILE
+from infra.sandbox.hubspot_marketing import DEFAULT_SUBSCRIPTION_ID, HubSpotMarketingStandIn
 from infra.sandbox.klaviyo import KlaviyoStandIn
 from infra.sandbox.mailchimp import MailchimpStandIn
 from tasks.core.config import load_pipeline
@@ -41,6 +45,8 @@ DEFAULT_CLIENT_ID = "demo-client"
 DEFAULT_CLIENT_SECRET = "demo-secret"
 DEFAULT_API_KEY = "demo-key-us1"
 DEFAULT_KLAVIYO_KEY = "pk_demo_klaviyo"
+DEFAULT_HUBSPOT_PORT = 8714
+DEFAULT_HUBSPOT_TOKEN = "demo-hubspot-token"
 
 
 def port_of(url: str | None, default: int) -> int:
@@ -65,6 +71,13 @@ def config_list_ids(config: Path, kind: str | None = None) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
+def config_subscription_ids(config: Path) -> list[int]:
+    """The email subscription types the HubSpot destinations of ``config`` name (or a default)."""
+    pipeline = load_pipeline(str(config), env={})
+    ids = [d.subscription_type_id for d in pipeline.destinations.values() if d.kind == "hubspot"]
+    return list(dict.fromkeys(ids)) or [DEFAULT_SUBSCRIPTION_ID]
+
+
 def _default_config(env: Mapping[str, str]) -> Path:
     home = env.get("AUDIENCE_LAKE_HOME")
     return Path(home) / "pipeline.yaml" if home else Path("pipeline.yaml")
@@ -72,7 +85,7 @@ def _default_config(env: Mapping[str, str]) -> Path:
 
 def _parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Serve the sandbox CRM, Mailchimp and Klaviyo stand-ins."
+        description="Serve the sandbox CRM, Mailchimp, Klaviyo and HubSpot stand-ins."
     )
     data = env.get("AUDIENCE_LAKE_SANDBOX_DIR")
     parser.add_argument(
@@ -113,6 +126,17 @@ def _parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> argparse.
         help="Klaviyo private API key (default $AUDIENCE_LAKE_SECRET_KLAVIYO_API_KEY)",
     )
     parser.add_argument(
+        "--hubspot-port",
+        type=int,
+        default=port_of(env.get("AUDIENCE_LAKE_HUBSPOT_URL"), DEFAULT_HUBSPOT_PORT),
+        help="HubSpot port (default: the port of $AUDIENCE_LAKE_HUBSPOT_URL, else 8714)",
+    )
+    parser.add_argument(
+        "--hubspot-token",
+        default=env.get("AUDIENCE_LAKE_SECRET_HUBSPOT_TOKEN") or DEFAULT_HUBSPOT_TOKEN,
+        help="HubSpot private app token (default $AUDIENCE_LAKE_SECRET_HUBSPOT_TOKEN)",
+    )
+    parser.add_argument(
         "--lists",
         default=None,
         help="comma-separated Mailchimp list ids (default: every list --config publishes to)",
@@ -135,8 +159,10 @@ def _parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> argparse.
     return parser.parse_args(argv)
 
 
-def build_servers(args: argparse.Namespace) -> tuple[CrmStandIn, MailchimpStandIn]:
-    """Create (but do not start) both stand-ins from parsed arguments."""
+def build_servers(
+    args: argparse.Namespace,
+) -> tuple[CrmStandIn, MailchimpStandIn, HubSpotMarketingStandIn]:
+    """Create (but do not start) the stand-ins from parsed arguments."""
     crm_file = args.data / CRM_FILE
     if not crm_file.is_file():
         raise SystemExit(
@@ -157,7 +183,14 @@ def build_servers(args: argparse.Namespace) -> tuple[CrmStandIn, MailchimpStandI
     mailchimp = MailchimpStandIn(
         api_key=args.api_key, lists=lists, host=args.host, port=args.mailchimp_port
     )
-    return crm, mailchimp
+    hubspot = HubSpotMarketingStandIn(
+        token=args.hubspot_token,
+        lists=config_list_ids(args.config, "hubspot"),
+        subscription_ids=config_subscription_ids(args.config),
+        host=args.host,
+        port=args.hubspot_port,
+    )
+    return crm, mailchimp, hubspot
 
 
 def build_klaviyo(args: argparse.Namespace) -> KlaviyoStandIn:
@@ -178,14 +211,15 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Start the stand-ins, print their URLs and block until interrupted."""
     args = _parse_args(argv, os.environ)
-    crm, mailchimp = build_servers(args)
+    crm, mailchimp, hubspot = build_servers(args)
     klaviyo = build_klaviyo(args)
     signal.signal(signal.SIGTERM, _interrupt)
-    with crm, mailchimp, klaviyo:
+    with crm, mailchimp, klaviyo, hubspot:
         print(f"CRM (HubSpot-style):  {crm.url}  token: POST {crm.url}/oauth/v1/token", flush=True)
         print(f"  client_id={args.client_id}", flush=True)
         print(f"Mailchimp (v3):       {mailchimp.url}/3.0  lists: {mailchimp.list_ids}", flush=True)
         print(f"Klaviyo (2026-07-15): {klaviyo.url}/api  lists: {klaviyo.list_ids}", flush=True)
+        print(f"HubSpot (destination): {hubspot.url}  lists: {hubspot.list_ids}", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
         try:
             threading.Event().wait()

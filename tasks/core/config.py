@@ -204,7 +204,39 @@ class KlaviyoDestination(Model, TransportOptions):
         yield "base_url", self.base_url
 
 
-Destination = Annotated[MailchimpDestination | KlaviyoDestination, Field(discriminator="kind")]
+class HubSpotDestination(Model, TransportOptions):
+    """A HubSpot portal (private app token), publishing to MANUAL contact lists by id."""
+
+    kind: Literal["hubspot"]
+    base_url: str = Field(
+        default="https://api.hubapi.com",
+        description="HubSpot API root, e.g. https://api.hubapi.com",
+    )
+    token: SecretRef = Field(description="Private app access token, sent as a Bearer token.")
+    subscription_type_id: int = Field(
+        ge=1,
+        description="The email subscription type (communication preferences) whose opt-outs "
+        "are read before each publish and written for opted-out contacts.",
+    )
+    unsubscribe_scope: Literal["subscription", "all"] = Field(
+        default="subscription",
+        description="'subscription': opt-outs unsubscribe from subscription_type_id only; "
+        "'all': from every email subscription of the portal.",
+    )
+    batch_size: int = Field(
+        default=100, ge=1, le=100, description="Contacts per batch call (HubSpot's maximum: 100)."
+    )
+    audiences: dict[Name, Annotated[str, Field(pattern=r"^[1-9][0-9]{0,18}$")]] = Field(
+        min_length=1, description="Segment name -> id (digits) of a MANUAL HubSpot contact list."
+    )
+
+    def credential_urls(self) -> Iterator[tuple[str, str]]:
+        yield "base_url", self.base_url
+
+
+Destination = Annotated[
+    MailchimpDestination | KlaviyoDestination | HubSpotDestination, Field(discriminator="kind")
+]
 
 # The `volume:` section (anomaly detection, notifiers, publish holds) builds on Model/SecretRef.
 from tasks.core.config_anomaly import VolumeConfig  # noqa: E402

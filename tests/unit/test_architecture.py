@@ -21,7 +21,7 @@ def test_import_contracts_are_kept() -> None:
 def test_registries_cover_every_configured_kind() -> None:
     from typing import get_args
 
-    from tasks.connectors.destinations import DESTINATIONS
+    from tasks.connectors.destinations import DESTINATIONS, PLATFORMS
     from tasks.connectors.sources import SOURCE_READERS
     from tasks.core.config import Destination, Source
 
@@ -32,4 +32,5 @@ def test_registries_cover_every_configured_kind() -> None:
     destination_kinds = {
         get_args(m.model_fields["kind"].annotation)[0] for m in get_args(get_args(Destination)[0])
     }
-    assert destination_kinds == set(DESTINATIONS)
+    assert destination_kinds == set(PLATFORMS)
+    assert set(DESTINATIONS) <= set(PLATFORMS)

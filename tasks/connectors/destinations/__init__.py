@@ -7,14 +7,29 @@ from typing import Any, Protocol
 
 import httpx
 
+from tasks.connectors.destinations.hubspot import open_hubspot
 from tasks.connectors.destinations.klaviyo import open_klaviyo
-from tasks.connectors.destinations.mailchimp import MailchimpAudience, MemberChange, MemberResult
+from tasks.connectors.destinations.mailchimp import (
+    MailchimpAudience,
+    MemberChange,
+    MemberResult,
+    open_mailchimp,
+)
+from tasks.connectors.destinations.protocol import Destination as PlatformDestination
 from tasks.connectors.http import RetryPolicy, build_client
 from tasks.connectors.redact import register_secret
 from tasks.core.config import Destination, MailchimpDestination
 from tasks.core.settings import resolve_secret
+from tasks.errors import ConfigError
 
-__all__ = ["DESTINATIONS", "AudienceSink", "MemberChange", "MemberResult", "open_destination"]
+__all__ = [
+    "DESTINATIONS",
+    "PLATFORMS",
+    "AudienceSink",
+    "MemberChange",
+    "MemberResult",
+    "open_destination",
+]
 
 
 class AudienceSink(Protocol):
@@ -43,8 +58,18 @@ def _open_mailchimp(config: MailchimpDestination) -> AudienceSink:
 
 
 DESTINATIONS: dict[str, Callable[[Any], AudienceSink]] = {"mailchimp": _open_mailchimp}
-DESTINATIONS["klaviyo"] = open_klaviyo  # type: ignore[assignment]  # Destination protocol
+# Platforms implementing the destination protocol, which the publish engine moves to next.
+PLATFORMS: dict[str, Callable[[Any], PlatformDestination]] = {
+    "mailchimp": open_mailchimp,
+    "klaviyo": open_klaviyo,
+    "hubspot": open_hubspot,
+}
 
 
 def open_destination(config: Destination) -> AudienceSink:
+    if config.kind not in DESTINATIONS:
+        raise ConfigError(
+            f"destination kind {config.kind!r} implements the destination protocol, which the "
+            "publish engine does not call yet"
+        )
     return DESTINATIONS[config.kind](config)
