@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import polars as pl
 from deltalake import DeltaTable
+from deltalake.exceptions import CommitFailedError
 from deltalake.exceptions import TableNotFoundError as DeltaTableNotFoundError
 
 from tasks.connectors.lake import writes
@@ -30,7 +31,14 @@ from tasks.connectors.storage import is_s3_uri, normalise_option_key, split_s3_u
 from tasks.core.settings import lake_uri_problem
 from tasks.errors import LakeError
 
-__all__ = ["LakeBase"]
+__all__ = ["DATA_NEUTRAL_OPERATIONS", "LakeBase"]
+
+T = TypeVar("T")
+
+DATA_NEUTRAL_OPERATIONS = frozenset({"OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES"})
+"""Commits that change no row: maintenance (compaction, Z-order, vacuum) and table properties
+(turning the change feed on). A write that lost its commit race only to these is rerun."""
+_MAX_RERUNS = 5
 
 
 class LakeBase:
@@ -120,6 +128,27 @@ class LakeBase:
     def read_options(self) -> dict[str, Any] | None:
         """The storage options in the spelling polars' reader wants (holds secrets)."""
         return self._polars_options
+
+    def _rerun_after_maintenance(self, table: str, write: Callable[[DeltaTable], T]) -> T:
+        """Run ``write`` on the table; rerun it if it lost its commit race only to commits that
+        change no data (:data:`DATA_NEUTRAL_OPERATIONS`).
+
+        Delta's optimistic concurrency rejects a MERGE, delete or overwrite when a commit made
+        since its read removed files it read, and a compaction does exactly that. The rows
+        those files held are unchanged (a compaction rewrites them as they are), so running
+        the same write again on the refreshed table gives the result it would have given before
+        the compaction. A race lost to any other commit is still raised: that writer's data
+        might change the answer.
+        """
+        for _ in range(_MAX_RERUNS - 1):
+            delta = self._require(table)
+            read = delta.version()
+            try:
+                return write(delta)
+            except CommitFailedError:
+                if not _only_data_neutral_since(delta, read):
+                    raise
+        return write(self._require(table))
 
     # --- internals -------------------------------------------------------------------------------
 
@@ -227,3 +256,12 @@ class LakeBase:
     def _prepare(self, table: str, df: pl.DataFrame, delta: DeltaTable | None) -> pl.DataFrame:
         where = self._where("write to", table)
         return writes.prepare_frame(df, delta, where=where, read_options=self._polars_options)
+
+
+def _only_data_neutral_since(delta: DeltaTable, version: int) -> bool:
+    """Whether every commit after ``version`` (at least one) is in DATA_NEUTRAL_OPERATIONS."""
+    delta.update_incremental()
+    newer = delta.version() - version
+    if newer <= 0:
+        return False
+    return all(entry.get("operation") in DATA_NEUTRAL_OPERATIONS for entry in delta.history(newer))

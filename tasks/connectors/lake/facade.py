@@ -27,9 +27,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import polars as pl
+from deltalake import DeltaTable
 from deltalake.exceptions import CommitFailedError
 
-from tasks.connectors.lake import writes
+from tasks.connectors.lake import changes, writes
 from tasks.connectors.lake.commits import batch_committed, commit_properties
 from tasks.connectors.lake.reads import LakeReads
 from tasks.connectors.lake.writes import MergeStats
@@ -84,15 +85,24 @@ class Lake(LakeReads):
             delta = self._load(table)
             if batch_committed(delta, batch_id):
                 return False
-            try:
+            data = self._prepare(table, df, delta)
+            properties = commit_properties(metadata, batch_ids=[batch_id])
+
+            def append(target: DeltaTable | str) -> None:
                 writes.append_rows(
-                    delta if delta is not None else self.uri(table),
-                    self._prepare(table, df, delta),
+                    target,
+                    data,
                     partition_by=partition_by,
                     options=self._delta_options(),
-                    properties=commit_properties(metadata, batch_ids=[batch_id]),
+                    properties=properties,
                     configuration=table_properties,
                 )
+
+            try:
+                if delta is None:
+                    append(self.uri(table))
+                else:
+                    self._rerun_after_maintenance(table, append)
             except CommitFailedError:
                 # delta-rs rejects a commit whose app id a concurrent commit already used; if that
                 # commit carried this batch, the batch is in and this call is a no-op.
@@ -136,12 +146,16 @@ class Lake(LakeReads):
                 delta = self._require(table)
             if df.height == 0:
                 return MergeStats(inserted=0, updated=0, deleted=0, version=None)
-            return writes.merge_rows(
-                delta,
-                data,
-                keys=key_list,
-                properties=commit_properties(metadata),
-                only_if_changed=only_if_changed,
+            properties = commit_properties(metadata)
+            return self._rerun_after_maintenance(
+                table,
+                lambda delta: writes.merge_rows(
+                    delta,
+                    data,
+                    keys=key_list,
+                    properties=properties,
+                    only_if_changed=only_if_changed,
+                ),
             )
 
     def insert_new(
@@ -230,14 +244,22 @@ class Lake(LakeReads):
         """
         with self._locked(table), self._errors(table, "overwrite"):
             delta = self._load(table)
-            writes.overwrite_rows(
-                delta if delta is not None else self.uri(table),
-                self._prepare(table, df, delta),
-                partition_by=partition_by,
-                predicate=predicate,
-                options=self._delta_options(),
-                properties=commit_properties(metadata),
-            )
+            data = self._prepare(table, df, delta)
+
+            def overwrite(target: DeltaTable | str) -> None:
+                writes.overwrite_rows(
+                    target,
+                    data,
+                    partition_by=partition_by,
+                    predicate=predicate,
+                    options=self._delta_options(),
+                    properties=commit_properties(metadata),
+                )
+
+            if delta is None:
+                overwrite(self.uri(table))
+            else:
+                self._rerun_after_maintenance(table, overwrite)
 
     def overwrite_partitions(
         self,
@@ -279,12 +301,15 @@ class Lake(LakeReads):
                 raise LakeError(
                     f"{where}: table is partitioned by {existing}, not [{partition_by!r}]"
                 )
-            writes.overwrite_partition_rows(
-                delta,
-                data,
-                partition_by=partition_by,
-                all_partitions=all_partitions,
-                properties=properties,
+            self._rerun_after_maintenance(
+                table,
+                lambda delta: writes.overwrite_partition_rows(
+                    delta,
+                    data,
+                    partition_by=partition_by,
+                    all_partitions=all_partitions,
+                    properties=properties,
+                ),
             )
 
     def delete(
@@ -300,8 +325,10 @@ class Lake(LakeReads):
             TableNotFoundError: if the table does not exist.
         """
         with self._locked(table), self._errors(table, f"delete {predicate!r} from"):
-            delta = self._require(table)
-            metrics = delta.delete(predicate, commit_properties=commit_properties(metadata))
+            properties = commit_properties(metadata)
+            metrics = self._rerun_after_maintenance(
+                table, lambda delta: delta.delete(predicate, commit_properties=properties)
+            )
             deleted = metrics.get("num_deleted_rows")
             return -1 if deleted is None else int(deleted)
 
@@ -355,10 +382,63 @@ class Lake(LakeReads):
                     f"{sorted(df.columns)} differ from the table's {sorted(target)}; "
                     "overwrite the table to change its schema"
                 )
-            return writes.upsert_rows(
-                delta,
-                self._prepare(table, source, delta),
-                columns=df.columns,
-                keys=key_list,
-                properties=commit_properties(metadata),
+            data = self._prepare(table, source, delta)
+            properties = commit_properties(metadata)
+            return self._rerun_after_maintenance(
+                table,
+                lambda delta: writes.upsert_rows(
+                    delta, data, columns=df.columns, keys=key_list, properties=properties
+                ),
+            )
+
+    # --- change data feed ------------------------------------------------------------------------
+
+    def change_feed_enabled(self, table: str) -> bool:
+        """Whether ``table`` records its changes (False for a table that does not exist)."""
+        with self._locked(table), self._errors(table, "read the properties of"):
+            delta = self._load(table)
+            return delta is not None and changes.change_feed_enabled(delta)
+
+    def enable_change_feed(self, table: str) -> bool:
+        """Turn on the change data feed of an existing ``table``; False if it already was on.
+
+        Safe next to concurrent writers: the property commit is retried on a lost race, and a
+        lake write that loses a race to it is rerun (see :meth:`LakeBase._rerun_after_maintenance`).
+        Changes are recorded from this commit on; create new tables with
+        ``table_properties=CHANGE_FEED`` to record them from the first commit.
+
+        Raises:
+            TableNotFoundError: if the table does not exist.
+        """
+        with self._locked(table), self._errors(table, "turn on the change data feed of"):
+            return changes.enable_change_feed(self._require(table))
+
+    def changes(
+        self,
+        table: str,
+        *,
+        after_version: int,
+        up_to_version: int | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> pl.DataFrame:
+        """The rows that the commits after ``after_version`` (up to ``up_to_version``, default the
+        current version) inserted, updated or deleted, from the table's change data feed.
+
+        Each row carries ``_change_type`` (``insert``, ``update_preimage``, ``update_postimage``,
+        ``delete``), ``_commit_version`` and ``_commit_timestamp`` (UTC), ordered by version.
+        ``after_version=-1`` reads every change since the table was created.
+
+        Raises:
+            TableNotFoundError: if the table does not exist.
+            LakeError: for versions outside the table's history, or reaching back before the
+                feed was turned on.
+        """
+        with self._locked(table), self._errors(table, f"read the changes after {after_version} of"):
+            return changes.read_changes(
+                self._require(table),
+                after_version=after_version,
+                up_to_version=up_to_version,
+                columns=columns,
+                where=self._where("table", table),
+                read_options=self._polars_options,
             )
