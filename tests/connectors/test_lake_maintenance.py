@@ -216,3 +216,17 @@ def test_writers_and_maintenance_running_together_lose_nothing(lake: Lake) -> No
     ledger_rows = lake.read(ledger).sort("contact_key")
     assert ledger_rows.height == rounds + 1
     assert sorted(ledger_rows["n"].to_list()) == [0, *range(rounds)]
+
+
+def test_maintenance_commits_do_not_count_as_data_changes(lake: Lake) -> None:
+    """A reader that remembers a version (the transform's state) can tell a compaction from
+    a write."""
+    _many_small_commits(lake, commits=2)
+    seen = lake.version(MEMBERS)
+    assert seen is not None
+    assert not lake.data_changed_since(MEMBERS, seen)
+    maintain_table(lake, MEMBERS, z_order=["contact_key"], retention_hours=0)
+    assert lake.version(MEMBERS) != seen  # optimize and vacuum committed versions
+    assert not lake.data_changed_since(MEMBERS, seen)
+    lake.upsert(MEMBERS, _members(range(1), "vip", score=9), keys=["segment", "contact_key"])
+    assert lake.data_changed_since(MEMBERS, seen)

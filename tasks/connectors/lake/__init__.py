@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from tasks.connectors.lake.changes import CHANGE_COLUMNS, CHANGE_FEED
 from tasks.connectors.lake.facade import Lake
+from tasks.connectors.lake.failures import TableNotFoundError, clean
 from tasks.connectors.lake.maintenance import (
     FileStats,
     TableMaintenance,
@@ -25,7 +26,6 @@ from tasks.connectors.lake.maintenance import (
     maintain_table,
     vacuum_table,
 )
-from tasks.connectors.lake.failures import TableNotFoundError, clean
 from tasks.connectors.lake.options import (
     DEFAULT_S3_CLIENT_OPTIONS,
     polars_storage_options,

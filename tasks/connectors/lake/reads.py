@@ -8,7 +8,7 @@ from typing import Any
 import polars as pl
 from deltalake import DeltaTable
 
-from tasks.connectors.lake.base import LakeBase
+from tasks.connectors.lake.base import DATA_NEUTRAL_OPERATIONS, LakeBase
 from tasks.connectors.lake.commits import batch_committed
 from tasks.connectors.lake.failures import clean
 from tasks.connectors.lake.listing import list_local_tables, list_s3_tables
@@ -67,6 +67,26 @@ class LakeReads(LakeBase):
         """
         with self._locked(table), self._errors(table, "read the history of"):
             return self._require(table).history(limit)
+
+    def data_changed_since(self, table: str, version: int) -> bool:
+        """Whether a commit after ``version`` changed rows of ``table``.
+
+        Maintenance (compaction, Z-order, vacuum) and property changes commit new versions
+        without changing a row; they do not count. A reader that remembers the version it last
+        saw asks this instead of comparing versions.
+
+        Raises:
+            TableNotFoundError: if the table does not exist.
+        """
+        with self._locked(table), self._errors(table, f"read the history since {version} of"):
+            delta = self._require(table)
+            newer = delta.version() - version
+            if newer <= 0:
+                return False
+            return any(
+                entry.get("operation") not in DATA_NEUTRAL_OPERATIONS
+                for entry in delta.history(newer)
+            )
 
     def committed(self, table: str, batch_id: str) -> bool:
         """Whether :meth:`append_once` already committed ``batch_id`` to ``table``."""
