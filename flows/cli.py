@@ -90,6 +90,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return EXIT_HELD if kept else 0
 
 
+def _cmd_maintain(args: argparse.Namespace) -> int:
+    from tasks.core.config import load_pipeline
+
+    load_pipeline(args.config)  # fail fast on a bad maintenance section, before Prefect
+
+    from flows.maintain import maintain, maintenance_summary
+
+    _before_flows(args)
+    report = maintain(
+        config_path=args.config, tables=args.table or None, retention_hours=args.retention_hours
+    )
+    print(maintenance_summary(report))
+    return 0
+
+
 def _before_flows(args: argparse.Namespace) -> None:
     """Before a command runs flows: the Prefect API must answer, and (without ``--debug``)
     failures print one line, not Prefect's console tracebacks."""
@@ -336,6 +351,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--segment", action="append", help="only this segment (repeatable)")
     run.add_argument("--override-hold", action="store_true", help="publish audiences that are held")
     run.set_defaults(func=_cmd_run)
+
+    maintain = sub.add_parser(
+        "maintain", help="compact, Z-order, checkpoint and vacuum the lake's tables"
+    )
+    maintain.add_argument("--config", default=config_default, help=config_help)
+    maintain.add_argument(
+        "--table", action="append", help="only this table, e.g. gold/audience_members (repeatable)"
+    )
+    maintain.add_argument(
+        "--retention-hours",
+        type=int,
+        default=None,
+        help="vacuum retention for this run (default: maintenance.retention_hours)",
+    )
+    maintain.set_defaults(func=_cmd_maintain)
 
     doctor = sub.add_parser(
         "doctor",

@@ -14,7 +14,7 @@ import polars as pl
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.connectors.lake import Lake
+from tasks.connectors.lake import CHANGE_FEED, Lake
 from tasks.connectors.sources import SourceBatch, open_source
 from tasks.core.config import Source
 from tasks.core.drift import Rejection, rejection_records, split_drift
@@ -46,6 +46,19 @@ def committed_watermark(lake: Lake, table: str, cursor_field: str | None) -> str
     # Max in the column's own type, then text: a text max of numbers would be lexical.
     value = lf.select(pl.col(cursor_field).max().cast(pl.String)).collect().item()
     return None if value is None else str(value)
+
+
+def record_changes(lake: Lake, table: str) -> None:
+    """Make bronze ``table`` record its changes (Delta change data feed).
+
+    A new table is created with the feed on (the writes below pass :data:`CHANGE_FEED`); a
+    table created before the feed existed is upgraded once, here, before this run writes, so
+    the run's own changes are recorded. The upgrade is a metadata commit that changes no row.
+    """
+    if lake.exists(table) and lake.enable_change_feed(table):
+        get_run_logger().info(
+            "%s: change data feed turned on (version %s)", table, lake.version(table)
+        )
 
 
 def with_ingest_metadata(
@@ -135,6 +148,7 @@ def ingest_source(
     table = bronze_table(name)
     reader = open_source(name, source)
     since = None if full_refresh else committed_watermark(lake, table, reader.cursor_field)
+    record_changes(lake, table)
     logger.info("ingest %s -> %s (since=%s)", name, table, since or "beginning")
     rows = batches = skipped = quarantined = rejected = 0
     known_bad: list[str] = []
@@ -185,7 +199,9 @@ def ingest_source(
                 batch, source=name, run_id=run_id, batch_id=batch_id, ingested_at=started_at
             )
             if reader.write_mode == "append_once":
-                written = lake.append_once(table, frame, batch_id=batch_id)
+                written = lake.append_once(
+                    table, frame, batch_id=batch_id, table_properties=CHANGE_FEED
+                )
                 skipped += 0 if written else 1
             elif reader.write_mode == "insert_new":
                 # At-least-once deliveries: keys bronze already holds keep their first row.
@@ -197,13 +213,14 @@ def ingest_source(
                     keys=[reader.primary_key],
                     batch_id=batch_id,
                     also_record=batch.covers,
+                    table_properties=CHANGE_FEED,
                 )
                 written = inserted is not None
                 skipped += 0 if written else 1
             else:
                 if reader.primary_key is None:
                     raise ConfigError(f"source {name!r}: a merged source needs a primary_key")
-                lake.merge(table, frame, keys=[reader.primary_key])
+                lake.merge(table, frame, keys=[reader.primary_key], table_properties=CHANGE_FEED)
                 written = True
             if written:
                 rows += frame.height

@@ -29,7 +29,7 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError
 from deltalake.exceptions import TableNotFoundError as DeltaTableNotFoundError
 
-from tasks.connectors.lake import Lake, LakeError, _clean, _polars_storage_options
+from tasks.connectors.lake import Lake, LakeError, clean, polars_storage_options
 from tasks.errors import PublishError
 
 PUBLISH_LEASES = "ops/publish_leases"
@@ -91,7 +91,7 @@ class LeaseStore:
         self._uri = lake.uri(PUBLISH_LEASES)
         options = lake.storage_options
         self._options = options or None
-        self._read_options = _polars_storage_options(options)
+        self._read_options = polars_storage_options(options)
         self._delta: DeltaTable | None = None
         self._lock = threading.Lock()
 
@@ -166,7 +166,7 @@ class LeaseStore:
         except LakeError:
             raise
         except Exception as exc:
-            raise LakeError(f"reading publish leases {self._uri}: {_clean(exc)}") from exc
+            raise LakeError(f"reading publish leases {self._uri}: {clean(exc)}") from exc
 
     def _open_or_create(self) -> DeltaTable:
         try:
@@ -194,7 +194,7 @@ class LeaseStore:
                 .collect()
             )
         except Exception as exc:
-            raise LakeError(f"reading publish lease {key!r} in {self._uri}: {_clean(exc)}") from exc
+            raise LakeError(f"reading publish lease {key!r} in {self._uri}: {clean(exc)}") from exc
         if rows.height != 1:
             raise LakeError(
                 f"publish lease {key!r} in {self._uri}: {rows.height} rows for sequence {seq}"
@@ -231,7 +231,7 @@ class LeaseStore:
             return False
         except Exception as exc:
             raise LakeError(
-                f"committing publish lease {key!r} ({event}) to {self._uri}: {_clean(exc)}"
+                f"committing publish lease {key!r} ({event}) to {self._uri}: {clean(exc)}"
             ) from exc
         return True
 

@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tasks.core.config_maintenance import MaintenanceConfig
 from tasks.core.config_yaml import Substitutions, interpolate, read_yaml
 from tasks.core.predicates import (
     FUNCTIONS,
@@ -278,6 +279,7 @@ class PipelineConfig(Model):
     publish: PublishConfig = Field(default_factory=PublishConfig)
     transform: TransformConfig = Field(default_factory=TransformConfig)
     volume: VolumeConfig = Field(default_factory=VolumeConfig)
+    maintenance: MaintenanceConfig = Field(default_factory=MaintenanceConfig)
 
     @field_validator("segments")
     @classmethod

@@ -446,6 +446,41 @@ def test_incremental_ingest_merges_late_updates_into_bronze(
     assert lake_dir.version(bronze_table("orders")) == version
 
 
+def test_bronze_records_its_changes_and_an_older_bronze_is_upgraded(
+    db: Database, lake_dir: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ingest writes bronze with the change data feed on; a bronze table from before the feed
+    is upgraded by the next ingest, and that ingest's own changes are recorded."""
+    if db.family != "sqlite":
+        pytest.skip("the write path into bronze is the same for every database")
+    table = db.orders_table()
+    db.insert_orders(table, orders(3))
+    config = source_config(db, table, monkeypatch)
+    bronze = bronze_table("orders")
+    lake_dir.merge(bronze, pl.DataFrame({"order_id": ["old"]}), keys=["order_id"])
+    assert not lake_dir.change_feed_enabled(bronze)  # a bronze table written before the feed
+
+    ingest(config, run="r1")
+    assert lake_dir.change_feed_enabled(bronze)
+    upgraded = 1  # version 0 created it, version 1 turned the feed on, version 2 is r1's merge
+    first = lake_dir.changes(bronze, after_version=upgraded)
+    assert sorted(first["order_id"]) == ["o000", "o001", "o002"]
+    assert set(first["_change_type"]) == {"insert"}
+
+    read = lake_dir.version(bronze)
+    assert read is not None
+    db.execute(
+        f"UPDATE {table} SET amount = 5.5, updated_at = :t WHERE order_id = 'o002'",
+        [{"t": T0 + timedelta(hours=1)}],
+    )
+    ingest(config, run="r2")
+    second = lake_dir.changes(bronze, after_version=read, columns=["order_id", "amount"])
+    assert sorted(second.select("order_id", "_change_type").iter_rows()) == [
+        ("o002", "update_postimage"),
+        ("o002", "update_preimage"),
+    ]
+
+
 def test_schema_drift_new_column_evolves_and_type_misfit_is_quarantined(
     tmp_path: Path, lake_dir: Lake, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -173,8 +173,8 @@ def test_a_write_failing_with_no_space_left_then_rerun(
 
     The failure is injected where the disk would report it: the Delta writer raises ENOSPC.
     """
-    from tasks.connectors import lake as lake_module
     from tasks.connectors.lake import LakeError
+    from tasks.connectors.lake import writes as lake_module
 
     expected, _ = uninterrupted[template]
     lake = staging_world.copy(template)

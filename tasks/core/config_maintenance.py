@@ -1,0 +1,106 @@
+"""``pipeline.yaml`` → ``maintenance``: keeping lake tables fast to read.
+
+The ``maintain`` flow compacts every table's small files (Z-ordering the tables named in
+``z_order`` by the columns their readers filter on), writes a checkpoint and vacuums files the
+table stopped using more than ``retention_hours`` ago. Every key has a default, so a pipeline
+without the section still loads. Example::
+
+    maintenance:
+      retention_hours: 168            # vacuum: keep removed files for 7 days
+      target_file_mb: 128
+      z_order:
+        gold/audience_members: [contact_key]
+      tables: []                      # empty: every table in the lake
+
+The model stands alone (it imports nothing from ``tasks.core.config``), so it adds no edge to
+that module's imports.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+TABLE_PATTERN = r"^[a-z0-9_]+/[a-z0-9_]+$"
+TableName = Annotated[str, Field(pattern=TABLE_PATTERN, max_length=127)]
+ColumnName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=127)]
+
+DEFAULT_Z_ORDER: dict[str, list[str]] = {
+    # Publish and the incremental transform read members of changed contacts within a segment
+    # partition; clustering each partition by contact key lets those reads skip most files.
+    "gold/audience_members": ["contact_key"],
+    "gold/customer_features": ["contact_key"],
+    "silver/contacts": ["contact_key"],
+}
+MIN_RETENTION_HOURS = 1
+DEFAULT_RETENTION_HOURS = 168
+
+
+class MaintenanceConfig(BaseModel):
+    """How the ``maintain`` flow compacts, orders and vacuums the lake's tables."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    retention_hours: int = Field(
+        default=DEFAULT_RETENTION_HOURS,
+        ge=MIN_RETENTION_HOURS,
+        le=24 * 365,
+        description=(
+            "Vacuum deletes files a table stopped using more than this many hours ago. A "
+            "reader on a version younger than this always finds its files; one on an older "
+            "version (a long time-travel query) may not. Erasure vacuums with its own, shorter "
+            "retention."
+        ),
+    )
+    target_file_mb: int = Field(
+        default=128,
+        ge=1,
+        le=1024,
+        description="Compaction and Z-order aim for data files of about this many MiB.",
+    )
+    z_order: dict[TableName, list[ColumnName]] = Field(
+        default_factory=lambda: {k: list(v) for k, v in DEFAULT_Z_ORDER.items()},
+        description=(
+            "Table -> columns its readers filter on; these tables are Z-ordered instead of "
+            "compacted. Partition columns already prune reads and cannot be Z-order columns."
+        ),
+    )
+    tables: list[TableName] = Field(
+        default_factory=list,
+        description="Only these tables (empty: every table in the lake).",
+    )
+    checkpoint: bool = Field(
+        default=True, description="Write a checkpoint so readers skip replaying the JSON log."
+    )
+    max_attempts: int = Field(
+        default=5,
+        ge=1,
+        le=20,
+        description=(
+            "Compaction attempts per table when writers keep committing; then the table is "
+            "skipped until the next run."
+        ),
+    )
+
+    @field_validator("z_order")
+    @classmethod
+    def _columns_given_once(cls, z_order: dict[str, list[str]]) -> dict[str, list[str]]:
+        for table, columns in z_order.items():
+            if not columns:
+                raise ValueError(f"{table}: name at least one column")
+            if len(set(columns)) != len(columns):
+                raise ValueError(f"{table}: a column is named twice in {columns}")
+        return z_order
+
+    @field_validator("tables")
+    @classmethod
+    def _tables_once(cls, tables: list[str]) -> list[str]:
+        if len(set(tables)) != len(tables):
+            raise ValueError(f"a table is named twice in {tables}")
+        return tables
+
+    @property
+    def target_size(self) -> int:
+        """The target file size in bytes."""
+        return self.target_file_mb * 1024 * 1024

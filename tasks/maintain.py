@@ -1,0 +1,48 @@
+"""Prefect task wrapper for lake maintenance: one table per task run.
+
+The work (compaction, Z-order, checkpoint, vacuum, and how it stays safe next to writers) is
+:func:`tasks.connectors.lake.maintain_table`; this module picks the tables and the settings.
+"""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.connectors.lake import Lake, TableMaintenance, maintain_table
+from tasks.core.config_maintenance import MaintenanceConfig
+from tasks.resources import open_lake
+from tasks.retries import retry_unless_permanent
+
+
+def tables_to_maintain(lake: Lake, settings: MaintenanceConfig) -> list[str]:
+    """The configured tables that exist, or every table of the lake when none is configured."""
+    present = lake.tables()
+    if not settings.tables:
+        return present
+    return [table for table in settings.tables if table in present]
+
+
+@task(
+    retries=1,
+    retry_delay_seconds=[30],
+    retry_condition_fn=retry_unless_permanent,
+    cache_policy=NO_CACHE,
+    task_run_name="maintain-{table}",
+)
+def maintain_lake_table(
+    table: str, settings: MaintenanceConfig, *, retention_hours: int | None = None
+) -> TableMaintenance:
+    """Compact or Z-order, checkpoint and vacuum ``table`` as ``settings`` say.
+
+    ``retention_hours`` overrides the configured vacuum retention for this run.
+    """
+    return maintain_table(
+        open_lake(),
+        table,
+        z_order=settings.z_order.get(table, ()),
+        target_size=settings.target_size,
+        retention_hours=settings.retention_hours if retention_hours is None else retention_hours,
+        checkpoint=settings.checkpoint,
+        max_attempts=settings.max_attempts,
+    )
