@@ -104,7 +104,7 @@ def _project(lake_dir: str, *, full_refresh: bool) -> dict[str, Any]:
         record_transform_state(lake, silver.state, run_id=f"bench-{now:%H%M%S%f}")
     done = time.perf_counter()
     sizes = gold.audience_sizes
-    from tasks.transform import CONTACTS, EVENTS, FEATURES, ORDERS
+    from tasks.core.tables import CONTACTS, EVENTS, FEATURES, ORDERS
 
     return {
         "wall": done - started,
@@ -230,7 +230,7 @@ def compare_tables(left: Path, right: Path) -> list[str]:
 
     from tasks.connectors.lake import Lake
     from tasks.core.incremental import live_rows
-    from tasks.transform import AUDIENCE, CONTACTS, EVENTS, FEATURES, ORDERS, STAGED
+    from tasks.core.tables import AUDIENCE, CONTACTS, EVENTS, FEATURES, ORDERS, STAGED
 
     a, b = Lake(str(left)), Lake(str(right))
     differ = []

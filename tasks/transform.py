@@ -58,7 +58,7 @@ from tasks.core.canonical import (
     normalisation_losses,
     to_canonical,
 )
-from tasks.core.config import FEATURE_COLUMNS, PipelineConfig, SourceBase
+from tasks.core.config import PipelineConfig, SourceBase
 from tasks.core.contracts import (
     QUARANTINE_SCHEMA,
     AudienceMember,
@@ -83,16 +83,10 @@ from tasks.core.entities import (
     silver_events,
     silver_orders,
 )
-from tasks.core.features import (
-    AUDIENCE_SCHEMA,
-    SCORE_COLUMNS,
-    audience_members,
-    customer_metrics,
-    score_rfm,
-)
+from tasks.core.feature_catalog import FEATURE_COLUMNS
+from tasks.core.features import SCORE_COLUMNS, customer_metrics, score_rfm
 from tasks.core.incremental import (
     COPIES,
-    LOG_COLUMNS,
     RECORD_HASH,
     SEQ,
     StagingState,
@@ -107,7 +101,22 @@ from tasks.core.incremental import (
     values_in,
 )
 from tasks.core.normalise import UTC_MICROS, contact_key
-from tasks.ingest import bronze_table
+from tasks.core.segments import audience_members
+from tasks.core.tables import (
+    AUDIENCE,
+    AUDIENCE_SCHEMA,
+    BUILT_TABLES,
+    CONTACTS,
+    EVENTS,
+    FEATURES,
+    ORDERS,
+    ROLE_TABLES,
+    ROLES,
+    STAGED,
+    bronze_table,
+    staging_schema,
+    table,
+)
 from tasks.quarantine import records_batch_id, write_quarantine_records
 from tasks.reports import TableReport
 from tasks.resources import open_lake, pepper
@@ -116,20 +125,6 @@ from tasks.resources import open_lake, pepper
 from tasks.volume import VOLUME_METRICS as VOLUME_METRICS
 from tasks.volume import Metric
 from tasks.volume import record_volumes as record_volumes
-
-CONTACTS = "silver/contacts"
-ORDERS = "silver/orders"
-EVENTS = "silver/events"
-FEATURES = "gold/customer_features"
-AUDIENCE = "gold/audience_members"
-QUARANTINE = "ops/quarantine"
-
-ROLES = ("contacts", "enrichment", "orders", "events")
-STAGED = {role: f"silver/staged_{role}" for role in ROLES}
-"""Per role: the staging log of valid canonical rows (see :mod:`tasks.core.incremental`)."""
-ROLE_TABLES = {"contacts": CONTACTS, "enrichment": CONTACTS, "orders": ORDERS, "events": EVENTS}
-BUILT_TABLES = (CONTACTS, ORDERS, EVENTS, AUDIENCE)
-"""Tables whose versions the transform state records (plus ``FEATURES``, which carries it)."""
 
 # A table whose stale keys (gone from the new result) exceed this share is rewritten whole
 # instead of merged and pruned: one overwrite beats a merge touching most of the table.
@@ -342,11 +337,6 @@ def _conform(frame: pl.LazyFrame, role: str) -> pl.LazyFrame:
             for name, dtype in canonical_schema(role).items()
         ]
     )
-
-
-def staging_schema(role: str) -> dict[str, pl.DataType]:
-    """Columns of ``silver/staged_<role>``: canonical columns plus the log columns."""
-    return {**canonical_schema(role), **{c: pl.Int64() for c in LOG_COLUMNS}}
 
 
 def _mapping_digest(source: SourceBase) -> str:
@@ -1104,7 +1094,7 @@ def build_gold_tables(
 ) -> StageReport:
     """Silver -> gold (see :func:`build_gold`); the body without Prefect, for benchmarks."""
     if not lake.exists(CONTACTS):
-        logger.warning("silver/contacts does not exist yet: gold not built")
+        logger.warning("%s does not exist yet: gold not built", CONTACTS)
         return StageReport(tables=[], metrics=[])
     checker = Checker(run_id=run_id, now=now, logger=logger)
     if contact_keys is not None and not contact_keys and lake.exists(FEATURES):
@@ -1179,7 +1169,7 @@ def build_gold_tables(
         keys=["segment", "contact_key"],
         scope=changed_keys,
         scope_column="contact_key",
-        partition_by=["segment"],
+        partition_by=list(table(AUDIENCE).partition_by),
     )
     tables = [
         TableReport(

@@ -25,6 +25,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.core.config_yaml import Substitutions, interpolate, read_yaml
+from tasks.core.feature_catalog import FEATURE_COLUMNS as FEATURE_COLUMNS
 from tasks.core.predicates import (
     FUNCTIONS,
     MAX_PREDICATE_CHARS,
@@ -264,32 +265,6 @@ def predicate_columns_or_error(segment: Segment) -> set[str]:
         raise ValueError(
             f"segment {segment.name!r}: invalid predicate {segment.where!r}: {exc}"
         ) from exc
-
-
-# Columns of gold/customer_features a segment predicate may use. Kept here (not derived from
-# a table) so a bad predicate fails at load, before any data moves.
-# Definitions: tasks.core.features.customer_features (amounts in the reporting currency).
-FEATURE_COLUMNS: dict[str, pl.DataType] = {
-    "contact_key": pl.String(),
-    "country": pl.String(),
-    "order_count": pl.Int64(),  # all-time valid (not cancelled/refunded) orders
-    "lifetime_value": pl.Float64(),  # all-time revenue
-    "avg_order_value": pl.Float64(),  # null without orders
-    "first_order_at": pl.Datetime("us", "UTC"),
-    "last_order_at": pl.Datetime("us", "UTC"),
-    "recency_days": pl.Int64(),  # whole days since the last order; null without orders
-    "frequency": pl.Int64(),  # orders in the RFM window
-    "monetary": pl.Float64(),  # revenue in the RFM window
-    "r_score": pl.Int8(),  # 1-5 quintile scores; null without orders in the window
-    "f_score": pl.Int8(),
-    "m_score": pl.Int8(),
-    "rfm_score": pl.String(),  # e.g. "545"
-    "favourite_category": pl.String(),
-    "events_30d": pl.Int64(),
-    "events_90d": pl.Int64(),
-    "last_activity_at": pl.Datetime("us", "UTC"),  # latest order or event
-    "days_since_last_activity": pl.Int64(),
-}
 
 
 def check_segment_predicate(segment: Segment) -> None:

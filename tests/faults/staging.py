@@ -204,8 +204,8 @@ class StagingWorld:
         from tasks.core.config import load_pipeline
         from tasks.core.contracts import QUARANTINE_SCHEMA
         from tasks.core.incremental import live_rows
+        from tasks.core.tables import AUDIENCE, CONTACTS, EVENTS, FEATURES, ORDERS, STAGED
         from tasks.publish import publish_holds
-        from tasks.transform import AUDIENCE, CONTACTS, EVENTS, FEATURES, ORDERS, STAGED
         from tasks.volume import VOLUME_METRICS
 
         with environment(self.env(lake_path)):
