@@ -34,6 +34,7 @@ from typing import Literal
 import polars as pl
 
 from tasks.core.canonical import canonical_schema
+from tasks.core.config_base import ROLE_FIELDS, SourceBase
 from tasks.core.feature_catalog import FEATURE_COLUMNS
 from tasks.core.incremental import LOG_COLUMNS
 from tasks.core.normalise import UTC_MICROS
@@ -306,19 +307,23 @@ TABLES: dict[str, Table] = {
 """Every table with a fixed name. Bronze tables are per source: see :func:`bronze_entry`."""
 
 
-def bronze_entry(source_name: str, *, write: WriteMode, keys: tuple[str, ...] = ()) -> Table:
+def bronze_entry(
+    source_name: str, source: SourceBase, *, write: WriteMode, keys: tuple[str, ...] = ()
+) -> Table:
     """The catalogue entry of a source's bronze table (columns: the source's own).
 
     ``write`` is the source reader's mode (``merge`` on the primary key for entity sources,
     ``append_once`` per file, ``insert_new`` per event id). Its direct identifiers are the
-    columns its field mapping sends to :data:`PII_FIELDS`; see :func:`pii_columns`.
+    source columns its field mapping sends to a :data:`PII_FIELDS` field.
     """
+    required, optional = ROLE_FIELDS[source.role]
     return Table(
         bronze_table(source_name),
         f"What source {source_name!r} said, as it said it, plus ingest metadata.",
         None,
         keys=keys,
         write=write,
+        pii=tuple(source.column(f) for f in (*required, *optional) if f in PII_FIELDS),
     )
 
 

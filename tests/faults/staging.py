@@ -53,13 +53,8 @@ def run_transform(*, run_id: str) -> None:
     are computed from ``ops/volume_metrics``, which this writes.)
     """
     from tasks.core.config import load_pipeline
-    from tasks.transform import (
-        build_gold,
-        build_silver,
-        commit_transform_state,
-        record_volumes,
-        stage_sources,
-    )
+    from tasks.transform import build_gold, build_silver, commit_transform_state, stage_sources
+    from tasks.volume import record_volumes
 
     config = load_pipeline(CONFIG)
     now = datetime.now(UTC)
