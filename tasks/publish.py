@@ -41,7 +41,7 @@ __all__ = [
 def publish_holds(lake: Lake, config: PipelineConfig) -> dict[tuple[str, str], str]:
     """Why each held audience must wait: ``(destination, segment) -> reason``.
 
-    An audience is held (ARCHITECTURE §5.6) when, in the latest run,
+    An audience is held (docs/architecture.md, *Safety rules*) when, in the latest run,
 
     * a source feeding it had more than ``thresholds.quarantine_max_ratio`` of its rows
       quarantined (a broken upstream load could empty or corrupt the list),

@@ -1,4 +1,6 @@
-"""A Mailchimp Marketing API v3 style list-members API on loopback (``API_NOTES.md`` §2).
+"""A Mailchimp Marketing API v3 style list-members API on loopback.
+
+Wire facts: ``docs/platforms.md``, *Mailchimp*.
 
 Routes (base path ``/3.0``):
 

@@ -8,7 +8,7 @@ The checks answer the questions that decide whether Delta writes there are safe:
 * S3: the endpoint answers, the credentials are accepted for the bucket, and the store honours
   conditional PUT (``If-None-Match: *`` answered with 412 for an existing key). deltalake 1.6
   commits every ``_delta_log`` entry that way, so a store that ignores the header silently loses
-  commits when two writers race (ARCHITECTURE §5.3).
+  commits when two writers race (docs/architecture.md, *Safety rules*).
 
 Each check yields one :class:`CheckResult`. When a check fails, the checks after it are reported as
 failed with a ``skipped: ...`` detail rather than left out, so the report always has the same rows.
@@ -390,8 +390,8 @@ def _check_conditional_put(client: S3Client, bucket: str, prefix: str) -> CheckR
             False,
             "the store ACCEPTED a second PUT with If-None-Match: * for an existing key (expected "
             "412): it ignores conditional writes, so concurrent Delta writers would silently lose "
-            "commits (ARCHITECTURE §5.3). Use a store that honours If-None-Match; never set "
-            "AWS_S3_ALLOW_UNSAFE_RENAME.",
+            "commits (see docs/architecture.md, Safety rules). Use a store that honours "
+            "If-None-Match; never set AWS_S3_ALLOW_UNSAFE_RENAME.",
         )
     finally:
         # Deleting a probe that was never written fails on some stores; nothing to clean up then.

@@ -325,7 +325,7 @@ class Budget(Model):
 
 
 class Retry(Model):
-    """Backoff for transient failures (defaults from API_NOTES §1.1)."""
+    """Backoff for transient failures (defaults: docs/platforms.md, *Retries*)."""
 
     max_attempts: int = Field(default=6, ge=1, le=20)
     base_seconds: float = Field(default=0.5, ge=0)

@@ -1,7 +1,7 @@
 """Mailchimp Marketing v3 list members: batch subscribe/update, up to 500 per call.
 
-Wire format: API_NOTES §2.2. The batch endpoint answers 200 even when some members fail; each
-member's result is read from ``errors[]``, so one bad address never fails the batch.
+Wire format: docs/platforms.md, *Mailchimp*. The batch endpoint answers 200 even when some members
+fail; each member's result is read from ``errors[]``, so one bad address never fails the batch.
 """
 
 from __future__ import annotations
