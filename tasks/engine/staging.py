@@ -272,55 +272,77 @@ def _collect_changes(
 ) -> _Changes:
     """What each source (current, or staged before and now gone) adds to and removes from the
     log: everything on a full restage, otherwise the diff of its bronze files."""
-
-    def canonical(name: str, rows: pl.LazyFrame) -> pl.LazyFrame:
-        source = plan.sources[name]
-        return _conform(to_canonical(rows, source, source_name=name, options=options), plan.role)
-
-    def restage(name: str) -> None:
-        changes.added.append(canonical(name, pinned(lake, bronze_table(name), plan.versions[name])))
-        changes.restaged.add(name)
-
-    changes = _Changes()
+    collector = _Collector(lake, plan, log, options, logger)
     if plan.full or plan.state is None:
         for name in sorted(plan.sources):
-            restage(name)
-        return changes
-    assert log is not None
-    state = plan.state
-    for name in sorted(set(plan.sources) | set(state.versions)):
+            collector.restage(name)
+    else:
+        for name in sorted(set(plan.sources) | set(plan.state.versions)):
+            collector.since_last_run(name)
+    return collector.changes
+
+
+@dataclass
+class _Collector:
+    """Collects one role's :class:`_Changes`, source by source."""
+
+    lake: Lake
+    plan: _RolePlan
+    log: pl.LazyFrame | None
+    options: NormaliseOptions
+    logger: Logger
+    changes: _Changes = field(default_factory=_Changes)
+
+    def canonical(self, name: str, rows: pl.LazyFrame) -> pl.LazyFrame:
+        source = self.plan.sources[name]
+        canonical = to_canonical(rows, source, source_name=name, options=self.options)
+        return _conform(canonical, self.plan.role)
+
+    def restage(self, name: str) -> None:
+        """Every current bronze row of the source is added."""
+        bronze = pinned(self.lake, bronze_table(name), self.plan.versions[name])
+        self.changes.added.append(self.canonical(name, bronze))
+        self.changes.restaged.add(name)
+
+    def since_last_run(self, name: str) -> None:
+        """What changed for one source since the state: gone, restaged, diffed or nothing."""
+        assert self.log is not None and self.plan.state is not None
+        state = self.plan.state
         staged_records = (
-            latest_ops(log.filter(pl.col("_source") == name)).filter(pl.col(COPIES) > 0).drop(SEQ)
+            latest_ops(self.log.filter(pl.col("_source") == name))
+            .filter(pl.col(COPIES) > 0)
+            .drop(SEQ)
         )
-        if name not in plan.sources:  # the source was removed or disabled: its rows leave silver
-            changes.removed.append(staged_records)
-            continue
+        if name not in self.plan.sources:  # removed or disabled: its rows leave silver
+            self.changes.removed.append(staged_records)
+            return
         since = state.versions.get(name)
-        if since is None or state.mappings.get(name) != plan.mappings[name]:
+        if since is None or state.mappings.get(name) != self.plan.mappings[name]:
             # New source or changed field mapping: restage it whole (unchanged records cancel).
-            changes.removed.append(staged_records)
-            restage(name)
-            continue
-        if since == plan.versions[name]:
-            continue
+            self.changes.removed.append(staged_records)
+            self.restage(name)
+        elif since != self.plan.versions[name]:
+            self.diff(name, since, staged_records)
+
+    def diff(self, name: str, since: int, staged_records: pl.LazyFrame) -> None:
+        """The rows the source's bronze gained and lost since version ``since``."""
         try:
-            gained_rows, lost_rows = _bronze_diff(lake, name, since, plan.versions[name])
+            gained_rows, lost_rows = _bronze_diff(self.lake, name, since, self.plan.versions[name])
         except LakeError as exc:
             # Version or files gone (log cleanup, vacuum): restage the source whole.
-            logger.warning(
+            self.logger.warning(
                 "%s: cannot diff %s since v%s (%s); restaging it",
-                plan.table,
+                self.plan.table,
                 bronze_table(name),
                 since,
                 exc,
             )
-            changes.removed.append(staged_records)
-            restage(name)
-            continue
-        changes.added.append(canonical(name, gained_rows.lazy()))
-        changes.dropped.append(canonical(name, lost_rows.lazy()))
-        changes.removed.append(distinct_records(changes.dropped[-1]))
-    return changes
+            self.changes.removed.append(staged_records)
+            self.restage(name)
+            return
+        self.changes.added.append(self.canonical(name, gained_rows.lazy()))
+        self.changes.dropped.append(self.canonical(name, lost_rows.lazy()))
+        self.changes.removed.append(distinct_records(self.changes.dropped[-1]))
 
 
 def _bronze_diff(
