@@ -14,13 +14,8 @@ from tasks.core.anomaly import VolumeAnomaly
 from tasks.lineage import materialise_tables
 from tasks.reports import TableReport
 from tasks.resources import open_lake
-from tasks.transform import (
-    build_gold,
-    build_silver,
-    commit_transform_state,
-    record_volumes,
-    stage_sources,
-)
+from tasks.transform import build_gold, build_silver, commit_transform_state, stage_sources
+from tasks.volume import record_volumes
 
 TOP_FAILURES = 20
 
@@ -65,7 +60,7 @@ def transform(
 
     Incremental: only rows bronze gained or lost since the last run are normalised and checked,
     and only the people, orders and events they affect are rebuilt and rewritten (see
-    :mod:`tasks.transform`). The first run with a new ``as_of`` (default: midnight UTC today)
+    :mod:`tasks.engine`). The first run with a new ``as_of`` (default: midnight UTC today)
     recomputes every contact's time-relative features. ``full_refresh`` rebuilds everything
     from bronze and yields the same tables.
 

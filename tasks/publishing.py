@@ -34,19 +34,16 @@ from tasks.connectors.destinations import AudienceSink, MemberChange, open_desti
 from tasks.connectors.lake import Lake
 from tasks.connectors.leases import Lease, LeaseState, LeaseStore, lease_key
 from tasks.core.config import Destination, PublishConfig
-from tasks.core.features import AUDIENCE_SCHEMA
 from tasks.core.sync import (
-    LEDGER_KEYS,
-    LEDGER_SCHEMA,
     ledger_rows,
     plan_sync,
     platform_batches,
     releasable,
 )
+from tasks.core.tables import AUDIENCE, AUDIENCE_SCHEMA, CONTACTS, LEDGER_KEYS, LEDGER_SCHEMA
+from tasks.core.tables import SYNC_LEDGER as SYNC_LEDGER
 from tasks.reports import PublishReport
-from tasks.transform import AUDIENCE, CONTACTS
 
-SYNC_LEDGER = "ops/sync_ledger"
 LEASE_POLL_SECONDS = 0.5
 MAX_ERRORS_REPORTED = 20
 

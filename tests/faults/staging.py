@@ -53,13 +53,8 @@ def run_transform(*, run_id: str) -> None:
     are computed from ``ops/volume_metrics``, which this writes.)
     """
     from tasks.core.config import load_pipeline
-    from tasks.transform import (
-        build_gold,
-        build_silver,
-        commit_transform_state,
-        record_volumes,
-        stage_sources,
-    )
+    from tasks.transform import build_gold, build_silver, commit_transform_state, stage_sources
+    from tasks.volume import record_volumes
 
     config = load_pipeline(CONFIG)
     now = datetime.now(UTC)
@@ -204,8 +199,8 @@ class StagingWorld:
         from tasks.core.config import load_pipeline
         from tasks.core.contracts import QUARANTINE_SCHEMA
         from tasks.core.incremental import live_rows
+        from tasks.core.tables import AUDIENCE, CONTACTS, EVENTS, FEATURES, ORDERS, STAGED
         from tasks.publish import publish_holds
-        from tasks.transform import AUDIENCE, CONTACTS, EVENTS, FEATURES, ORDERS, STAGED
         from tasks.volume import VOLUME_METRICS
 
         with environment(self.env(lake_path)):
