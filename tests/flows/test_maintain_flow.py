@@ -21,7 +21,7 @@ from flows.maintain import MaintainReport, maintain
 from flows.transform import TransformReport, transform
 from tasks.connectors.lake import Lake, TableMaintenance, maintain_table
 from tasks.core.config import load_pipeline
-from tasks.transform import AUDIENCE, BUILT_TABLES, FEATURES
+from tasks.core.tables import AUDIENCE, BUILT_TABLES, FEATURES
 from tests.flows.conftest import CONFIG, Sandbox
 from tests.flows.test_incremental_transform import (
     assert_same_tables,
