@@ -84,9 +84,7 @@ def build_plan(
         reason = "no transform state recorded yet"
     elif state.fingerprint != fp:
         reason = "configuration, pepper or code changed since the last build"
-    elif lake.version(FEATURES) != marker or any(
-        table_version(lake, t) != state.versions.get(t) for t in BUILT_TABLES
-    ):
+    elif _rows_changed_since_build(lake, state, marker):
         reason = "a silver or gold table changed since the last build (crash or outside write)"
     elif any(seqs[role] < state.seqs.get(role, 0) for role in ROLES):
         reason = "a staging table was recreated"
@@ -101,6 +99,21 @@ def build_plan(
         fingerprint=fp,
         reason=reason,
     )
+
+
+def _rows_changed_since_build(lake: Lake, state: TransformState, marker: int | None) -> bool:
+    """Whether rows of silver or gold changed after the last recorded build: a crash between
+    its commits or an outside write. Commits that change no row (compaction, Z-order, vacuum by
+    the ``maintain`` flow) do not count, so maintenance never forces a full rebuild."""
+    if marker is None or lake.data_changed_since(FEATURES, marker):
+        return True
+    for table in BUILT_TABLES:
+        built, now = state.versions.get(table), table_version(lake, table)
+        if built is None or now < built or (built < 0 and now >= 0):
+            return True  # unknown at the build, recreated, or created since
+        if built >= 0 and lake.data_changed_since(table, built):
+            return True
+    return False
 
 
 def record_transform_state(lake: Lake, state: dict[str, str], *, run_id: str) -> bool:
