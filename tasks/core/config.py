@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tasks.core.config_engine import EngineConfig
 from tasks.core.config_yaml import Substitutions, interpolate, read_yaml
 from tasks.core.predicates import (
     FUNCTIONS,
@@ -212,6 +213,10 @@ class PipelineConfig(Model):
     publish: PublishConfig = Field(default_factory=PublishConfig)
     transform: TransformConfig = Field(default_factory=TransformConfig)
     volume: VolumeConfig = Field(default_factory=VolumeConfig)
+    engine: EngineConfig = Field(
+        default_factory=EngineConfig,
+        description="Where the transform's independent units run (Dask, threads, inline).",
+    )
 
     @field_validator("segments")
     @classmethod

@@ -1,0 +1,153 @@
+"""The transform on real Dask clusters gives the same lake as the transform in one process.
+
+One ingest of the sandbox's sample data; copies of that lake are transformed inline (one process)
+and on a Dask cluster of two worker *processes* - started by the run from ``engine`` in
+pipeline.yaml, or already running and named by its scheduler address - and every silver, gold
+and ops table must come out identical, apart from the columns that stamp which run wrote a row
+and when. The worker processes inherit the test's environment (the lake URI), as a deployed
+worker gets its own.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+from distributed import Client, LocalCluster
+from polars.testing import assert_frame_equal
+
+from flows.ingest import ingest
+from flows.transform import TransformReport, transform
+from tasks.runners import ClusterUnreachableError
+from tests.flows.conftest import CONFIG, Sandbox
+
+pytestmark = pytest.mark.flow
+
+AS_OF = datetime(2026, 11, 1, tzinfo=UTC)  # the sample data's "now"
+LAYERS = ("silver", "gold", "ops")
+# Which run wrote a row, and when: different in every run by design.
+RUN_STAMPS = frozenset({"run_id", "_run_id", "quarantined_at", "measured_at"})
+
+
+def engine_config(tmp_path: Path, engine: dict[str, object]) -> str:
+    """The sample pipeline.yaml with its ``engine`` section replaced."""
+    raw = yaml.safe_load(Path(CONFIG).read_text())
+    raw["engine"] = engine
+    path = tmp_path / f"pipeline-{len(list(tmp_path.glob('pipeline-*')))}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return str(path)
+
+
+def lake_tables(root: Path) -> dict[str, pl.DataFrame]:
+    """Every Delta table of the silver, gold and ops layers, run stamps dropped, rows sorted."""
+    tables: dict[str, pl.DataFrame] = {}
+    for log in sorted(root.glob("*/**/_delta_log")):
+        name = str(log.parent.relative_to(root))
+        if name.split("/")[0] not in LAYERS:
+            continue
+        frame = pl.read_delta(str(log.parent))
+        frame = frame.drop([c for c in frame.columns if c in RUN_STAMPS])
+        sortable = [c for c, t in frame.schema.items() if not t.is_nested()]
+        tables[name] = frame.sort(sortable, nulls_last=True)
+    return tables
+
+
+def assert_same_lake(expected: Path, actual: Path) -> None:
+    want, got = lake_tables(expected), lake_tables(actual)
+    assert sorted(got) == sorted(want)
+    assert {"silver/contacts", "gold/audience_members", "ops/quarantine"} <= set(want)
+    for name, frame in want.items():
+        try:
+            assert_frame_equal(got[name], frame)
+        except AssertionError as exc:
+            raise AssertionError(f"{name} differs: {exc}") from None
+
+
+def run_transform(lake: Path, config: str, monkeypatch: pytest.MonkeyPatch) -> TransformReport:
+    monkeypatch.setenv("AUDIENCE_LAKE_LAKE_URI", str(lake))
+    return transform(config_path=config, as_of=AS_OF)
+
+
+@pytest.fixture
+def bronze_copies(sandbox: Sandbox, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """Two lakes holding the same bronze (one ingest, copied)."""
+    ingest(config_path=CONFIG)
+    first = Path(sandbox.lake.root)
+    second = tmp_path / "lake-copy"
+    shutil.copytree(first, second)
+    yield first, second
+
+
+def test_local_cluster_of_two_processes_gives_the_same_tables(
+    bronze_copies: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inline_lake, dask_lake = bronze_copies
+    inline = run_transform(
+        inline_lake, engine_config(tmp_path, {"task_runner": "inline"}), monkeypatch
+    )
+    on_dask = run_transform(
+        dask_lake,
+        engine_config(tmp_path, {"task_runner": "dask", "n_workers": 2}),
+        monkeypatch,
+    )
+    assert (
+        on_dask.staging
+        == inline.staging
+        == {
+            "contacts": "full",
+            "enrichment": "full",
+            "orders": "full",
+            "events": "full",
+        }
+    )
+    assert on_dask.tables == inline.tables
+    assert sorted(on_dask.rule_counts, key=str) == sorted(inline.rule_counts, key=str)
+    assert on_dask.losses == inline.losses
+    assert_same_lake(inline_lake, dask_lake)
+
+
+def test_existing_cluster_by_address_gives_the_same_tables(
+    bronze_copies: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inline_lake, dask_lake = bronze_copies
+    run_transform(inline_lake, engine_config(tmp_path, {"task_runner": "inline"}), monkeypatch)
+    monkeypatch.setenv("AUDIENCE_LAKE_LAKE_URI", str(dask_lake))  # what the workers inherit
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        config = engine_config(
+            tmp_path, {"task_runner": "dask", "dask_address": cluster.scheduler_address}
+        )
+        run_transform(dask_lake, config, monkeypatch)
+        executed = client.run(lambda dask_worker: dask_worker.state.executed_count)
+    assert len(executed) == 2 and sum(executed.values()) == 4  # one unit per role
+    assert all(count > 0 for count in executed.values()), executed  # both workers worked
+    assert_same_lake(inline_lake, dask_lake)
+
+
+def test_an_unreachable_cluster_fails_the_run_naming_its_address(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+    config = engine_config(
+        tmp_path,
+        {"task_runner": "dask", "dask_address": address, "connect_timeout_seconds": 2},
+    )
+    with pytest.raises(ClusterUnreachableError, match=f"Dask scheduler at {address}"):
+        transform(config_path=config, as_of=AS_OF)
+    assert not (Path(sandbox.lake.root) / "silver").exists()  # nothing was staged
