@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import dask.config
+from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect_dask.task_runners import DaskTaskRunner
 
@@ -110,10 +111,49 @@ def open_task_runner(engine: EngineConfig) -> Iterator[TaskRunner[Any]]:
         ClusterUnreachableError: the scheduler at ``engine.dask_address`` did not answer.
     """
     runner = task_runner_for(engine)
-    with dask.config.set(_SPAWN), runner:
+    with _prefect_api_for_workers(engine), dask.config.set(_SPAWN), runner:
         if isinstance(runner, DaskTaskRunner):
             _connect(runner, engine)
         yield runner
+
+
+@contextmanager
+def _prefect_api_for_workers(engine: EngineConfig) -> Iterator[None]:
+    """Make the Prefect API the flow talks to one its Dask workers can name.
+
+    Workers report their task runs to the API in the settings the flow sends them. A flow run
+    without ``PREFECT_API_URL`` talks to a temporary server on loopback whose address the
+    settings do not hold, and each worker would start a temporary server of its own (seconds
+    of start-up, and task runs recorded where nobody looks): name the flow's server instead.
+    Workers elsewhere cannot reach a loopback server at all, so that is refused up front.
+    """
+    url = None if engine.task_runner != "dask" else _temporary_server_url()
+    if url is None:
+        yield
+        return
+    if engine.dask_address is not None and not _is_loopback(engine.dask_address):
+        raise OrchestratorError(
+            f"engine.dask_address {engine.dask_address}: the Dask workers must report to a "
+            "Prefect server they can reach, and this run uses a temporary one on loopback; "
+            "set PREFECT_API_URL to a Prefect server (or run the flow on a work pool)"
+        )
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        yield
+
+
+def _temporary_server_url() -> str | None:
+    """The API URL of the temporary local server this process runs flows on, if it does."""
+    if get_current_settings().api.url:
+        return None
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the one instance a flow run without an API URL started
+    return server.api_url if server.server_process is not None else None
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
+    return host in {"127.0.0.1", "localhost", "::1"}
 
 
 def _connect(runner: DaskTaskRunner, engine: EngineConfig) -> None:

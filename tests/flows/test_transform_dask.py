@@ -10,8 +10,12 @@ worker gets its own.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -151,3 +155,34 @@ def test_an_unreachable_cluster_fails_the_run_naming_its_address(
     with pytest.raises(ClusterUnreachableError, match=f"Dask scheduler at {address}"):
         transform(config_path=config, as_of=AS_OF)
     assert not (Path(sandbox.lake.root) / "silver").exists()  # nothing was staged
+
+
+def test_units_on_a_local_cluster_report_to_the_flows_temporary_server(tmp_path: Path) -> None:
+    """The default: no Prefect server configured, so the flow runs on a temporary one.
+
+    Dask workers get the flow's settings, which name no API; without help each worker would
+    start a temporary server of its own (seconds each; under load it times out). The unit must
+    run in another process, on the flow's server, and its task run be recorded there.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env |= {
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+    }
+    child = subprocess.run(
+        [sys.executable, "-m", "tests.flows.ephemeral_dask_child"],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    lines = [line for line in child.stdout.splitlines() if line.startswith("RESULT ")]
+    assert child.returncode == 0 and lines, child.stderr[-3000:]
+    result = json.loads(lines[-1].removeprefix("RESULT "))
+    assert result["unit_pid"] != result["flow_pid"]
+    assert result["unit_api"] == result["flow_api"]  # no temporary server of its own
+    assert result["recorded_state"] == "COMPLETED"
