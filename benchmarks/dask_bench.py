@@ -51,12 +51,29 @@ def _config_file(work: Path, engine: dict[str, Any]) -> str:
     return str(path)
 
 
-def _timed_transform(config: str) -> float:
+def _timed_transform(config: str) -> dict[str, float]:
+    """The flow's wall time, and the span of its staging units (first start to last end)."""
     from flows.transform import transform
 
     started = time.perf_counter()
-    transform(config_path=config, as_of=AS_OF)
-    return time.perf_counter() - started
+    report = transform(config_path=config, as_of=AS_OF)
+    return {"wall": time.perf_counter() - started, "staging": _staging_span(report.run_id)}
+
+
+def _staging_span(flow_run_id: str) -> float:
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)]))
+        )
+    units = [r for r in runs if r.name.startswith("stage-") and r.start_time and r.end_time]
+    if not units:
+        return float("nan")
+    return (max(r.end_time for r in units) - min(r.start_time for r in units)).total_seconds()
 
 
 def _worker_peak_mb() -> float:
@@ -74,11 +91,11 @@ def _mode(name: str, work: str, workers: int) -> dict[str, Any]:
     os.environ["AUDIENCE_LAKE_LAKE_URI"] = str(lake)
     os.environ.setdefault("AUDIENCE_LAKE_PEPPER", PEPPER)
     if name == "inline":
-        wall = _timed_transform(_config_file(root, {"task_runner": "inline"}))
-        return {"wall": wall, "peak_mb": _peak_mb(), "lake": str(lake)}
+        timed = _timed_transform(_config_file(root, {"task_runner": "inline"}))
+        return {**timed, "peak_mb": _peak_mb(), "lake": str(lake)}
     if name == "dask (run starts it)":
         config = _config_file(root, {"task_runner": "dask", "n_workers": workers})
-        return {"wall": _timed_transform(config), "peak_mb": _peak_mb(), "lake": str(lake)}
+        return {**_timed_transform(config), "peak_mb": _peak_mb(), "lake": str(lake)}
 
     import dask.config
     from distributed import Client, LocalCluster
@@ -96,11 +113,11 @@ def _mode(name: str, work: str, workers: int) -> dict[str, Any]:
         config = _config_file(
             root, {"task_runner": "dask", "dask_address": cluster.scheduler_address}
         )
-        wall = _timed_transform(config)
+        timed = _timed_transform(config)
         worker_peaks = client.run(_worker_peak_mb)
         executed = client.run(lambda dask_worker: dask_worker.state.executed_count)
     return {
-        "wall": wall,
+        **timed,
         "startup": startup,
         "peak_mb": _peak_mb(),
         "worker_peak_mb": sorted(worker_peaks.values()),
@@ -157,24 +174,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"running {name} ...", flush=True)
             results[name] = run_isolated(name, work, args.workers, args.timeout)
         print()
-        print(f"{'mode':<22} {'wall s':>7} {'flow MB':>8}  workers' peak MB    same tables")
+        print(
+            f"{'mode':<22} {'wall s':>7} {'staging s':>9} {'flow MB':>8}  "
+            "workers' peak MB    same tables"
+        )
         for name, result in results.items():
             if "error" in result:
                 print(f"{name:<22} FAILED: {result['error']}")
                 continue
+            lake = Path(result["lake"])
             peaks = ", ".join(f"{mb:.0f}" for mb in result.get("worker_peak_mb", [])) or "-"
-            same = (
-                "-"
-                if name == "inline"
-                else (
-                    "yes"
-                    if not compare_tables(work / "inline", Path(result["lake"]))
-                    else "NO: " + ", ".join(compare_tables(work / "inline", Path(result["lake"])))
-                )
-            )
-            print(
-                f"{name:<22} {result['wall']:>7.1f} {result['peak_mb']:>8.0f}  {peaks:<18} {same}"
-            )
+            differ = [] if name == "inline" else compare_tables(lake_dir(work, "inline"), lake)
+            same = "-" if name == "inline" else "NO: " + ", ".join(differ) if differ else "yes"
+            figures = f"{result['wall']:>7.1f} {result['staging']:>9.1f} {result['peak_mb']:>8.0f}"
+            print(f"{name:<22} {figures}  {peaks:<18} {same}")
             if "startup" in result:
                 print(
                     f"{'':<22} cluster start-up {result['startup']:.1f} s (not in wall); "

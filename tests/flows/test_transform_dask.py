@@ -19,16 +19,20 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from uuid import UUID
 
 import polars as pl
 import pytest
 import yaml
 from distributed import Client, LocalCluster
 from polars.testing import assert_frame_equal
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
 from flows.ingest import ingest
 from flows.transform import TransformReport, transform
 from tasks.runners import ClusterUnreachableError
+from tasks.transform import ROLES
 from tests.flows.conftest import CONFIG, Sandbox
 
 pytestmark = pytest.mark.flow
@@ -73,6 +77,14 @@ def assert_same_lake(expected: Path, actual: Path) -> None:
             raise AssertionError(f"{name} differs: {exc}") from None
 
 
+def flow_run_logs(flow_run_id: str) -> str:
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(flow_run_id)]))
+        )
+    return "\n".join(log.message for log in logs)
+
+
 def run_transform(lake: Path, config: str, monkeypatch: pytest.MonkeyPatch) -> TransformReport:
     monkeypatch.setenv("AUDIENCE_LAKE_LAKE_URI", str(lake))
     return transform(config_path=config, as_of=AS_OF)
@@ -114,6 +126,9 @@ def test_local_cluster_of_two_processes_gives_the_same_tables(
     assert sorted(on_dask.rule_counts, key=str) == sorted(inline.rule_counts, key=str)
     assert on_dask.losses == inline.losses
     assert_same_lake(inline_lake, dask_lake)
+    # What the units logged on the workers reached the flow run's logs before they stopped.
+    logged = flow_run_logs(on_dask.run_id)
+    assert all(f"silver/staged_{role}: rebuilt from bronze" in logged for role in ROLES), logged
 
 
 def test_existing_cluster_by_address_gives_the_same_tables(
