@@ -6,13 +6,15 @@ Not a test. Generates ``--contacts`` people into a local lake's bronze
 
 * ``inline``: every unit in the flow's process (``engine: {task_runner: inline}``);
 * ``dask (cluster given)``: a ``LocalCluster`` of ``--workers`` processes started beforehand
-  (its start-up timed apart) and named by address, as a team's cluster would be; after the run
-  each worker reports its own peak RSS;
+  (its start-up timed apart) and named by address, as a team's cluster would be; then a
+  ``full_refresh`` run on the same, now warm, workers (imports done, Prefect client up); after
+  both, each worker reports its own peak RSS;
 * ``dask (run starts it)``: ``engine: {task_runner: dask, n_workers: N}`` - the run starts and
   stops its cluster, start-up included in the wall time.
 
 Every mode talks to one temporary Prefect server the benchmark starts (not counted); wall is
-the flow call, peak
+the flow call, staging the span of its ``stage-<role>`` task runs (first start to last end, as
+Prefect recorded them: a unit's wait for a worker and the worker's imports come before), peak
 MB is ``ru_maxrss`` of the flow's process and, for the given cluster, of each worker. The
 tables of every mode are compared with the inline run's.
 
@@ -51,12 +53,12 @@ def _config_file(work: Path, engine: dict[str, Any]) -> str:
     return str(path)
 
 
-def _timed_transform(config: str) -> dict[str, float]:
+def _timed_transform(config: str, *, full_refresh: bool = False) -> dict[str, float]:
     """The flow's wall time, and the span of its staging units (first start to last end)."""
     from flows.transform import transform
 
     started = time.perf_counter()
-    report = transform(config_path=config, as_of=AS_OF)
+    report = transform(config_path=config, as_of=AS_OF, full_refresh=full_refresh)
     return {"wall": time.perf_counter() - started, "staging": _staging_span(report.run_id)}
 
 
@@ -114,11 +116,13 @@ def _mode(name: str, work: str, workers: int) -> dict[str, Any]:
             root, {"task_runner": "dask", "dask_address": cluster.scheduler_address}
         )
         timed = _timed_transform(config)
+        warm = _timed_transform(config, full_refresh=True)  # the same workers, imports done
         worker_peaks = client.run(_worker_peak_mb)
         executed = client.run(lambda dask_worker: dask_worker.state.executed_count)
     return {
         **timed,
         "startup": startup,
+        "warm": warm,
         "peak_mb": _peak_mb(),
         "worker_peak_mb": sorted(worker_peaks.values()),
         "executed": sorted(executed.values()),
@@ -192,6 +196,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(
                     f"{'':<22} cluster start-up {result['startup']:.1f} s (not in wall); "
                     f"units per worker {result['executed']}"
+                )
+                warm = result["warm"]
+                print(
+                    f"{'':<22} again on the warm workers (full_refresh): wall "
+                    f"{warm['wall']:.1f} s, staging {warm['staging']:.1f} s"
                 )
     finally:
         harness.__exit__(None, None, None)

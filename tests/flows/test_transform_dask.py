@@ -91,19 +91,20 @@ def run_transform(lake: Path, config: str, monkeypatch: pytest.MonkeyPatch) -> T
 
 
 @pytest.fixture
-def bronze_copies(sandbox: Sandbox, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    """Two lakes holding the same bronze (one ingest, copied)."""
+def bronze_copies(sandbox: Sandbox, tmp_path: Path) -> Iterator[tuple[Path, Path, Path]]:
+    """Three lakes holding the same bronze (one ingest, copied)."""
     ingest(config_path=CONFIG)
     first = Path(sandbox.lake.root)
-    second = tmp_path / "lake-copy"
-    shutil.copytree(first, second)
-    yield first, second
+    copies = (tmp_path / "lake-copy-1", tmp_path / "lake-copy-2")
+    for copy in copies:
+        shutil.copytree(first, copy)
+    yield first, *copies
 
 
 def test_local_cluster_of_two_processes_gives_the_same_tables(
-    bronze_copies: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    bronze_copies: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    inline_lake, dask_lake = bronze_copies
+    inline_lake, dask_lake, threads_lake = bronze_copies
     inline = run_transform(
         inline_lake, engine_config(tmp_path, {"task_runner": "inline"}), monkeypatch
     )
@@ -130,11 +131,19 @@ def test_local_cluster_of_two_processes_gives_the_same_tables(
     logged = flow_run_logs(on_dask.run_id)
     assert all(f"silver/staged_{role}: rebuilt from bronze" in logged for role in ROLES), logged
 
+    # Threads in the flow's process share one lake adapter: the same tables again.
+    run_transform(
+        threads_lake,
+        engine_config(tmp_path, {"task_runner": "threads", "n_workers": 4}),
+        monkeypatch,
+    )
+    assert_same_lake(inline_lake, threads_lake)
+
 
 def test_existing_cluster_by_address_gives_the_same_tables(
-    bronze_copies: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    bronze_copies: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    inline_lake, dask_lake = bronze_copies
+    inline_lake, dask_lake, _ = bronze_copies
     run_transform(inline_lake, engine_config(tmp_path, {"task_runner": "inline"}), monkeypatch)
     monkeypatch.setenv("AUDIENCE_LAKE_LAKE_URI", str(dask_lake))  # what the workers inherit
     with (

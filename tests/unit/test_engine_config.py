@@ -18,8 +18,8 @@ from prefect_dask.task_runners import DaskTaskRunner
 
 from tasks.core.config import load_pipeline
 from tasks.core.config_engine import EngineConfig
-from tasks.errors import ConfigError
-from tasks.runners import local_cluster_kwargs, machine_cores, task_runner_for
+from tasks.errors import ConfigError, OrchestratorError
+from tasks.runners import local_cluster_kwargs, machine_cores, open_task_runner, task_runner_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "pipeline.yaml"
@@ -156,3 +156,20 @@ def test_a_units_parameters_carry_no_secret(monkeypatch: pytest.MonkeyPatch) -> 
     for value in secrets.values():
         assert value.encode() not in shipped
     assert pickle.loads(shipped)["config"] == config  # and it arrives whole
+
+
+def test_a_remote_cluster_cannot_report_to_a_temporary_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A flow on a temporary loopback Prefect server cannot send units to another machine.
+
+    The temporary server is stood in for by its URL (starting one costs seconds): the check
+    must refuse before any connection to the cluster is tried.
+    """
+    monkeypatch.setattr("tasks.runners._temporary_server_url", lambda: "http://127.0.0.1:8123/api")
+    remote = EngineConfig(dask_address="tcp://10.20.30.40:8786", connect_timeout_seconds=1)
+    with (
+        pytest.raises(OrchestratorError, match="set PREFECT_API_URL to a Prefect server"),
+        open_task_runner(remote),
+    ):
+        pytest.fail("the runner must not start")
