@@ -33,6 +33,7 @@ from flows.ingest import ingest
 from flows.transform import TransformReport, transform
 from tasks.runners import ClusterUnreachableError
 from tasks.transform import ROLES
+from tests.conftest import S3Endpoint
 from tests.flows.conftest import CONFIG, Sandbox
 
 pytestmark = pytest.mark.flow
@@ -52,22 +53,48 @@ def engine_config(tmp_path: Path, engine: dict[str, object]) -> str:
     return str(path)
 
 
+def comparable(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` without run stamps, its rows in a stable order."""
+    frame = frame.drop([c for c in frame.columns if c in RUN_STAMPS])
+    sortable = [c for c, t in frame.schema.items() if not t.is_nested()]
+    return frame.sort(sortable, nulls_last=True)
+
+
 def lake_tables(root: Path) -> dict[str, pl.DataFrame]:
     """Every Delta table of the silver, gold and ops layers, run stamps dropped, rows sorted."""
     tables: dict[str, pl.DataFrame] = {}
     for log in sorted(root.glob("*/**/_delta_log")):
         name = str(log.parent.relative_to(root))
-        if name.split("/")[0] not in LAYERS:
-            continue
-        frame = pl.read_delta(str(log.parent))
-        frame = frame.drop([c for c in frame.columns if c in RUN_STAMPS])
-        sortable = [c for c, t in frame.schema.items() if not t.is_nested()]
-        tables[name] = frame.sort(sortable, nulls_last=True)
+        if name.split("/")[0] in LAYERS:
+            tables[name] = comparable(pl.read_delta(str(log.parent)))
     return tables
 
 
+def s3_lake_tables(endpoint: S3Endpoint, bucket: str, prefix: str) -> dict[str, pl.DataFrame]:
+    """:func:`lake_tables` for a lake at ``s3://bucket/prefix``."""
+    listed = endpoint.client().list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/", MaxKeys=1000)
+    assert not listed.get("IsTruncated")
+    names = {
+        key.removeprefix(f"{prefix}/").split("/_delta_log/")[0]
+        for key in (item["Key"] for item in listed.get("Contents", []))
+        if "/_delta_log/" in key
+    }
+    return {
+        name: comparable(
+            pl.read_delta(
+                f"s3://{bucket}/{prefix}/{name}", storage_options=endpoint.storage_options()
+            )
+        )
+        for name in sorted(names)
+        if name.split("/")[0] in LAYERS
+    }
+
+
 def assert_same_lake(expected: Path, actual: Path) -> None:
-    want, got = lake_tables(expected), lake_tables(actual)
+    assert_same_tables(lake_tables(expected), lake_tables(actual))
+
+
+def assert_same_tables(want: dict[str, pl.DataFrame], got: dict[str, pl.DataFrame]) -> None:
     assert sorted(got) == sorted(want)
     assert {"silver/contacts", "gold/audience_members", "ops/quarantine"} <= set(want)
     for name, frame in want.items():
@@ -164,6 +191,46 @@ def test_existing_cluster_by_address_gives_the_same_tables(
     assert len(executed) == 2 and sum(executed.values()) == 4  # one unit per role
     assert all(count > 0 for count in executed.values()), executed  # both workers worked
     assert_same_lake(inline_lake, dask_lake)
+
+
+@pytest.mark.s3
+def test_workers_open_an_s3_lake_from_their_own_environment(
+    sandbox: Sandbox,
+    s3_endpoint: S3Endpoint,
+    s3_bucket: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On S3 too: units get no client or credential, only the environment they run in."""
+    ingest(config_path=CONFIG)
+    bronze = Path(sandbox.lake.root)
+    client = s3_endpoint.client()
+    for prefix in ("inline", "dask"):
+        for file in sorted(p for p in bronze.rglob("*") if p.is_file()):
+            client.upload_file(str(file), s3_bucket, f"{prefix}/{file.relative_to(bronze)}")
+    monkeypatch.setenv("AUDIENCE_LAKE_S3_ENDPOINT", s3_endpoint.url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_endpoint.access_key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_endpoint.secret_access_key)
+    monkeypatch.setenv("AWS_REGION", s3_endpoint.region)
+    monkeypatch.setenv("AUDIENCE_LAKE_LAKE_URI", f"s3://{s3_bucket}/inline")
+    transform(config_path=engine_config(tmp_path, {"task_runner": "inline"}), as_of=AS_OF)
+    monkeypatch.setenv("AUDIENCE_LAKE_LAKE_URI", f"s3://{s3_bucket}/dask")
+    with LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+    ) as cluster:
+        config = engine_config(
+            tmp_path, {"task_runner": "dask", "dask_address": cluster.scheduler_address}
+        )
+        report = transform(config_path=config, as_of=AS_OF)
+    assert report.staging == dict.fromkeys(ROLES, "full")
+    assert_same_tables(
+        s3_lake_tables(s3_endpoint, s3_bucket, "inline"),
+        s3_lake_tables(s3_endpoint, s3_bucket, "dask"),
+    )
 
 
 def test_an_unreachable_cluster_fails_the_run_naming_its_address(
