@@ -1,5 +1,7 @@
 # The two commands the README promises: `make demo` and `make test`.
 # Each bootstraps its own virtualenv in .venv from nothing but python3 (3.11+).
+# `make test` is what CI runs (.ci/run): lint, then the type check, then the tests; the first
+# that fails stops it. `make pytest` runs the tests alone.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -9,7 +11,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 
-.PHONY: demo test lint typecheck check install clean bench
+.PHONY: demo test pytest lint typecheck check install clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -23,7 +25,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/audience-lake demo
 
-test: $(STAMP)
+test: lint typecheck pytest
+
+pytest: $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
@@ -33,7 +37,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-check: lint typecheck test
+check: test
 
 clean:
 	rm -rf $(VENV) .lake .demo .prefect .pytest_cache .mypy_cache .ruff_cache
