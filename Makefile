@@ -27,8 +27,13 @@ demo: $(STAMP)
 
 test: lint typecheck pytest
 
+# Two pytest-xdist workers by default (CI has 2 cores; many tests wait on servers and child
+# processes, so a second worker overlaps their waits). A module runs whole on one worker
+# (--dist loadfile), so module fixtures start once. TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
+
 pytest: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check flows tasks infra tests benchmarks

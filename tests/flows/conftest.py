@@ -6,6 +6,7 @@ stand-ins on 127.0.0.1, and environment variables pointing the pipeline at them.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,10 +28,25 @@ CONFIG = str(ROOT / "pipeline.yaml")
 SAMPLE_CONTACTS = 300
 
 
+# The test server writes received events to its database in batches, every 5 s by default; tests
+# that read events back (anomalies, publish events, asset materialisations) would wait for the
+# next flush. Half a second keeps the same path (the persister service, the same queries).
+EVENT_FLUSH_SECONDS = "0.5"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def prefect_server() -> Iterator[None]:
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
+    name = "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL"
+    saved = os.environ.get(name)
+    os.environ[name] = EVENT_FLUSH_SECONDS
+    try:
+        with prefect_test_harness(server_startup_timeout=60):
+            yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved
 
 
 @pytest.fixture(scope="session")
