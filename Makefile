@@ -29,11 +29,12 @@ test: lint typecheck pytest
 
 # Two pytest-xdist workers by default (CI has 2 cores; many tests wait on servers and child
 # processes, so a second worker overlaps their waits). A module runs whole on one worker
-# (--dist loadfile), so module fixtures start once. TEST_WORKERS=0 runs in one process.
+# (--dist loadfile), so module fixtures start once; modules start in collection order, slowest
+# first (tests/conftest.py), not by number of tests. TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 2
 
 pytest: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: $(STAMP)
 	$(BIN)/ruff check flows tasks infra tests benchmarks

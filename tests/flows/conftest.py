@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from prefect.settings import PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
 from prefect.testing.utilities import prefect_test_harness
 
 from infra.sandbox.crm import CrmStandIn
@@ -30,23 +31,29 @@ SAMPLE_CONTACTS = 300
 
 # The test server writes received events to its database in batches, every 5 s by default; tests
 # that read events back (anomalies, publish events, asset materialisations) would wait for the
-# next flush. Half a second keeps the same path (the persister service, the same queries).
-EVENT_FLUSH_SECONDS = "0.5"
+# next flush. Half a second keeps the same path (the persister service, the same queries). The
+# server is a subprocess: it reads this from the environment.
+SERVER_ENV = {"PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "0.5"}
 
 
 @pytest.fixture(scope="session", autouse=True)
 def prefect_server() -> Iterator[None]:
-    name = "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL"
-    saved = os.environ.get(name)
-    os.environ[name] = EVENT_FLUSH_SECONDS
+    saved = {name: os.environ.get(name) for name in SERVER_ENV}
+    os.environ.update(SERVER_ENV)
+    # No test reads run logs back from the API, so runs here do not ship them: every log line
+    # would be a POST the test server (a process on the same cores) has to store.
     try:
-        with prefect_test_harness(server_startup_timeout=60):
+        with (
+            temporary_settings({PREFECT_LOGGING_TO_API_ENABLED: False}),
+            prefect_test_harness(server_startup_timeout=60),
+        ):
             yield
     finally:
-        if saved is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = saved
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @pytest.fixture(scope="session")
