@@ -6,12 +6,14 @@ stand-ins on 127.0.0.1, and environment variables pointing the pipeline at them.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from prefect.settings import PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
 from prefect.testing.utilities import prefect_test_harness
 
 from infra.sandbox.crm import CrmStandIn
@@ -27,10 +29,31 @@ CONFIG = str(ROOT / "pipeline.yaml")
 SAMPLE_CONTACTS = 300
 
 
+# The test server writes received events to its database in batches, every 5 s by default; tests
+# that read events back (anomalies, publish events, asset materialisations) would wait for the
+# next flush. Half a second keeps the same path (the persister service, the same queries). The
+# server is a subprocess: it reads this from the environment.
+SERVER_ENV = {"PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "0.5"}
+
+
 @pytest.fixture(scope="session", autouse=True)
 def prefect_server() -> Iterator[None]:
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
+    saved = {name: os.environ.get(name) for name in SERVER_ENV}
+    os.environ.update(SERVER_ENV)
+    # No test reads run logs back from the API, so runs here do not ship them: every log line
+    # would be a POST the test server (a process on the same cores) has to store.
+    try:
+        with (
+            temporary_settings({PREFECT_LOGGING_TO_API_ENABLED: False}),
+            prefect_test_harness(server_startup_timeout=60),
+        ):
+            yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @pytest.fixture(scope="session")
