@@ -224,6 +224,7 @@ def lake(request: pytest.FixtureRequest, tmp_path: Path) -> Lake:
 # within a module is unchanged; a module missing from this list keeps its place after them.
 SLOW_MODULES_FIRST = (
     "tests/stack/test_stack_e2e.py",
+    "tests/flows/test_transform_dask.py",
     "tests/flows/test_land_events_e2e.py",
     "tests/faults/test_publish_concurrency.py",
     "tests/flows/test_cli.py",
@@ -233,6 +234,7 @@ SLOW_MODULES_FIRST = (
     "tests/faults/test_exactly_once.py",
     "tests/faults/test_publish_kills.py",
     "tests/flows/test_failed_source.py",
+    "tests/flows/test_maintain_flow.py",
 )
 
 
