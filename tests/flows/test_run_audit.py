@@ -142,7 +142,10 @@ def test_trigger_of_a_deployment_run_versus_a_cli_run(sandbox: Sandbox) -> None:
 
     audit_flows.probe(tag="cli")
     flow_run_id = asyncio.run(_deployment_run("api"))
-    env = {**os.environ, "PREFECT__FLOW_RUN_ID": flow_run_id}
+    from prefect.settings import get_current_settings
+
+    api = str(get_current_settings().api.url)  # the test server (set in-process, not in env)
+    env = {**os.environ, "PREFECT__FLOW_RUN_ID": flow_run_id, "PREFECT_API_URL": api}
     done = subprocess.run(
         [sys.executable, "-m", "prefect.engine"],
         cwd=ROOT,
