@@ -25,6 +25,7 @@ from tasks.connectors.lake.audit import RunTables, suspended
 from tasks.connectors.redact import MASK, is_secret_name, redact
 from tasks.core.tables import RUNS, RUNS_SCHEMA, table
 from tasks.errors import LakeError
+from tasks.retries import PERMANENT
 
 RunTrigger = Literal["schedule", "ui", "event", "cli", "subflow"]
 RunOutcome = Literal["running", "completed", "failed", "held", "skipped"]
@@ -106,6 +107,9 @@ class RunRecord:
 def write_run(lake: Lake, record: RunRecord) -> None:
     """Upsert ``record``'s row into ``ops/runs`` (not counted as the run's own write).
 
+    A lost commit race (another run's row committed first) is retried; a store refusing access,
+    a corrupt log or a full disk is not.
+
     Raises:
         LakeError: when the row could not be written after :data:`WRITE_ATTEMPTS` tries.
     """
@@ -116,8 +120,8 @@ def write_run(lake: Lake, record: RunRecord) -> None:
             with suspended():
                 lake.merge(RUNS, frame, keys=list(entry.keys), only_if_changed=False)
             return
-        except LakeError:
-            if attempt == WRITE_ATTEMPTS:
+        except LakeError as exc:
+            if attempt == WRITE_ATTEMPTS or isinstance(exc, PERMANENT):
                 raise
             time.sleep(_RETRY_PAUSE_SECONDS * attempt)
 
