@@ -27,7 +27,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.context import FlowRunContext
 
 from tasks.connectors.lake.audit import RunTables, active, collecting
-from tasks.runs import RunOutcome, RunRecord, RunTrigger, write_run
+from tasks.runs import RunOutcome, RunRecord, RunTrigger, kept_back, write_run
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -107,7 +107,7 @@ def _finish(record: RunRecord, tables: RunTables, result: Any) -> None:
         name = result.name or ""
         if name in KEPT_BACK_STATES:
             outcome = "held" if KEPT_BACK_STATES[name] == "held" else "skipped"
-            holds = [h for h in (result.message or "").split("; ") if h]
+            holds = kept_back(result.data) or [result.message or name]
         elif result.is_failed() or result.is_crashed():
             outcome = "failed"
             record.error_class = name or "Failed"

@@ -177,6 +177,18 @@ def result_counts(result: Any) -> dict[str, int]:
     return counts
 
 
+def kept_back(result: Any) -> list[str]:
+    """``destination/segment: why`` for each audience a result's publish reports held or
+    skipped (the reports of a publish, or those of a pipeline's publish)."""
+    return [
+        f"{report.destination}/{report.segment}: {reason}"
+        for _, report in _reports(result)
+        if (reason := getattr(report, "held", None) or getattr(report, "skipped", None))
+        and hasattr(report, "destination")
+        and hasattr(report, "segment")
+    ]
+
+
 def _reports(result: Any) -> list[tuple[str, Any]]:
     items = result if isinstance(result, list) else [result]
     found: list[tuple[str, Any]] = []
