@@ -41,6 +41,7 @@ def only(frame: pl.DataFrame, **where: Any) -> dict[str, Any]:
     return frame.row(0, named=True)
 
 
+@pytest.mark.usefixtures("lake_env")
 def test_a_pipeline_run_records_itself_and_its_sub_flows(sandbox: Sandbox) -> None:
     report = pipeline(config_path=CONFIG)
     table = runs()
