@@ -212,6 +212,12 @@ def _cmd_history(args: argparse.Namespace) -> int:
     return show_history(audience=args.audience, email=args.email, limit=args.limit)
 
 
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from flows.status import show_runs
+
+    return show_runs(since=args.since, flow=args.flow, limit=args.limit)
+
+
 def _cmd_schema(args: argparse.Namespace) -> int:
     from tasks.core.config import pipeline_json_schema
 
@@ -404,6 +410,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", type=int, default=50, help="at most this many rows (default 50)"
     )
     history.set_defaults(func=_cmd_history)
+
+    runs = sub.add_parser("runs", help="recent flow runs from ops/runs: trigger, outcome, tables")
+    runs.add_argument(
+        "--since", help="only runs started since: an ISO time or an age such as 30m, 6h, 2d"
+    )
+    runs.add_argument("--flow", help="only runs of this flow (pipeline, ingest, publish...)")
+    runs.add_argument("--limit", type=int, default=50, help="at most this many runs (default 50)")
+    runs.set_defaults(func=_cmd_runs)
 
     schema = sub.add_parser("schema", help="write the JSON schema of pipeline.yaml")
     schema.add_argument("--output", "-o", default="-", help="file to write ('-' = stdout)")

@@ -26,6 +26,7 @@ from types import TracebackType
 from prefect import flow
 from prefect.events import emit_event
 
+from flows.audit import audited
 from flows.common import current_run_id, load_config, table_artifact, utc_now
 from tasks.connectors.webhook import LandedBatch
 from tasks.core.config import PipelineConfig
@@ -58,6 +59,7 @@ def event_sources(config: PipelineConfig, names: list[str] | None = None) -> lis
 
 
 @flow(name="land-events", log_prints=True)
+@audited
 def land_events(
     config_path: str | None = None,
     sources: list[str] | None = None,

@@ -11,6 +11,7 @@ from dataclasses import asdict
 
 from prefect import flow
 
+from flows.audit import audited
 from flows.common import current_run_id, load_config, table_artifact, utc_now
 from tasks.core.tables import SOURCE_RUNS
 from tasks.errors import ConfigError, SourcesFailedError
@@ -25,6 +26,7 @@ ERROR_LINE_CHARS = 400  # of one failed source's error in the flow's failure mes
 
 
 @flow(name="ingest", log_prints=True)
+@audited
 def ingest(
     config_path: str | None = None,
     sources: list[str] | None = None,

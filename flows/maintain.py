@@ -14,6 +14,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from flows.audit import audited
 from flows.common import load_config, table_artifact
 from tasks.connectors.lake import TableMaintenance, TableNotFoundError
 from tasks.errors import ConfigError, LakeError
@@ -66,6 +67,7 @@ def maintenance_summary(report: MaintainReport) -> str:
 
 
 @flow(name="maintain", log_prints=True)
+@audited
 def maintain(
     config_path: str | None = None,
     tables: list[str] | None = None,

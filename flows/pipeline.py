@@ -9,6 +9,7 @@ from typing import Any
 from prefect import State, flow
 from prefect.artifacts import create_markdown_artifact
 
+from flows.audit import audited
 from flows.common import current_run_id, load_config
 from flows.ingest import ingest
 from flows.publish import publish
@@ -37,6 +38,7 @@ class PipelineReport:
 
 
 @flow(name="pipeline", log_prints=True)
+@audited
 def pipeline(
     config_path: str | None = None,
     full_refresh: bool = False,

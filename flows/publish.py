@@ -6,6 +6,7 @@ from dataclasses import asdict
 
 from prefect import flow
 
+from flows.audit import audited
 from flows.common import current_run_id, load_config, table_artifact
 from tasks.core.tables import AUDIENCE
 from tasks.errors import ConfigError
@@ -16,6 +17,7 @@ from tasks.resources import open_lake
 
 
 @flow(name="publish", log_prints=True)
+@audited
 def publish(
     config_path: str | None = None,
     segments: list[str] | None = None,

@@ -6,6 +6,8 @@ aligned text. No email address is ever printed.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import polars as pl
 
 
@@ -145,3 +147,62 @@ def _cell(value: object) -> str:
     if isinstance(value, datetime):
         return f"{value:%Y-%m-%d %H:%M:%S}Z"
     return str(value)
+
+
+AGE_UNITS = {"m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str, *, now: datetime | None = None) -> datetime:
+    """``30m``, ``6h``, ``2d`` (that long ago) or an ISO time (UTC unless it says otherwise).
+
+    Raises:
+        ConfigError: naming the value, for anything else.
+    """
+    from tasks.errors import ConfigError
+
+    moment = now or datetime.now(UTC)
+    value = text.strip()
+    if value[:-1].isdigit() and value[-1:] in AGE_UNITS:
+        return moment - timedelta(seconds=int(value[:-1]) * AGE_UNITS[value[-1]])
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(
+            f"--since {text!r}: expected an age (30m, 6h, 2d) or an ISO time (2026-12-01T08:00)"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def show_runs(*, since: str | None, flow: str | None, limit: int = 50) -> int:
+    """Print the newest flow runs of ``ops/runs``: when, flow, trigger, outcome, tables written."""
+    import json
+
+    from tasks.resources import open_lake
+    from tasks.runs import read_runs
+
+    lake = open_lake()
+    start = parse_since(since) if since else None
+    runs = read_runs(lake, since=start, flow=flow, limit=limit)
+    print(f"lake: {lake.root}")
+    if runs.is_empty():
+        print("no runs recorded" + (f" for flow {flow}" if flow else "") + " in ops/runs")
+        return 0
+    print(f"{'started (UTC)':<20} {'flow':<12} {'trigger':<9} {'outcome':<10} {'secs':>6}  run")
+    for row in runs.iter_rows(named=True):
+        started = row["started_at"]
+        ended = row["ended_at"]
+        secs = f"{(ended - started).total_seconds():.1f}" if ended else "-"
+        print(
+            f"{started:%Y-%m-%d %H:%M:%S}  {row['flow']:<12} {row['trigger']:<9} "
+            f"{row['outcome']:<10} {secs:>6}  {row['flow_run_id']}"
+            + (f" (deployment {row['deployment']})" if row["deployment"] else "")
+        )
+        written = json.loads(row["writes"] or "{}")
+        if written:
+            tables = ", ".join(f"{t}@{max(w['versions'])}" for t, w in written.items())
+            print(f"{'':<22}wrote {tables}")
+        for hold in row["holds"] or []:
+            print(f"{'':<22}held: {hold}")
+        if row["error_class"]:
+            print(f"{'':<22}{row['error_class']}: {row['error']}")
+    return 0

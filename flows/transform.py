@@ -8,6 +8,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from flows.audit import audited
 from flows.common import current_run_id, load_config, table_artifact, utc_now
 from tasks.anomaly import check_volumes
 from tasks.core.anomaly import VolumeAnomaly
@@ -52,6 +53,7 @@ def default_as_of() -> datetime:
 
 
 @flow(name="transform", log_prints=True)
+@audited
 def transform(
     config_path: str | None = None,
     full_refresh: bool = False,

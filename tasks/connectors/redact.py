@@ -116,3 +116,14 @@ def install_log_redaction() -> None:
         logger = logging.getLogger(name)
         if _FILTER not in logger.filters:
             logger.addFilter(_FILTER)
+
+
+_SECRET_NAME = re.compile(rf"(?i){_SECRET_WORDS}")
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a parameter or field called ``name`` holds a secret by the name rule above (or
+    was registered with :func:`register_secret_param`)."""
+    with _lock:
+        registered = name.lower() in _params
+    return registered or bool(_SECRET_NAME.fullmatch(name))

@@ -17,7 +17,7 @@ Layers (see ``docs/architecture.md``):
 - ``gold/customer_features`` (columns: :data:`tasks.core.feature_catalog.FEATURE_COLUMNS`)
   and ``gold/audience_members`` (partitioned by segment).
 - ``ops/...``: the pipeline's own records (quarantine, volumes, alerts, source runs, the sync
-  ledger, publish leases).
+  ledger, publish leases, the run audit).
 
 Write modes: ``merge`` (upsert on the keys, rows that changed only), ``append_once`` (an
 append carrying a batch id, committed at most once), ``insert_new`` (rows whose keys are new),
@@ -85,6 +85,7 @@ VOLUME_ALERTS = "ops/volume_alerts"
 SOURCE_RUNS = "ops/source_runs"
 SYNC_LEDGER = "ops/sync_ledger"
 PUBLISH_LEASES = "ops/publish_leases"
+RUNS = "ops/runs"
 
 ROLE_TABLES = {"contacts": CONTACTS, "enrichment": CONTACTS, "orders": ORDERS, "events": EVENTS}
 """The silver table each source role feeds."""
@@ -205,6 +206,29 @@ LEASE_SCHEMA: dict[str, pl.DataType] = {
     "written_at": pl.Datetime("us", "UTC"),
 }
 
+RUNS_SCHEMA: dict[str, pl.DataType] = {
+    "flow_run_id": pl.String(),
+    "flow": pl.String(),
+    "flow_run_name": pl.String(),
+    "deployment": pl.String(),  # null: not run from a deployment
+    "parent_run_id": pl.String(),  # the flow run this one is a sub-flow of
+    "root_run_id": pl.String(),  # what the other ops tables call run_id
+    "trigger": pl.String(),  # RunTrigger
+    "triggered_by": pl.String(),  # who or what created the run (automation, user), if known
+    "parameters": pl.String(),  # JSON, secrets masked
+    "reads": pl.String(),  # JSON {table: [versions read]}
+    "writes": pl.String(),  # JSON {table: {"versions": [...], "inserted": n, ...}}
+    "counts": pl.String(),  # JSON: the run's own totals (rows, sent, ...)
+    "outcome": pl.String(),  # RunOutcome
+    "holds": pl.List(pl.String()),
+    "error_class": pl.String(),
+    "error": pl.String(),  # one line, secrets masked
+    "attempt": pl.Int64(),
+    "started_at": UTC_MICROS,
+    "ended_at": UTC_MICROS,
+}
+"""``ops/runs``: one row per flow run (see :mod:`tasks.runs`)."""
+
 
 # --- the catalogue ------------------------------------------------------------------------------
 def _staged(role: str) -> Table:
@@ -306,6 +330,13 @@ TABLES: dict[str, Table] = {
             LEASE_SCHEMA,
             keys=("lease_key", "seq"),
             write="conditional_append",
+        ),
+        Table(
+            RUNS,
+            "One row per flow run: trigger, parameters, Delta versions read and written, outcome.",
+            RUNS_SCHEMA,
+            keys=("flow_run_id",),
+            write="merge",
         ),
     )
 }

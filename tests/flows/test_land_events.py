@@ -30,7 +30,8 @@ def test_land_events_lands_only_event_sources_each_event_once(sandbox: Sandbox) 
 
     [report] = land_events(config_path=CONFIG)
     lake = sandbox.lake
-    assert lake.tables() == ["bronze/web_events"]  # no other source, no transform
+    # no other source, no transform (ops/runs: the run audit)
+    assert lake.tables() == ["bronze/web_events", "ops/runs"]
     bronze = lake.read("bronze/web_events")
     assert bronze.height == bronze["event_id"].n_unique() == len(set(delivered))
     assert report.source == "web_events" and report.batches == 1  # files_per_commit: 100

@@ -21,7 +21,7 @@ from flows.maintain import MaintainReport, maintain
 from flows.transform import TransformReport, transform
 from tasks.connectors.lake import Lake, TableMaintenance, maintain_table
 from tasks.core.config import load_pipeline
-from tasks.core.tables import AUDIENCE, BUILT_TABLES, FEATURES
+from tasks.core.tables import AUDIENCE, BUILT_TABLES, FEATURES, RUNS
 from tests.flows.conftest import CONFIG, Sandbox
 from tests.flows.test_incremental_transform import (
     assert_same_tables,
@@ -59,7 +59,7 @@ def test_a_maintenance_run_reports_files_and_bytes_before_and_after(
     report = state.result()
     assert isinstance(report, MaintainReport) and not report.failed
     by_table = {t.table: t for t in report.tables}
-    assert set(by_table) == {AUDIENCE, "ops/maint_flow_ledger"}
+    assert set(by_table) == {AUDIENCE, "ops/maint_flow_ledger", RUNS}  # RUNS: the run audit
     members = by_table[AUDIENCE]
     assert (members.before.files, members.after.files) == (12, 2)
     assert members.optimized == "z_order" and members.z_order == ("contact_key",)

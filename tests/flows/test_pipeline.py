@@ -16,7 +16,7 @@ from tests.flows.conftest import CONFIG, Sandbox
 pytestmark = pytest.mark.flow
 
 # Append-only logs of runs: they grow by design on every run.
-RUN_LOGS = {"ops/volume_metrics", "ops/source_runs"}
+RUN_LOGS = {"ops/volume_metrics", "ops/source_runs", "ops/runs"}
 
 
 def snapshot(lake: Lake) -> dict[str, pl.DataFrame]:

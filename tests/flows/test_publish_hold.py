@@ -154,6 +154,12 @@ def test_a_broken_crm_load_holds_its_audiences_until_overridden(
         assert published.held is not None and published.sent == 0, published
         assert "volume anomaly: error bronze/crm_contacts source=crm_contacts" in published.held
     assert not lake.exists("ops/sync_ledger")
+    # The run audit says so: the publish and the pipeline runs ended held, naming each audience.
+    runs = lake.read("ops/runs").filter(pl.col("root_run_id") == report.run_id)
+    for flow_name in ("publish", "pipeline"):
+        [row] = runs.filter(pl.col("flow") == flow_name).to_dicts()
+        assert row["outcome"] == "held", row
+        assert {h.split(": ", 1)[0] for h in row["holds"]} == {f"mailchimp/{a}" for a in AUDIENCES}
 
     # Recorded once per run, shown as an artifact, emitted as an event for automations.
     alerts = lake.read(VOLUME_ALERTS)

@@ -7,6 +7,7 @@ caching and error reporting that every lake operation shares.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -18,7 +19,7 @@ from deltalake import DeltaTable
 from deltalake.exceptions import CommitFailedError
 from deltalake.exceptions import TableNotFoundError as DeltaTableNotFoundError
 
-from tasks.connectors.lake import writes
+from tasks.connectors.lake import audit, writes
 from tasks.connectors.lake.commits import commit_properties
 from tasks.connectors.lake.failures import TableNotFoundError, lake_error
 from tasks.connectors.lake.listing import TABLE_NAME
@@ -45,6 +46,7 @@ DATA_NEUTRAL_OPERATIONS = frozenset({"OPTIMIZE", "VACUUM START", "VACUUM END", "
 """Commits that change no row: maintenance (compaction, Z-order, vacuum) and table properties
 (turning the change feed on). A write that lost its commit race only to these is rerun."""
 _MAX_RERUNS = 5
+_log = logging.getLogger(__name__)
 
 
 class LakeBase:
@@ -132,7 +134,7 @@ class LakeBase:
         Raises:
             TableNotFoundError: if the table does not exist.
         """
-        with self._locked(table), self._errors(table, action):
+        with self._locked(table), self._errors(table, action), self._audited(table):
             yield self._require(table)
 
     @property
@@ -204,6 +206,32 @@ class LakeBase:
             if type(exc).__name__ != "PanicException":
                 raise
             raise self._error(table, action, exc) from exc
+
+    @contextmanager
+    def _audited(self, table: str) -> Iterator[None]:
+        """Report the version a write inside committed to the run's collector, if one is open
+        (see :mod:`.audit`); nothing is reported when nothing was committed."""
+        if audit.active() is None:
+            yield
+            return
+        before = self._load(table)
+        version = None if before is None else before.version()
+        yield
+        try:
+            after = self._load(table)
+            if after is None or (version is not None and after.version() <= version):
+                return
+            last = after.history(1)
+            metrics = last[0].get("operationMetrics") if last else None
+            audit.note_write(table, after.version(), audit.row_counts(metrics))
+        except Exception as exc:  # the write is committed; a lost report must not undo that
+            _log.warning("run audit: could not read the version committed to %s: %s", table, exc)
+
+    def _noted(self, table: str, delta: DeltaTable, version: int | None = None) -> DeltaTable:
+        """``delta``, after reporting the version read (``version``, default current)."""
+        if audit.active() is not None:
+            audit.note_read(table, delta.version() if version is None else version)
+        return delta
 
     def _error(self, table: str, action: str, exc: BaseException) -> LakeError:
         valid = isinstance(table, str) and bool(TABLE_NAME.fullmatch(table))

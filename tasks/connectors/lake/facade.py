@@ -82,7 +82,11 @@ class Lake(LakeReads):
         """
         if not batch_id:
             raise LakeError(f"append to {table!r} in lake {self._root}: batch_id is empty")
-        with self._locked(table), self._errors(table, f"append batch {batch_id!r} to"):
+        with (
+            self._locked(table),
+            self._errors(table, f"append batch {batch_id!r} to"),
+            self._audited(table),
+        ):
             delta = self._load(table)
             if batch_committed(delta, batch_id):
                 return False
@@ -136,7 +140,11 @@ class Lake(LakeReads):
                 silently dropped), or if the merge fails.
         """
         key_list = writes.validate_keys(df, keys, where=self._where("merge into", table))
-        with self._locked(table), self._errors(table, f"merge on {key_list} into"):
+        with (
+            self._locked(table),
+            self._errors(table, f"merge on {key_list} into"),
+            self._audited(table),
+        ):
             delta = self._load(table)
             data = self._prepare(table, df, delta)
             if delta is None:
@@ -194,7 +202,7 @@ class Lake(LakeReads):
         key_list = writes.validate_keys(df, keys, where=self._where("merge into", table))
         properties = commit_properties(metadata, batch_ids=[batch_id, *also_record])
         action = f"insert new {key_list} of batch {batch_id!r} into"
-        with self._locked(table), self._errors(table, action):
+        with self._locked(table), self._errors(table, action), self._audited(table):
             for _attempt in range(max(1, max_attempts)):
                 delta = self._load(table)
                 if batch_committed(delta, batch_id):
@@ -243,7 +251,7 @@ class Lake(LakeReads):
         ``predicate`` (e.g. ``"segment = 'vip'"``) only the rows matching it are replaced, every
         row of ``df`` must match it, and new columns evolve the schema.
         """
-        with self._locked(table), self._errors(table, "overwrite"):
+        with self._locked(table), self._errors(table, "overwrite"), self._audited(table):
             delta = self._load(table)
             data = self._prepare(table, df, delta)
 
@@ -283,7 +291,11 @@ class Lake(LakeReads):
         where = self._where("overwrite partitions of", table)
         if partition_by not in df.columns:
             raise LakeError(f"{where}: partition column {partition_by!r} is not in the frame")
-        with self._locked(table), self._errors(table, f"overwrite {partition_by} partitions of"):
+        with (
+            self._locked(table),
+            self._errors(table, f"overwrite {partition_by} partitions of"),
+            self._audited(table),
+        ):
             delta = self._load(table)
             data = self._prepare(table, df, delta)
             properties = commit_properties(metadata)
@@ -325,7 +337,11 @@ class Lake(LakeReads):
         Raises:
             TableNotFoundError: if the table does not exist.
         """
-        with self._locked(table), self._errors(table, f"delete {predicate!r} from"):
+        with (
+            self._locked(table),
+            self._errors(table, f"delete {predicate!r} from"),
+            self._audited(table),
+        ):
             properties = commit_properties(metadata)
             metrics = self._rerun_after_maintenance(
                 table, lambda delta: delta.delete(predicate, commit_properties=properties)
@@ -366,7 +382,11 @@ class Lake(LakeReads):
             how="diagonal_relaxed",
         ).select(*df.columns, flag)
         writes.validate_keys(source, key_list, where=self._where("merge into", table))
-        with self._locked(table), self._errors(table, f"upsert on {key_list} into"):
+        with (
+            self._locked(table),
+            self._errors(table, f"upsert on {key_list} into"),
+            self._audited(table),
+        ):
             delta = self._load(table)
             if delta is None:
                 data = self._prepare(table, df, None)
@@ -435,8 +455,9 @@ class Lake(LakeReads):
                 feed was turned on.
         """
         with self._locked(table), self._errors(table, f"read the changes after {after_version} of"):
+            delta = self._require(table)
             return changes.read_changes(
-                self._require(table),
+                self._noted(table, delta, up_to_version),
                 after_version=after_version,
                 up_to_version=up_to_version,
                 columns=columns,

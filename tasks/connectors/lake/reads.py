@@ -37,7 +37,7 @@ class LakeReads(LakeBase):
             TableNotFoundError: if the table does not exist.
         """
         with self._locked(table), self._errors(table, "scan"):
-            delta = self._require(table)
+            delta = self._noted(table, self._require(table))
             return pl.scan_delta(delta, storage_options=self._polars_options)
 
     def read(self, table: str, *, columns: Sequence[str] | None = None) -> pl.DataFrame:
@@ -47,7 +47,7 @@ class LakeReads(LakeBase):
             TableNotFoundError: if the table does not exist.
         """
         with self._locked(table), self._errors(table, "read"):
-            delta = self._require(table)
+            delta = self._noted(table, self._require(table))
             frame = pl.scan_delta(delta, storage_options=self._polars_options)
             if columns is not None:
                 frame = frame.select(list(columns))
@@ -134,7 +134,7 @@ class LakeReads(LakeBase):
             LakeError: if ``version`` can no longer be loaded (its log was cleaned up).
         """
         with self._locked(table), self._errors(table, f"list the files (version {version}) of"):
-            delta = self._require(table)
+            delta = self._noted(table, self._require(table), version)
             if version is None or version == delta.version():
                 return list(delta.file_uris())
             old = DeltaTable(
