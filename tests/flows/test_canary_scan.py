@@ -58,6 +58,17 @@ CANARIES = (
 )
 
 
+HOLDERS = {
+    "silver/staged_contacts",
+    "silver/staged_enrichment",
+    "silver/staged_orders",
+    "silver/staged_events",
+    "silver/contacts",
+    "gold/audience_members",
+}
+"""Tables that need direct identifiers to do their job (bronze too: what the source said)."""
+
+
 @pytest.fixture
 def records() -> Iterator[list[logging.LogRecord]]:
     """Every log record any logger creates in this process while the test runs."""
@@ -185,7 +196,9 @@ def unlisted_columns(sandbox: Sandbox) -> list[str]:
         else:
             entry = TABLES[name]
         frame = lake.read(name)
-        keep = [c for c in frame.columns if c not in entry.pii]
+        # Only these tables may hold identifiers at all (whatever the catalogue says).
+        allowed = entry.pii if is_bronze(name) or name in HOLDERS else ()
+        keep = [c for c in frame.columns if c not in allowed]
         texts.append(f"{name}: " + frame.select(keep).write_ndjson())
     return texts
 
@@ -208,7 +221,7 @@ def test_no_canary_or_secret_leaves_the_tables_that_need_it(
     contacts = lake.read("silver/contacts")
     assert EMAIL in set(contacts["email"]) and FAKE_EMAIL in set(contacts["email"])
     quarantine = lake.read("ops/quarantine")
-    assert quarantine.filter(pl.col("row").str.contains("q***@c***.example", literal=True)).height
+    assert quarantine.filter(pl.col("row").str.contains('"qzx-7"', literal=True)).height
     assert {"missing_primary_key", "unparseable_record"} <= set(quarantine["rule"])
     ledger = lake.read("ops/sync_ledger")
     assert ledger.filter(pl.col("error").str.contains("looks fake", literal=True)).height
