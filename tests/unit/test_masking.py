@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import traceback
 from datetime import UTC, datetime
 
 import pandera.polars as pa
 import polars as pl
 import pytest
 
-from tasks.core.contracts import split_valid
+from tasks.core.contracts import split_valid, validate_or_raise
 from tasks.core.drift import Rejection, rejection_records, split_drift
 from tasks.core.masking import (
     is_pii_name,
@@ -18,6 +19,7 @@ from tasks.core.masking import (
     mask_value,
 )
 from tasks.core.tables import TABLES, pii_columns
+from tasks.errors import DataQualityError
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 EMAIL = "zelda.quartz+canary@wexample.com"
@@ -132,3 +134,14 @@ def test_only_tables_that_need_identifiers_hold_them() -> None:
     for entry in TABLES.values():
         if entry.schema is not None and not entry.pii:
             assert not pii_columns(list(entry.schema)), entry.name
+
+
+def test_a_contract_error_without_quarantine_names_the_value_masked() -> None:
+    contract = pa.DataFrameSchema(
+        {"email": pa.Column(str, pa.Check.str_matches(r"^\S+@\S+\.\S+$"))}, name="member"
+    )
+    with pytest.raises(DataQualityError) as caught:
+        validate_or_raise(pl.DataFrame({"email": ["zelda at wexample"]}), contract, table="t")
+    message = "".join(traceback.format_exception_only(caught.value))
+    assert "z***" in message and "zelda" not in message
+    assert caught.value.__suppress_context__  # pandera's own message is not chained
