@@ -24,7 +24,10 @@ import polars as pl
 import pytest
 from prefect import get_client
 from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
     FlowRunFilter,
+    FlowRunFilterId,
     FlowRunFilterStartTime,
     LogFilter,
     LogFilterFlowRunId,
@@ -159,7 +162,8 @@ def prefect_texts(since: datetime) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {"logs": [], "artifacts": [], "flow_runs": [], "task_runs": []}
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since))
+            flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since)),
+            limit=200,
         )
         ids = [r.id for r in runs]
         for run in runs:
@@ -172,15 +176,23 @@ def prefect_texts(since: datetime) -> dict[str, list[str]]:
             found["logs"].extend(log.message for log in page)
             if len(page) < 200:
                 break
-        for artifact in client.read_artifacts():
-            if artifact.flow_run_id in ids:
-                found["artifacts"].append(f"{artifact.key} {artifact.description} {artifact.data}")
-        for task_run in client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id={"any_": ids})  # type: ignore[arg-type]
+        for artifact in client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=ids))
         ):
-            state = task_run.state.message if task_run.state else ""
-            found["task_runs"].append(f"{task_run.name} {task_run.task_inputs} {state}")
-    assert ids and found["logs"] and found["artifacts"], "the scan must see the run"
+            found["artifacts"].append(f"{artifact.key} {artifact.description} {artifact.data}")
+        for offset in range(0, 100_000, 200):
+            task_runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)),
+                limit=200,
+                offset=offset,
+            )
+            for task_run in task_runs:
+                state = task_run.state.message if task_run.state else ""
+                found["task_runs"].append(f"{task_run.name} {task_run.task_inputs} {state}")
+            if len(task_runs) < 200:
+                break
+    assert len(ids) >= 4, "the pipeline and its ingest, transform and publish runs"
+    assert found["logs"] and found["artifacts"] and found["task_runs"], "the scan must see the run"
     return found
 
 

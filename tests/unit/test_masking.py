@@ -134,6 +134,9 @@ def test_only_tables_that_need_identifiers_hold_them() -> None:
     for entry in TABLES.values():
         if entry.schema is not None and not entry.pii:
             assert not pii_columns(list(entry.schema)), entry.name
+        if entry.masked:
+            assert entry.schema is not None and set(entry.masked) <= set(entry.schema)
+    assert TABLES["ops/quarantine"].masked == ("value", "row")
 
 
 def test_a_contract_error_without_quarantine_names_the_value_masked() -> None:
