@@ -33,6 +33,9 @@ from prefect.client.schemas.filters import (
     LogFilterFlowRunId,
 )
 from prefect.events.filters import EventFilter, EventOccurredFilter
+from prefect.events.worker import EventsWorker
+from prefect.logging.handlers import APILogWorker
+from prefect.settings import PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
 
 from flows.pipeline import pipeline
 from tasks.core.config import load_pipeline
@@ -142,14 +145,32 @@ def record_text(record: logging.LogRecord) -> str:
     return text
 
 
-def events_since(since: datetime) -> list[str]:
-    """Every event payload (resources, related, payload) since ``since``, as JSON."""
-    time.sleep(2)  # events reach the server asynchronously
+def events_since(since: datetime, *, settle: float = 6.0, timeout: float = 30.0) -> list[str]:
+    """Every event payload (resources, related, payload) since ``since``, as JSON.
+
+    Events reach the server's database in batches (every few seconds): read until the count has
+    not changed for ``settle`` seconds, within ``timeout``.
+    """
+    EventsWorker.drain_all(timeout=10)
+    window = EventOccurredFilter(since=since, until=datetime.now(UTC) + timedelta(minutes=5))
+    deadline = time.monotonic() + timeout
+    seen: list[str] = []
+    stable_since = time.monotonic()
+    while time.monotonic() < deadline:
+        current = read_events(EventFilter(occurred=window))
+        if len(current) != len(seen):
+            seen, stable_since = current, time.monotonic()
+        elif seen and time.monotonic() - stable_since >= settle:
+            break
+        time.sleep(0.5)
+    return seen
+
+
+def read_events(event_filter: EventFilter) -> list[str]:
     out: list[str] = []
     with get_client(sync_client=True) as client:
-        window = EventOccurredFilter(since=since, until=datetime.now(UTC) + timedelta(minutes=5))
-        page = client.read_events(EventFilter(occurred=window), limit=50)
-        for _ in range(200):
+        page = client.read_events(event_filter, limit=50)
+        for _ in range(1000):
             out.extend(e.model_dump_json() for e in page.events)
             if not page.next_page:
                 break
@@ -222,11 +243,14 @@ def test_no_canary_or_secret_leaves_the_tables_that_need_it(
     plant_canaries(sandbox)
     since = datetime.now(UTC) - timedelta(seconds=1)
     errors: list[str] = []
-    try:
-        report = pipeline(config_path=CONFIG)
-        errors.extend(str(e) for p in report.publish for e in p.errors)
-    except Exception as exc:  # a failed run must not leak either
-        errors.append("".join(traceback.format_exception(exc)))
+    # Runs in this suite may not ship their logs to the API; this one must, to be scanned there.
+    with temporary_settings({PREFECT_LOGGING_TO_API_ENABLED: True}):
+        try:
+            report = pipeline(config_path=CONFIG)
+            errors.extend(str(e) for p in report.publish for e in p.errors)
+        except Exception as exc:  # a failed run must not leak either
+            errors.append("".join(traceback.format_exception(exc)))
+        APILogWorker.drain_all(timeout=10)
 
     lake = sandbox.lake
     # The canaries went where they should: landed, quarantined and rejected by the platform.
