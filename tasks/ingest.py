@@ -18,7 +18,9 @@ from tasks.connectors.lake import CHANGE_FEED, Lake
 from tasks.connectors.sources import SourceBatch, open_source
 from tasks.core.config import Source
 from tasks.core.drift import Rejection, rejection_records, split_drift
+from tasks.core.masking import mask_emails, mask_quarantine
 from tasks.core.normalise import UTC_MICROS
+from tasks.core.tables import bronze_pii
 from tasks.core.tables import bronze_table as bronze_table
 from tasks.errors import ConfigError
 from tasks.quarantine import (
@@ -83,13 +85,15 @@ def screen_batch(
     primary_key: str | None,
     run_id: str,
     now: datetime,
+    pii: tuple[str, ...] = (),
 ) -> tuple[SourceBatch, int]:
     """The batch without the rows bronze cannot take, which go to ``ops/quarantine``.
 
     Rows whose key is missing or whose values conflict with bronze's column types are
     quarantined (:mod:`tasks.core.drift`), together with the raw records the reader could not
-    parse; the rest is returned with its columns cast to bronze's types. Returns the cleaned
-    batch and how many rows/records were quarantined.
+    parse; the rest is returned with its columns cast to bronze's types. The records' ``pii``
+    columns (the source's identifier columns) are masked. Returns the cleaned batch and how
+    many rows/records were quarantined.
     """
     split = split_drift(
         batch.frame.lazy(),
@@ -106,6 +110,7 @@ def screen_batch(
             batch.rejections, table=table, source=source, run_id=run_id, now=now
         )
         records = pl.concat([records, more], how="vertical")
+    records = mask_quarantine(records, pii)
     if records.height:
         # Quarantine before the rows land: a crash in between re-reads the batch, and the
         # content-derived batch id makes the second quarantine write a no-op.
@@ -123,9 +128,11 @@ def reject_batch(
     batch_id: str,
     run_id: str,
     now: datetime,
+    pii: tuple[str, ...] = (),
 ) -> None:
     """Quarantine a batch the reader could not read at all, recorded under its own batch id."""
     records = rejection_records([rejection], table=table, source=source, run_id=run_id, now=now)
+    records = mask_quarantine(records, pii)
     write_quarantine_records(lake, records, batch_id=rejected_batch_id(table, batch_id))
 
 
@@ -143,6 +150,7 @@ def ingest_source(
     logger = get_run_logger()
     lake = open_lake()
     table = bronze_table(name)
+    pii = bronze_pii(source)
     reader = open_source(name, source)
     since = None if full_refresh else committed_watermark(lake, table, reader.cursor_field)
     record_changes(lake, table)
@@ -170,9 +178,12 @@ def ingest_source(
                     batch_id=batch_id,
                     run_id=run_id,
                     now=started_at,
+                    pii=pii,
                 )
                 rejected += 1
-                logger.warning("%s: quarantined whole: %s", name, batch.rejected.reason)
+                logger.warning(
+                    "%s: quarantined whole: %s", name, mask_emails(batch.rejected.reason)
+                )
                 continue
             batch, bad = screen_batch(
                 lake,
@@ -182,6 +193,7 @@ def ingest_source(
                 primary_key=reader.primary_key,
                 run_id=run_id,
                 now=started_at,
+                pii=pii,
             )
             if bad:
                 quarantined += bad

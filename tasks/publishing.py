@@ -34,6 +34,7 @@ from tasks.connectors.destinations import AudienceSink, MemberChange, open_desti
 from tasks.connectors.lake import Lake
 from tasks.connectors.leases import Lease, LeaseState, LeaseStore, lease_key
 from tasks.core.config import Destination, PublishConfig
+from tasks.core.masking import mask_emails
 from tasks.core.sync import (
     ledger_rows,
     plan_sync,
@@ -230,7 +231,8 @@ def _send(
             changes = [
                 MemberChange(**row) for row in batch.drop("payload_hash").iter_rows(named=True)
             ]
-            outcome = {r.contact_key: (None if r.ok else r.error or "error")
+            # A platform's error may quote the address: the ledger and reports keep it masked.
+            outcome = {r.contact_key: (None if r.ok else mask_emails(r.error or "error"))
                        for r in sink.send(audience, changes)}  # fmt: skip
             _commit(lake, ledger_rows(batch, **where, synced_at=_utc_now(), errors=outcome))
             for key, action in zip(batch["contact_key"], batch["action"], strict=True):

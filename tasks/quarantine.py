@@ -8,6 +8,10 @@ the table (same ``quarantine_id``) is never written twice.
 A file rejected whole is recorded under its own batch id (:func:`rejected_batch_id`): the ingest
 task checks it before reading a file again, so a corrupt object version is quarantined once and
 then reported as "known bad" on every later run instead of being retried silently forever.
+
+No record keeps a raw identifier: the callers mask the columns the table catalogue lists as
+identifiers (:func:`tasks.core.masking.mask_quarantine`), and :func:`write_quarantine_records`
+masks once more every column named like one and every email address, whoever built the records.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import hashlib
 import polars as pl
 
 from tasks.connectors.lake import Lake
+from tasks.core.masking import mask_quarantine
 from tasks.core.tables import QUARANTINE as QUARANTINE
 from tasks.core.tables import QUARANTINE_SCHEMA
 
@@ -43,7 +48,9 @@ def write_quarantine_records(lake: Lake, records: pl.DataFrame, *, batch_id: str
     Returns:
         How many records this call added.
     """
-    records = records.select([pl.col(n).cast(t) for n, t in QUARANTINE_SCHEMA.items()])
+    records = mask_quarantine(
+        records.select([pl.col(n).cast(t) for n, t in QUARANTINE_SCHEMA.items()])
+    )
     if lake.committed(QUARANTINE, batch_id):
         return 0
     if lake.exists(QUARANTINE) and records.height:

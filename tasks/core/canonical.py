@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from tasks.core.config_base import ROLE_FIELDS, SourceBase
+from tasks.core.masking import is_pii_name, mask_emails_expr, mask_value
 from tasks.core.normalise import (
     UTC_MICROS,
     clean_text,
@@ -85,6 +86,11 @@ def _text(expr: pl.Expr, _dtype: pl.DataType, _: NormaliseOptions) -> pl.Expr:
     return clean_text(expr)
 
 
+def _url(expr: pl.Expr, _dtype: pl.DataType, _: NormaliseOptions) -> pl.Expr:
+    # A URL may quote an address (``?email=...``): past bronze it is kept masked.
+    return mask_emails_expr(clean_text(expr))
+
+
 FIELD_NORMALISERS: dict[str, Normaliser] = {
     "updated_at": _timestamp,
     "created_at": _timestamp,
@@ -106,6 +112,7 @@ FIELD_NORMALISERS: dict[str, Normaliser] = {
     "order_id": _verbatim,
     "event_id": _verbatim,
     "anonymous_id": _verbatim,
+    "url": _url,
 }
 """Canonical field -> normaliser; any other field is cleaned text."""
 
@@ -187,6 +194,13 @@ LOSSES_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
+def _example(field: str, expr: pl.Expr) -> pl.Expr:
+    """An example value as reports show it: masked if ``field`` is an identifier (a phone)."""
+    if not is_pii_name(field):
+        return expr
+    return expr.map_elements(mask_value, return_dtype=pl.String)
+
+
 def normalisation_losses(canonical: pl.LazyFrame) -> pl.LazyFrame:
     """Per source and field: how many non-blank source values normalised to null, and one example.
 
@@ -205,7 +219,10 @@ def normalisation_losses(canonical: pl.LazyFrame) -> pl.LazyFrame:
             pl.col(f"{field}_raw").sort().first().alias("example"),
         )
         .select(
-            pl.col("_source").alias("source"), pl.lit(field).alias("field"), "values", "example"
+            pl.col("_source").alias("source"),
+            pl.lit(field).alias("field"),
+            "values",
+            _example(field, pl.col("example")).alias("example"),
         )
         for field in ("phone", "country")
         if field in schema and f"{field}_raw" in schema

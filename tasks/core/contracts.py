@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import pandera.polars as pa
 import polars as pl
@@ -26,6 +26,7 @@ from pandera.errors import SchemaErrors
 
 from tasks.core.feature_catalog import CUSTOMER_FEATURES, Feature
 from tasks.core.feature_catalog import RFM_PATTERN as RFM_PATTERN
+from tasks.core.masking import mask_record_value
 from tasks.core.normalise import CONTACT_KEY_PATTERN as CONTACT_KEY_PATTERN
 from tasks.core.normalise import UTC_MICROS, country_lookup, is_valid_email, sha256_hex
 from tasks.core.tables import QUARANTINE_SCHEMA as QUARANTINE_SCHEMA
@@ -405,5 +406,13 @@ def validate_or_raise(df: pl.DataFrame, model: Contract, *, table: str) -> None:
     try:
         model.validate(df, lazy=True)
     except SchemaErrors as exc:
-        top = exc.failure_cases.head(5).to_dicts()
-        raise DataQualityError(f"{table}: output violates {_contract_name(model)}: {top}") from exc
+        top = [_masked_failure(case) for case in exc.failure_cases.head(5).to_dicts()]
+        raise DataQualityError(f"{table}: output violates {_contract_name(model)}: {top}") from None
+
+
+def _masked_failure(case: dict[str, Any]) -> dict[str, Any]:
+    """A pandera failure case for an error message: an identifier's value masked."""
+    value = case.get("failure_case")
+    if value is not None:
+        case["failure_case"] = mask_record_value(str(value), case.get("column"), ())
+    return case

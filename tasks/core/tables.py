@@ -24,6 +24,14 @@ append carrying a batch id, committed at most once), ``insert_new`` (rows whose 
 ``log`` (the staging log: ``append_once`` per sequence number, ``overwrite`` on a full
 restage), ``conditional_append`` (a commit that fails when another writer got there first).
 Retention ``None`` keeps rows until they are deleted by the pipeline itself.
+
+Identifiers (``pii``): a table lists the columns holding a direct identifier of a person
+(:data:`PII_FIELDS`, or a source column mapped to one). Only tables that need them to do their
+job have any: bronze (what the source said), the staging logs (the contact key is recomputed
+from the email on a rebuild or pepper rotation), ``silver/contacts`` (the person) and
+``gold/audience_members`` (what a destination needs to address and greet). Every other table
+identifies a person by ``contact_key`` only; ``masked`` columns quote rows or errors with
+identifiers masked. See ``docs/architecture.md``, *Tables*.
 """
 
 from __future__ import annotations
@@ -45,6 +53,10 @@ Layer = Literal["bronze", "silver", "gold", "ops"]
 PII_FIELDS = ("email", "first_name", "last_name", "phone", "ip", "ip_address", "address")
 """Canonical fields (and the ``<field>_raw`` copies kept beside them) that identify a person
 directly. A ``contact_key`` is a keyed hash, not a direct identifier."""
+MAY_QUOTE_PII = ("url",)
+"""Canonical fields of free text that may quote an identifier (``?email=...`` in a URL): a
+source column mapped to one is an identifier column of bronze; from staging on, the normaliser
+masks the addresses in it (:mod:`tasks.core.canonical`)."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,9 @@ class Table:
     retention_days: int | None = None
     cluster_by: tuple[str, ...] = ()
     """Columns reads filter on within a partition; maintenance Z-orders the table by them."""
+    masked: tuple[str, ...] = ()
+    """Columns that would quote identifiers (a row, a value, an error) and hold them masked
+    (:mod:`tasks.core.masking`): no raw identifier, but a hint of one."""
 
     @property
     def layer(self) -> Layer:
@@ -290,11 +305,12 @@ TABLES: dict[str, Table] = {
         ),
         Table(
             QUARANTINE,
-            "Rows that failed a contract or could not be read, with the rule and the row.",
+            "Rows that failed a contract or could not be read: the rule, the column, the row "
+            "with its identifiers masked and the source record id.",
             QUARANTINE_SCHEMA,
             keys=("quarantine_id",),
             write="append_once",
-            pii=("value", "row"),
+            masked=("value", "row"),
         ),
         Table(
             VOLUME_METRICS,
@@ -316,13 +332,16 @@ TABLES: dict[str, Table] = {
             SOURCE_RUNS_SCHEMA,
             keys=("run_id", "source"),
             write="append_once",
+            masked=("error",),
         ),
         Table(
             SYNC_LEDGER,
-            "What each destination list last received per contact (latest send).",
+            "What each destination list last received per contact (latest send), by "
+            "contact_key: the publish reads addresses from gold/audience_members when it sends.",
             LEDGER_SCHEMA,
             keys=tuple(LEDGER_KEYS),
             write="merge",
+            masked=("error",),
         ),
         Table(
             PUBLISH_LEASES,
@@ -352,15 +371,21 @@ def bronze_entry(
     ``append_once`` per file, ``insert_new`` per event id). Its direct identifiers are the
     source columns its field mapping sends to a :data:`PII_FIELDS` field.
     """
-    required, optional = ROLE_FIELDS[source.role]
     return Table(
         bronze_table(source_name),
         f"What source {source_name!r} said, as it said it, plus ingest metadata.",
         None,
         keys=keys,
         write=write,
-        pii=tuple(source.column(f) for f in (*required, *optional) if f in PII_FIELDS),
+        pii=bronze_pii(source),
     )
+
+
+def bronze_pii(source: SourceBase) -> tuple[str, ...]:
+    """The source columns mapped to a :data:`PII_FIELDS` or :data:`MAY_QUOTE_PII` field."""
+    required, optional = ROLE_FIELDS[source.role]
+    identifying = (*PII_FIELDS, *MAY_QUOTE_PII)
+    return tuple(source.column(f) for f in (*required, *optional) if f in identifying)
 
 
 def table(name: str) -> Table:

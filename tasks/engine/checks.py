@@ -14,7 +14,8 @@ import polars as pl
 
 from tasks.connectors.lake import Lake
 from tasks.core.contracts import Contract, Split, rule_counts, split_valid
-from tasks.core.tables import QUARANTINE_SCHEMA
+from tasks.core.masking import mask_quarantine
+from tasks.core.tables import QUARANTINE_SCHEMA, TABLES, pii_columns
 from tasks.engine.reports import Logger
 from tasks.quarantine import records_batch_id, write_quarantine_records
 
@@ -34,9 +35,9 @@ class Checker:
         self._flushed = 0
 
     def check(self, frame: pl.DataFrame, contract: Contract, *, table: str) -> Split:
-        """Valid rows of ``frame``; its quarantine records are kept for :meth:`write`."""
+        """Valid rows of ``frame``; its quarantine records (identifiers masked) are kept."""
         split = split_valid(frame, contract, table=table, run_id=self.run_id, now=self.now)
-        self.quarantine.append(split.quarantine)
+        self.quarantine.append(mask_quarantine(split.quarantine, _pii(table, frame)))
         if split.rejected:
             self.logger.warning(
                 "%s: %d row(s) quarantined by %s", table, split.rejected, _name(contract)
@@ -62,6 +63,12 @@ class Checker:
         """Write this stage's quarantine (idempotently) and return its counts per rule."""
         self.flush(lake, stage=stage)
         return rule_counts(self.records().lazy()).collect().to_dicts()
+
+
+def _pii(table: str, frame: pl.DataFrame) -> set[str]:
+    """The identifier columns of ``frame``: the catalogue's for ``table`` and by field name."""
+    listed = TABLES[table].pii if table in TABLES else ()
+    return {*listed, *pii_columns(frame.columns)}
 
 
 def _name(contract: Contract) -> str:
