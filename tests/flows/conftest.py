@@ -40,8 +40,9 @@ SERVER_ENV = {"PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "0.5"}
 def prefect_server() -> Iterator[None]:
     saved = {name: os.environ.get(name) for name in SERVER_ENV}
     os.environ.update(SERVER_ENV)
-    # No test reads run logs back from the API, so runs here do not ship them: every log line
-    # would be a POST the test server (a process on the same cores) has to store.
+    # Runs here do not ship their logs to the API (every log line would be a POST the test
+    # server, a process on the same cores, has to store); the one test that reads run logs back
+    # (the canary scan) turns shipping on for its own runs.
     try:
         with (
             temporary_settings({PREFECT_LOGGING_TO_API_ENABLED: False}),
