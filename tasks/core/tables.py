@@ -85,6 +85,8 @@ VOLUME_ALERTS = "ops/volume_alerts"
 SOURCE_RUNS = "ops/source_runs"
 SYNC_LEDGER = "ops/sync_ledger"
 PUBLISH_LEASES = "ops/publish_leases"
+ERASURE_REQUESTS = "ops/erasure_requests"
+ERASURE_LOG = "ops/erasure_log"
 
 ROLE_TABLES = {"contacts": CONTACTS, "enrichment": CONTACTS, "orders": ORDERS, "events": EVENTS}
 """The silver table each source role feeds."""
@@ -205,6 +207,27 @@ LEASE_SCHEMA: dict[str, pl.DataType] = {
     "written_at": pl.Datetime("us", "UTC"),
 }
 
+ERASURE_REQUEST_SCHEMA: dict[str, pl.DataType] = {
+    "request_id": pl.String(),
+    "contact_key": pl.String(),
+    "requested_at": UTC_MICROS,
+}
+"""``ops/erasure_requests``: the suppression list (no email: a contact key cannot be reversed)."""
+
+ERASURE_LOG_SCHEMA: dict[str, pl.DataType] = {
+    "request_id": pl.String(),
+    "contact_key": pl.String(),
+    "status": pl.String(),  # "erased", "already-erased" or "platforms-pending"
+    "tables": pl.String(),  # JSON: table -> {rows, files_removed, files_added}
+    "rows_deleted": pl.Int64(),
+    "files_rewritten": pl.Int64(),
+    "files_deleted": pl.Int64(),
+    "platforms": pl.String(),  # JSON: destination -> platform answer
+    "run_id": pl.String(),
+    "erased_at": UTC_MICROS,
+}
+"""``ops/erasure_log``: one receipt per person and erasure run."""
+
 
 # --- the catalogue ------------------------------------------------------------------------------
 def _staged(role: str) -> Table:
@@ -306,6 +329,20 @@ TABLES: dict[str, Table] = {
             LEASE_SCHEMA,
             keys=("lease_key", "seq"),
             write="conditional_append",
+        ),
+        Table(
+            ERASURE_REQUESTS,
+            "Erased people by contact_key: never staged, built or published again.",
+            ERASURE_REQUEST_SCHEMA,
+            keys=("contact_key",),
+            write="insert_new",
+        ),
+        Table(
+            ERASURE_LOG,
+            "Receipts of erasures: what was deleted where, and what each platform answered.",
+            ERASURE_LOG_SCHEMA,
+            keys=("request_id", "contact_key", "run_id"),
+            write="append_once",
         ),
     )
 }

@@ -57,6 +57,8 @@ from tasks.core.tables import ROLE_TABLES, ROLES, STAGED, bronze_table, staging_
 from tasks.engine.checks import Checker
 from tasks.engine.delta import latest_state, pinned
 from tasks.engine.reports import Logger, Metric, StagingReport
+from tasks.resources import pepper
+from tasks.suppression import Suppression, load_suppression
 
 
 def stage_bronze(
@@ -78,6 +80,8 @@ def stage_bronze(
         "events": EventCandidate,
     }
     checker = Checker(run_id=run_id, now=now, logger=logger)
+    secret, key_version = pepper()
+    suppression = load_suppression(lake, pepper=secret, version=key_version)
     staged = {
         role: stage_role(
             lake,
@@ -88,6 +92,7 @@ def stage_bronze(
             options=options,
             full_refresh=full_refresh,
             logger=logger,
+            suppression=suppression,
         )
         for role in ROLES
     }
@@ -170,6 +175,7 @@ def stage_role(
     options: NormaliseOptions,
     full_refresh: bool,
     logger: Logger,
+    suppression: Suppression | None = None,
 ) -> RoleStaging:
     """Bring ``silver/staged_<role>`` up to the current bronze of the role's sources.
 
@@ -188,7 +194,9 @@ def stage_role(
             quarantined=dict(plan.state.rejected or {}),
         )
     log = None if plan.full else pinned(lake, plan.table, lake.version(plan.table))
-    changes = _collect_changes(lake, plan, log, options=options, logger=logger)
+    changes = _collect_changes(
+        lake, plan, log, options=options, logger=logger, suppression=suppression
+    )
     result, split = _check_changes(plan, changes, contract=contract, checker=checker)
     # The rows failing the contract are recorded before the commit that marks them consumed.
     checker.flush(lake, stage=f"staging-{role}")
@@ -269,10 +277,11 @@ def _collect_changes(
     *,
     options: NormaliseOptions,
     logger: Logger,
+    suppression: Suppression | None = None,
 ) -> _Changes:
     """What each source (current, or staged before and now gone) adds to and removes from the
     log: everything on a full restage, otherwise the diff of its bronze files."""
-    collector = _Collector(lake, plan, log, options, logger)
+    collector = _Collector(lake, plan, log, options, logger, suppression)
     if plan.full or plan.state is None:
         for name in sorted(plan.sources):
             collector.restage(name)
@@ -291,11 +300,16 @@ class _Collector:
     log: pl.LazyFrame | None
     options: NormaliseOptions
     logger: Logger
+    suppression: Suppression | None = None
     changes: _Changes = field(default_factory=_Changes)
 
     def canonical(self, name: str, rows: pl.LazyFrame) -> pl.LazyFrame:
+        """The source's rows as canonical rows, without erased people (see
+        :mod:`tasks.suppression`): they never reach the contract, the quarantine or the log."""
         source = self.plan.sources[name]
         canonical = to_canonical(rows, source, source_name=name, options=self.options)
+        if self.suppression:
+            canonical = self.suppression.drop(canonical, "email")
         return _conform(canonical, self.plan.role)
 
     def restage(self, name: str) -> None:
