@@ -2,7 +2,8 @@
 
 Exit status: 0 when the command succeeded; 1 when ``doctor`` ran and a check failed; 2 for any
 error, reported as one line on stderr (``error: ...`` naming the thing: key path, source, table,
-lake URI, Prefect URL); 3 when ``run`` completed but an audience was held or skipped.
+lake URI, Prefect URL); 3 when ``run`` completed but an audience was held or skipped, or when
+``erase`` cleaned the lake but a platform did not confirm the erasure.
 ``--debug`` also prints the traceback.
 """
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from tasks.core.config import PipelineConfig
 
 EXIT_DOCTOR_FAILED = 1  # `doctor` ran every check and at least one said FAIL
-EXIT_HELD = 3  # `run` completed, but some audience was held or skipped (errors exit 2)
+EXIT_HELD = 3  # `run` completed but an audience was held/skipped; `erase`: a platform is pending
 
 # Offline-friendly Prefect defaults; a user's own settings win.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
