@@ -4,8 +4,10 @@ the stand-ins (which follow the vendors' documented deletion endpoints) no longe
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from infra.sandbox.hubspot_marketing import HubSpotMarketingStandIn
@@ -13,12 +15,15 @@ from infra.sandbox.klaviyo import KlaviyoStandIn
 from infra.sandbox.mailchimp import MailchimpStandIn
 from tasks.connectors.destinations import PLATFORMS
 from tasks.connectors.destinations.protocol import Member
+from tasks.connectors.lake import CHANGE_FEED, Lake
 from tasks.core.config import PipelineConfig, load_pipeline
-from tasks.erasure import Person, erase_on_platforms
+from tasks.core.tables import ERASURE_LOG
+from tasks.erasure import Person, erase_on_platforms, erase_people
 
 ROOT = Path(__file__).resolve().parents[2]
 GONE = Member("key-gone", "gone.person@example.com")
 KEPT = Member("key-kept", "kept.person@example.com")
+NOW = datetime(2026, 11, 1, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -99,3 +104,40 @@ def test_a_platform_that_refuses_is_reported_not_hidden(
     answers = erase_on_platforms(config, [Person(GONE.email, GONE.contact_key)])
     assert answers[GONE.email]["hubspot"].startswith("failed"), answers
     assert answers[GONE.email]["klaviyo"].startswith("ok")
+
+
+def test_a_rerun_completes_an_erasure_a_platform_refused(
+    platforms: tuple[MailchimpStandIn, KlaviyoStandIn, HubSpotMarketingStandIn],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    mailchimp, klaviyo, hubspot = platforms
+    config = config_for(tmp_path, monkeypatch, mailchimp.url, klaviyo.url, hubspot.url)
+    lake = Lake(str(tmp_path / "lake"))
+    lake.merge(
+        "bronze/crm_contacts",
+        pl.DataFrame({"id": ["1", "2"], "email": [GONE.email.upper(), KEPT.email]}),
+        keys=["id"],
+        table_properties=CHANGE_FEED,
+    )
+
+    def erase(run_id: str) -> list[str]:
+        receipts = erase_people(
+            lake, config, [GONE.email], pepper=b"p", version=1, run_id=run_id, now=NOW
+        )
+        return [r.status for r in receipts]
+
+    hubspot.token = "rotated"
+    assert erase("first") == ["platforms-pending"]
+    assert lake.read("bronze/crm_contacts")["id"].to_list() == ["2"]  # the lake is clean
+    hubspot.token = "erase-token"
+    assert erase("rerun") == ["erased"]
+    assert hubspot.contact(GONE.email) is None
+    assert erase("again") == ["already-erased"]
+    log = lake.read(ERASURE_LOG)
+    assert dict(log.select("run_id", "status").iter_rows()) == {
+        "first": "platforms-pending",
+        "rerun": "erased",
+        "again": "already-erased",
+    }
+    assert log["request_id"].n_unique() == 1  # one request, three receipts
