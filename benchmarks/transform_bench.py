@@ -66,8 +66,8 @@ def _project(lake_dir: str, *, full_refresh: bool) -> dict[str, Any]:
     """The project's transform functions on ``lake_dir`` (no Prefect)."""
     from tasks.connectors.lake import Lake
     from tasks.engine.gold import build_gold_tables
+    from tasks.engine.roles import stage_bronze
     from tasks.engine.silver import build_silver_tables
-    from tasks.engine.staging import stage_bronze
     from tasks.engine.state import record_transform_state
 
     logger = logging.getLogger("transform_bench")

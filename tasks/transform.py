@@ -4,7 +4,8 @@ Each task is a thin wrapper over one stage function: it opens the configured lak
 Prefect's run logger and calls the function, which holds all the logic (the benchmark calls
 the same functions without Prefect). The ``transform`` flow runs them in this order:
 
-1. :func:`stage_sources` - bronze -> ``silver/staged_<role>`` (:mod:`tasks.engine.staging`);
+1. :func:`stage_sources` - bronze -> ``silver/staged_<role>``, one :func:`stage_role` task per
+   role on the configured task runner (:mod:`tasks.engine.roles`, :mod:`tasks.runners`);
 2. :func:`build_silver` - staging -> silver (:mod:`tasks.engine.silver`);
 3. :func:`build_gold` - silver -> gold (:mod:`tasks.engine.gold`);
 4. :func:`commit_transform_state` - records what was built from (:mod:`tasks.engine.state`).
@@ -14,32 +15,69 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import wait
+from prefect.task_runners import TaskRunner
 
 from tasks.core.config import PipelineConfig
+from tasks.core.tables import ROLES
 from tasks.engine.gold import build_gold_tables
 from tasks.engine.reports import SilverReport, StageReport, StagingReport
+from tasks.engine.roles import RoleStaged, prepare_quarantine, stage_one_role, staging_report
 from tasks.engine.silver import build_silver_tables
-from tasks.engine.staging import stage_bronze
 from tasks.engine.state import record_transform_state
 from tasks.resources import open_lake
 
 
-@task(cache_policy=NO_CACHE)
-def stage_sources(
-    config: PipelineConfig, *, run_id: str, now: datetime, full_refresh: bool = False
-) -> StagingReport:
-    """bronze -> ``silver/staged_<role>``: normalise and check only rows bronze gained or lost."""
-    return stage_bronze(
+@task(name="stage-role", cache_policy=NO_CACHE, task_run_name="stage-{role}")
+def stage_role(
+    config: PipelineConfig, role: str, *, run_id: str, now: datetime, full_refresh: bool = False
+) -> RoleStaged:
+    """bronze -> ``silver/staged_<role>`` for one role, wherever the task runner runs it."""
+    return stage_one_role(
         open_lake(),
         config,
+        role,
         run_id=run_id,
         now=now,
         full_refresh=full_refresh,
         logger=get_run_logger(),
     )
+
+
+def stage_sources(
+    runner: TaskRunner[Any],
+    config: PipelineConfig,
+    *,
+    run_id: str,
+    now: datetime,
+    full_refresh: bool = False,
+) -> StagingReport:
+    """bronze -> ``silver/staged_<role>``: every role as its own :func:`stage_role` task on
+    ``runner``; waits for all, then combines their reports.
+
+    Every role is waited for before a failure is raised, so a failed role never leaves another
+    cut off mid-commit by the runner shutting down.
+    """
+    prepare_quarantine(open_lake())
+    futures = {
+        role: runner.submit(
+            stage_role,
+            parameters={
+                "config": config,
+                "role": role,
+                "run_id": run_id,
+                "now": now,
+                "full_refresh": full_refresh,
+            },
+        )
+        for role in ROLES
+    }
+    wait(list(futures.values()))
+    return staging_report({role: future.result() for role, future in futures.items()})
 
 
 @task(cache_policy=NO_CACHE)

@@ -32,6 +32,7 @@ from tasks.core.config_base import Name as Name
 from tasks.core.config_base import Role as Role
 from tasks.core.config_base import SecretRef as SecretRef
 from tasks.core.config_base import SourceBase as SourceBase
+from tasks.core.config_engine import EngineConfig
 from tasks.core.config_events import EventSource
 from tasks.core.config_maintenance import MaintenanceConfig
 from tasks.core.config_rest import UNION_TAGS as _REST_UNION_TAGS
@@ -216,6 +217,10 @@ class PipelineConfig(Model):
     transform: TransformConfig = Field(default_factory=TransformConfig)
     volume: VolumeConfig = Field(default_factory=VolumeConfig)
     maintenance: MaintenanceConfig = Field(default_factory=MaintenanceConfig)
+    engine: EngineConfig = Field(
+        default_factory=EngineConfig,
+        description="Where the transform's independent units run (Dask, threads, inline).",
+    )
 
     @field_validator("segments")
     @classmethod

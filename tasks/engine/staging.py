@@ -20,7 +20,6 @@ quarantine counts), then :func:`_commit_full` or :func:`_commit_incremental`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
 
 import polars as pl
 
@@ -33,12 +32,8 @@ from tasks.core.canonical import (
 )
 from tasks.core.config import PipelineConfig, Source, SourceBase
 from tasks.core.contracts import (
-    ContactCandidate,
     Contract,
-    EnrichmentCandidate,
-    EventCandidate,
     Split,
-    order_contract,
     split_valid,
 )
 from tasks.core.incremental import (
@@ -53,68 +48,12 @@ from tasks.core.incremental import (
     staging_updates,
     values_in,
 )
-from tasks.core.tables import ROLE_TABLES, ROLES, STAGED, bronze_table, staging_schema
+from tasks.core.tables import ROLE_TABLES, STAGED, bronze_table, staging_schema
 from tasks.engine.checks import Checker
 from tasks.engine.delta import latest_state, pinned
-from tasks.engine.reports import Logger, Metric, StagingReport
+from tasks.engine.reports import Logger
 from tasks.resources import pepper
 from tasks.suppression import Suppression, load_suppression
-
-
-def stage_bronze(
-    lake: Lake,
-    config: PipelineConfig,
-    *,
-    run_id: str,
-    now: datetime,
-    full_refresh: bool = False,
-    logger: Logger,
-) -> StagingReport:
-    """Bring every role's staging log up to the current bronze of its sources."""
-    settings = config.transform
-    options = NormaliseOptions(default_phone_region=settings.default_phone_region)
-    contracts: dict[str, Contract] = {
-        "contacts": ContactCandidate,
-        "enrichment": EnrichmentCandidate,
-        "orders": order_contract(settings.currency.to_reporting()),
-        "events": EventCandidate,
-    }
-    checker = Checker(run_id=run_id, now=now, logger=logger)
-    secret, key_version = pepper()
-    suppression = load_suppression(lake, pepper=secret, version=key_version)
-    staged = {
-        role: stage_role(
-            lake,
-            config,
-            role,
-            contract=contracts[role],
-            checker=checker,
-            options=options,
-            full_refresh=full_refresh,
-            logger=logger,
-            suppression=suppression,
-        )
-        for role in ROLES
-    }
-    metrics: list[Metric] = [
-        {
-            "table": ROLE_TABLES[role],
-            "source": source,
-            "rows": rows,
-            "quarantined": result.quarantined.get(source, 0),
-        }
-        for role, result in staged.items()
-        for source, rows in sorted(result.live.items())
-    ]
-    losses = [result.losses for result in staged.values() if result.losses is not None]
-    return StagingReport(
-        checked={role: r.checked for role, r in staged.items()},
-        rejected={role: r.rejected for role, r in staged.items()},
-        modes={role: r.mode for role, r in staged.items()},
-        metrics=metrics,
-        rule_counts=checker.write(lake, stage="staging"),
-        losses=pl.concat(losses).to_dicts() if losses else [],
-    )
 
 
 @dataclass
@@ -179,6 +118,9 @@ def stage_role(
 ) -> RoleStaging:
     """Bring ``silver/staged_<role>`` up to the current bronze of the role's sources.
 
+    Erased people (``suppression``; read from the lake when not given) are dropped as their
+    rows are normalised: they never reach the contract, the quarantine or the log.
+
     The rows this consumes fail or pass the role's contract: the failures are written to
     ``ops/quarantine`` *before* the staging commit that records the bronze versions as
     consumed, so a crash in between redoes the role and a crash after it loses nothing. The
@@ -194,6 +136,9 @@ def stage_role(
             quarantined=dict(plan.state.rejected or {}),
         )
     log = None if plan.full else pinned(lake, plan.table, lake.version(plan.table))
+    if suppression is None:
+        secret, key_version = pepper()
+        suppression = load_suppression(lake, pepper=secret, version=key_version)
     changes = _collect_changes(
         lake, plan, log, options=options, logger=logger, suppression=suppression
     )
