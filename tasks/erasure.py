@@ -14,7 +14,7 @@ One erasure, for a list of emails (:func:`erase_people`):
    one (silver, gold, sync ledger), the email columns elsewhere (bronze: the column the source
    maps to ``email``; staging: ``email`` and ``email_raw``), compared after normalisation, and
    the free-text columns of ``ops`` tables (quarantine ``row`` and ``value``, source run
-   ``error``). Matching rows are deleted (rewriting only the files that hold them).
+   ``error``), and events by the visitor ids ``silver/events`` linked to the person. Matching rows are deleted (rewriting only the files that hold them).
 4. Every table's history is purged (:func:`~tasks.connectors.lake.purge.purge_history`):
    superseded files vacuumed with retention 0, commits and checkpoints older than a fresh
    checkpoint deleted (their statistics hold min/max values), change data files deleted.
@@ -48,6 +48,7 @@ from tasks.core.tables import (
     ERASURE_LOG_SCHEMA,
     ERASURE_REQUEST_SCHEMA,
     ERASURE_REQUESTS,
+    EVENTS,
     PUBLISH_LEASES,
     TABLES,
     is_bronze,
@@ -212,11 +213,43 @@ def email_columns(lake: Lake, config: PipelineConfig, table: str) -> list[str]:
     return found
 
 
+def anonymous_ids(lake: Lake, persons: Sequence[Person]) -> pl.DataFrame:
+    """``(_source, anonymous_id)`` of the people's events: the visitor ids their events were
+    linked by (read from ``silver/events`` before it is cleaned)."""
+    empty = pl.DataFrame(schema={"_source": pl.String, "anonymous_id": pl.String})
+    if not lake.exists(EVENTS):
+        return empty
+    keys = pl.Series([p.contact_key for p in persons], dtype=pl.String)
+    return (
+        lake.scan(EVENTS)
+        .filter(pl.col("contact_key").is_in(keys) & pl.col("anonymous_id").is_not_null())
+        .select(pl.col("_source").cast(pl.String), pl.col("anonymous_id").cast(pl.String))
+        .unique()
+        .collect()
+    )
+
+
+def _anonymous_column(config: PipelineConfig, table: str, schema: pl.Schema) -> str | None:
+    """The column of ``table`` holding a visitor id (bronze: the source's mapping)."""
+    column = "anonymous_id"
+    if is_bronze(table):
+        source = config.sources.get(table.split("/", 1)[1])
+        if source is None or source.role != "events":
+            return None
+        column = source.column("anonymous_id")
+    return column if column in schema and "_source" in schema else None
+
+
 def find_rows(
-    lake: Lake, config: PipelineConfig, table: str, persons: Sequence[Person]
+    lake: Lake,
+    config: PipelineConfig,
+    table: str,
+    persons: Sequence[Person],
+    anonymous: pl.DataFrame | None = None,
 ) -> list[pl.DataFrame]:
     """Frames of column values identifying the people's rows of ``table`` (each frame is one
-    delete: rows whose columns equal one of its rows)."""
+    delete: rows whose columns equal one of its rows). ``anonymous``: the visitor ids their
+    events were linked by (:func:`anonymous_ids`), whose events carry no email."""
     scan = lake.scan(table)
     schema = scan.collect_schema()
     keys = pl.Series([p.contact_key for p in persons], dtype=pl.String)
@@ -229,6 +262,11 @@ def find_rows(
     for column in email_columns(lake, config, table):
         hits = scan.filter(normalise_email(pl.col(column)).is_in(pl.Series(emails)))
         found.append(hits.select(column).unique().collect())
+    visitor = _anonymous_column(config, table, schema)
+    if visitor is not None and anonymous is not None and anonymous.height:
+        ids = anonymous.rename({"anonymous_id": visitor})
+        linked = scan.select("_source", visitor).join(ids.lazy(), on=["_source", visitor])
+        found.append(linked.unique().collect())
     text = [c for c in FREE_TEXT_COLUMNS if schema.get(c) == pl.String]
     entry = TABLES.get(table)
     if text and entry is not None and entry.keys:
@@ -245,11 +283,12 @@ def delete_people(
 ) -> dict[str, DeleteStats]:
     """Delete the people's rows from every table; per table touched, what was deleted."""
     touched: dict[str, DeleteStats] = {}
+    anonymous = anonymous_ids(lake, persons)
     for table in lake.tables():
         if table in _KEEP or table == PUBLISH_LEASES:
             continue
         rows = files_removed = files_added = 0
-        for values in find_rows(lake, config, table, persons):
+        for values in find_rows(lake, config, table, persons, anonymous):
             stats = delete_matching(lake, table, values, metadata={"audience_lake.erasure": "true"})
             rows += stats.rows
             files_removed += stats.files_removed

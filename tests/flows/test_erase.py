@@ -100,7 +100,15 @@ def plant(sandbox: Sandbox, canary: Canary) -> None:
             "event_type": "page_view",
             "occurred_at": "2026-10-30T08:00:00.000Z",
             "url": "https://shop.example.com/canary",
-        }
+        },
+        {  # the same visitor before they gave their email: linked by the anonymous id only
+            "event_id": f"evt_canary_{n}_anon",
+            "user_email": None,
+            "anonymous_id": f"anon_canary_{n}",
+            "event_type": "page_view",
+            "occurred_at": "2026-10-29T08:00:00.000Z",
+            "url": "https://shop.example.com/canary-before",
+        },
     ]
     drops = sandbox.data_dir / "drops"
     (drops / "events" / f"events-canary-{n}.ndjson").write_text(
@@ -137,6 +145,14 @@ def readable_text(path: str, content: bytes) -> str:
         frame = pl.read_parquet(content)
         text += json.dumps(frame.to_dicts(), default=str, ensure_ascii=False)
     return text.lower()
+
+
+VISITORS = [f"anon_canary_{c.number}" for c in CANARIES]
+
+
+def texts(lake: Lake) -> Iterator[tuple[str, str]]:
+    for path, content in lake_objects(lake):
+        yield path, readable_text(path, content)
 
 
 def occurrences(lake: Lake, canaries: list[Canary]) -> dict[str, list[str]]:
@@ -195,6 +211,9 @@ def test_erased_people_leave_no_trace_in_any_object_and_do_not_come_back(
     after = occurrences(lake, CANARIES)
     leaked = {n: p for c in ERASED for n in c.needles() if (p := after.get(n))}
     assert leaked == {}
+    # Their visitor ids went with them (events that carried no email included).
+    visitors = {anon for _, text in texts(lake) for anon in VISITORS if anon in text}
+    assert visitors == {f"anon_canary_{CONTROL.number}"}
     assert all(needle in after for needle in CONTROL.needles())  # the scan still sees
 
     # Time travel to a version before the erasure no longer exists.
