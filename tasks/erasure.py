@@ -9,12 +9,14 @@ One erasure, for a list of emails (:func:`erase_people`):
    not erased twice: their receipt says ``already-erased``.
 2. Writers are checked: a held publish lease makes the erasure refuse (see
    :func:`check_no_writer`); the ingest and transform have no lease, so run an erasure when no
-   pipeline run is in progress (the ``erase`` deployment shares the pipeline's work queue).
+   pipeline run is in progress (the ``erase-requests`` deployment runs half an hour clear of
+   the hourly pipeline).
 3. Every table is searched for the person (:func:`find_rows`): ``contact_key`` where a table has
    one (silver, gold, sync ledger), the email columns elsewhere (bronze: the column the source
    maps to ``email``; staging: ``email`` and ``email_raw``), compared after normalisation, and
    the free-text columns of ``ops`` tables (quarantine ``row`` and ``value``, source run
-   ``error``), and events by the visitor ids ``silver/events`` linked to the person. Matching rows are deleted (rewriting only the files that hold them).
+   ``error``), and events by the visitor ids ``silver/events`` linked to the person. Matching
+   rows are deleted (rewriting only the files that hold them).
 4. Every table's history is purged (:func:`~tasks.connectors.lake.purge.purge_history`):
    superseded files vacuumed with retention 0, commits and checkpoints older than a fresh
    checkpoint deleted (their statistics hold min/max values), change data files deleted.
@@ -112,7 +114,7 @@ def people(emails: Iterable[str], *, pepper: bytes, version: int, origin: str) -
     Raises:
         ErasureError: naming ``origin`` and the position of an entry that is not an email.
     """
-    given = [e for e in emails]
+    given = list(emails)
     frame = pl.DataFrame({"raw": given}, schema={"raw": pl.String}).with_columns(
         normalise_email(pl.col("raw")).alias("email")
     )
