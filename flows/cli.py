@@ -2,7 +2,8 @@
 
 Exit status: 0 when the command succeeded; 1 when ``doctor`` ran and a check failed; 2 for any
 error, reported as one line on stderr (``error: ...`` naming the thing: key path, source, table,
-lake URI, Prefect URL); 3 when ``run`` completed but an audience was held or skipped.
+lake URI, Prefect URL); 3 when ``run`` completed but an audience was held or skipped, or when
+``erase`` cleaned the lake but a platform did not confirm the erasure.
 ``--debug`` also prints the traceback.
 """
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from tasks.core.config import PipelineConfig
 
 EXIT_DOCTOR_FAILED = 1  # `doctor` ran every check and at least one said FAIL
-EXIT_HELD = 3  # `run` completed, but some audience was held or skipped (errors exit 2)
+EXIT_HELD = 3  # `run` completed but an audience was held/skipped; `erase`: a platform is pending
 
 # Offline-friendly Prefect defaults; a user's own settings win.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -103,6 +104,43 @@ def _cmd_maintain(args: argparse.Namespace) -> int:
     )
     print(maintenance_summary(report))
     return 0
+
+
+def _cmd_erase(args: argparse.Namespace) -> int:
+    from flows.common import current_run_id, utc_now
+    from flows.erase import read_request_file
+    from tasks.core.config import load_pipeline
+    from tasks.erasure import erase_people
+    from tasks.resources import open_lake, pepper
+
+    _use_secret_blocks()
+    config = load_pipeline(args.config)
+    emails = list(args.email or [])
+    for name in args.file or []:
+        emails.extend(read_request_file(Path(name)))
+    if not emails:
+        raise AudienceLakeError("erase: name at least one person (--email or --file)")
+    secret, version = pepper()
+    # No Prefect flow run here: its parameters would keep the emails in Prefect's database.
+    receipts = erase_people(
+        open_lake(),
+        config,
+        emails,
+        pepper=secret,
+        version=version,
+        run_id=current_run_id(),
+        now=utc_now(),
+        origin="the command line",
+    )
+    for receipt in receipts:
+        platforms = "; ".join(f"{k}: {v}" for k, v in receipt.platforms.items()) or "-"
+        print(
+            f"{receipt.request_id}  {receipt.contact_key}  {receipt.status}  "
+            f"rows {receipt.rows_deleted}  tables {len(receipt.tables)}  "
+            f"files rewritten {receipt.files_rewritten}  deleted {receipt.files_deleted}  "
+            f"platforms: {platforms}"
+        )
+    return 0 if all(r.status != "platforms-pending" for r in receipts) else EXIT_HELD
 
 
 def _before_flows(args: argparse.Namespace) -> None:
@@ -372,6 +410,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="vacuum retention for this run (default: maintenance.retention_hours)",
     )
     maintain.set_defaults(func=_cmd_maintain)
+
+    erase = sub.add_parser(
+        "erase",
+        help="erase people from every lake table and every platform, with a receipt",
+    )
+    erase.add_argument("--config", default=config_default, help=config_help)
+    erase.add_argument("--email", action="append", help="a person's email (repeatable)")
+    erase.add_argument(
+        "--file", action="append", help="a file of emails, one per line (repeatable)"
+    )
+    erase.set_defaults(func=_cmd_erase)
 
     doctor = sub.add_parser(
         "doctor",

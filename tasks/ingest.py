@@ -30,8 +30,9 @@ from tasks.quarantine import (
     write_quarantine_records,
 )
 from tasks.reports import IngestReport
-from tasks.resources import open_lake
+from tasks.resources import open_lake, pepper
 from tasks.retries import retry_unless_permanent
+from tasks.suppression import load_suppression
 from tasks.token_stores import PREFECT_SECRET as _REGISTERS_PREFECT_TOKEN_STORE  # noqa: F401
 
 
@@ -154,6 +155,9 @@ def ingest_source(
     reader = open_source(name, source)
     since = None if full_refresh else committed_watermark(lake, table, reader.cursor_field)
     record_changes(lake, table)
+    secret, key_version = pepper()
+    suppression = load_suppression(lake, pepper=secret, version=key_version)
+    email_column = source.column("email")
     logger.info("ingest %s -> %s (since=%s)", name, table, since or "beginning")
     rows = batches = skipped = quarantined = rejected = 0
     known_bad: list[str] = []
@@ -185,6 +189,9 @@ def ingest_source(
                     "%s: quarantined whole: %s", name, mask_emails(batch.rejected.reason)
                 )
                 continue
+            if suppression:  # erased people never land again (see tasks.suppression)
+                kept = suppression.drop(batch.frame.lazy(), email_column).collect()
+                batch = replace(batch, frame=kept)
             batch, bad = screen_batch(
                 lake,
                 table,

@@ -101,6 +101,8 @@ SOURCE_RUNS = "ops/source_runs"
 SYNC_LEDGER = "ops/sync_ledger"
 PUBLISH_LEASES = "ops/publish_leases"
 RUNS = "ops/runs"
+ERASURE_REQUESTS = "ops/erasure_requests"
+ERASURE_LOG = "ops/erasure_log"
 
 ROLE_TABLES = {"contacts": CONTACTS, "enrichment": CONTACTS, "orders": ORDERS, "events": EVENTS}
 """The silver table each source role feeds."""
@@ -244,6 +246,27 @@ RUNS_SCHEMA: dict[str, pl.DataType] = {
 }
 """``ops/runs``: one row per flow run (see :mod:`tasks.runs`)."""
 
+ERASURE_REQUEST_SCHEMA: dict[str, pl.DataType] = {
+    "request_id": pl.String(),
+    "contact_key": pl.String(),
+    "requested_at": UTC_MICROS,
+}
+"""``ops/erasure_requests``: the suppression list (no email: a contact key cannot be reversed)."""
+
+ERASURE_LOG_SCHEMA: dict[str, pl.DataType] = {
+    "request_id": pl.String(),
+    "contact_key": pl.String(),
+    "status": pl.String(),  # "erased", "already-erased" or "platforms-pending"
+    "tables": pl.String(),  # JSON: table -> {rows, files_removed, files_added}
+    "rows_deleted": pl.Int64(),
+    "files_rewritten": pl.Int64(),
+    "files_deleted": pl.Int64(),
+    "platforms": pl.String(),  # JSON: destination -> platform answer
+    "run_id": pl.String(),
+    "erased_at": UTC_MICROS,
+}
+"""``ops/erasure_log``: one receipt per person and erasure run."""
+
 
 # --- the catalogue ------------------------------------------------------------------------------
 def _staged(role: str) -> Table:
@@ -356,6 +379,20 @@ TABLES: dict[str, Table] = {
             RUNS_SCHEMA,
             keys=("flow_run_id",),
             write="merge",
+        ),
+        Table(
+            ERASURE_REQUESTS,
+            "Erased people by contact_key: never staged, built or published again.",
+            ERASURE_REQUEST_SCHEMA,
+            keys=("contact_key",),
+            write="insert_new",
+        ),
+        Table(
+            ERASURE_LOG,
+            "Receipts of erasures: what was deleted where, and what each platform answered.",
+            ERASURE_LOG_SCHEMA,
+            keys=("request_id", "contact_key", "run_id"),
+            write="append_once",
         ),
     )
 }

@@ -52,6 +52,8 @@ from tasks.core.tables import ROLE_TABLES, STAGED, bronze_table, staging_schema
 from tasks.engine.checks import Checker
 from tasks.engine.delta import latest_state, pinned
 from tasks.engine.reports import Logger
+from tasks.resources import pepper
+from tasks.suppression import Suppression, load_suppression
 
 
 @dataclass
@@ -112,8 +114,12 @@ def stage_role(
     options: NormaliseOptions,
     full_refresh: bool,
     logger: Logger,
+    suppression: Suppression | None = None,
 ) -> RoleStaging:
     """Bring ``silver/staged_<role>`` up to the current bronze of the role's sources.
+
+    Erased people (``suppression``; read from the lake when not given) are dropped as their
+    rows are normalised: they never reach the contract, the quarantine or the log.
 
     The rows this consumes fail or pass the role's contract: the failures are written to
     ``ops/quarantine`` *before* the staging commit that records the bronze versions as
@@ -130,7 +136,12 @@ def stage_role(
             quarantined=dict(plan.state.rejected or {}),
         )
     log = None if plan.full else pinned(lake, plan.table, lake.version(plan.table))
-    changes = _collect_changes(lake, plan, log, options=options, logger=logger)
+    if suppression is None:
+        secret, key_version = pepper()
+        suppression = load_suppression(lake, pepper=secret, version=key_version)
+    changes = _collect_changes(
+        lake, plan, log, options=options, logger=logger, suppression=suppression
+    )
     result, split = _check_changes(plan, changes, contract=contract, checker=checker)
     # The rows failing the contract are recorded before the commit that marks them consumed.
     checker.flush(lake, stage=f"staging-{role}")
@@ -211,10 +222,11 @@ def _collect_changes(
     *,
     options: NormaliseOptions,
     logger: Logger,
+    suppression: Suppression | None = None,
 ) -> _Changes:
     """What each source (current, or staged before and now gone) adds to and removes from the
     log: everything on a full restage, otherwise the diff of its bronze files."""
-    collector = _Collector(lake, plan, log, options, logger)
+    collector = _Collector(lake, plan, log, options, logger, suppression)
     if plan.full or plan.state is None:
         for name in sorted(plan.sources):
             collector.restage(name)
@@ -233,11 +245,16 @@ class _Collector:
     log: pl.LazyFrame | None
     options: NormaliseOptions
     logger: Logger
+    suppression: Suppression | None = None
     changes: _Changes = field(default_factory=_Changes)
 
     def canonical(self, name: str, rows: pl.LazyFrame) -> pl.LazyFrame:
+        """The source's rows as canonical rows, without erased people (see
+        :mod:`tasks.suppression`): they never reach the contract, the quarantine or the log."""
         source = self.plan.sources[name]
         canonical = to_canonical(rows, source, source_name=name, options=self.options)
+        if self.suppression:
+            canonical = self.suppression.drop(canonical, "email")
         return _conform(canonical, self.plan.role)
 
     def restage(self, name: str) -> None:
