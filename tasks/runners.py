@@ -63,7 +63,11 @@ def local_cluster_kwargs(engine: EngineConfig) -> dict[str, Any]:
         "threads_per_worker": engine.threads_per_worker,
         "processes": True,
         "host": "127.0.0.1",
-        "dashboard_address": None,
+        # No dashboard, and the scheduler's HTTP routes (/metrics, /health) on a free port:
+        # with no address the scheduler binds 8787, and a second cluster on the machine (another
+        # flow run) would only get a fallback port with a warning.
+        "dashboard_address": "127.0.0.1:0",
+        "scheduler_kwargs": {"dashboard": False},
         "memory_limit": engine.memory_limit or "auto",
         "env": env,
     }

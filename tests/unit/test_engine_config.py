@@ -43,7 +43,8 @@ def test_default_is_a_local_dask_cluster_sized_to_the_machine(tmp_path: Path) ->
     kwargs = local_cluster_kwargs(engine)
     assert kwargs["n_workers"] == machine_cores()
     assert kwargs["processes"] is True and kwargs["threads_per_worker"] == 1
-    assert kwargs["host"] == "127.0.0.1" and kwargs["dashboard_address"] is None
+    assert kwargs["host"] == "127.0.0.1" and kwargs["dashboard_address"] == "127.0.0.1:0"
+    assert kwargs["scheduler_kwargs"] == {"dashboard": False}
 
 
 def test_the_sample_pipeline_runs_inline_unless_the_environment_says_otherwise() -> None:
