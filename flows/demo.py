@@ -68,7 +68,7 @@ def run_demo(
         os.environ["AUDIENCE_LAKE_MAILCHIMP_URL"] = mailchimp.url
         pipeline_config = load_pipeline(config)
         for destination in pipeline_config.destinations.values():
-            for list_id in destination.audiences.values():
+            for list_id in destination.list_ids():
                 mailchimp.add_list(list_id)
         print(f"stand-ins: CRM {crm.url}  Mailchimp {mailchimp.url}")
         report = pipeline(config_path=str(config))

@@ -446,11 +446,11 @@ def test_config_opens_an_adapter_with_the_bearer_token(
 
     destination = PLATFORMS["hubspot"](config)
     try:
-        assert "1 lists readable" in destination.probe(list(config.audiences.values()))
+        assert "1 lists readable" in destination.probe(config.list_ids())
     finally:
         destination.close()
     assert hubspot.exchanges[0].headers["authorization"] == f"Bearer {TOKEN}"
-    with pytest.raises(ConfigError, match="publish engine does not call yet"):
+    with pytest.raises(ConfigError, match="only a destination-protocol adapter"):
         open_destination(config)
 
 

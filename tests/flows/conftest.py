@@ -86,7 +86,7 @@ def sandbox(
     lists = [
         list_id
         for destination in load_pipeline(CONFIG, env={}).destinations.values()
-        for list_id in destination.audiences.values()
+        for list_id in destination.list_ids()
     ]
     with crm, MailchimpStandIn(api_key="flow-key-us1", lists=lists) as mailchimp:
         monkeypatch.setenv("AUDIENCE_LAKE_CRM_URL", crm.url)

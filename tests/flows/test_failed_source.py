@@ -148,5 +148,5 @@ def test_a_first_ever_run_with_the_contact_source_down_fails_naming_it(
     message = down.message or ""
     assert f"{FAILING}: SourceError: source '{FAILING}'" in message, message
     assert "TableNotFound" not in message and "does not exist" not in message, message
-    lists = load_pipeline(config).destinations["mailchimp"].audiences.values()
+    lists = load_pipeline(config).destinations["mailchimp"].list_ids()
     assert all(not sandbox.mailchimp.members(list_id) for list_id in lists)  # nobody consented

@@ -133,7 +133,7 @@ def test_a_pipeline_run_shows_its_summary_charts_and_lineage(
         key("gold/audience_members"): {key("gold/customer_features"), key("silver/contacts")},
     }
     for name, destination in config.destinations.items():
-        for list_id in destination.audiences.values():
+        for list_id in destination.list_ids():
             expected[destination_asset_key(destination.kind, name, list_id)] = {
                 key("gold/audience_members")
             }
