@@ -11,10 +11,10 @@ change. Real Delta tables, real stand-ins on loopback, the real adapters.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import polars as pl
 import pytest
@@ -23,10 +23,15 @@ from prefect.logging import disable_run_logger
 from infra.sandbox.hubspot_marketing import DEFAULT_SUBSCRIPTION_ID, HubSpotMarketingStandIn
 from infra.sandbox.klaviyo import KlaviyoStandIn
 from infra.sandbox.mailchimp import MailchimpStandIn
+from tasks.connectors.destinations import open_platform
+from tasks.connectors.destinations.protocol import Destination, Member, RecordResult
 from tasks.connectors.lake import Lake
 from tasks.core.config import PublishConfig, load_pipeline
+from tasks.core.mapping import holdout_share
+from tasks.errors import PublishError
 from tasks.publishing import publish_segment
 from tasks.reports import PublishReport
+from tasks.resources import pepper as lake_pepper
 from tests.faults.world import environment
 
 SEGMENT = "buyers"
@@ -166,11 +171,20 @@ def write_gold(
 
 
 class World:
-    def __init__(self, platform: Platform, root: Path, mode: str) -> None:
+    def __init__(
+        self,
+        platform: Platform,
+        root: Path,
+        mode: str,
+        *,
+        holdout: float = 0.0,
+        create_fields: bool = True,
+    ) -> None:
         self.platform = platform
         self.lake = Lake(str(root / "lake"))
         audience = (
-            f"        mode: {mode}\n        create_fields: true\n        fields:\n"
+            f"        mode: {mode}\n        holdout: {holdout}\n"
+            f"        create_fields: {str(create_fields).lower()}\n        fields:\n"
             f"          {NAME_FIELD[platform.kind]}: {{column: first_name}}\n"
             f"          {AMOUNT_FIELD[platform.kind]}: "
             "{column: lifetime_value, type: number, format: '0.00'}\n"
@@ -185,11 +199,14 @@ class World:
         self.env = {"AUDIENCE_LAKE_SECRET_PLATFORM_TEST": SECRET}
         self.config = load_pipeline(str(root / "pipeline.yaml"), env=self.env)
 
-    def publish(self, run_id: str) -> PublishReport:
+    def publish(
+        self, run_id: str, open_sink: Callable[[Any], Destination] = open_platform
+    ) -> PublishReport:
         destination = self.config.destinations[self.platform.kind]
         with disable_run_logger(), environment(self.env):
             return publish_segment(self.lake, self.platform.kind, destination, SEGMENT,
-                                   run_id=run_id, settings=PublishConfig())  # fmt: skip
+                                   run_id=run_id, settings=PublishConfig(),
+                                   open_sink=open_sink)  # fmt: skip
 
 
 def test_fields_go_out_changes_only_and_a_platform_opt_out_is_never_undone(
@@ -243,3 +260,74 @@ def test_mirror_mode_removes_leavers_without_unsubscribing_them(
     ledger = world.lake.read("ops/sync_ledger")
     assert set(ledger.filter(pl.col("action") == "remove")["contact_key"]) == {key(1), key(4)}
     assert world.publish("r3").planned == 0
+
+
+def test_a_refused_member_is_sent_again_next_run_and_only_it(
+    platform: Platform, tmp_path: Path
+) -> None:
+    """The platform's answer for person 3 is replaced by a retryable refusal (a test double
+    around the real adapter: the stand-ins' own per-record errors are permanent ones)."""
+    world = World(platform, tmp_path, "upsert")
+    write_gold(world.lake, ltv={}, members=set(range(PEOPLE)), opted_out=set())
+
+    class RefusesOne:
+        def __init__(self, inner: Destination) -> None:
+            self._inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._inner, name)
+
+        def upsert(self, audience: str, members: Sequence[Member]) -> Iterator[RecordResult]:
+            for result in self._inner.upsert(audience, members):
+                if result.contact_key == key(3):
+                    result = RecordResult(key(3), ok=False, error="try later", retryable=True)
+                yield result
+
+    first = world.publish("r1", lambda d: cast(Destination, RefusesOne(open_platform(d))))
+    assert first.failed == 1 and first.sent == PEOPLE - 1
+    second = world.publish("r2")
+    assert second.planned == 1 and second.sent == 1
+    assert world.publish("r3").planned == 0
+
+
+def test_the_holdout_is_recorded_never_sent_and_stable(platform: Platform, tmp_path: Path) -> None:
+    world = World(platform, tmp_path, "mirror", holdout=0.5)
+    write_gold(world.lake, ltv={}, members=set(range(PEOPLE)), opted_out=set())
+    first = world.publish("r1")
+    held = set(
+        world.lake.read("ops/sync_ledger").filter(pl.col("status") == "holdout")["contact_key"]
+    )
+    assert first.held_out == len(held) and 0 < len(held) < PEOPLE
+    assert first.sent == PEOPLE - len(held)
+    for n in range(PEOPLE):
+        assert platform.on_list(email(n)) == (key(n) not in held)
+    # The same people on every run and for every destination: a keyed hash of key + segment.
+    pepper = lake_pepper()[0]
+    assert held == {key(n) for n in range(PEOPLE) if holdout_share(key(n), SEGMENT, pepper) < 0.5}
+    assert world.publish("r2").planned == 0
+
+
+def test_missing_fields_fail_clearly_but_opt_outs_still_go_out(
+    platform: Platform, tmp_path: Path
+) -> None:
+    world = World(platform, tmp_path, "upsert")
+    write_gold(world.lake, ltv={}, members=set(range(PEOPLE)), opted_out=set())
+    world.publish("r1")
+    # The mapping now names a field nobody created, and may not create it.
+    (tmp_path / "strict").mkdir()
+    strict = World(platform, tmp_path / "strict", "upsert", create_fields=False)
+    strict.lake = world.lake
+    new = "NEWFIELD2" if platform.kind == "mailchimp" else "newfield2"
+    config = tmp_path / "strict" / "pipeline.yaml"
+    config.write_text(config.read_text().replace(
+        "        fields:\n", f"        fields:\n          {new}: {{column: first_name}}\n"
+    ))  # fmt: skip
+    strict.config = load_pipeline(str(config), env=strict.env)
+    write_gold(world.lake, ltv={0: 1.0}, members=set(range(PEOPLE)), opted_out={1})
+    if platform.kind == "klaviyo":  # no field catalogue: custom properties always "exist"
+        report = strict.publish("r2")
+        assert report.unsubscribed == 1
+        return
+    with pytest.raises(PublishError, match=new):
+        strict.publish("r2")
+    assert platform.unsubscribed(email(1))  # the opt-out went out before the error
