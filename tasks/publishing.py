@@ -314,9 +314,8 @@ def _send(
             action = batch["action"][0]
             if action != "holdout":
                 _commit(lake, ledger_rows(batch, **where, synced_at=_utc_now(), errors=None))
-            outcome, rejected = _dispatch(platform, audience, action, batch, target.config.tags)
-            _commit(lake, ledger_rows(batch, **where, synced_at=_utc_now(), errors=outcome,
-                                      rejected=rejected))  # fmt: skip
+            outcome = _dispatch(platform, audience, action, batch, target.config.tags)
+            _commit(lake, ledger_rows(batch, **where, synced_at=_utc_now(), errors=outcome))
             _count(tally, action, batch, outcome)
     finally:
         platform.close()
@@ -325,18 +324,20 @@ def _send(
 
 def _dispatch(
     platform: Platform, audience: str, action: str, batch: pl.DataFrame, tags: tuple[str, ...]
-) -> tuple[dict[str, str | None], set[str]]:
-    """One batch of one action to the platform: each contact key -> its error or None, and the
-    keys whose refusal a resend cannot fix (the adapter's ``retryable=False``)."""
+) -> dict[str, str | None]:
+    """One batch of one action to the platform: each contact key -> its error, or None.
+
+    Every refusal is sent again next run, also those the adapter calls permanent (an address
+    the platform holds as unsubscribed): resending never re-subscribes anyone, and the person's
+    state may change.
+    """
     if action == "holdout":
-        return dict.fromkeys(batch["contact_key"]), set()
+        return dict.fromkeys(batch["contact_key"])
     members = [_member(row, tags) for row in batch.iter_rows(named=True)]
     send = {"subscribe": platform.upsert, "unsubscribe": platform.unsubscribe,
             "remove": platform.remove}[action]  # fmt: skip
     results: dict[str, RecordResult] = {r.contact_key: r for r in send(audience, members)}
-    errors = {m.contact_key: _error(results.get(m.contact_key)) for m in members}
-    rejected = {k for k, r in results.items() if not r.ok and not r.retryable}
-    return errors, rejected
+    return {m.contact_key: _error(results.get(m.contact_key)) for m in members}
 
 
 def _error(result: RecordResult | None) -> str | None:

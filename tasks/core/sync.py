@@ -14,7 +14,7 @@ possibly on the list, so a contact who opts out meanwhile is still unsubscribed.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Literal, get_args
 
@@ -28,14 +28,12 @@ with its fields (an upsert: never a re-subscribe of a platform opt-out), ``unsub
 an opt-out, ``remove`` takes it off the list (mirror mode; archived, not unsubscribed);
 ``holdout`` sends nothing and records that the contact is in the audience's control group."""
 
-SyncStatus = Literal["ok", "error", "rejected", "pending", "holdout"]
-"""A ledger row's result: the platform accepted it, refused it for now (``error``: sent again
-next run), refused it for good (``rejected``: the data or the person's state at the platform
-must change first, e.g. an address the platform holds as unsubscribed; sent again only when the
-payload changes), the answer was never recorded, or (``holdout``) it was kept back as the
-audience's control group and never sent."""
+SyncStatus = Literal["ok", "error", "pending", "holdout"]
+"""A ledger row's result: the platform accepted it, refused it (sent again next run), the answer
+was never recorded, or (``holdout``) it was kept back as the audience's control group and never
+sent."""
 
-SETTLED = ("ok", "rejected", "holdout")
+SETTLED = ("ok", "holdout")
 """Statuses after which an unchanged payload is not sent again."""
 
 SyncMode = Literal["upsert", "mirror"]
@@ -232,14 +230,12 @@ def ledger_rows(
     run_id: str,
     synced_at: datetime,
     errors: Mapping[str, str | None] | None,
-    rejected: Collection[str] = (),
 ) -> pl.DataFrame:
     """Ledger rows for one platform batch of plan rows.
 
     ``errors=None`` records the intent (every row ``pending``, written before the request);
     otherwise ``errors`` maps each contact key of the batch to the platform's error for it, or
-    ``None`` when it was accepted (``ok``); the keys in ``rejected`` are refusals a resend
-    cannot fix (``rejected``).
+    ``None`` when it was accepted (``ok``).
     """
     if errors is None:
         status = pl.lit("pending")
@@ -254,9 +250,7 @@ def ledger_rows(
         )
         batch = batch.join(results, on="contact_key", how="left")
         status = (
-            pl.when(pl.col("error").is_not_null() & pl.col("contact_key").is_in(list(rejected)))
-            .then(pl.lit("rejected"))
-            .when(pl.col("error").is_not_null())
+            pl.when(pl.col("error").is_not_null())
             .then(pl.lit("error"))
             .when(pl.col("action") == "holdout")
             .then(pl.lit("holdout"))
