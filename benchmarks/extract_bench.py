@@ -8,8 +8,9 @@ the share of wall time spent waiting on the proactive rate budget.
     .venv/bin/python -m benchmarks.extract_bench --records 100000 --rps 4
     .venv/bin/python -m benchmarks.extract_bench --records 1000000 --rps 0   # no budget
 
-``--rps 4`` is HubSpot's documented search limit (API_NOTES §4.4), so a budgeted run is bound
-by it: ``pages / rps`` seconds at least. ``--rps 0`` measures the engine and the stand-in.
+``--rps 4`` is HubSpot's documented search limit (docs/platforms.md, *Rate budgets*), so a budgeted
+run is bound by it: ``pages / rps`` seconds at least. ``--rps 0`` measures the engine and the
+stand-in.
 
 Two things keep the harness out of the measurement: records are generated directly as
 stand-in objects (no Faker-style messiness, no deep copies), and the stand-in answers the

@@ -8,9 +8,10 @@ every peak-memory figure (``ru_maxrss`` of that process, interpreter and imports
 its own, and prints them side by side:
 
 * ``audience-lake full``: the real code path - ``stage_bronze`` + ``build_silver_tables`` +
-  ``build_gold_tables`` + ``record_transform_state`` from :mod:`tasks.transform` (what the
-  Prefect tasks call), *without* Prefect: no server, no task runs. Contracts, quarantine,
-  the staging log and Delta MERGEs included, on an empty lake (a first run).
+  ``build_gold_tables`` + ``record_transform_state`` from :mod:`tasks.engine` (the functions
+  the Prefect tasks of :mod:`tasks.transform` wrap), *without* Prefect: no server, no task
+  runs. Contracts, quarantine, the staging log and Delta MERGEs included, on an empty lake (a
+  first run).
 * ``bare polars`` / ``DuckDB SQL`` / ``pandas``: the same computation written directly
   (:mod:`benchmarks.transform_contenders`), reading the same bronze files and writing the
   five result tables to files; no contracts, no quarantine, no state for the next run.
@@ -64,12 +65,10 @@ def _config() -> Any:
 def _project(lake_dir: str, *, full_refresh: bool) -> dict[str, Any]:
     """The project's transform functions on ``lake_dir`` (no Prefect)."""
     from tasks.connectors.lake import Lake
-    from tasks.transform import (
-        build_gold_tables,
-        build_silver_tables,
-        record_transform_state,
-        stage_bronze,
-    )
+    from tasks.engine.gold import build_gold_tables
+    from tasks.engine.roles import stage_bronze
+    from tasks.engine.silver import build_silver_tables
+    from tasks.engine.state import record_transform_state
 
     logger = logging.getLogger("transform_bench")
     logger.addHandler(logging.NullHandler())
@@ -104,7 +103,7 @@ def _project(lake_dir: str, *, full_refresh: bool) -> dict[str, Any]:
         record_transform_state(lake, silver.state, run_id=f"bench-{now:%H%M%S%f}")
     done = time.perf_counter()
     sizes = gold.audience_sizes
-    from tasks.transform import CONTACTS, EVENTS, FEATURES, ORDERS
+    from tasks.core.tables import CONTACTS, EVENTS, FEATURES, ORDERS
 
     return {
         "wall": done - started,
@@ -230,7 +229,7 @@ def compare_tables(left: Path, right: Path) -> list[str]:
 
     from tasks.connectors.lake import Lake
     from tasks.core.incremental import live_rows
-    from tasks.transform import AUDIENCE, CONTACTS, EVENTS, FEATURES, ORDERS, STAGED
+    from tasks.core.tables import AUDIENCE, CONTACTS, EVENTS, FEATURES, ORDERS, STAGED
 
     a, b = Lake(str(left)), Lake(str(right))
     differ = []

@@ -37,7 +37,7 @@ from tasks.core.entities import (
     silver_events,
     silver_orders,
 )
-from tasks.core.features import audience_members, customer_features
+from tasks.core.features import customer_features
 from tasks.core.normalise import (
     EMAIL_LOCAL_MAX_BYTES,
     EMAIL_MAX_BYTES,
@@ -47,6 +47,7 @@ from tasks.core.normalise import (
     country_lookup,
     is_valid_email,
 )
+from tasks.core.segments import audience_members
 
 Counts = dict[str, Any]
 

@@ -12,12 +12,13 @@ from dataclasses import asdict
 from prefect import flow
 
 from flows.common import current_run_id, load_config, table_artifact, utc_now
+from tasks.core.tables import SOURCE_RUNS
 from tasks.errors import ConfigError, SourcesFailedError
 from tasks.ingest import ingest_source
 from tasks.lineage import materialise_tables
 from tasks.reports import IngestReport
 from tasks.resources import open_lake
-from tasks.source_runs import SOURCE_RUNS, record_source_runs
+from tasks.source_runs import record_source_runs
 from tasks.volume import record_volumes
 
 ERROR_LINE_CHARS = 400  # of one failed source's error in the flow's failure message

@@ -7,12 +7,12 @@ from dataclasses import asdict
 from prefect import flow
 
 from flows.common import current_run_id, load_config, table_artifact
+from tasks.core.tables import AUDIENCE
 from tasks.errors import ConfigError
 from tasks.lineage import destination_asset_key, lake_asset_key, materialise
 from tasks.publish import emit_publish_event, publish_audience, publish_holds, with_outcome
 from tasks.reports import PublishReport
 from tasks.resources import open_lake
-from tasks.transform import AUDIENCE
 
 
 @flow(name="publish", log_prints=True)

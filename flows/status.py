@@ -17,12 +17,17 @@ def show_status(config_path: str, *, points: int = 5) -> int:
 
     from tasks.core.config import load_pipeline
     from tasks.core.status import audience_trend, last_source_runs, last_stage_runs, source_lag
-    from tasks.core.sync import LEDGER_SCHEMA
+    from tasks.core.tables import (
+        LEDGER_SCHEMA,
+        SOURCE_RUNS,
+        SOURCE_RUNS_SCHEMA,
+        SYNC_LEDGER,
+        VOLUME_METRICS,
+        VOLUME_SCHEMA,
+        bronze_table,
+    )
     from tasks.publish import publish_holds
-    from tasks.publishing import SYNC_LEDGER
     from tasks.resources import open_lake
-    from tasks.source_runs import SOURCE_RUNS, SOURCE_RUNS_SCHEMA
-    from tasks.volume import VOLUME_METRICS, VOLUME_SCHEMA
 
     config = load_pipeline(config_path)
     lake = open_lake()
@@ -51,7 +56,7 @@ def show_status(config_path: str, *, points: int = 5) -> int:
     by_source = {r["source"]: r for r in runs.iter_rows(named=True)}
     for name in config.sources:
         run = by_source.get(name)
-        table = f"bronze/{name}"
+        table = bronze_table(name)
         lag = "no data yet"
         if lake.exists(table):
             bronze = lake.scan(table)
@@ -95,9 +100,8 @@ def show_history(*, audience: str | None, email: str | None, limit: int = 50) ->
 
     from tasks.core.normalise import contact_key, is_valid_email, normalise_email
     from tasks.core.status import audience_history, contact_history
-    from tasks.core.sync import LEDGER_SCHEMA
+    from tasks.core.tables import LEDGER_SCHEMA, SYNC_LEDGER
     from tasks.errors import ConfigError
-    from tasks.publishing import SYNC_LEDGER
     from tasks.resources import open_lake, pepper
 
     lake = open_lake()

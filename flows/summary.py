@@ -6,7 +6,7 @@ import polars as pl
 
 from flows.pipeline import PipelineReport
 from tasks.connectors.lake import Lake
-from tasks.transform import QUARANTINE
+from tasks.core.tables import QUARANTINE
 
 
 def lake_summary(lake: Lake, report: PipelineReport) -> str:

@@ -14,13 +14,9 @@ from tasks.core.anomaly import VolumeAnomaly
 from tasks.lineage import materialise_tables
 from tasks.reports import TableReport
 from tasks.resources import open_lake
-from tasks.transform import (
-    build_gold,
-    build_silver,
-    commit_transform_state,
-    record_volumes,
-    stage_sources,
-)
+from tasks.runners import open_task_runner
+from tasks.transform import build_gold, build_silver, commit_transform_state, stage_sources
+from tasks.volume import record_volumes
 
 TOP_FAILURES = 20
 
@@ -65,9 +61,10 @@ def transform(
 
     Incremental: only rows bronze gained or lost since the last run are normalised and checked,
     and only the people, orders and events they affect are rebuilt and rewritten (see
-    :mod:`tasks.transform`). The first run with a new ``as_of`` (default: midnight UTC today)
+    :mod:`tasks.engine`). The first run with a new ``as_of`` (default: midnight UTC today)
     recomputes every contact's time-relative features. ``full_refresh`` rebuilds everything
-    from bronze and yields the same tables.
+    from bronze and yields the same tables. Staging runs one task per role on the task runner
+    ``engine`` in pipeline.yaml chooses (inline, threads, or a Dask cluster).
 
     Args:
         config_path: The pipeline.yaml to run (empty: the AUDIENCE_LAKE_CONFIG setting).
@@ -78,7 +75,9 @@ def transform(
     run_id = current_run_id()
     now = utc_now()
     as_of = as_of or default_as_of()
-    staging = stage_sources(config, run_id=run_id, now=now, full_refresh=full_refresh)
+    # Independent units run on the configured task runner (engine in pipeline.yaml).
+    with open_task_runner(config.engine) as runner:
+        staging = stage_sources(runner, config, run_id=run_id, now=now, full_refresh=full_refresh)
     silver = build_silver(
         config, staging=staging, run_id=run_id, now=now, as_of=as_of, full_refresh=full_refresh
     )

@@ -35,36 +35,16 @@ from tasks.core.anomaly import (
     score_volumes,
 )
 from tasks.core.config import PipelineConfig
-from tasks.core.normalise import UTC_MICROS
+from tasks.core.tables import ALERT_SCHEMA as ALERT_SCHEMA
+from tasks.core.tables import TABLE_ROLES as TABLE_ROLES
+from tasks.core.tables import VOLUME_ALERTS as VOLUME_ALERTS
+from tasks.core.tables import VOLUME_METRICS
 from tasks.resources import open_lake
-from tasks.transform import CONTACTS, EVENTS, ORDERS
-from tasks.volume import VOLUME_METRICS
 
-VOLUME_ALERTS = "ops/volume_alerts"
 EVENT_NAME = "audience-lake.volume.anomaly"
 ARTIFACT_KEY = "volume-anomalies"
 
-# Source-less silver tables and the role whose data they hold (for lineage to audiences).
-TABLE_ROLES = {CONTACTS: "contacts", ORDERS: "orders", EVENTS: "events"}
 
-ALERT_SCHEMA: dict[str, pl.DataType] = {
-    "checked_run_id": pl.String(),
-    "checked_at": UTC_MICROS,
-    "run_id": pl.String(),
-    "measured_at": UTC_MICROS,
-    "table": pl.String(),
-    "source": pl.String(),
-    "segment": pl.String(),
-    "severity": pl.String(),
-    "rule": pl.String(),
-    "rows": pl.Int64(),
-    "expected": pl.Float64(),
-    "lower": pl.Float64(),
-    "upper": pl.Float64(),
-    "score": pl.Float64(),
-    "history": pl.Int64(),
-    "holds": pl.List(pl.String()),
-}
 _RANK = {"warning": 1, "error": 2}
 
 

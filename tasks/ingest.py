@@ -19,6 +19,7 @@ from tasks.connectors.sources import SourceBatch, open_source
 from tasks.core.config import Source
 from tasks.core.drift import Rejection, rejection_records, split_drift
 from tasks.core.normalise import UTC_MICROS
+from tasks.core.tables import bronze_table as bronze_table
 from tasks.errors import ConfigError
 from tasks.quarantine import (
     QUARANTINE,
@@ -30,10 +31,6 @@ from tasks.reports import IngestReport
 from tasks.resources import open_lake
 from tasks.retries import retry_unless_permanent
 from tasks.token_stores import PREFECT_SECRET as _REGISTERS_PREFECT_TOKEN_STORE  # noqa: F401
-
-
-def bronze_table(source_name: str) -> str:
-    return f"bronze/{source_name}"
 
 
 def committed_watermark(lake: Lake, table: str, cursor_field: str | None) -> str | None:

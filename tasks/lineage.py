@@ -21,14 +21,7 @@ from prefect.assets import Asset, AssetProperties, add_asset_metadata, materiali
 from prefect.cache_policies import NO_CACHE
 
 from tasks.core.config import PipelineConfig
-from tasks.ingest import bronze_table
-from tasks.transform import AUDIENCE, CONTACTS, EVENTS, FEATURES, ORDERS, ROLE_TABLES
-
-# Gold tables and what they are built from (silver tables are built from their roles' bronze).
-GOLD_INPUTS: dict[str, tuple[str, ...]] = {
-    FEATURES: (CONTACTS, ORDERS, EVENTS),
-    AUDIENCE: (FEATURES, CONTACTS),
-}
+from tasks.core.tables import GOLD_INPUTS, ROLE_TABLES, bronze_table
 
 
 def lake_asset_key(root: str, table: str) -> str:

@@ -20,13 +20,12 @@ from tasks.anomaly import volume_anomalies
 from tasks.connectors.lake import Lake
 from tasks.core.anomaly import audience_removals, held_segments, removal_hold, source_audiences
 from tasks.core.config import Destination, PipelineConfig, PublishConfig
-from tasks.publishing import SYNC_LEDGER, plan_audience, publish_segment
+from tasks.core.tables import AUDIENCE, BRONZE_PREFIX, SYNC_LEDGER, VOLUME_METRICS
+from tasks.publishing import plan_audience, publish_segment
 from tasks.reports import PublishReport, publish_state_name
 from tasks.resources import open_lake
 from tasks.retries import retry_unless_permanent
 from tasks.source_runs import failed_source_holds
-from tasks.transform import AUDIENCE
-from tasks.volume import VOLUME_METRICS
 
 __all__ = [
     "PUBLISH_EVENT_PREFIX",
@@ -41,7 +40,7 @@ __all__ = [
 def publish_holds(lake: Lake, config: PipelineConfig) -> dict[tuple[str, str], str]:
     """Why each held audience must wait: ``(destination, segment) -> reason``.
 
-    An audience is held (ARCHITECTURE §5.6) when, in the latest run,
+    An audience is held (docs/architecture.md, *Safety rules*) when, in the latest run,
 
     * a source feeding it had more than ``thresholds.quarantine_max_ratio`` of its rows
       quarantined (a broken upstream load could empty or corrupt the list),
@@ -82,7 +81,7 @@ def _quarantine_holds(lake: Lake, config: PipelineConfig) -> list[tuple[str, str
         return []
     # Transform counts only: ingest rows (bronze/) are never quarantined and run at other times.
     metrics = lake.scan(VOLUME_METRICS).filter(
-        pl.col("source").is_not_null() & ~pl.col("table").str.starts_with("bronze/")
+        pl.col("source").is_not_null() & ~pl.col("table").str.starts_with(BRONZE_PREFIX)
     )
     latest = metrics.select(pl.col("measured_at").max()).collect().item()
     if latest is None:

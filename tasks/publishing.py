@@ -46,22 +46,26 @@ from tasks.connectors.lake import Lake
 from tasks.connectors.leases import Lease, LeaseState, LeaseStore, lease_key
 from tasks.core.config import FEATURE_COLUMNS, Destination, PublishConfig
 from tasks.core.config_publish import AudienceConfig, FieldMapping, resolved_fields
-from tasks.core.features import AUDIENCE_SCHEMA
 from tasks.core.mapping import holdout_expr, mapped_columns, payload_expr
 from tasks.core.sync import (
-    LEDGER_KEYS,
-    LEDGER_SCHEMA,
     NEVER_HELD,
     ledger_rows,
     plan_sync,
     platform_batches,
     releasable,
 )
+from tasks.core.tables import (
+    AUDIENCE,
+    AUDIENCE_SCHEMA,
+    CONTACTS,
+    FEATURES,
+    LEDGER_KEYS,
+    LEDGER_SCHEMA,
+)
+from tasks.core.tables import SYNC_LEDGER as SYNC_LEDGER
 from tasks.errors import PublishError
 from tasks.reports import PublishReport
-from tasks.transform import AUDIENCE, CONTACTS, FEATURES
 
-SYNC_LEDGER = "ops/sync_ledger"
 LEASE_POLL_SECONDS = 0.5
 MAX_ERRORS_REPORTED = 20
 

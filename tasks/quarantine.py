@@ -17,9 +17,8 @@ import hashlib
 import polars as pl
 
 from tasks.connectors.lake import Lake
-from tasks.core.contracts import QUARANTINE_SCHEMA
-
-QUARANTINE = "ops/quarantine"
+from tasks.core.tables import QUARANTINE as QUARANTINE
+from tasks.core.tables import QUARANTINE_SCHEMA
 
 
 def rejected_batch_id(table: str, batch_id: str) -> str:

@@ -22,20 +22,12 @@ from prefect.cache_policies import NO_CACHE
 from tasks.connectors.lake import Lake
 from tasks.core.anomaly import source_audiences
 from tasks.core.config import PipelineConfig
-from tasks.core.normalise import UTC_MICROS
+from tasks.core.tables import SOURCE_RUNS as SOURCE_RUNS
+from tasks.core.tables import SOURCE_RUNS_SCHEMA as SOURCE_RUNS_SCHEMA
 from tasks.resources import open_lake
-
-SOURCE_RUNS = "ops/source_runs"
 
 SourceStatus = Literal["landed", "failed"]
 
-SOURCE_RUNS_SCHEMA: dict[str, pl.DataType] = {
-    "run_id": pl.String(),
-    "source": pl.String(),
-    "status": pl.String(),  # SourceStatus
-    "error": pl.String(),
-    "finished_at": UTC_MICROS,
-}
 
 REASON_ERROR_CHARS = 240  # of a failed source's error, in a hold reason
 # An error may quote a record ("record without primary key: {...}"); this log is kept and never

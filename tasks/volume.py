@@ -15,20 +15,9 @@ import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.core.normalise import UTC_MICROS
+from tasks.core.tables import VOLUME_METRICS as VOLUME_METRICS
+from tasks.core.tables import VOLUME_SCHEMA as VOLUME_SCHEMA
 from tasks.resources import open_lake
-
-VOLUME_METRICS = "ops/volume_metrics"
-
-VOLUME_SCHEMA: dict[str, pl.DataType] = {
-    "run_id": pl.String(),
-    "measured_at": UTC_MICROS,
-    "table": pl.String(),
-    "source": pl.String(),
-    "segment": pl.String(),
-    "rows": pl.Int64(),
-    "quarantined": pl.Int64(),
-}
 
 Metric = dict[str, Any]
 

@@ -7,11 +7,11 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.anomaly import VOLUME_ALERTS, volume_checks
+from tasks.anomaly import volume_checks
 from tasks.core.charts import render_volume_charts, series_charts
 from tasks.core.config import PipelineConfig
+from tasks.core.tables import VOLUME_ALERTS, VOLUME_METRICS
 from tasks.resources import open_lake
-from tasks.volume import VOLUME_METRICS
 
 VOLUME_CHARTS_KEY = "volume-charts"
 

@@ -6,7 +6,8 @@ S3 tests run against a real S3 HTTP server, never a mock in the same process:
   ``AUDIENCE_LAKE_TEST_S3_ACCESS_KEY_ID`` / ``AUDIENCE_LAKE_TEST_S3_SECRET_ACCESS_KEY`` (default
   ``minioadmin``) and region ``AUDIENCE_LAKE_TEST_S3_REGION`` (default ``us-east-1``);
 * otherwise ``moto_server`` from this virtualenv, started once per session as a separate process
-  (in-process ``ThreadedMotoServer`` deadlocks some delta-rs calls, ARCHITECTURE §8).
+  (in-process ``ThreadedMotoServer`` deadlocks some delta-rs calls: docs/architecture.md,
+  *Facts the code relies on*).
 
 If the server cannot start, the session fails: S3 tests are never silently skipped.
 """

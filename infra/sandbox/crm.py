@@ -1,6 +1,6 @@
 """A HubSpot-style CRM contacts API on loopback, for tests and the demo.
 
-Wire formats follow ``API_NOTES.md`` §1.5 (OAuth2 token endpoint) and §4 (CRM v3 contacts):
+Wire formats follow ``docs/platforms.md`` (*OAuth2 token endpoints*, *HubSpot CRM contacts*):
 
 * ``POST /oauth/v1/token`` — form-encoded ``grant_type=client_credentials``; client id/secret in
   the body or via HTTP Basic. 200 ``{"access_token","token_type":"bearer","expires_in"}``;

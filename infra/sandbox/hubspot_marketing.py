@@ -2,7 +2,7 @@
 
 Separate from :mod:`infra.sandbox.crm`, which plays HubSpot as a CRM *source* (token endpoint and
 contact search). This stand-in follows the vendor's OpenAPI documents for the operations a
-destination adapter calls (``API_NOTES.md`` §4):
+destination adapter calls (``docs/platforms.md``, *HubSpot*):
 
 * ``POST /crm/v3/objects/contacts/batch/upsert`` - ``idProperty: "email"``, at most 100 inputs.
   Answers 200 when every input succeeded, else **207** with one ``StandardError`` per failed
@@ -10,7 +10,8 @@ destination adapter calls (``API_NOTES.md`` §4):
   in a different order than the inputs (as HubSpot's do), so clients must match them by
   ``objectWriteTraceId`` or email, never by position. Per-input failures turn into a 207 only
   when *every* input carries an ``objectWriteTraceId``; otherwise the first one fails the whole
-  batch with 400 (``API_NOTES.md`` §4.1). Two inputs with the same id fail the batch with 400.
+  batch with 400 (``docs/platforms.md``, *HubSpot*). Two inputs with the same id fail the batch
+  with 400.
 * ``POST /crm/v3/objects/contacts/batch/read`` - by id or ``idProperty``; unknown ids are a 207
   ``OBJECT_NOT_FOUND`` error listing them.
 * ``POST /crm/v3/objects/contacts/gdpr-delete`` - 204; the email is blocklisted afterwards (also

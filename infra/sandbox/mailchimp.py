@@ -1,4 +1,6 @@
-"""A Mailchimp Marketing API v3 style audience API on loopback (``API_NOTES.md`` §2).
+"""A Mailchimp Marketing API v3 style audience API on loopback.
+
+Wire facts: ``docs/platforms.md``, *Mailchimp*.
 
 Follows the trimmed vendor OpenAPI document of the Mailchimp Marketing API (the operations an
 audience sync calls), not any one adapter. Routes (base path ``/3.0``):

@@ -1,6 +1,6 @@
 """Merge fields of the Mailchimp stand-in: the audience's field definitions and the checks a
-member's ``merge_fields`` values go through (``API_NOTES.md`` §2.4), plus the ``fields`` /
-``exclude_fields`` response filter every read supports.
+member's ``merge_fields`` values go through (``docs/platforms.md``, *Mailchimp*), plus the
+``fields`` / ``exclude_fields`` response filter every read supports.
 
 Every audience starts with Mailchimp's default fields (``FNAME``, ``LNAME``, ``ADDRESS``,
 ``PHONE``, ``BIRTHDAY``). A value for a merge tag the audience does not have, or of the wrong

@@ -1,4 +1,4 @@
-"""A Salesforce-style REST query API on loopback, for tests (``API_NOTES.md`` §1.5, §6.1, §7).
+"""A Salesforce-style REST query API on loopback, for tests (``docs/platforms.md``, *Salesforce*).
 
 Routes:
 

@@ -1,4 +1,6 @@
-"""A Shopify Admin REST style customers API on loopback, for tests (``API_NOTES.md`` §6.2, §7).
+"""A Shopify Admin REST style customers API on loopback, for tests.
+
+Wire facts: ``docs/platforms.md``, *Shopify*.
 
 Routes:
 

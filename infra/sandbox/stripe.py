@@ -1,4 +1,4 @@
-"""A Stripe-style customers list API on loopback, for tests (``API_NOTES.md`` §6.3, §7).
+"""A Stripe-style customers list API on loopback, for tests (``docs/platforms.md``, *Stripe*).
 
 Route: ``GET /v1/customers?limit=&starting_after=&ending_before=&created[gte|gt|lte|lt]=`` with
 ``Authorization: Bearer <secret key>``. ``limit`` is 1..100 (default 10; anything else is a 400).

@@ -1,11 +1,12 @@
 """Authentication for REST sources, selected by ``auth.type`` in ``pipeline.yaml``.
 
-Static credentials (bearer token, API key in a header or query parameter, HTTP basic) and the
-two OAuth2 grants we use (API_NOTES §1.4, §1.5): client credentials (token cached until shortly
-before expiry, refreshed once on a 401) and the refresh-token grant, whose *rotated* refresh
-token is saved through a :class:`TokenStore` before it is used. Stores are selected by kind from
-:data:`TOKEN_STORES`; the Prefect Secret block store registers itself from the task layer
-(``tasks/token_stores.py``), since connectors never import Prefect.
+Static credentials (bearer token, API key in a header or query parameter, HTTP basic) and the two
+OAuth2 grants we use (docs/platforms.md, *HTTP client* and *OAuth2 token endpoints*): client
+credentials (token cached until shortly before expiry, refreshed once on a 401) and the
+refresh-token grant, whose *rotated* refresh token is saved through a :class:`TokenStore` before it
+is used. Stores are selected by kind from :data:`TOKEN_STORES`; the Prefect Secret block store
+registers itself from the task layer (``tasks/token_stores.py``), since connectors never import
+Prefect.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """HTTP client factory: timeouts, OAuth2 client credentials, and retries with full jitter.
 
-Retries live here, in one place, not in every adapter (API_NOTES §1.1): connection errors are
-always retried; read/write errors only for idempotent calls; 408/425/429/5xx with full-jitter
-exponential backoff, honouring ``Retry-After`` (seconds, Shopify's float seconds, or HTTP date),
-bounded in attempts and in total time. Stripe's ``Stripe-Should-Retry`` overrides the status
-rule. An optional :class:`RequestBudget` paces every attempt (see ``ratelimit.py``).
+Retries live here, in one place, not in every adapter (docs/platforms.md, *Retries*): connection
+errors are always retried; read/write errors only for idempotent calls; 408/425/429/5xx with
+full-jitter exponential backoff, honouring ``Retry-After`` (seconds, Shopify's float seconds, or
+HTTP date), bounded in attempts and in total time. Stripe's ``Stripe-Should-Retry`` overrides the
+status rule. An optional :class:`RequestBudget` paces every attempt (see ``ratelimit.py``).
 
 Transport security lives here too (rules in :mod:`tasks.core.transport`): every client refuses
 to send a request over plain http to a non-loopback host unless its owner allowed it, verifies
@@ -61,7 +61,7 @@ class InsecureTransportRefused(httpx.TransportError):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Backoff parameters (defaults from API_NOTES §1.1)."""
+    """Backoff parameters (defaults: docs/platforms.md, *Retries*)."""
 
     max_attempts: int = 6
     base: float = 0.5
@@ -134,7 +134,8 @@ def send_with_retries(
     Every attempt, retries included, first takes a slot from ``budget`` when one is given.
     """
     policy = policy or RetryPolicy()
-    # A request carrying an Idempotency-Key may be replayed: the server dedupes it (§1.2).
+    # A request carrying an Idempotency-Key may be replayed: the server dedupes it
+    # (docs/platforms.md, *Idempotency*).
     idempotent = idempotent or "Idempotency-Key" in request.headers
     started = time.monotonic()
     last_error: Exception | None = None

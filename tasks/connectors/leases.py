@@ -30,19 +30,12 @@ from deltalake.exceptions import CommitFailedError
 from deltalake.exceptions import TableNotFoundError as DeltaTableNotFoundError
 
 from tasks.connectors.lake import Lake, LakeError, clean, polars_storage_options
+from tasks.core.tables import LEASE_SCHEMA as LEASE_SCHEMA
+from tasks.core.tables import PUBLISH_LEASES as PUBLISH_LEASES
 from tasks.errors import PublishError
 
-PUBLISH_LEASES = "ops/publish_leases"
 LeaseEvent = Literal["claimed", "released"]
 
-LEASE_SCHEMA: dict[str, pl.DataType] = {
-    "lease_key": pl.String(),
-    "seq": pl.Int64(),
-    "holder": pl.String(),
-    "event": pl.String(),  # LeaseEvent; a renewal is a new "claimed" row by the same holder
-    "expires_at": pl.Datetime("us", "UTC"),
-    "written_at": pl.Datetime("us", "UTC"),
-}
 _MAX_CONFLICTS = 20  # re-reads after a lost race before giving up (each one saw a new commit)
 
 

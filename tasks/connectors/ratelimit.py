@@ -1,10 +1,10 @@
 """A proactive client-side request budget: requests per second and max concurrency per source.
 
 Reacting to 429s alone wastes requests and invites penalty boxes; a run should stay under the
-documented limit on its own (API_NOTES §1.1, §4.4, §6). The rate half is a sliding-window log
-from ``pyrate-limiter`` (the same shape as the vendors' "N requests per rolling second"), the
-concurrency half a bounded semaphore. The budget counts the seconds callers spent waiting on it,
-so a run can report how much of its wall time the budget cost.
+documented limit on its own (docs/platforms.md, *Rate budgets*). The rate half is a sliding-window
+log from ``pyrate-limiter`` (the same shape as the vendors' "N requests per rolling second"), the
+concurrency half a bounded semaphore. The budget counts the seconds callers spent waiting on it, so
+a run can report how much of its wall time the budget cost.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ The checks answer the questions that decide whether Delta writes there are safe:
   store honours conditional PUT (``If-None-Match: *`` answered with 412 for an existing key), and
   the probe object was stored with the server-side encryption the configuration asks for (read
   back with HEAD). deltalake 1.6 commits every ``_delta_log`` entry with a conditional PUT, so a
-  store that ignores the header silently loses commits when two writers race (ARCHITECTURE §5.3).
+  store that ignores the header silently loses commits when two writers race
+  (docs/architecture.md, *Safety rules*).
 
 Encryption at rest and the CA bundle are storage options like the endpoint and the keys, so one
 mapping configures every writer: deltalake/object_store read ``aws_server_side_encryption`` and
@@ -612,8 +613,8 @@ def _check_conditional_put(
             False,
             "the store ACCEPTED a second PUT with If-None-Match: * for an existing key (expected "
             "412): it ignores conditional writes, so concurrent Delta writers would silently lose "
-            "commits (ARCHITECTURE §5.3). Use a store that honours If-None-Match; never set "
-            "AWS_S3_ALLOW_UNSAFE_RENAME.",
+            "commits (see docs/architecture.md, Safety rules). Use a store that honours "
+            "If-None-Match; never set AWS_S3_ALLOW_UNSAFE_RENAME.",
         )
     finally:
         # Deleting a probe that was never written fails on some stores; nothing to clean up then.

@@ -41,6 +41,7 @@ from tasks.core.config_anomaly import (
     VolumeOverride,
     glob_regex,
 )
+from tasks.core.feature_catalog import FEATURE_ROLES as FEATURE_ROLES
 from tasks.core.predicates import predicate_columns
 
 SERIES = ["table", "source", "segment"]
@@ -339,30 +340,16 @@ def _with_holds(anomaly: VolumeAnomaly, holds: Sequence[str]) -> VolumeAnomaly:
 # --- lineage: which audiences a series feeds ------------------------------------------------------
 
 ALL_ROLES = frozenset(ROLE_FIELDS)
-_ORDERS = frozenset({"orders"})
-_EVENTS = frozenset({"events"})
-# Feature columns computed from other sources than contacts. A column neither listed here nor a
-# canonical field of some role counts as fed by every role: a gap holds more audiences, not fewer.
-ORDER_FEATURES = (
-    "order_count", "lifetime_value", "revenue", "avg_order_value", "first_order_at",
-    "last_order_at", "recency_days", "days_since_last_order", "frequency", "monetary",
-    "r_score", "f_score", "m_score", "rfm_score", "favourite_category",
-)  # fmt: skip
-FEATURE_ROLES: dict[str, frozenset[str]] = {
-    "contact_key": frozenset({"contacts"}),
-    **dict.fromkeys(ORDER_FEATURES, _ORDERS),
-    "events_30d": _EVENTS,
-    "events_90d": _EVENTS,
-    "last_activity_at": _ORDERS | _EVENTS,
-    "days_since_last_activity": _ORDERS | _EVENTS,
-}
+# Feature columns and the roles they are computed from: tasks.core.feature_catalog. A column
+# neither a feature nor a canonical field of some role counts as fed by every role: a gap holds
+# more audiences, not fewer.
 
 
 def column_roles(column: str) -> frozenset[str]:
     """The source roles a feature column is computed from.
 
-    Listed in :data:`FEATURE_ROLES`, else the roles that carry a canonical field of that name
-    (``country``: contacts, enrichment), else every role.
+    Declared in the feature catalogue (:data:`FEATURE_ROLES`), else the roles that carry a
+    canonical field of that name, else every role.
     """
     if column in FEATURE_ROLES:
         return FEATURE_ROLES[column]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from tasks.core.config import ROLE_FIELDS, SourceBase
+from tasks.core.config_base import ROLE_FIELDS, SourceBase
 from tasks.core.normalise import (
     UTC_MICROS,
     clean_text,

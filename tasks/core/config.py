@@ -23,11 +23,29 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from tasks.core.config_anomaly import VolumeConfig
+from tasks.core.config_base import NAME_PATTERN as NAME_PATTERN
+from tasks.core.config_base import ROLE_FIELDS as ROLE_FIELDS
+from tasks.core.config_base import Model as Model
+from tasks.core.config_base import Name as Name
+from tasks.core.config_base import Role as Role
+from tasks.core.config_base import SecretRef as SecretRef
+from tasks.core.config_base import SourceBase as SourceBase
+from tasks.core.config_engine import EngineConfig
+from tasks.core.config_events import EventSource
 from tasks.core.config_maintenance import MaintenanceConfig
 from tasks.core.config_publish import AudienceConfig, coerce_audiences, resolved_fields
+from tasks.core.config_rest import UNION_TAGS as _REST_UNION_TAGS
+from tasks.core.config_rest import RestSource
+from tasks.core.config_sql_files import FileDropS3 as FileDropS3
+from tasks.core.config_sql_files import FileDropSource as FileDropSource
+from tasks.core.config_sql_files import SqlSource as SqlSource
+from tasks.core.config_sql_files import sql_dialect as sql_dialect
+from tasks.core.config_transform import TransformConfig
 from tasks.core.config_yaml import Substitutions, interpolate, read_yaml
+from tasks.core.feature_catalog import FEATURE_COLUMNS as FEATURE_COLUMNS
 from tasks.core.predicates import (
     FUNCTIONS,
     MAX_PREDICATE_CHARS,
@@ -39,88 +57,10 @@ from tasks.core.secret_sources import lookup_secret
 from tasks.core.transport import TransportOptions
 from tasks.errors import ConfigError
 
-NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
-Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=63)]
-
-
-class Model(BaseModel):
-    """Base for every config model: immutable, unknown keys rejected."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SecretRef(Model):
-    """A secret supplied by the environment as ``AUDIENCE_LAKE_SECRET_<NAME>``."""
-
-    secret: Name = Field(description="Secret name; read from AUDIENCE_LAKE_SECRET_<NAME upper>.")
-
-    @property
-    def env_var(self) -> str:
-        return f"AUDIENCE_LAKE_SECRET_{self.secret.upper()}"
-
-
-# --- source roles ---------------------------------------------------------------------------
-# A role says what a source's rows mean to the transform; `fields` maps each canonical field of
-# the role to the source's own column name, so a new source is YAML, not code.
-Role = Literal["contacts", "orders", "events", "enrichment"]
-
-ROLE_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    # role: (required canonical fields, optional canonical fields)
-    "contacts": (
-        ("source_id", "email", "updated_at"),
-        ("first_name", "last_name", "phone", "country", "opted_in", "opted_in_at", "opted_out"),
-    ),
-    "orders": (
-        ("order_id", "email", "amount", "updated_at"),
-        ("currency", "category", "status", "created_at"),
-    ),
-    "events": (("event_id", "occurred_at", "event_type"), ("email", "anonymous_id", "url")),
-    "enrichment": (("email", "updated_at"), ("company", "job_title", "city", "country")),
-}
-
-
-class SourceBase(Model):
-    role: Role = Field(description="What the rows mean to the transform.")
-    fields: dict[str, str] = Field(
-        default_factory=dict,
-        description="Canonical field -> source column; unmapped fields use their own name.",
-    )
-    enabled: bool = True
-
-    @model_validator(mode="after")
-    def _fields_belong_to_role(self) -> SourceBase:
-        required, optional = ROLE_FIELDS[self.role]
-        unknown = sorted(set(self.fields) - set(required) - set(optional))
-        if unknown:
-            raise ValueError(
-                f"fields: unknown canonical field(s) {unknown} for role {self.role!r}; "
-                f"allowed: {sorted(required + optional)}"
-            )
-        return self
-
-    def column(self, canonical: str) -> str:
-        """The source column that holds ``canonical``."""
-        return self.fields.get(canonical, canonical)
-
-
-# Each source kind's model lives in its own module; they build on Model/SourceBase/SecretRef
-# defined above, so they are imported here, after them, rather than at the top (a cycle otherwise).
-from tasks.core.config_events import EventSource  # noqa: E402
-from tasks.core.config_rest import UNION_TAGS as _REST_UNION_TAGS  # noqa: E402
-from tasks.core.config_rest import RestSource  # noqa: E402
-from tasks.core.config_sql_files import FileDropS3 as FileDropS3  # noqa: E402
-from tasks.core.config_sql_files import FileDropSource as FileDropSource  # noqa: E402
-from tasks.core.config_sql_files import SqlSource as SqlSource  # noqa: E402
-from tasks.core.config_sql_files import sql_dialect as sql_dialect  # noqa: E402
-
 Source = Annotated[
     SqlSource | FileDropSource | EventSource | RestSource,
     Field(discriminator="kind"),
 ]
-
-
-# The `transform:` section (normalisation, currency, identity, features) builds on Model/Name.
-from tasks.core.config_transform import TransformConfig  # noqa: E402
 
 
 class Segment(Model):
@@ -272,9 +212,6 @@ Destination = Annotated[
     MailchimpDestination | KlaviyoDestination | HubSpotDestination, Field(discriminator="kind")
 ]
 
-# The `volume:` section (anomaly detection, notifiers, publish holds) builds on Model/SecretRef.
-from tasks.core.config_anomaly import VolumeConfig  # noqa: E402
-
 
 class Thresholds(Model):
     quarantine_max_ratio: float = Field(
@@ -313,6 +250,10 @@ class PipelineConfig(Model):
     transform: TransformConfig = Field(default_factory=TransformConfig)
     volume: VolumeConfig = Field(default_factory=VolumeConfig)
     maintenance: MaintenanceConfig = Field(default_factory=MaintenanceConfig)
+    engine: EngineConfig = Field(
+        default_factory=EngineConfig,
+        description="Where the transform's independent units run (Dask, threads, inline).",
+    )
 
     @field_validator("segments")
     @classmethod
@@ -367,32 +308,6 @@ def predicate_columns_or_error(segment: Segment) -> set[str]:
         raise ValueError(
             f"segment {segment.name!r}: invalid predicate {segment.where!r}: {exc}"
         ) from exc
-
-
-# Columns of gold/customer_features a segment predicate may use. Kept here (not derived from
-# a table) so a bad predicate fails at load, before any data moves.
-# Definitions: tasks.core.features.customer_features (amounts in the reporting currency).
-FEATURE_COLUMNS: dict[str, pl.DataType] = {
-    "contact_key": pl.String(),
-    "country": pl.String(),
-    "order_count": pl.Int64(),  # all-time valid (not cancelled/refunded) orders
-    "lifetime_value": pl.Float64(),  # all-time revenue
-    "avg_order_value": pl.Float64(),  # null without orders
-    "first_order_at": pl.Datetime("us", "UTC"),
-    "last_order_at": pl.Datetime("us", "UTC"),
-    "recency_days": pl.Int64(),  # whole days since the last order; null without orders
-    "frequency": pl.Int64(),  # orders in the RFM window
-    "monetary": pl.Float64(),  # revenue in the RFM window
-    "r_score": pl.Int8(),  # 1-5 quintile scores; null without orders in the window
-    "f_score": pl.Int8(),
-    "m_score": pl.Int8(),
-    "rfm_score": pl.String(),  # e.g. "545"
-    "favourite_category": pl.String(),
-    "events_30d": pl.Int64(),
-    "events_90d": pl.Int64(),
-    "last_activity_at": pl.Datetime("us", "UTC"),  # latest order or event
-    "days_since_last_activity": pl.Int64(),
-}
 
 
 AUDIENCE_COLUMNS: dict[str, pl.DataType] = {

@@ -20,8 +20,8 @@ later entries winning over earlier ones. Example::
           kind: slack_webhook
           url: {secret: slack_webhook_url}   # AUDIENCE_LAKE_SECRET_SLACK_WEBHOOK_URL
 
-This module builds on :class:`tasks.core.config.Model` and ``SecretRef``; ``config.py`` imports it
-after defining them, so either module may be imported first.
+This module builds on :class:`tasks.core.config_base.Model` and ``SecretRef``;
+:mod:`tasks.core.config` puts :class:`VolumeConfig` in :class:`PipelineConfig`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from tasks.core.config import Model, Name, SecretRef
+from tasks.core.config_base import Model, Name, SecretRef
 from tasks.core.transport import TransportOptions
 
 Direction = Literal["drop", "spike", "both"]

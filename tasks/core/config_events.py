@@ -26,7 +26,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from tasks.core.config import Model, Role, SecretRef, SourceBase
+from tasks.core.config_base import Model, Role, SecretRef, SourceBase
 
 _HEADER_NAME = r"^[A-Za-z0-9][A-Za-z0-9-]*$"
 

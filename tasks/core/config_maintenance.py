@@ -22,16 +22,17 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tasks.core.tables import TABLES
+
 TABLE_PATTERN = r"^[a-z0-9_]+/[a-z0-9_]+$"
 TableName = Annotated[str, Field(pattern=TABLE_PATTERN, max_length=127)]
 ColumnName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=127)]
 
+# Publish and the incremental transform read members of changed contacts within a segment
+# partition; clustering each partition by contact key lets those reads skip most files. Which
+# tables and columns: the catalogue's ``cluster_by``.
 DEFAULT_Z_ORDER: dict[str, list[str]] = {
-    # Publish and the incremental transform read members of changed contacts within a segment
-    # partition; clustering each partition by contact key lets those reads skip most files.
-    "gold/audience_members": ["contact_key"],
-    "gold/customer_features": ["contact_key"],
-    "silver/contacts": ["contact_key"],
+    spec.name: list(spec.cluster_by) for spec in TABLES.values() if spec.cluster_by
 }
 MIN_RETENTION_HOURS = 1
 DEFAULT_RETENTION_HOURS = 168

@@ -10,8 +10,8 @@ Presets (``preset: hubspot_contacts`` ...) expand into a full REST config from a
 keys the user writes next to the preset override the expansion (mappings are merged, everything
 else is replaced). See :data:`PRESETS`.
 
-This module is imported part-way through :mod:`tasks.core.config` (it builds on ``SourceBase``
-and ``SecretRef``), so import it through ``tasks.core`` as usual.
+It builds on ``SourceBase`` and ``SecretRef`` (:mod:`tasks.core.config_base`);
+:mod:`tasks.core.config` puts :class:`RestSource` in the ``Source`` union.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from tasks.core.config import Model, SecretRef, SourceBase
+from tasks.core.config_base import Model, SecretRef, SourceBase
 from tasks.core.transport import SALESFORCE_DOMAINS, TransportOptions, check_domain_entries
 
 SINCE = "{since}"
@@ -325,7 +325,7 @@ class Budget(Model):
 
 
 class Retry(Model):
-    """Backoff for transient failures (defaults from API_NOTES §1.1)."""
+    """Backoff for transient failures (defaults: docs/platforms.md, *Retries*)."""
 
     max_attempts: int = Field(default=6, ge=1, le=20)
     base_seconds: float = Field(default=0.5, ge=0)

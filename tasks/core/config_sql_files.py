@@ -1,8 +1,7 @@
 """Config models of the SQL source and the file-drop source (``kind: sql`` / ``kind: files``).
 
-Re-exported from :mod:`tasks.core.config`, which puts them in the ``Source`` union; import them
-from there (this module builds on config's base models, and config imports it part-way through,
-so importing this module first would be circular). Like every config model they are frozen and
+Re-exported from :mod:`tasks.core.config`, which puts them in the ``Source`` union; they build
+on the base models of :mod:`tasks.core.config_base`. Like every config model they are frozen and
 reject unknown keys; secrets are :class:`SecretRef` names, never values: a database password
 written into ``url`` is refused at load.
 """
@@ -15,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from tasks.core.config import Model, SecretRef, SourceBase
+from tasks.core.config_base import Model, SecretRef, SourceBase
 
 __all__ = [
     "SQL_URL_SCHEMES",

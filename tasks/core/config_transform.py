@@ -11,7 +11,7 @@ from typing import Annotated
 
 from pydantic import Field, field_validator
 
-from tasks.core.config import Model, Name
+from tasks.core.config_base import Model, Name
 from tasks.core.normalise import iso_currencies, phone_regions
 
 # Contact attributes that survivorship decides (consent is not one: see tasks.core.entities).

@@ -24,14 +24,16 @@ import pandera.polars as pa
 import polars as pl
 from pandera.errors import SchemaErrors
 
+from tasks.core.feature_catalog import CUSTOMER_FEATURES, Feature
+from tasks.core.feature_catalog import RFM_PATTERN as RFM_PATTERN
+from tasks.core.normalise import CONTACT_KEY_PATTERN as CONTACT_KEY_PATTERN
 from tasks.core.normalise import UTC_MICROS, country_lookup, is_valid_email, sha256_hex
+from tasks.core.tables import QUARANTINE_SCHEMA as QUARANTINE_SCHEMA
 from tasks.errors import DataQualityError
 
 CONSENT_STATUSES = ["subscribed", "unsubscribed", "unknown"]
 LINKED_BY = ["email", "anonymous_id"]
 E164_PATTERN = r"^\+[1-9][0-9]{6,14}$"
-CONTACT_KEY_PATTERN = r"^v[0-9]+:[0-9a-f]{64}$"
-RFM_PATTERN = r"^[1-5]{3}$"
 
 # Every timestamp in silver and gold is UTC with microseconds; naive datetimes are rejected.
 UtcDatetime = Annotated[pl.Datetime, "us", "UTC"]
@@ -209,42 +211,51 @@ class SilverEvent(pa.DataFrameModel):
 
 
 # --- gold -----------------------------------------------------------------------------------
-class CustomerFeatures(pa.DataFrameModel):
-    """``gold/customer_features``: one row per contact (see ``FEATURE_COLUMNS``)."""
+def _windows_nest(cls: type, data: pa.PolarsData) -> pl.LazyFrame:
+    return data.lazyframe.select(
+        (pl.col("events_30d") <= pl.col("events_90d"))
+        & (pl.col("frequency") <= pl.col("order_count"))
+    )
 
-    contact_key: str = pa.Field(nullable=False, unique=True, str_matches=CONTACT_KEY_PATTERN)
-    country: str = pa.Field(nullable=True)
-    order_count: int = pa.Field(nullable=False, ge=0)
-    lifetime_value: float = pa.Field(nullable=False, ge=0)
-    avg_order_value: float = pa.Field(nullable=True, ge=0)
-    first_order_at: UtcDatetime = pa.Field(nullable=True)
-    last_order_at: UtcDatetime = pa.Field(nullable=True)
-    recency_days: int = pa.Field(nullable=True, ge=0)
-    frequency: int = pa.Field(nullable=False, ge=0)
-    monetary: float = pa.Field(nullable=False, ge=0)
-    r_score: pl.Int8 = pa.Field(nullable=True, ge=1, le=5)
-    f_score: pl.Int8 = pa.Field(nullable=True, ge=1, le=5)
-    m_score: pl.Int8 = pa.Field(nullable=True, ge=1, le=5)
-    rfm_score: str = pa.Field(nullable=True, str_matches=RFM_PATTERN)
-    favourite_category: str = pa.Field(nullable=True)
-    events_30d: int = pa.Field(nullable=False, ge=0)
-    events_90d: int = pa.Field(nullable=False, ge=0)
-    last_activity_at: UtcDatetime = pa.Field(nullable=True)
-    days_since_last_activity: int = pa.Field(nullable=True, ge=0)
 
-    @pa.dataframe_check(name="windows_nest")
-    def _windows_nest(cls, data: pa.PolarsData) -> pl.LazyFrame:
-        return data.lazyframe.select(
-            (pl.col("events_30d") <= pl.col("events_90d"))
-            & (pl.col("frequency") <= pl.col("order_count"))
-        )
+def _scored_iff_ordered(cls: type, data: pa.PolarsData) -> pl.LazyFrame:
+    return data.lazyframe.select(pl.col("r_score").is_null() == (pl.col("frequency") == 0))
 
-    @pa.dataframe_check(name="scored_iff_ordered_in_window")
-    def _scored(cls, data: pa.PolarsData) -> pl.LazyFrame:
-        return data.lazyframe.select(pl.col("r_score").is_null() == (pl.col("frequency") == 0))
 
-    class Config:
-        strict = True
+def _annotation(dtype: pl.DataType) -> object:
+    """The pandera annotation of a feature's polars type (what the model classes spell)."""
+    if dtype == UTC_MICROS:
+        return UtcDatetime
+    return {pl.String(): str, pl.Int64(): int, pl.Float64(): float}.get(dtype, type(dtype))
+
+
+def _feature_field(feature: Feature) -> object:
+    return pa.Field(
+        nullable=feature.nullable,
+        unique=feature.unique,
+        ge=feature.ge,
+        le=feature.le,
+        str_matches=feature.pattern,
+    )
+
+
+def _features_contract() -> type[pa.DataFrameModel]:
+    """The contract of ``gold/customer_features``, derived from the feature catalogue: a column
+    per feature with its nullability and bounds, plus the rules that relate features."""
+    namespace: dict[str, object] = {
+        "__doc__": "``gold/customer_features``: one row per contact (see "
+        "tasks.core.feature_catalog).",
+        "__module__": __name__,
+        "__annotations__": {f.name: _annotation(f.dtype) for f in CUSTOMER_FEATURES},
+        **{f.name: _feature_field(f) for f in CUSTOMER_FEATURES},
+        "_windows_nest": pa.dataframe_check(name="windows_nest")(_windows_nest),
+        "_scored": pa.dataframe_check(name="scored_iff_ordered_in_window")(_scored_iff_ordered),
+        "Config": type("Config", (), {"strict": True}),
+    }
+    return type("CustomerFeatures", (pa.DataFrameModel,), namespace)
+
+
+CustomerFeatures = _features_contract()
 
 
 class AudienceMember(pa.DataFrameModel):
@@ -270,17 +281,6 @@ class AudienceMember(pa.DataFrameModel):
 
 
 # --- quarantine -----------------------------------------------------------------------------
-QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
-    "quarantine_id": pl.String(),
-    "table": pl.String(),
-    "source": pl.String(),
-    "rule": pl.String(),
-    "column": pl.String(),
-    "value": pl.String(),
-    "row": pl.String(),
-    "run_id": pl.String(),
-    "quarantined_at": UTC_MICROS,
-}
 
 Contract = type[pa.DataFrameModel] | pa.DataFrameSchema
 

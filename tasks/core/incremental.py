@@ -15,7 +15,7 @@ The transform runs in two stages, each with a watermark stored in the commit it 
 2. **staging -> silver -> gold.** A run reads the log rows with a sequence number above the one it
    consumed last time, derives the people they affect (emails, orders, events and the anonymous
    ids linking events to people) and rebuilds only those people, orders and events from their
-   complete staged history; gold follows for the affected contacts (see ``tasks.transform``).
+   complete staged history; gold follows for the affected contacts (see :mod:`tasks.engine`).
 
 State lives in commit metadata written in the same commit as the data it describes
 (:class:`StagingState`) or after everything it describes (:class:`TransformState`), so a crash

@@ -341,6 +341,10 @@ def parse_decimal(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
 
 
 # --- keys -----------------------------------------------------------------------------------
+CONTACT_KEY_PATTERN = r"^v[0-9]+:[0-9a-f]{64}$"
+"""What :func:`contact_key` produces."""
+
+
 def contact_key(email: pl.Expr, *, pepper: bytes, version: int) -> pl.Expr:
     """Pseudonymous id: ``v<version>:`` + HMAC-SHA256(pepper, normalised email), hex.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import polars as pl
 
-AUDIENCE_TABLE = "gold/audience_members"
+from tasks.core.tables import AUDIENCE as AUDIENCE_TABLE
 
 
 def last_source_runs(source_runs: pl.LazyFrame) -> pl.LazyFrame:

@@ -21,6 +21,8 @@ from typing import Literal, get_args
 import polars as pl
 
 from tasks.core.normalise import UTC_MICROS, sha256_hex
+from tasks.core.tables import LEDGER_KEYS as LEDGER_KEYS
+from tasks.core.tables import LEDGER_SCHEMA as LEDGER_SCHEMA
 
 SyncAction = Literal["subscribe", "unsubscribe", "remove", "holdout"]
 """What a payload asks the platform to do with one contact: ``subscribe`` adds or updates it
@@ -50,19 +52,6 @@ An erasure action, when destinations get one, belongs here too.
 OPT_IN = "subscribed"
 OPT_OUT = "unsubscribed"
 
-LEDGER_SCHEMA: dict[str, pl.DataType] = {
-    "destination": pl.String(),
-    "audience": pl.String(),
-    "segment": pl.String(),
-    "contact_key": pl.String(),
-    "action": pl.String(),  # SyncAction
-    "payload_hash": pl.String(),
-    "status": pl.String(),  # SyncStatus
-    "error": pl.String(),
-    "run_id": pl.String(),
-    "synced_at": UTC_MICROS,
-}
-LEDGER_KEYS = ["destination", "audience", "contact_key"]
 
 PLAN_SCHEMA: dict[str, pl.DataType] = {
     "contact_key": pl.String(),

@@ -1,8 +1,9 @@
 """``audience-lake doctor`` storage checks against a local dir, the real S3 server, and bad stores.
 
 "Bad stores" are a loopback HTTP proxy in front of the S3 server that either strips the
-``If-None-Match`` header (a store that ignores conditional PUT, ARCHITECTURE §5.3) or refuses the
-credentials. Both are real HTTP, so the checks exercise the same code paths as in production.
+``If-None-Match`` header (a store that ignores conditional PUT, docs/architecture.md, *Safety
+rules*) or refuses the credentials. Both are real HTTP, so the checks exercise the same code paths
+as in production.
 """
 
 from __future__ import annotations
@@ -328,8 +329,8 @@ def test_store_that_ignores_if_none_match_fails_conditional_put(
     assert "If-None-Match" in conditional.detail
     if s3_endpoint.managed:
         # moto does not check signatures, so the stripped request reaches it and is accepted:
-        # the exact §5.3 failure. (A signature-checking store such as MinIO instead rejects the
-        # altered request, which fails the check too, with that reason.)
+        # the exact failure that rule is about. (A signature-checking store such as MinIO instead
+        # rejects the altered request, which fails the check too, with that reason.)
         assert "ACCEPTED" in conditional.detail
     listing = s3_endpoint.client().list_objects_v2(Bucket=s3_bucket)
     assert listing.get("KeyCount", 0) == 0  # the probe is deleted even when the check fails

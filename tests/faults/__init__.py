@@ -1,1 +1,1 @@
-"""Fault-injection tests: crashes and retries at chosen points, then a rerun (ISSUE 3 §7)."""
+"""Fault-injection tests: crashes and retries at chosen points, then a rerun."""

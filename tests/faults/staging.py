@@ -15,6 +15,7 @@ made, so a test can enumerate the run's commit boundaries and kill it right afte
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import threading
 from collections.abc import Callable, Iterator
@@ -45,6 +46,9 @@ WRITE_METHODS = (
 """Every :class:`Lake` method that can commit."""
 
 
+_LOG = logging.getLogger("tests.faults.staging")
+
+
 def run_transform(*, run_id: str) -> None:
     """The transform flow's writes, in the flow's order (``flows/transform.py``), without Prefect.
 
@@ -53,17 +57,14 @@ def run_transform(*, run_id: str) -> None:
     are computed from ``ops/volume_metrics``, which this writes.)
     """
     from tasks.core.config import load_pipeline
-    from tasks.transform import (
-        build_gold,
-        build_silver,
-        commit_transform_state,
-        record_volumes,
-        stage_sources,
-    )
+    from tasks.engine.roles import stage_bronze
+    from tasks.resources import open_lake
+    from tasks.transform import build_gold, build_silver, commit_transform_state
+    from tasks.volume import record_volumes
 
     config = load_pipeline(CONFIG)
     now = datetime.now(UTC)
-    staging = stage_sources.fn(config, run_id=run_id, now=now)
+    staging = stage_bronze(open_lake(), config, run_id=run_id, now=now, logger=_LOG)
     silver = build_silver.fn(config, staging=staging, run_id=run_id, now=now, as_of=AS_OF)
     gold = build_gold.fn(
         config, as_of=AS_OF, run_id=run_id, now=now, contact_keys=silver.contact_keys
@@ -204,8 +205,8 @@ class StagingWorld:
         from tasks.core.config import load_pipeline
         from tasks.core.contracts import QUARANTINE_SCHEMA
         from tasks.core.incremental import live_rows
+        from tasks.core.tables import AUDIENCE, CONTACTS, EVENTS, FEATURES, ORDERS, STAGED
         from tasks.publish import publish_holds
-        from tasks.transform import AUDIENCE, CONTACTS, EVENTS, FEATURES, ORDERS, STAGED
         from tasks.volume import VOLUME_METRICS
 
         with environment(self.env(lake_path)):

@@ -19,7 +19,7 @@ from flows.transform import TransformReport, transform
 from tasks.connectors.lake import Lake
 from tasks.core.features import SCORE_COLUMNS
 from tasks.core.incremental import live_rows
-from tasks.transform import AUDIENCE, CONTACTS, EVENTS, FEATURES, ORDERS, STAGED
+from tasks.core.tables import AUDIENCE, CONTACTS, EVENTS, FEATURES, ORDERS, STAGED
 from tasks.volume import VOLUME_METRICS
 from tests.flows.conftest import CONFIG, Sandbox
 

@@ -18,7 +18,7 @@ from flows.ingest import ingest
 from flows.transform import TransformReport, transform
 from infra.sandbox.generate import REFERENCE_TIME
 from tasks.connectors.lake import Lake
-from tasks.transform import replace_table
+from tasks.engine.delta import replace_table
 from tests.flows.conftest import CONFIG, Sandbox
 
 pytestmark = pytest.mark.flow

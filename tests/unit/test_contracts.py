@@ -25,8 +25,9 @@ from tasks.core.contracts import (
     split_valid,
 )
 from tasks.core.entities import resolve_contacts, silver_events, silver_orders
-from tasks.core.features import audience_members, customer_features
+from tasks.core.features import customer_features
 from tasks.core.normalise import UTC_MICROS
+from tasks.core.segments import audience_members
 from tasks.errors import DataQualityError
 from tasks.reports import TableReport
 

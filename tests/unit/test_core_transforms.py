@@ -13,8 +13,9 @@ from polars.testing import assert_frame_equal
 from tasks.core.config import Segment
 from tasks.core.contracts import ContactCandidate, split_valid
 from tasks.core.entities import resolve_contacts, silver_events, silver_orders
-from tasks.core.features import audience_members, customer_features
+from tasks.core.features import customer_features
 from tasks.core.normalise import normalise_email, parse_timestamp
+from tasks.core.segments import audience_members
 from tasks.core.sync import LEDGER_SCHEMA, plan_sync
 from tasks.errors import DataQualityError
 

@@ -10,7 +10,8 @@ import pytest
 
 from tasks.core.config import FEATURE_COLUMNS, Segment, check_segment_predicate, parse_pipeline
 from tasks.core.contracts import AudienceMember, split_valid
-from tasks.core.features import AUDIENCE_SCHEMA, audience_members, segment_membership
+from tasks.core.segments import audience_members, segment_membership
+from tasks.core.tables import AUDIENCE_SCHEMA
 from tasks.errors import ConfigError
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)

@@ -1,6 +1,6 @@
 """Mailchimp Marketing API v3 as a :class:`~tasks.connectors.destinations.protocol.Destination`.
 
-Wire formats: API_NOTES §2. One audience is one Mailchimp list (audience) id.
+Wire format: docs/platforms.md, *Mailchimp*. One audience is one Mailchimp list (audience) id.
 
 * **Fields** are merge fields, addressed by merge tag (``FNAME``, ``LTV``): listed with
   ``GET /lists/{id}/merge-fields`` and created with ``POST`` when the mapping allows it.

@@ -1,6 +1,6 @@
 """The :class:`Lake` facade: Delta tables under one root, written from and read into polars.
 
-Every write here is idempotent in the way ARCHITECTURE §5.1 asks for:
+Every write here is idempotent in the way docs/architecture.md (*Safety rules*) asks for:
 
 * :meth:`Lake.append_once` appends a batch exactly once (Delta app transaction ids);
 * :meth:`Lake.merge` upserts on keys and, by default, rewrites a matched row only when a non-key
@@ -10,9 +10,10 @@ Every write here is idempotent in the way ARCHITECTURE §5.1 asks for:
 
 Data goes to deltalake through the Arrow C stream interface (no pyarrow) and comes back through
 ``pl.scan_delta``. One :class:`deltalake.DeltaTable` is kept per table and refreshed incrementally:
-opening a table from its path re-reads the whole log every time (ARCHITECTURE §8). The Delta
-operations themselves live in :mod:`.writes`, the commit metadata in :mod:`.commits`, the
-storage options in :mod:`.options` and the error diagnosis in :mod:`.failures`.
+opening a table from its path re-reads the whole log every time (docs/architecture.md, *Facts
+the code relies on*). The Delta operations themselves live in :mod:`.writes`, the commit
+metadata in :mod:`.commits`, the storage options in :mod:`.options` and the error diagnosis in
+:mod:`.failures`.
 
 Example:
     >>> import polars as pl

@@ -110,7 +110,7 @@ def reject_unsafe_rename(options: Mapping[str, str]) -> None:
         if normalise_option_key(key) == "s3_allow_unsafe_rename":
             raise ValueError(
                 f"{key} must not be set: it turns off the conditional-put commit protocol and "
-                "lets concurrent writers lose commits (ARCHITECTURE §5.3)"
+                "lets concurrent writers lose commits (docs/architecture.md, Safety rules)"
             )
 
 

@@ -4,7 +4,7 @@ The reader renders the request template (``{since}`` = watermark minus overlap),
 through the shared resilient client (retries with full jitter, ``Retry-After``,
 ``Stripe-Should-Retry``; a proactive :class:`~tasks.connectors.ratelimit.RateBudget`), picks the
 records out of the reply, flattens them into string columns and hands batches to the ingest task,
-which merges them on the primary key. Wire formats: API_NOTES §1, §4.6, §6.
+which merges them on the primary key. Wire formats: docs/platforms.md.
 """
 
 from __future__ import annotations

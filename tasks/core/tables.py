@@ -1,0 +1,340 @@
+"""The table catalogue: every table of the lake, in one place.
+
+Each entry says what a newcomer (or a privacy review) needs to know about a table: its name,
+its columns where they are fixed, the key one row is identified by, how it is partitioned,
+how it is written, which columns hold direct identifiers of a person, and how long its rows are
+kept. Every module takes table names, schemas and partitioning from here; nothing else spells
+``"silver/..."``.
+
+Layers (see ``docs/architecture.md``):
+
+- ``bronze/<source>``: what a source said, as it said it (one table per source, see
+  :func:`bronze_table`); its columns are the source's own and evolve with it.
+- ``silver/staged_<role>``: the staging log of each source role (valid canonical rows, see
+  :mod:`tasks.core.incremental`); ``silver/contacts``, ``silver/orders``, ``silver/events``:
+  validated, deduplicated, one row per person / order / event (columns: the contracts
+  ``SilverContact``, ``SilverOrder``, ``SilverEvent`` in :mod:`tasks.core.contracts`).
+- ``gold/customer_features`` (columns: :data:`tasks.core.feature_catalog.FEATURE_COLUMNS`)
+  and ``gold/audience_members`` (partitioned by segment).
+- ``ops/...``: the pipeline's own records (quarantine, volumes, alerts, source runs, the sync
+  ledger, publish leases).
+
+Write modes: ``merge`` (upsert on the keys, rows that changed only), ``append_once`` (an
+append carrying a batch id, committed at most once), ``insert_new`` (rows whose keys are new),
+``log`` (the staging log: ``append_once`` per sequence number, ``overwrite`` on a full
+restage), ``conditional_append`` (a commit that fails when another writer got there first).
+Retention ``None`` keeps rows until they are deleted by the pipeline itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import polars as pl
+
+from tasks.core.canonical import canonical_schema
+from tasks.core.config_base import ROLE_FIELDS, SourceBase
+from tasks.core.feature_catalog import FEATURE_COLUMNS
+from tasks.core.incremental import LOG_COLUMNS
+from tasks.core.normalise import UTC_MICROS
+
+WriteMode = Literal["merge", "append_once", "insert_new", "log", "conditional_append"]
+Layer = Literal["bronze", "silver", "gold", "ops"]
+
+PII_FIELDS = ("email", "first_name", "last_name", "phone", "ip", "ip_address", "address")
+"""Canonical fields (and the ``<field>_raw`` copies kept beside them) that identify a person
+directly. A ``contact_key`` is a keyed hash, not a direct identifier."""
+
+
+@dataclass(frozen=True)
+class Table:
+    """One lake table: what it holds and how it is written."""
+
+    name: str
+    doc: str
+    schema: dict[str, pl.DataType] | None
+    keys: tuple[str, ...]
+    write: WriteMode
+    partition_by: tuple[str, ...] = ()
+    pii: tuple[str, ...] = ()
+    retention_days: int | None = None
+    cluster_by: tuple[str, ...] = ()
+    """Columns reads filter on within a partition; maintenance Z-orders the table by them."""
+
+    @property
+    def layer(self) -> Layer:
+        layer = self.name.split("/", 1)[0]
+        assert layer in ("bronze", "silver", "gold", "ops"), self.name
+        return layer  # type: ignore[return-value]
+
+
+# --- names --------------------------------------------------------------------------------------
+BRONZE_PREFIX = "bronze/"
+ROLES = ("contacts", "enrichment", "orders", "events")
+STAGED = {role: f"silver/staged_{role}" for role in ROLES}
+"""Per role: the staging log of valid canonical rows (see :mod:`tasks.core.incremental`)."""
+CONTACTS = "silver/contacts"
+ORDERS = "silver/orders"
+EVENTS = "silver/events"
+FEATURES = "gold/customer_features"
+AUDIENCE = "gold/audience_members"
+QUARANTINE = "ops/quarantine"
+VOLUME_METRICS = "ops/volume_metrics"
+VOLUME_ALERTS = "ops/volume_alerts"
+SOURCE_RUNS = "ops/source_runs"
+SYNC_LEDGER = "ops/sync_ledger"
+PUBLISH_LEASES = "ops/publish_leases"
+
+ROLE_TABLES = {"contacts": CONTACTS, "enrichment": CONTACTS, "orders": ORDERS, "events": EVENTS}
+"""The silver table each source role feeds."""
+TABLE_ROLES = {CONTACTS: "contacts", ORDERS: "orders", EVENTS: "events"}
+"""Source-less silver tables and the role whose data they hold (for lineage to audiences)."""
+BUILT_TABLES = (CONTACTS, ORDERS, EVENTS, AUDIENCE)
+"""Tables whose versions the transform state records (plus ``FEATURES``, which carries it)."""
+GOLD_INPUTS: dict[str, tuple[str, ...]] = {
+    FEATURES: (CONTACTS, ORDERS, EVENTS),
+    AUDIENCE: (FEATURES, CONTACTS),
+}
+"""Gold tables and what they are built from (silver tables: their roles' bronze)."""
+
+
+def bronze_table(source_name: str) -> str:
+    """The bronze table of a source: ``bronze/<source name>``."""
+    return f"{BRONZE_PREFIX}{source_name}"
+
+
+def is_bronze(table: str) -> bool:
+    return table.startswith(BRONZE_PREFIX)
+
+
+# --- schemas ------------------------------------------------------------------------------------
+def staging_schema(role: str) -> dict[str, pl.DataType]:
+    """Columns of ``silver/staged_<role>``: canonical columns plus the log columns."""
+    return {**canonical_schema(role), **{c: pl.Int64() for c in LOG_COLUMNS}}
+
+
+def pii_columns(columns: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """The columns among ``columns`` that hold a :data:`PII_FIELDS` value (or its raw copy)."""
+    return tuple(c for c in columns if c.removesuffix("_raw") in PII_FIELDS)
+
+
+AUDIENCE_SCHEMA: dict[str, pl.DataType] = {
+    "segment": pl.String(),
+    "contact_key": pl.String(),
+    "email": pl.String(),
+    "first_name": pl.String(),
+    "last_name": pl.String(),
+    "phone": pl.String(),
+    "country": pl.String(),
+    "consent_status": pl.String(),
+    "consent_at": UTC_MICROS,
+}
+"""``gold/audience_members``: what every destination needs to address, greet and prove consent."""
+
+QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
+    "quarantine_id": pl.String(),
+    "table": pl.String(),
+    "source": pl.String(),
+    "rule": pl.String(),
+    "column": pl.String(),
+    "value": pl.String(),
+    "row": pl.String(),
+    "run_id": pl.String(),
+    "quarantined_at": UTC_MICROS,
+}
+"""``ops/quarantine``: one record per failed rule per row (``row`` is the row as JSON)."""
+
+VOLUME_SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.String(),
+    "measured_at": UTC_MICROS,
+    "table": pl.String(),
+    "source": pl.String(),
+    "segment": pl.String(),
+    "rows": pl.Int64(),
+    "quarantined": pl.Int64(),
+}
+
+ALERT_SCHEMA: dict[str, pl.DataType] = {
+    "checked_run_id": pl.String(),
+    "checked_at": UTC_MICROS,
+    "run_id": pl.String(),
+    "measured_at": UTC_MICROS,
+    "table": pl.String(),
+    "source": pl.String(),
+    "segment": pl.String(),
+    "severity": pl.String(),
+    "rule": pl.String(),
+    "rows": pl.Int64(),
+    "expected": pl.Float64(),
+    "lower": pl.Float64(),
+    "upper": pl.Float64(),
+    "score": pl.Float64(),
+    "history": pl.Int64(),
+    "holds": pl.List(pl.String()),
+}
+
+SOURCE_RUNS_SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.String(),
+    "source": pl.String(),
+    "status": pl.String(),  # "landed" or "failed"
+    "error": pl.String(),
+    "finished_at": UTC_MICROS,
+}
+
+LEDGER_SCHEMA: dict[str, pl.DataType] = {
+    "destination": pl.String(),
+    "audience": pl.String(),
+    "segment": pl.String(),
+    "contact_key": pl.String(),
+    "action": pl.String(),  # SyncAction
+    "payload_hash": pl.String(),
+    "status": pl.String(),  # SyncStatus
+    "error": pl.String(),
+    "run_id": pl.String(),
+    "synced_at": UTC_MICROS,
+}
+LEDGER_KEYS = ["destination", "audience", "contact_key"]
+
+LEASE_SCHEMA: dict[str, pl.DataType] = {
+    "lease_key": pl.String(),
+    "seq": pl.Int64(),
+    "holder": pl.String(),
+    "event": pl.String(),  # "claimed" or "released"; a renewal is a new "claimed" row
+    "expires_at": pl.Datetime("us", "UTC"),
+    "written_at": pl.Datetime("us", "UTC"),
+}
+
+
+# --- the catalogue ------------------------------------------------------------------------------
+def _staged(role: str) -> Table:
+    schema = staging_schema(role)
+    return Table(
+        STAGED[role],
+        f"Staging log of the {role} role: valid canonical rows, one log row per record change.",
+        schema,
+        keys=("_record_hash", "_seq"),
+        write="log",
+        pii=pii_columns(list(schema)),
+    )
+
+
+TABLES: dict[str, Table] = {
+    t.name: t
+    for t in (
+        *(_staged(role) for role in ROLES),
+        Table(
+            CONTACTS,
+            "One row per person (normalised email) with current consent (SilverContact).",
+            None,
+            keys=("contact_key",),
+            write="merge",
+            pii=("email", "first_name", "last_name", "phone"),
+            cluster_by=("contact_key",),
+        ),
+        Table(
+            ORDERS,
+            "The latest version of each order, linked by contact_key (SilverOrder).",
+            None,
+            keys=("order_id",),
+            write="merge",
+        ),
+        Table(
+            EVENTS,
+            "One row per event id; contact_key when the person is known (SilverEvent).",
+            None,
+            keys=("event_id",),
+            write="merge",
+        ),
+        Table(
+            FEATURES,
+            "One row per contact: the customer features; carries the transform state.",
+            FEATURE_COLUMNS,
+            keys=("contact_key",),
+            write="merge",
+            cluster_by=("contact_key",),
+        ),
+        Table(
+            AUDIENCE,
+            "Members of each segment whose current consent is an opt-in: what is published.",
+            AUDIENCE_SCHEMA,
+            keys=("segment", "contact_key"),
+            write="merge",
+            partition_by=("segment",),
+            pii=("email", "first_name", "last_name", "phone"),
+            cluster_by=("contact_key",),
+        ),
+        Table(
+            QUARANTINE,
+            "Rows that failed a contract or could not be read, with the rule and the row.",
+            QUARANTINE_SCHEMA,
+            keys=("quarantine_id",),
+            write="append_once",
+            pii=("value", "row"),
+        ),
+        Table(
+            VOLUME_METRICS,
+            "Row counts per run, table, source and segment (the anomaly detector's series).",
+            VOLUME_SCHEMA,
+            keys=("run_id", "table", "source", "segment"),
+            write="append_once",
+        ),
+        Table(
+            VOLUME_ALERTS,
+            "Volume anomalies found, with the audiences they hold.",
+            ALERT_SCHEMA,
+            keys=("checked_run_id", "table", "source", "segment"),
+            write="append_once",
+        ),
+        Table(
+            SOURCE_RUNS,
+            "How each source's latest ingests ended (a failed one holds its audiences).",
+            SOURCE_RUNS_SCHEMA,
+            keys=("run_id", "source"),
+            write="append_once",
+        ),
+        Table(
+            SYNC_LEDGER,
+            "What each destination list last received per contact (latest send).",
+            LEDGER_SCHEMA,
+            keys=tuple(LEDGER_KEYS),
+            write="merge",
+        ),
+        Table(
+            PUBLISH_LEASES,
+            "Claims on destination lists, so two publishes never send to one list at once.",
+            LEASE_SCHEMA,
+            keys=("lease_key", "seq"),
+            write="conditional_append",
+        ),
+    )
+}
+"""Every table with a fixed name. Bronze tables are per source: see :func:`bronze_entry`."""
+
+
+def bronze_entry(
+    source_name: str, source: SourceBase, *, write: WriteMode, keys: tuple[str, ...] = ()
+) -> Table:
+    """The catalogue entry of a source's bronze table (columns: the source's own).
+
+    ``write`` is the source reader's mode (``merge`` on the primary key for entity sources,
+    ``append_once`` per file, ``insert_new`` per event id). Its direct identifiers are the
+    source columns its field mapping sends to a :data:`PII_FIELDS` field.
+    """
+    required, optional = ROLE_FIELDS[source.role]
+    return Table(
+        bronze_table(source_name),
+        f"What source {source_name!r} said, as it said it, plus ingest metadata.",
+        None,
+        keys=keys,
+        write=write,
+        pii=tuple(source.column(f) for f in (*required, *optional) if f in PII_FIELDS),
+    )
+
+
+def table(name: str) -> Table:
+    """The catalogue entry of ``name`` (a ``KeyError`` naming it if there is none)."""
+    try:
+        return TABLES[name]
+    except KeyError:
+        raise KeyError(f"{name!r} is not in the table catalogue (tasks.core.tables)") from None

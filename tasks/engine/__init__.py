@@ -1,0 +1,22 @@
+"""The transform engine: bronze -> staging -> silver -> gold, incremental by default.
+
+One module per stage, each a set of plain functions over a :class:`~tasks.connectors.lake.Lake`
+(the Prefect tasks in :mod:`tasks.transform` are one-line wrappers over them, and the benchmark
+calls them directly):
+
+- :mod:`tasks.engine.staging` - bronze -> ``silver/staged_<role>``: only rows bronze gained or
+  lost are normalised and checked; :mod:`tasks.engine.roles` runs it per role (a *unit*, which
+  a task runner may run in another process) and combines the roles' reports;
+- :mod:`tasks.engine.silver` - staging -> ``silver/contacts``, ``silver/orders``,
+  ``silver/events`` for the people, orders and events a change touches
+  (:mod:`tasks.engine.scope`);
+- :mod:`tasks.engine.gold` - silver -> ``gold/customer_features`` and
+  ``gold/audience_members`` for the affected contacts;
+- :mod:`tasks.engine.state` - what the last build consumed, and whether this one is full,
+  incremental or has nothing to do;
+
+and their helpers: :mod:`tasks.engine.checks` (contracts and quarantine),
+:mod:`tasks.engine.delta` (pinned reads, writing only what changed) and
+:mod:`tasks.engine.reports` (what each stage reports). ``full_refresh`` rebuilds everything and
+produces the same tables; ``docs/architecture.md`` describes the whole design.
+"""

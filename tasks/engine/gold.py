@@ -1,0 +1,233 @@
+"""Stage 3, silver -> gold: ``gold/customer_features`` and ``gold/audience_members``.
+
+Gold is rebuilt for the contacts silver names as affected (every contact when it names none).
+Two things depend on more than a contact's own rows and are handled explicitly:
+
+- **time**: features are computed as of ``as_of`` (midnight UTC by default). Recency, windows
+  and "days since" change for everyone when ``as_of`` moves, so the first run with a new
+  ``as_of`` recomputes the features of *every* contact from silver (joins and aggregations over
+  silver only - no normalisation, no identity resolution); later runs that day are incremental
+  again (see :mod:`tasks.engine.state`);
+- **RFM quintiles** rank contacts against each other: they are recomputed over the whole
+  features table on every run (a rank over three columns), and the rows whose scores moved are
+  rewritten with the affected ones.
+
+``gold/audience_members`` (partitioned by segment) is rebuilt for every contact whose features
+or contact row may have changed: one row per segment a contact is in, opted-in contacts only
+(:mod:`tasks.core.segments`). As in silver, :func:`gold_rows` computes (frames in, frames out)
+and :func:`commit_gold` writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import polars as pl
+
+from tasks.connectors.lake import Lake
+from tasks.core.config import PipelineConfig
+from tasks.core.contracts import AudienceMember, CustomerFeatures, Split
+from tasks.core.feature_catalog import FEATURE_COLUMNS, SCORE_COLUMNS
+from tasks.core.features import customer_metrics, score_rfm
+from tasks.core.incremental import changed_rows, values_in
+from tasks.core.normalise import UTC_MICROS
+from tasks.core.segments import audience_members
+from tasks.core.tables import AUDIENCE, AUDIENCE_SCHEMA, CONTACTS, EVENTS, FEATURES, ORDERS
+from tasks.engine.checks import Checker
+from tasks.engine.delta import sync_table
+from tasks.engine.reports import Logger, Metric, StageReport
+from tasks.reports import TableReport
+
+# Columns gold reads from silver orders and events, for a lake that has none yet.
+_EMPTY_ORDERS: dict[str, pl.DataType] = {
+    "contact_key": pl.String(),
+    "amount_reporting": pl.Float64(),
+    "category": pl.String(),
+    "status": pl.String(),
+    "created_at": UTC_MICROS,
+}
+_EMPTY_EVENTS: dict[str, pl.DataType] = {"contact_key": pl.String(), "occurred_at": UTC_MICROS}
+
+
+def build_gold_tables(
+    lake: Lake,
+    config: PipelineConfig,
+    *,
+    as_of: datetime,
+    run_id: str,
+    now: datetime,
+    contact_keys: Sequence[str] | None,
+    logger: Logger,
+) -> StageReport:
+    """Bring gold up to date with silver for ``contact_keys`` (None: every contact; empty:
+    nothing changed, report the totals). RFM scores are re-ranked over all contacts either way.
+    """
+    if not lake.exists(CONTACTS):
+        logger.warning("%s does not exist yet: gold not built", CONTACTS)
+        return StageReport(tables=[], metrics=[])
+    checker = Checker(run_id=run_id, now=now, logger=logger)
+    if contact_keys is not None and not contact_keys and lake.exists(FEATURES):
+        return _gold_totals(lake, config, checker)  # nothing changed: counts only
+    keys = None if contact_keys is None else pl.Series("contact_key", contact_keys, pl.String)
+
+    def of_affected(frame: pl.LazyFrame) -> pl.LazyFrame:
+        return frame if keys is None else frame.filter(values_in("contact_key", keys))
+
+    contacts = lake.scan(CONTACTS)
+    metrics = customer_metrics(
+        of_affected(contacts),
+        of_affected(_scan_or_empty(lake, ORDERS, _EMPTY_ORDERS)),
+        of_affected(_scan_or_empty(lake, EVENTS, _EMPTY_EVENTS)),
+        as_of=as_of,
+        rfm_window_days=config.transform.features.rfm_window_days,
+    ).collect()
+    current = (
+        lake.read(FEATURES) if lake.exists(FEATURES) else pl.DataFrame(schema=FEATURE_COLUMNS)
+    ).select(list(FEATURE_COLUMNS))
+    built = gold_rows(metrics, current, contacts, keys, config, checker=checker)
+    commit_gold(lake, built)
+    tables = [
+        TableReport(
+            FEATURES,
+            rows_in=built.candidates.height,
+            rows_out=built.features.valid.height,
+            quarantined=built.features.rejected,
+            duplicates=0,
+        ),
+        TableReport(
+            AUDIENCE,
+            rows_in=built.members_in,
+            rows_out=built.members.height,
+            quarantined=built.members_rejected,
+            duplicates=0,
+        ),
+    ]
+    return _gold_totals(lake, config, checker, tables=tables)
+
+
+@dataclass(frozen=True)
+class GoldRows:
+    """Gold rows built and checked: what :func:`commit_gold` writes.
+
+    ``features``: the checked feature rows to write (``candidates`` before checks) for the keys
+    in ``features_scope`` (None: the whole table); ``members``: the valid audience rows of the
+    contacts in ``members_scope`` (None: everyone), of ``members_in`` built.
+    """
+
+    candidates: pl.DataFrame
+    features: Split
+    features_scope: pl.Series | None
+    members: pl.DataFrame
+    members_scope: pl.Series | None
+    members_in: int
+    members_rejected: int
+
+
+def gold_rows(
+    metrics: pl.DataFrame,
+    current: pl.DataFrame,
+    contacts: pl.LazyFrame,
+    keys: pl.Series | None,
+    config: PipelineConfig,
+    *,
+    checker: Checker,
+) -> GoldRows:
+    """Score, check and assign segments: the affected contacts' ``metrics`` (every contact's
+    when ``keys`` is None) against the ``current`` features table."""
+    if keys is None:
+        population = metrics
+    else:
+        kept = current.filter(~values_in("contact_key", keys)).drop(SCORE_COLUMNS)
+        population = pl.concat([kept, metrics], how="vertical")
+    # Quintiles rank every contact against the others: always scored over the whole table.
+    scored = score_rfm(population.lazy()).collect()
+    rescored, _ = changed_rows(scored.lazy(), current.lazy(), keys=["contact_key"])
+    candidates = (
+        scored
+        if keys is None
+        else scored.filter(
+            values_in("contact_key", keys)
+            | values_in("contact_key", rescored.select("contact_key").collect().to_series())
+        )
+    )
+    checked = checker.check(candidates, CustomerFeatures, table=FEATURES)
+    rejected_keys = candidates.join(checked.valid, on="contact_key", how="anti").get_column(
+        "contact_key"
+    )
+    features_scope = (
+        None
+        if keys is None
+        else candidates.get_column("contact_key").append(
+            current.filter(values_in("contact_key", keys)).get_column("contact_key")
+        )
+    )
+    # The audience of every contact whose features or contact row may have changed.
+    changed_keys = (
+        None
+        if keys is None
+        else pl.concat([keys, candidates.get_column("contact_key"), rejected_keys]).unique()
+    )
+    members = audience_members(
+        checked.valid.lazy(),
+        contacts
+        if changed_keys is None
+        else contacts.filter(values_in("contact_key", changed_keys)),
+        config.segments,
+    ).collect()
+    checked_members = checker.check(members, AudienceMember, table=AUDIENCE)
+    return GoldRows(
+        candidates=candidates,
+        features=checked,
+        features_scope=features_scope,
+        members=checked_members.valid.select(list(AUDIENCE_SCHEMA)),
+        members_scope=changed_keys,
+        members_in=members.height,
+        members_rejected=checked_members.rejected,
+    )
+
+
+def commit_gold(lake: Lake, built: GoldRows) -> None:
+    """Write the features, then the audience (changed keys only)."""
+    sync_table(
+        lake, FEATURES, built.features.valid, keys=["contact_key"], scope=built.features_scope
+    )
+    sync_table(
+        lake,
+        AUDIENCE,
+        built.members,
+        keys=["segment", "contact_key"],
+        scope=built.members_scope,
+        scope_column="contact_key",
+    )
+
+
+def _scan_or_empty(lake: Lake, table: str, schema: dict[str, pl.DataType]) -> pl.LazyFrame:
+    return lake.scan(table) if lake.exists(table) else pl.LazyFrame(schema=schema)
+
+
+def _gold_totals(
+    lake: Lake, config: PipelineConfig, checker: Checker, *, tables: list[TableReport] | None = None
+) -> StageReport:
+    """Gold's report: this run's balances and the tables' totals (for volume metrics)."""
+    rejected = sum(t.quarantined for t in tables or [] if t.table == FEATURES)
+    sizes = {s.name: 0 for s in config.segments}
+    if lake.exists(AUDIENCE):
+        counts = lake.scan(AUDIENCE).group_by("segment").len().collect()
+        sizes.update({str(segment): int(n) for segment, n in counts.iter_rows()})
+    volume: list[Metric] = [
+        {"table": FEATURES, "source": None, "rows": lake.count(FEATURES), "quarantined": rejected},
+        *(
+            {"table": AUDIENCE, "segment": name, "rows": size, "quarantined": 0}
+            for name, size in sorted(sizes.items())
+        ),
+    ]
+    if tables is None:
+        tables = [TableReport(FEATURES, 0, 0, 0, 0), TableReport(AUDIENCE, 0, 0, 0, 0)]
+    return StageReport(
+        tables=tables,
+        metrics=volume,
+        rule_counts=checker.write(lake, stage="gold"),
+        audience_sizes=sizes,
+    )
