@@ -88,7 +88,13 @@ def publish(
                 ),
                 name=f"{r.destination}/{r.segment}",
                 upstream=[audience],
-                metadata={"sent": r.sent, "unsubscribed": r.unsubscribed, "failed": r.failed},
+                metadata={
+                    "sent": r.sent,
+                    "unsubscribed": r.unsubscribed,
+                    "removed": r.removed,
+                    "held_out": r.held_out,
+                    "failed": r.failed,
+                },
             )
     table_artifact(
         "publish-results",

@@ -33,10 +33,12 @@ def lake_summary(lake: Lake, report: PipelineReport) -> str:
     for p in report.publish:
         total += p.sent
         status = f"held: {p.held}" if p.held else ("dry run" if p.dry_run else "")
+        extra = f"  removed {p.removed:,}" if p.removed else ""
+        extra += f"  held out {p.held_out:,}" if p.held_out else ""
         lines.append(
-            f"  {p.destination}/{p.segment:<22} sent {p.sent:>6,}"
+            f"  {p.destination + '/' + p.segment:<32} sent {p.sent:>6,}"
             f"  unsubscribed {p.unsubscribed:>5,}"
-            f"  failed {p.failed:>5,}  {status}".rstrip()
+            f"  failed {p.failed:>5,}{extra}  {status}".rstrip()
         )
     lines.append(f"contacts published: {total:,}")
     return "\n".join(lines)

@@ -20,9 +20,8 @@ from tasks.anomaly import volume_anomalies
 from tasks.connectors.lake import Lake
 from tasks.core.anomaly import audience_removals, held_segments, removal_hold, source_audiences
 from tasks.core.config import Destination, PipelineConfig, PublishConfig
-from tasks.core.sync import plan_sync
-from tasks.core.tables import AUDIENCE, BRONZE_PREFIX, CONTACTS, SYNC_LEDGER, VOLUME_METRICS
-from tasks.publishing import publish_segment
+from tasks.core.tables import AUDIENCE, BRONZE_PREFIX, SYNC_LEDGER, VOLUME_METRICS
+from tasks.publishing import plan_audience, publish_segment
 from tasks.reports import PublishReport, publish_state_name
 from tasks.resources import open_lake
 from tasks.retries import retry_unless_permanent
@@ -48,12 +47,13 @@ def publish_holds(lake: Lake, config: PipelineConfig) -> dict[tuple[str, str], s
     * an error-level volume anomaly hit a source, table or segment feeding it (see
       :func:`tasks.core.anomaly.audiences_fed`), or
     * its publish would take more than ``volume.removals.max_share`` of the contacts its list
-      holds off the list (an opt-out storm from a broken CRM mapping is hard to undo: Mailchimp
-      will not re-subscribe an unsubscribed member without their consent), or
+      holds off the list, by unsubscribes and (mirror mode) removals (an opt-out storm from a
+      broken CRM mapping is hard to undo: Mailchimp will not re-subscribe an unsubscribed
+      member without their consent), or
     * a source feeding it failed in its latest ingest (:mod:`tasks.source_runs`).
 
-    A hold delays subscribes and updates only: the unsubscribes of people who opted out are sent
-    hold or no hold (:data:`tasks.core.sync.NEVER_HELD`). Warnings never hold. The
+    A hold delays subscribes, updates and removals: the unsubscribes of people who opted out are
+    sent hold or no hold (:data:`tasks.core.sync.NEVER_HELD`). Warnings never hold. The
     ``override_hold`` flow parameter publishes anyway.
     """
     by_segment: dict[str, list[str]] = {}
@@ -65,11 +65,9 @@ def publish_holds(lake: Lake, config: PipelineConfig) -> dict[tuple[str, str], s
         by_segment.setdefault(segment, []).append(reason)
     holds: dict[tuple[str, str], str] = {}
     for name, destination in config.destinations.items():
-        for segment, audience in destination.audiences.items():
+        for segment in destination.audiences:
             reasons = list(by_segment.get(segment, []))
-            removal = _removal_hold(
-                lake, config, destination=name, segment=segment, audience=audience
-            )
+            removal = _removal_hold(lake, config, name, destination, segment)
             if removal is not None:
                 reasons.append(removal)
             if reasons:
@@ -106,16 +104,14 @@ def _quarantine_holds(lake: Lake, config: PipelineConfig) -> list[tuple[str, str
 
 
 def _removal_hold(
-    lake: Lake, config: PipelineConfig, *, destination: str, segment: str, audience: str
+    lake: Lake, config: PipelineConfig, name: str, destination: Destination, segment: str
 ) -> str | None:
     if not lake.exists(SYNC_LEDGER) or not lake.exists(AUDIENCE):
         return None
+    plan = plan_audience(lake, name, destination, segment).lazy()
+    audience = destination.audiences[segment].list_id
     ledger = lake.scan(SYNC_LEDGER)
-    members = lake.scan(AUDIENCE).filter(pl.col("segment") == segment)
-    plan = plan_sync(
-        members, lake.scan(CONTACTS), ledger, destination=destination, audience=audience
-    )
-    counts = audience_removals(plan, ledger, destination=destination, audience=audience).collect()
+    counts = audience_removals(plan, ledger, destination=name, audience=audience).collect()
     on_list, removals = counts.row(0)
     return removal_hold(on_list, removals, config.volume.removals)
 

@@ -14,10 +14,19 @@ The order of the steps is what makes a publish safe to crash and to run twice at
 A crash at any point therefore leaves at most one batch per audience sent but not recorded as
 sent; the next run sends that batch again (a batch upsert keyed by email is idempotent on the
 platform) and everything else exactly once.
+
+What is sent comes from the audience's configuration (:mod:`tasks.core.config_publish`): each
+member's mapped fields (:mod:`tasks.core.mapping`), its mode (``mirror`` removes leavers) and
+its holdout. Each batch holds one action and goes to the platform adapter of
+:data:`tasks.connectors.destinations.PLATFORMS` as one ``upsert``, ``unsubscribe`` or ``remove``;
+holdout rows are only recorded. Before the first upsert the platform's fields are checked
+(``ensure_fields``, creating them when ``create_fields``); when they do not match, the
+audience's unsubscribes still go out and the publish then fails naming the fields.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -30,19 +39,32 @@ from datetime import UTC, datetime
 import polars as pl
 from prefect import get_run_logger
 
-from tasks.connectors.destinations import AudienceSink, MemberChange, open_destination
+from tasks.connectors.destinations import open_platform
+from tasks.connectors.destinations.protocol import Destination as Platform
+from tasks.connectors.destinations.protocol import FieldSpec, Member, RecordResult
 from tasks.connectors.lake import Lake
 from tasks.connectors.leases import Lease, LeaseState, LeaseStore, lease_key
-from tasks.core.config import Destination, PublishConfig
+from tasks.core.config import FEATURE_COLUMNS, Destination, PublishConfig
+from tasks.core.config_publish import AudienceConfig, FieldMapping, resolved_fields
+from tasks.core.mapping import holdout_expr, mapped_columns, payload_expr
 from tasks.core.masking import mask_emails
 from tasks.core.sync import (
+    NEVER_HELD,
     ledger_rows,
     plan_sync,
     platform_batches,
     releasable,
 )
-from tasks.core.tables import AUDIENCE, AUDIENCE_SCHEMA, CONTACTS, LEDGER_KEYS, LEDGER_SCHEMA
+from tasks.core.tables import (
+    AUDIENCE,
+    AUDIENCE_SCHEMA,
+    CONTACTS,
+    FEATURES,
+    LEDGER_KEYS,
+    LEDGER_SCHEMA,
+)
 from tasks.core.tables import SYNC_LEDGER as SYNC_LEDGER
+from tasks.errors import PublishError
 from tasks.reports import PublishReport
 
 LEASE_POLL_SECONDS = 0.5
@@ -62,6 +84,46 @@ def audience_members(lake: Lake, segment: str) -> pl.LazyFrame:
     if not lake.exists(AUDIENCE):
         return pl.LazyFrame(schema=AUDIENCE_SCHEMA)
     return lake.scan(AUDIENCE).filter(pl.col("segment") == segment)
+
+
+def publishable_members(
+    lake: Lake, kind: str, segment: str, audience: AudienceConfig, *, pepper: bytes | None = None
+) -> pl.LazyFrame:
+    """The segment's members with their mapped ``payload`` and ``holdout`` assignment."""
+    fields = resolved_fields(kind, audience)
+    members = audience_members(lake, segment)
+    have = set(members.collect_schema().names())
+    wanted = sorted(mapped_columns(fields) - have)
+    if wanted:
+        members = members.join(_features(lake, wanted), on="contact_key", how="left")
+    schema = members.collect_schema()
+    members = members.with_columns(payload_expr(fields, audience.tags, segment, schema))
+    if audience.holdout > 0:
+        if pepper is None:
+            from tasks.resources import pepper as lake_pepper
+
+            pepper = lake_pepper()[0]
+        return members.with_columns(holdout_expr(segment, audience.holdout, pepper))
+    return members.with_columns(pl.lit(False).alias("holdout"))
+
+
+def _features(lake: Lake, columns: list[str]) -> pl.LazyFrame:
+    if lake.exists(FEATURES):
+        return lake.scan(FEATURES).select("contact_key", *columns)
+    schema = {"contact_key": pl.String(), **{c: FEATURE_COLUMNS[c] for c in columns}}
+    return pl.LazyFrame(schema=schema)
+
+
+def plan_audience(
+    lake: Lake, destination_name: str, destination: Destination, segment: str
+) -> pl.DataFrame:
+    """What one publish of ``segment`` to ``destination`` would do (see :func:`plan_sync`)."""
+    audience = destination.audiences[segment]
+    members = publishable_members(lake, destination.kind, segment, audience)
+    return plan_sync(
+        members, current_consent(lake), ledger(lake),
+        destination=destination_name, audience=audience.list_id, mode=audience.mode,
+    ).collect()  # fmt: skip
 
 
 def current_consent(lake: Lake) -> pl.LazyFrame:
@@ -86,7 +148,12 @@ class _Tally:
     sent: int = 0
     failed: int = 0
     unsubscribed: int = 0
+    removed: int = 0
+    held_out: int = 0
     errors: list[str] = field(default_factory=list)
+    fields_error: str | None = None
+    skipped: int = 0
+    """Planned changes not sent because the platform's fields did not match the mapping."""
 
 
 @dataclass
@@ -128,15 +195,16 @@ def publish_segment(
     settings: PublishConfig,
     dry_run: bool = False,
     hold: str | None = None,
-    open_sink: Callable[[Destination], AudienceSink] = open_destination,
+    open_sink: Callable[[Destination], Platform] = open_platform,
 ) -> PublishReport:
     """Publish one segment's audience to one destination list (see the module docstring).
 
-    A ``hold`` delays subscribes and updates; unsubscribes go out regardless. A dry run plans
-    and sends nothing (and claims nothing).
+    A ``hold`` delays subscribes, updates and removals; unsubscribes go out regardless. A dry
+    run plans and sends nothing (and claims nothing). ``open_sink`` opens the platform adapter.
     """
     logger = get_run_logger()
-    audience = destination.audiences[segment]
+    config = destination.audiences[segment]
+    audience = config.list_id
     members = audience_members(lake, segment)
     base = PublishReport(
         destination=destination_name,
@@ -150,7 +218,7 @@ def publish_segment(
         held=hold,
         dry_run=dry_run,
     )
-    plan = _plan(lake, members, destination_name, audience)
+    plan = plan_audience(lake, destination_name, destination, segment)
     if dry_run:
         logger.warning("publish %s/%s: dry run, %d planned, nothing sent",
                        destination_name, segment, plan.height)  # fmt: skip
@@ -170,17 +238,21 @@ def publish_segment(
     claim = _Claim(store, got, settings.lease_seconds)
     try:
         # Planned again under the claim: a run that waited sees what the holder recorded.
-        plan = _plan(lake, members, destination_name, audience)
+        plan = plan_audience(lake, destination_name, destination, segment)
         sendable = releasable(plan.lazy(), held=held, dry_run=False).collect()
-        tally = _send(lake, claim, open_sink, destination, sendable, segment=segment,
-                      destination_name=destination_name, run_id=run_id)  # fmt: skip
+        target = _Target(destination_name, destination, segment, config, run_id)
+        tally = _send(lake, claim, open_sink, target, sendable)
     finally:
         store.release(claim.lease, now=_utc_now())
-    return _finish(logger, replace(
+    report = _finish(logger, replace(
         base, planned=plan.height, sent=tally.sent, failed=tally.failed,
-        unsubscribed=tally.unsubscribed, errors=tuple(tally.errors),
-        held_back=plan.height - sendable.height, waited_seconds=waited,
+        unsubscribed=tally.unsubscribed, removed=tally.removed, held_out=tally.held_out,
+        errors=tuple(tally.errors), held_back=plan.height - sendable.height + tally.skipped,
+        waited_seconds=waited,
     ))  # fmt: skip
+    if tally.fields_error is not None:
+        raise PublishError(tally.fields_error)
+    return report
 
 
 def _finish(
@@ -190,62 +262,118 @@ def _finish(
         logger.warning("publish %s/%s held: %s; sent %d unsubscribes, held back %d changes",
                        report.destination, report.segment, report.held, report.sent,
                        report.held_back)  # fmt: skip
-    logger.info("publish %s/%s -> %s: %d sent (%d unsubscribed), %d failed",
-                report.destination, report.segment, report.audience, report.sent,
-                report.unsubscribed, report.failed)  # fmt: skip
+    logger.info("publish %s/%s -> %s: %d sent (%d unsubscribed, %d removed), %d held out, "
+                "%d failed", report.destination, report.segment, report.audience, report.sent,
+                report.unsubscribed, report.removed, report.held_out,
+                report.failed)  # fmt: skip
     return report
 
 
-def _plan(lake: Lake, members: pl.LazyFrame, destination_name: str, audience: str) -> pl.DataFrame:
-    return plan_sync(
-        members,
-        current_consent(lake),
-        ledger(lake),
-        destination=destination_name,
-        audience=audience,
-    ).collect()
+@dataclass(frozen=True)
+class _Target:
+    """Where a publish sends: the destination, the segment and its audience configuration."""
+
+    destination_name: str
+    destination: Destination
+    segment: str
+    config: AudienceConfig
+    run_id: str
+
+    @property
+    def fields(self) -> dict[str, FieldMapping]:
+        return resolved_fields(self.destination.kind, self.config)
+
+    def field_specs(self) -> list[FieldSpec]:
+        return [FieldSpec(name, m.type, label=name) for name, m in self.fields.items()]
 
 
 def _send(
     lake: Lake,
     claim: _Claim,
-    open_sink: Callable[[Destination], AudienceSink],
-    destination: Destination,
+    open_sink: Callable[[Destination], Platform],
+    target: _Target,
     sendable: pl.DataFrame,
-    *,
-    segment: str,
-    destination_name: str,
-    run_id: str,
 ) -> _Tally:
     """Per batch: intent committed, batch sent, results committed."""
     tally = _Tally()
     if sendable.height == 0:
         return tally
-    audience = destination.audiences[segment]
-    where = dict(destination=destination_name, audience=audience, segment=segment, run_id=run_id)
-    sink = open_sink(destination)
+    audience = target.config.list_id
+    where = dict(destination=target.destination_name, audience=audience,
+                 segment=target.segment, run_id=target.run_id)  # fmt: skip
+    platform = open_sink(target.destination)
     try:
-        for batch in platform_batches(sendable, destination.batch_size):
+        if (sendable["action"] == "subscribe").any():
+            try:
+                platform.ensure_fields(
+                    audience, target.field_specs(), create=target.config.create_fields
+                )
+            except PublishError as exc:
+                # Opt-outs are not a marketing choice: they still go out, then the run fails.
+                tally.fields_error = str(exc)
+                kept = sendable.filter(pl.col("action").is_in(sorted(NEVER_HELD)))
+                tally.skipped = sendable.height - kept.height
+                sendable = kept
+        for batch in platform_batches(sendable, target.destination.batch_size):
             claim.before_batch()
-            _commit(lake, ledger_rows(batch, **where, synced_at=_utc_now(), errors=None))
-            changes = [
-                MemberChange(**row) for row in batch.drop("payload_hash").iter_rows(named=True)
-            ]
-            # A platform's error may quote the address: the ledger and reports keep it masked.
-            outcome = {r.contact_key: (None if r.ok else mask_emails(r.error or "error"))
-                       for r in sink.send(audience, changes)}  # fmt: skip
+            action = batch["action"][0]
+            if action != "holdout":
+                _commit(lake, ledger_rows(batch, **where, synced_at=_utc_now(), errors=None))
+            outcome = _dispatch(platform, audience, action, batch, target.config.tags)
             _commit(lake, ledger_rows(batch, **where, synced_at=_utc_now(), errors=outcome))
-            for key, action in zip(batch["contact_key"], batch["action"], strict=True):
-                if outcome[key] is None:
-                    tally.sent += 1
-                    tally.unsubscribed += action == "unsubscribe"
-                else:
-                    tally.failed += 1
-                    if len(tally.errors) < MAX_ERRORS_REPORTED:
-                        tally.errors.append(f"{key}: {outcome[key]}")
+            _count(tally, action, batch, outcome)
     finally:
-        sink.close()
+        platform.close()
     return tally
+
+
+def _dispatch(
+    platform: Platform, audience: str, action: str, batch: pl.DataFrame, tags: tuple[str, ...]
+) -> dict[str, str | None]:
+    """One batch of one action to the platform: each contact key -> its error, or None.
+
+    Every refusal is sent again next run, also those the adapter calls permanent (an address
+    the platform holds as unsubscribed): resending never re-subscribes anyone, and the person's
+    state may change.
+    """
+    if action == "holdout":
+        return dict.fromkeys(batch["contact_key"])
+    members = [_member(row, tags) for row in batch.iter_rows(named=True)]
+    send = {"subscribe": platform.upsert, "unsubscribe": platform.unsubscribe,
+            "remove": platform.remove}[action]  # fmt: skip
+    results: dict[str, RecordResult] = {r.contact_key: r for r in send(audience, members)}
+    return {m.contact_key: _error(results.get(m.contact_key)) for m in members}
+
+
+def _error(result: RecordResult | None) -> str | None:
+    """The ledger's error text; a platform's error may quote the address, so it is masked."""
+    if result is None:
+        return "no result from the platform"
+    return None if result.ok else mask_emails(result.error or "error")
+
+
+def _member(row: dict[str, object], tags: tuple[str, ...]) -> Member:
+    """A plan row as the platform sees it: mapped fields and tags for a subscribe."""
+    key, email = str(row["contact_key"]), str(row["email"])
+    if row["action"] != "subscribe" or not row["payload"]:
+        return Member(key, email)
+    payload = json.loads(str(row["payload"]))
+    return Member(key, email, fields=payload["fields"], tags=tuple(payload.get("tags", tags)))
+
+
+def _count(tally: _Tally, action: str, batch: pl.DataFrame, outcome: dict[str, str | None]) -> None:
+    for key in batch["contact_key"]:
+        error = outcome[key]
+        if action == "holdout":
+            tally.held_out += 1
+        elif error is None:
+            tally.sent += 1
+            tally.unsubscribed += action == "unsubscribe"
+            tally.removed += action == "remove"
+        else:
+            tally.failed += 1
+            if len(tally.errors) < MAX_ERRORS_REPORTED:
+                tally.errors.append(f"{key}: {error}")
 
 
 def _commit(lake: Lake, rows: pl.DataFrame) -> None:

@@ -47,7 +47,9 @@ class PublishReport:
     ``failed`` refused by the platform. A held audience (``held`` says why) still sends its
     unsubscribes and keeps ``held_back`` subscribes/updates for a later run; a ``skipped`` one
     found its list claimed by another run (for longer than ``lease_wait_seconds``) and sent
-    nothing; ``waited_seconds`` is how long it waited for that claim.
+    nothing; ``waited_seconds`` is how long it waited for that claim. ``removed`` (of
+    ``sent``) left the list in mirror mode; ``held_out`` members of the audience's holdout were
+    recorded and not sent.
     """
 
     destination: str
@@ -64,6 +66,8 @@ class PublishReport:
     held_back: int = 0
     skipped: str | None = None
     waited_seconds: float = 0.0
+    removed: int = 0
+    held_out: int = 0
 
     @property
     def outcome(self) -> PublishOutcome:

@@ -66,7 +66,7 @@ def config_list_ids(config: Path, kind: str | None = None) -> list[str]:
         list_id
         for destination in pipeline.destinations.values()
         if kind is None or destination.kind == kind
-        for list_id in destination.audiences.values()
+        for list_id in destination.list_ids()
     ]
     return list(dict.fromkeys(ids))
 

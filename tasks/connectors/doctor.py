@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from tasks.connectors.destinations import DESTINATIONS
+from tasks.connectors.destinations import PLATFORMS
 from tasks.connectors.http import RetryPolicy
 from tasks.connectors.redact import redact
 from tasks.connectors.sources.events import landing_for
@@ -195,9 +195,10 @@ def check_destinations(config: PipelineConfig) -> list[Check]:
     checks = []
     for name, destination in config.destinations.items():
         try:
-            sink = DESTINATIONS[destination.kind](destination)
+            sink = PLATFORMS[destination.kind](destination)
             try:
-                detail = sink.probe(list(destination.audiences.values()), policy=PROBE_POLICY)
+                probe = getattr(sink, "probe")  # noqa: B009 (every adapter takes the policy)
+                detail = probe(destination.list_ids(), policy=PROBE_POLICY)
             finally:
                 sink.close()
         except Exception as exc:  # every failure becomes a FAIL line, not a crash

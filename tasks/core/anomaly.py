@@ -438,9 +438,10 @@ def audience_removals(
 
     ``on_list``: contacts the list holds per the sync ledger (last sent as subscribed, with
     success); ``removals``: how many of them the planned publish (``plan``, rows of
-    :func:`tasks.core.sync.plan_sync`) would take off it. Counting the plan rather than
-    comparing audiences follows whatever the sync removes, and not contacts that merely left the
-    segment while staying on the list.
+    :func:`tasks.core.sync.plan_sync`) would take off it: unsubscribes and (mirror mode)
+    removals. Counting the plan rather than comparing audiences follows whatever the sync
+    removes, and not contacts that merely left an upsert-mode segment while staying on the list.
+    The hold this feeds delays removals, subscribes and updates; never an unsubscribe.
     """
     on_list = (
         ledger.filter(
@@ -453,7 +454,7 @@ def audience_removals(
         .unique()
     )
     removals = (
-        plan.filter(pl.col("action") != "subscribe")
+        plan.filter(pl.col("action").is_in(["unsubscribe", "remove"]))
         .select("contact_key")
         .unique()
         .join(on_list, on="contact_key", how="semi")

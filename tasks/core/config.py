@@ -16,6 +16,7 @@ restricted expressions (:mod:`tasks.core.predicates`).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from tasks.core.config_base import SourceBase as SourceBase
 from tasks.core.config_engine import EngineConfig
 from tasks.core.config_events import EventSource
 from tasks.core.config_maintenance import MaintenanceConfig
+from tasks.core.config_publish import AudienceConfig, coerce_audiences, resolved_fields
 from tasks.core.config_rest import UNION_TAGS as _REST_UNION_TAGS
 from tasks.core.config_rest import RestSource
 from tasks.core.config_sql_files import FileDropS3 as FileDropS3
@@ -104,9 +106,14 @@ class MailchimpDestination(Model, TransportOptions):
     base_url: str = Field(description="e.g. https://us6.api.mailchimp.com")
     api_key: SecretRef
     batch_size: int = Field(default=500, ge=1, le=500)
-    audiences: dict[Name, str] = Field(
-        min_length=1, description="Segment name -> Mailchimp list id."
+    audiences: dict[Name, AudienceConfig] = Field(
+        min_length=1, description="Segment name -> Mailchimp list id (or an audience object)."
     )
+
+    _coerce = field_validator("audiences", mode="before")(coerce_audiences)
+
+    def list_ids(self) -> list[str]:
+        return [a.list_id for a in self.audiences.values()]
 
     def credential_urls(self) -> Iterator[tuple[str, str]]:
         yield "base_url", self.base_url
@@ -139,7 +146,14 @@ class KlaviyoDestination(Model, TransportOptions):
         min_length=1,
         description="Profile property holding a member's tags (Klaviyo has no profile tags).",
     )
-    audiences: dict[Name, str] = Field(min_length=1, description="Segment name -> Klaviyo list id.")
+    audiences: dict[Name, AudienceConfig] = Field(
+        min_length=1, description="Segment name -> Klaviyo list id (or an audience object)."
+    )
+
+    _coerce = field_validator("audiences", mode="before")(coerce_audiences)
+
+    def list_ids(self) -> list[str]:
+        return [a.list_id for a in self.audiences.values()]
 
     def credential_urls(self) -> Iterator[tuple[str, str]]:
         yield "base_url", self.base_url
@@ -167,9 +181,28 @@ class HubSpotDestination(Model, TransportOptions):
     batch_size: int = Field(
         default=100, ge=1, le=100, description="Contacts per batch call (HubSpot's maximum: 100)."
     )
-    audiences: dict[Name, Annotated[str, Field(pattern=r"^[1-9][0-9]{0,18}$")]] = Field(
-        min_length=1, description="Segment name -> id (digits) of a MANUAL HubSpot contact list."
+    audiences: dict[Name, AudienceConfig] = Field(
+        min_length=1,
+        description="Segment name -> id (digits) of a MANUAL HubSpot contact list (or an "
+        "audience object).",
     )
+
+    _coerce = field_validator("audiences", mode="before")(coerce_audiences)
+
+    @field_validator("audiences")
+    @classmethod
+    def _hubspot_lists(cls, audiences: dict[str, AudienceConfig]) -> dict[str, AudienceConfig]:
+        for segment, audience in audiences.items():
+            if not re.fullmatch(r"[1-9][0-9]{0,18}", audience.list_id):
+                raise ValueError(
+                    f"{segment}.list: {audience.list_id!r} is not a HubSpot list id (digits)"
+                )
+            if audience.tags:
+                raise ValueError(f"{segment}.tags: HubSpot contacts have no tags; map a property")
+        return audiences
+
+    def list_ids(self) -> list[str]:
+        return [a.list_id for a in self.audiences.values()]
 
     def credential_urls(self) -> Iterator[tuple[str, str]]:
         yield "base_url", self.base_url
@@ -258,6 +291,8 @@ class PipelineConfig(Model):
                         f"destinations.{dest_name}.audiences.{segment}: unknown segment "
                         f"{segment!r}; defined segments: {sorted(segment_names)}"
                     )
+                check_field_mappings(f"destinations.{dest_name}.audiences.{segment}",
+                                     dest.kind, dest.audiences[segment])  # fmt: skip
         return self
 
     def sources_with_role(self, role: str) -> dict[str, Source]:
@@ -273,6 +308,43 @@ def predicate_columns_or_error(segment: Segment) -> set[str]:
         raise ValueError(
             f"segment {segment.name!r}: invalid predicate {segment.where!r}: {exc}"
         ) from exc
+
+
+AUDIENCE_COLUMNS: dict[str, pl.DataType] = {
+    "segment": pl.String(),
+    "email": pl.String(),
+    "first_name": pl.String(),
+    "last_name": pl.String(),
+    "phone": pl.String(),
+    "consent_at": pl.Datetime("us", "UTC"),
+}
+"""Columns of gold/audience_members a field mapping may use besides the features."""
+
+GOLD_COLUMNS: dict[str, pl.DataType] = {**FEATURE_COLUMNS, **AUDIENCE_COLUMNS}
+"""Every gold column a field mapping may read (``country`` comes from the features)."""
+
+
+def check_field_mappings(path: str, kind: str, audience: AudienceConfig) -> None:
+    """Fail naming the key path if a mapping reads an unknown gold column or formats a column
+    of a kind the format cannot apply to."""
+    for name, mapping in resolved_fields(kind, audience).items():
+        where = f"{path}.fields.{name}"
+        if mapping.column is None:
+            continue
+        dtype = GOLD_COLUMNS.get(mapping.column)
+        if dtype is None:
+            raise ValueError(
+                f"{where}.column: unknown column {mapping.column!r}; available: "
+                f"{sorted(GOLD_COLUMNS)}"
+            )
+        if mapping.format is None:
+            continue
+        if dtype.is_temporal() and mapping.decimals is not None:
+            raise ValueError(f"{where}.format: {mapping.column} is a date; use a strftime pattern")
+        if dtype.is_numeric() and mapping.decimals is None:
+            raise ValueError(f"{where}.format: {mapping.column} is a number; use 0, 0.0, 0.00...")
+        if not (dtype.is_numeric() or dtype.is_temporal()):
+            raise ValueError(f"{where}.format: {mapping.column} is text; it takes no format")
 
 
 def check_segment_predicate(segment: Segment) -> None:
@@ -318,6 +390,8 @@ _UNION_TAGS = {
     "files",
     "events",
     "mailchimp",
+    "klaviyo",
+    "hubspot",
     "slack_webhook",
     *_REST_UNION_TAGS,
 }

@@ -24,11 +24,21 @@ from tasks.core.normalise import UTC_MICROS, sha256_hex
 from tasks.core.tables import LEDGER_KEYS as LEDGER_KEYS
 from tasks.core.tables import LEDGER_SCHEMA as LEDGER_SCHEMA
 
-SyncAction = Literal["subscribe", "unsubscribe"]
-"""What a payload asks the platform to do with one contact."""
+SyncAction = Literal["subscribe", "unsubscribe", "remove", "holdout"]
+"""What a payload asks the platform to do with one contact: ``subscribe`` adds or updates it
+with its fields (an upsert: never a re-subscribe of a platform opt-out), ``unsubscribe`` records
+an opt-out, ``remove`` takes it off the list (mirror mode; archived, not unsubscribed);
+``holdout`` sends nothing and records that the contact is in the audience's control group."""
 
-SyncStatus = Literal["ok", "error", "pending"]
-"""A ledger row's result: the platform accepted it, refused it, or the answer was never recorded."""
+SyncStatus = Literal["ok", "error", "pending", "holdout"]
+"""A ledger row's result: the platform accepted it, refused it (sent again next run), the answer
+was never recorded, or (``holdout``) it was kept back as the audience's control group and never
+sent."""
+
+SETTLED = ("ok", "holdout")
+"""Statuses after which an unchanged payload is not sent again."""
+
+SyncMode = Literal["upsert", "mirror"]
 
 SYNC_ACTIONS: tuple[SyncAction, ...] = get_args(SyncAction)
 
@@ -47,23 +57,46 @@ PLAN_SCHEMA: dict[str, pl.DataType] = {
     "contact_key": pl.String(),
     "email": pl.String(),
     "action": pl.String(),
-    "first_name": pl.String(),
-    "last_name": pl.String(),
+    "payload": pl.String(),
     "payload_hash": pl.String(),
 }
+"""A plan row: ``payload`` is the JSON the platform gets (:func:`tasks.core.mapping.payload_expr`)
+for a subscribe, empty for the other actions."""
+
+ACTION_ORDER = {"unsubscribe": 0, "remove": 1, "subscribe": 2, "holdout": 3}
+"""Plan order: opt-outs first, so a batch limit or a crash never leaves them behind the rest."""
+
+ON_LIST_ACTIONS = ("subscribe",)
+"""Last actions after which the platform may hold the contact on the list (sent, refused as an
+update, or pending without an answer)."""
 
 
 def _with_payload_hash(lf: pl.LazyFrame) -> pl.LazyFrame:
     payload = pl.concat_str(
-        [
-            pl.col("action"),
-            pl.col("email"),
-            pl.col("first_name").fill_null(""),
-            pl.col("last_name").fill_null(""),
-        ],
-        separator="\x1f",
+        [pl.col("action"), pl.col("email"), pl.col("payload").fill_null("")], separator="\x1f"
     )
     return lf.with_columns(sha256_hex(payload).alias("payload_hash"))
+
+
+def _without_payload(action: str) -> list[pl.Expr]:
+    """Plan columns for an action that carries no fields (unsubscribe, remove, holdout)."""
+    return [
+        pl.col("contact_key"),
+        pl.col("email"),
+        pl.lit(action).alias("action"),
+        pl.lit(None, pl.String).alias("payload"),
+    ]
+
+
+def _default_payload(members: pl.LazyFrame) -> pl.LazyFrame:
+    """Members without a mapped ``payload`` column carry their first and last name."""
+    if "payload" in members.collect_schema().names():
+        return members
+    names = pl.struct(pl.col("first_name").cast(pl.String), pl.col("last_name").cast(pl.String))
+    payload = pl.concat_str(
+        [pl.lit('{"fields":'), names.struct.json_encode(), pl.lit(',"tags":[]}')]
+    )
+    return members.with_columns(payload.alias("payload"))
 
 
 def plan_sync(
@@ -73,17 +106,26 @@ def plan_sync(
     *,
     destination: str,
     audience: str,
+    mode: SyncMode = "upsert",
 ) -> pl.LazyFrame:
-    """Rows to send for one audience: ``contact_key, email, action, names, payload_hash``.
+    """Rows to send for one audience: ``contact_key, email, action, payload, payload_hash``.
 
-    - ``subscribe`` for members whose *current* consent (in ``contacts``) is an opt-in and that
-      are new, changed, or whose last send failed or is still pending; a member row whose
-      contact is not opted in is never subscribed (consent fails closed, even on stale members);
+    ``members`` are the segment's rows with a ``payload`` (the mapped fields; without one, the
+    first and last name) and optionally a boolean ``holdout``.
+
+    - ``subscribe`` for members outside the holdout whose *current* consent (in ``contacts``) is
+      an opt-in and that are new, changed (their payload hash differs), or whose last send
+      failed or is still pending; a member row whose contact is not opted in is never
+      subscribed (consent fails closed, even on stale members);
     - ``unsubscribe`` for contacts whose current consent is an opt-out and that the platform may
-      hold as subscribed: their last payload was a subscribe (accepted, refused as an update, or
-      pending without an answer), or their last unsubscribe did not succeed.
+      hold: their last action was a subscribe (accepted, refused as an update, or pending) or a
+      remove, or their last unsubscribe did not succeed;
+    - ``remove`` (``mode="mirror"`` only) for contacts the platform may hold that are no longer
+      sendable members (left the segment, or moved into the holdout) and did not opt out;
+    - ``holdout`` for holdout members the platform does not hold: recorded, never sent. A
+      holdout member sent before the holdout existed stays (upsert) or is removed (mirror).
 
-    Unsubscribes come first, so a batch limit or a crash never leaves them behind subscribes.
+    Unsubscribes come first, then removals, then subscribes and holdout records.
     """
     previous = ledger.filter(
         (pl.col("destination") == destination) & (pl.col("audience") == audience)
@@ -93,43 +135,55 @@ def plan_sync(
         pl.col("payload_hash").alias("prev_hash"),
         pl.col("status").alias("prev_status"),
     )
+    members = _default_payload(members)
+    if "holdout" not in members.collect_schema().names():
+        members = members.with_columns(pl.lit(False).alias("holdout"))
     opted_in = contacts.filter(pl.col("consent_status") == OPT_IN).select("contact_key")
-    subscribes = _with_payload_hash(
-        members.join(opted_in, on="contact_key", how="semi").select(
-            "contact_key",
-            "email",
-            pl.lit("subscribe").alias("action"),
-            pl.col("first_name").cast(pl.String),
-            pl.col("last_name").cast(pl.String),
-        )
+    eligible = members.join(opted_in, on="contact_key", how="semi")
+    sendable = eligible.filter(~pl.col("holdout"))
+    subscribes = sendable.select(
+        "contact_key", "email", pl.lit("subscribe").alias("action"), pl.col("payload")
     )
+    may_hold = (pl.col("prev_action").is_in(ON_LIST_ACTIONS)) | (
+        pl.col("prev_action").is_in(["unsubscribe", "remove"]) & (pl.col("prev_status") != "ok")
+    )
+    unsubscribe_due = may_hold | (pl.col("prev_action") == "remove")
     opted_out = contacts.filter(pl.col("consent_status") == OPT_OUT).select("contact_key", "email")
-    unsubscribes = _with_payload_hash(
-        previous.filter(
-            (pl.col("prev_action") == "subscribe")
-            | (pl.col("prev_action") == "unsubscribe") & (pl.col("prev_status") != "ok")
-        )
+    unsubscribes = (
+        previous.filter(unsubscribe_due)
         .select("contact_key")
         .join(opted_out, on="contact_key", how="inner")
-        .select(
-            "contact_key",
-            "email",
-            pl.lit("unsubscribe").alias("action"),
-            pl.lit(None, pl.String).alias("first_name"),
-            pl.lit(None, pl.String).alias("last_name"),
-        )
+        .select(*_without_payload("unsubscribe"))
     )
-    candidates = pl.concat([subscribes, unsubscribes])
+    holdouts = (
+        eligible.filter(pl.col("holdout"))
+        .join(previous, on="contact_key", how="left")
+        .filter(~pl.col("prev_action").is_in(ON_LIST_ACTIONS).fill_null(False))
+        .select(*_without_payload("holdout"))
+    )
+    parts = [subscribes, unsubscribes, holdouts]
+    if mode == "mirror":
+        still = sendable.select("contact_key")
+        removes = (
+            previous.filter(may_hold & (pl.col("prev_action") != "unsubscribe"))
+            .select("contact_key")
+            .join(still, on="contact_key", how="anti")
+            .join(opted_out.select("contact_key"), on="contact_key", how="anti")
+            .join(contacts.select("contact_key", "email"), on="contact_key", how="inner")
+            .select(*_without_payload("remove"))
+        )
+        parts.append(removes)
+    candidates = _with_payload_hash(pl.concat([p.cast({"payload": pl.String}) for p in parts]))
     changed = (
         pl.col("prev_hash").is_null()
         | (pl.col("prev_hash") != pl.col("payload_hash"))
-        | (pl.col("prev_status") != "ok")
+        | ~pl.col("prev_status").is_in(SETTLED)
     )
     return (
         candidates.join(previous, on="contact_key", how="left")
         .filter(changed)
         .select(list(PLAN_SCHEMA))
-        .sort(pl.col("action") != "unsubscribe", "contact_key")
+        .sort(pl.col("action").replace_strict(ACTION_ORDER, return_dtype=pl.Int8), "contact_key")
     )
 
 
@@ -147,11 +201,13 @@ def releasable(plan: pl.LazyFrame, *, held: bool, dry_run: bool) -> pl.LazyFrame
 
 
 def platform_batches(plan: pl.DataFrame, size: int) -> Iterator[pl.DataFrame]:
-    """``plan`` in the platform's batch size, in plan order (unsubscribes first)."""
+    """``plan`` in the platform's batch size, in plan order (unsubscribes first); a batch holds
+    one action only, since each action is its own platform call."""
     if size < 1:
         raise ValueError(f"batch size must be at least 1, got {size}")
-    for start in range(0, plan.height, size):
-        yield plan.slice(start, size)
+    for _, group in plan.group_by("action", maintain_order=True):
+        for start in range(0, group.height, size):
+            yield group.slice(start, size)
 
 
 def ledger_rows(
@@ -182,7 +238,13 @@ def ledger_rows(
             schema={"contact_key": pl.String(), "error": pl.String()},
         )
         batch = batch.join(results, on="contact_key", how="left")
-        status = pl.when(pl.col("error").is_null()).then(pl.lit("ok")).otherwise(pl.lit("error"))
+        status = (
+            pl.when(pl.col("error").is_not_null())
+            .then(pl.lit("error"))
+            .when(pl.col("action") == "holdout")
+            .then(pl.lit("holdout"))
+            .otherwise(pl.lit("ok"))
+        )
         error = pl.col("error")
     return batch.select(
         pl.lit(destination).alias("destination"),

@@ -446,11 +446,11 @@ def test_config_opens_an_adapter_with_the_bearer_token(
 
     destination = PLATFORMS["hubspot"](config)
     try:
-        assert "1 lists readable" in destination.probe(list(config.audiences.values()))
+        assert "1 lists readable" in destination.probe(config.list_ids())
     finally:
         destination.close()
     assert hubspot.exchanges[0].headers["authorization"] == f"Bearer {TOKEN}"
-    with pytest.raises(ConfigError, match="publish engine does not call yet"):
+    with pytest.raises(ConfigError, match="only a destination-protocol adapter"):
         open_destination(config)
 
 
@@ -484,7 +484,7 @@ def test_the_sandbox_serves_the_lists_hubspot_destinations_name(tmp_path: Path) 
     text = (ROOT / "pipeline.yaml").read_text(encoding="utf-8")
     hubspot_block = (
         "destinations:\n"
-        "  hubspot:\n"
+        "  hubspot_two:\n"
         "    kind: hubspot\n"
         "    base_url: http://127.0.0.1:8714\n"
         "    token: {secret: hubspot_token}\n"
@@ -494,9 +494,10 @@ def test_the_sandbox_serves_the_lists_hubspot_destinations_name(tmp_path: Path) 
     config = tmp_path / "pipeline.yaml"
     config.write_text(text.replace("destinations:\n", hubspot_block, 1), encoding="utf-8")
 
-    assert config_list_ids(config, "hubspot") == ["12", "13"]
-    assert "12" not in config_list_ids(config)  # Mailchimp's lists stay Mailchimp's
-    assert config_subscription_ids(config) == [77]
+    # The repository's own HubSpot destination publishes to list 101 (subscription type 1001).
+    assert config_list_ids(config, "hubspot") == ["12", "13", "101"]
+    assert "12" not in config_list_ids(config, "mailchimp")  # Mailchimp's lists stay Mailchimp's
+    assert config_subscription_ids(config) == [77, 1001]
 
 
 @settings(max_examples=200, deadline=None)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from infra.sandbox.klaviyo import KlaviyoStandIn
-from tasks.connectors.destinations import DESTINATIONS
+from tasks.connectors.destinations import PLATFORMS
 from tasks.connectors.destinations.klaviyo import Klaviyo, rate_class
 from tasks.connectors.destinations.protocol import FieldSpec, Member
 from tasks.connectors.doctor import check_destinations
@@ -69,7 +69,7 @@ PERSONAL = dict(first_name="Ada", ltv=1234.5, last_order="2026-11-02", category=
 
 # -- registry, probe, fields ---------------------------------------------------------------------
 def test_the_registry_opens_klaviyo(klaviyo: KlaviyoStandIn, adapter: Klaviyo) -> None:
-    assert "klaviyo" in DESTINATIONS
+    assert "klaviyo" in PLATFORMS
     assert adapter.kind == "klaviyo"
     assert adapter.limits.batch_size == 10_000
 
@@ -408,7 +408,7 @@ def test_doctor_probes_a_configured_klaviyo_destination(
     text = (ROOT / "pipeline.yaml").read_text()
     block = (
         "destinations:\n"
-        "  klaviyo:\n"
+        "  klaviyo_doctor:\n"
         "    kind: klaviyo\n"
         f"    base_url: {klaviyo.url}\n"
         "    api_key: {secret: klaviyo_doctor_key}\n"
@@ -422,8 +422,9 @@ def test_doctor_probes_a_configured_klaviyo_destination(
     # The Mailchimp destination of the file is pointed here too: it fails fast, and is not checked.
     config = load_pipeline(str(config_file), env={"AUDIENCE_LAKE_MAILCHIMP_URL": klaviyo.url})
     checks = {c.name: c for c in check_destinations(config)}
-    assert checks["destination klaviyo"].status == "ok", checks["destination klaviyo"]
-    assert "2 lists readable" in checks["destination klaviyo"].detail
+    ours = checks["destination klaviyo_doctor"]
+    assert ours.status == "ok", ours
+    assert "2 lists readable" in ours.detail
     klaviyo.api_key = "pk_rotated"
-    failed = {c.name: c for c in check_destinations(config)}["destination klaviyo"]
+    failed = {c.name: c for c in check_destinations(config)}["destination klaviyo_doctor"]
     assert failed.status == "FAIL" and KEY not in failed.detail

@@ -29,7 +29,7 @@ EXIT_CODE = 97
 
 
 def _instrument(fault: dict[str, Any]) -> None:
-    from tasks.connectors.destinations.mailchimp import MailchimpAudience
+    from tasks.connectors.destinations.mailchimp import Mailchimp
     from tasks.connectors.lake import Lake
     from tasks.connectors.leases import LeaseStore
 
@@ -58,16 +58,16 @@ def _instrument(fault: dict[str, Any]) -> None:
             point("commit", f"lease {key} {event}")
         return won
 
-    send_batch = MailchimpAudience._send_batch
+    batch_call = Mailchimp._batch_call
 
-    def sent(self: MailchimpAudience, list_id: str, batch: Any) -> Any:
-        results = send_batch(self, list_id, batch)
-        point("send", f"{list_id} {len(batch)}")
-        return results
+    def sent(self: Mailchimp, list_id: str, wire: Any, stop: Any) -> Any:
+        answer = batch_call(self, list_id, wire, stop)
+        point("send", f"{list_id} {len(wire)}")
+        return answer
 
     Lake.merge = merged  # type: ignore[method-assign]
     LeaseStore._commit = committed  # type: ignore[method-assign]
-    MailchimpAudience._send_batch = sent  # type: ignore[method-assign]
+    Mailchimp._batch_call = sent  # type: ignore[method-assign,assignment]
 
 
 def main() -> int:

@@ -185,11 +185,12 @@ class PublishChildPool:
         self._warm = []
 
 
-def _changes_per_list() -> dict[str, int]:
-    """How many changes the run under test plans per list (the pure planner, in memory)."""
+def _batches_per_list() -> dict[str, list[int]]:
+    """The platform batch sizes the run under test sends per list (the pure planner, in
+    memory; a batch holds one action)."""
     from datetime import UTC, datetime
 
-    from tasks.core.sync import ledger_rows, plan_sync
+    from tasks.core.sync import ledger_rows, plan_sync, platform_batches
 
     def frames(people: list[Person], segment: str) -> tuple[pl.LazyFrame, pl.LazyFrame]:
         members = pl.LazyFrame(
@@ -214,7 +215,7 @@ def _changes_per_list() -> dict[str, int]:
                              errors=dict.fromkeys(first["contact_key"]))  # fmt: skip
         second = plan_sync(*frames(changed(), segment), ledger.lazy(), destination="mailchimp",
                            audience=list_id).collect()  # fmt: skip
-        counts[list_id] = second.height
+        counts[list_id] = [b.height for b in platform_batches(second, BATCH_SIZE)]
     return counts
 
 
@@ -226,12 +227,11 @@ def expected_points() -> list[tuple[str, str]]:
     real run prints exactly these.
     """
     points: list[tuple[str, str]] = []
-    for list_id, changes in _changes_per_list().items():
+    for list_id, sizes in _batches_per_list().items():
         points.append(("commit", f"lease mailchimp/{list_id} claimed"))
-        for batch in range(-(-changes // BATCH_SIZE)):
+        for batch, size in enumerate(sizes):
             if batch:
                 points.append(("commit", f"lease mailchimp/{list_id} claimed"))
-            size = min(BATCH_SIZE, changes - batch * BATCH_SIZE)
             points += [
                 ("commit", f"ledger {size} pending"),
                 ("send", f"{list_id} {size}"),

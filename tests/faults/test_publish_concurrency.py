@@ -13,13 +13,15 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from prefect.logging import disable_run_logger
 
 from infra.sandbox.mailchimp import MailchimpStandIn
-from tasks.connectors.destinations import MemberChange, MemberResult, open_destination
+from tasks.connectors.destinations import open_platform
+from tasks.connectors.destinations.protocol import Destination as Platform
+from tasks.connectors.destinations.protocol import Member, RecordResult
 from tasks.connectors.lake import Lake
 from tasks.connectors.leases import Lease, LeaseLostError, LeaseStore, lease_key
 from tasks.core.config import Destination, load_pipeline
@@ -147,13 +149,16 @@ def test_a_holder_that_lost_its_claim_stops_before_its_next_batch(tmp_path: Path
         config = load_pipeline(str(config_path))
 
         class StallingSink:
-            """The real Mailchimp sink; after each batch the claim runs out and is taken."""
+            """The real Mailchimp adapter; after each batch the claim runs out and is taken."""
 
             def __init__(self, destination: Destination) -> None:
-                self._inner = open_destination(destination)
+                self._inner = open_platform(destination)
 
-            def send(self, list_id: str, changes: Sequence[MemberChange]) -> Iterator[MemberResult]:
-                results = list(self._inner.send(list_id, changes))
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self._inner, name)
+
+            def upsert(self, list_id: str, members: Sequence[Member]) -> Iterator[RecordResult]:
+                results = list(self._inner.upsert(list_id, members))
                 time.sleep(0.6)
                 taken = LeaseStore(lake).try_claim(
                     lease_key("mailchimp", list_id), "other-run", ttl=60, now=datetime.now(UTC)
@@ -161,13 +166,15 @@ def test_a_holder_that_lost_its_claim_stops_before_its_next_batch(tmp_path: Path
                 assert isinstance(taken, Lease)
                 return iter(results)
 
-            def close(self) -> None:
-                self._inner.close()
+            unsubscribe = upsert
+
+        def stalling(destination: Destination) -> Platform:
+            return cast(Platform, StallingSink(destination))
 
         with pytest.raises(LeaseLostError, match="claimed by other-run"):
             publish_segment(
                 lake, "mailchimp", config.destinations["mailchimp"], "seg_a", run_id="stalled",
-                settings=config.publish, open_sink=StallingSink,
+                settings=config.publish, open_sink=stalling,
             )  # fmt: skip
         sent = mailchimp.member_requests(LISTS["seg_a"])
     assert len(sent) == BATCH_SIZE  # the first batch only: 12 members were due

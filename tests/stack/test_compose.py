@@ -204,4 +204,4 @@ def test_stand_in_serves_the_lists_pipeline_yaml_publishes_to(lists: str | None)
         assert args.lists is None
         ids = config_list_ids(args.config)
         configured = load_pipeline(str(ROOT / "pipeline.yaml"), env={}).destinations
-        assert set(ids) == {i for d in configured.values() for i in d.audiences.values()}
+        assert set(ids) == {i for d in configured.values() for i in d.list_ids()}

@@ -115,3 +115,50 @@ def test_a_source_named_like_a_kind_keeps_its_name_in_the_error_path() -> None:
     text = MINIMAL.replace("  crm:\n", "  sql:\n").replace("    table: contacts", "    tabel: x")
     with pytest.raises(ConfigError, match=r"sources\.sql\.tabel: Extra inputs"):
         parse_pipeline(text, env={})
+
+
+MAPPED = """
+version: 1
+sources:
+  people: {kind: files, role: contacts, path: ./x, format: csv}
+segments:
+  - {name: champions, where: order_count >= 1}
+destinations:
+  mailchimp:
+    kind: mailchimp
+    base_url: https://us1.api.mailchimp.com
+    api_key: {secret: mc}
+    audiences:
+      champions:
+        list: L1
+        fields:
+          LTV: %s
+"""
+
+
+@pytest.mark.parametrize(
+    ("mapping", "message"),
+    [
+        ("{column: lifetime_valu, type: number}",
+         "destinations.mailchimp.audiences.champions.fields.LTV.column: unknown column "
+         "'lifetime_valu'"),
+        ("{column: lifetime_value, format: '%%Y'}",
+         "destinations.mailchimp.audiences.champions.fields.LTV.format: lifetime_value is a "
+         "number"),
+        ("{column: first_name, value: x}", "give exactly one of 'column' or 'value'"),
+    ],
+)  # fmt: skip
+def test_field_mappings_are_checked_against_the_gold_schema_naming_the_key(
+    mapping: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_pipeline(MAPPED % mapping, env={})
+    assert message in str(caught.value)
+
+
+def test_an_audience_object_and_a_bare_list_id_mean_the_same_list() -> None:
+    config = parse_pipeline(MAPPED % "{column: lifetime_value, type: number, format: '0.00'}",
+                            env={})  # fmt: skip
+    audience = config.destinations["mailchimp"].audiences["champions"]
+    assert audience.list_id == "L1" and audience.mode == "upsert" and audience.holdout == 0
+    assert config.destinations["mailchimp"].list_ids() == ["L1"]

@@ -74,3 +74,61 @@ def test_holds_release_only_unsubscribes_first_and_dry_runs_nothing() -> None:
     assert releasable(plan.lazy(), held=True, dry_run=True).collect().height == 0
     assert releasable(plan.lazy(), held=False, dry_run=True).collect().height == 0
     assert [b.height for b in platform_batches(plan, 1)] == [1, 1]
+
+
+def _mapped(values: dict[str, str], holdout: frozenset[str] = frozenset()) -> pl.LazyFrame:
+    """Members with a mapped payload (what the engine builds from the audience's fields)."""
+    keys = list(values)
+    return pl.LazyFrame(
+        {"contact_key": keys, "email": [f"{k}@x.io" for k in keys],
+         "payload": [f'{{"fields":{{"LTV":{values[k]}}},"tags":[]}}' for k in keys],
+         "holdout": [k in holdout for k in keys]},
+    )  # fmt: skip
+
+
+def _mplan(members: pl.LazyFrame, contacts: pl.LazyFrame, ledger: pl.LazyFrame, mode: str
+           ) -> pl.DataFrame:  # fmt: skip
+    return plan_sync(members, contacts, ledger, destination="mc", audience="L",
+                     mode=mode).collect()  # type: ignore[arg-type]  # fmt: skip
+
+
+def test_a_changed_mapped_field_is_an_update_and_an_unchanged_one_sends_nothing() -> None:
+    contacts = _contacts(k1="subscribed", k2="subscribed")
+    empty = pl.LazyFrame(schema=LEDGER_SCHEMA)
+    first = _mplan(_mapped({"k1": "1.5", "k2": "2.5"}), contacts, empty, "upsert")
+    ledger = _ledger_after(first, dict.fromkeys(first["contact_key"]))
+    changed = _mplan(_mapped({"k1": "1.5", "k2": "9.0"}), contacts, ledger, "upsert")
+    assert changed.select("contact_key", "action").rows() == [("k2", "subscribe")]
+
+
+def test_mirror_removes_leavers_upsert_keeps_them_and_opt_outs_are_unsubscribed() -> None:
+    contacts = _contacts(k1="subscribed", k2="subscribed", k3="subscribed")
+    first = _mplan(_mapped({"k1": "1", "k2": "2", "k3": "3"}), contacts,
+                   pl.LazyFrame(schema=LEDGER_SCHEMA), "mirror")  # fmt: skip
+    ledger = _ledger_after(first, dict.fromkeys(first["contact_key"]))
+    later = _contacts(k1="subscribed", k2="subscribed", k3="unsubscribed")
+    mirror = _mplan(_mapped({"k1": "1"}), later, ledger, "mirror")
+    assert mirror.select("contact_key", "action").rows() == [
+        ("k3", "unsubscribe"),
+        ("k2", "remove"),
+    ]
+    upsert = _mplan(_mapped({"k1": "1"}), later, ledger, "upsert")
+    assert upsert.select("contact_key", "action").rows() == [("k3", "unsubscribe")]
+    # A removal is recorded; the contact is not removed again, and comes back when it returns.
+    removed = _ledger_after(mirror, dict.fromkeys(mirror["contact_key"]))
+    merged = pl.concat([ledger.collect().filter(pl.col("contact_key") == "k1"), removed.collect()])
+    assert _mplan(_mapped({"k1": "1"}), later, merged.lazy(), "mirror").height == 0
+    back = _mplan(_mapped({"k1": "1", "k2": "2"}), later, merged.lazy(), "mirror")
+    assert back.select("contact_key", "action").rows() == [("k2", "subscribe")]
+
+
+def test_holdout_members_are_recorded_once_and_never_subscribed() -> None:
+    contacts = _contacts(k1="subscribed", k2="subscribed")
+    members = _mapped({"k1": "1", "k2": "2"}, holdout=frozenset({"k2"}))
+    first = _mplan(members, contacts, pl.LazyFrame(schema=LEDGER_SCHEMA), "mirror")
+    assert first.select("contact_key", "action").rows() == [("k1", "subscribe"), ("k2", "holdout")]
+    ledger = _ledger_after(first, dict.fromkeys(first["contact_key"]))
+    assert ledger.collect()["status"].to_list() == ["ok", "holdout"]
+    assert _mplan(members, contacts, ledger, "mirror").height == 0
+    batches = [b["action"].unique().to_list() for b in platform_batches(first, 10)]
+    assert batches == [["subscribe"], ["holdout"]]  # one action per platform call

@@ -29,6 +29,7 @@ __all__ = [
     "MemberChange",
     "MemberResult",
     "open_destination",
+    "open_platform",
 ]
 
 
@@ -57,19 +58,28 @@ def _open_mailchimp(config: MailchimpDestination) -> AudienceSink:
     return MailchimpAudience(client, batch_size=config.batch_size)
 
 
+# The first/last-name Mailchimp sink the publish engine used before the destination protocol;
+# kept for callers outside the engine. The engine and the doctor open PLATFORMS.
 DESTINATIONS: dict[str, Callable[[Any], AudienceSink]] = {"mailchimp": _open_mailchimp}
-# Platforms implementing the destination protocol, which the publish engine moves to next.
 PLATFORMS: dict[str, Callable[[Any], PlatformDestination]] = {
     "mailchimp": open_mailchimp,
     "klaviyo": open_klaviyo,
     "hubspot": open_hubspot,
 }
+"""Every platform the publish engine sends to, by ``kind``: one line per platform."""
+
+
+def open_platform(config: Destination) -> PlatformDestination:
+    """The destination-protocol adapter for one configured destination."""
+    if config.kind not in PLATFORMS:
+        raise ConfigError(f"destination kind {config.kind!r} has no platform adapter")
+    return PLATFORMS[config.kind](config)
 
 
 def open_destination(config: Destination) -> AudienceSink:
     if config.kind not in DESTINATIONS:
         raise ConfigError(
-            f"destination kind {config.kind!r} implements the destination protocol, which the "
-            "publish engine does not call yet"
+            f"destination kind {config.kind!r} has only a destination-protocol adapter "
+            "(open_platform)"
         )
     return DESTINATIONS[config.kind](config)

@@ -554,7 +554,7 @@ def open_mailchimp(config: MailchimpDestination) -> Mailchimp:
         owner="destinations.mailchimp",
     )
     return Mailchimp(
-        client, batch_size=config.batch_size, erase_lists=sorted(set(config.audiences.values()))
+        client, batch_size=config.batch_size, erase_lists=sorted(set(config.list_ids()))
     )
 
 
