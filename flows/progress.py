@@ -2,7 +2,7 @@
 
 It is fed by the pipeline's own log records, not by a second channel: each ingest batch
 (``<source>: batch <n> <origin>: <rows> rows``) and each publish (``publish <dest>/<segment> ->
-<list>: <sent> sent ...``) moves the tally. The templates below are those of
+<list>: <sent> sent ...``) moves the tally. The templates are imported from
 :mod:`tasks.ingest` and :mod:`tasks.publishing`; ``tests/flows/test_cli_status.py`` runs a real
 pipeline through :class:`ProgressFeed` and checks the tally against the run's report, so a
 changed message fails a test instead of silently freezing the line. Off when stdout is not a
@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-BATCH_TEMPLATE = "%s: batch %d %s: %d rows"
-PUBLISH_TEMPLATE = "publish %s/%s -> %s: %d sent (%d unsubscribed), %d failed"
+from tasks.ingest import BATCH_TEMPLATE
+from tasks.publishing import PUBLISH_TEMPLATE
+
 # Where run loggers (get_run_logger) write: the task and flow run loggers.
 RUN_LOGGERS = ("prefect.task_runs", "prefect.flow_runs")
 
@@ -57,7 +58,7 @@ class ProgressFeed(logging.Handler):
             source, rows = str(args[0]), args[3]
             self.tally.rows_staged[source] = self.tally.rows_staged.get(source, 0) + rows
             self.tally.batches += 1
-        elif record.msg == PUBLISH_TEMPLATE and len(args) == 6 and isinstance(args[3], int):
+        elif record.msg == PUBLISH_TEMPLATE and len(args) == 8 and isinstance(args[3], int):
             self.tally.contacts_sent += args[3]
             self.tally.audiences += 1
         else:

@@ -35,6 +35,9 @@ from tasks.retries import retry_unless_permanent
 from tasks.suppression import load_suppression
 from tasks.token_stores import PREFECT_SECRET as _REGISTERS_PREFECT_TOKEN_STORE  # noqa: F401
 
+BATCH_TEMPLATE = "%s: batch %d %s: %d rows"
+"""The line each landed batch logs; the CLI's progress feed counts rows from it."""
+
 
 def committed_watermark(lake: Lake, table: str, cursor_field: str | None) -> str | None:
     """The largest cursor value committed in bronze (raw, as the source wrote it)."""
@@ -241,7 +244,7 @@ def ingest_source(
             if written:
                 rows += frame.height
                 batches += 1
-            logger.info("%s: batch %d %s: %d rows", name, number + 1, batch.origin, frame.height)
+            logger.info(BATCH_TEMPLATE, name, number + 1, batch.origin, frame.height)
     finally:
         reader.close()
     if known_bad:

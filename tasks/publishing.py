@@ -71,6 +71,12 @@ LEASE_POLL_SECONDS = 0.5
 MAX_ERRORS_REPORTED = 20
 
 
+PUBLISH_TEMPLATE = (
+    "publish %s/%s -> %s: %d sent (%d unsubscribed, %d removed), %d held out, %d failed"
+)
+"""The line each finished publish logs; the CLI's progress feed counts contacts from it."""
+
+
 def ledger(lake: Lake) -> pl.LazyFrame:
     """``ops/sync_ledger``, or an empty frame of its schema before the first publish."""
     if lake.exists(SYNC_LEDGER):
@@ -262,9 +268,8 @@ def _finish(
         logger.warning("publish %s/%s held: %s; sent %d unsubscribes, held back %d changes",
                        report.destination, report.segment, report.held, report.sent,
                        report.held_back)  # fmt: skip
-    logger.info("publish %s/%s -> %s: %d sent (%d unsubscribed, %d removed), %d held out, "
-                "%d failed", report.destination, report.segment, report.audience, report.sent,
-                report.unsubscribed, report.removed, report.held_out,
+    logger.info(PUBLISH_TEMPLATE, report.destination, report.segment, report.audience,
+                report.sent, report.unsubscribed, report.removed, report.held_out,
                 report.failed)  # fmt: skip
     return report
 

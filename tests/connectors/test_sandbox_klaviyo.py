@@ -347,7 +347,7 @@ def test_serve_starts_klaviyo_with_the_configs_klaviyo_lists(tmp_path: Path) -> 
     text = text.replace(
         "destinations:\n",
         "destinations:\n"
-        "  klaviyo:\n"
+        "  klaviyo_two:\n"
         "    kind: klaviyo\n"
         "    api_key: {secret: klaviyo_api_key}\n"
         "    audiences:\n"
@@ -358,8 +358,8 @@ def test_serve_starts_klaviyo_with_the_configs_klaviyo_lists(tmp_path: Path) -> 
     config.write_text(text)
     args = _parse_args(["--data", str(tmp_path), "--config", str(config)], {})
     assert args.klaviyo_port == 8713
-    assert config_list_ids(config, kind="klaviyo") == ["KlChmp"]
+    assert config_list_ids(config, kind="klaviyo") == ["KlChmp", "kl-at-risk"]
     assert "KlChmp" not in config_list_ids(config, kind="mailchimp")
     args.klaviyo_port = 0
     with build_klaviyo(args) as klaviyo:
-        assert klaviyo.list_ids == ["KlChmp"]
+        assert klaviyo.list_ids == ["KlChmp", "kl-at-risk"]

@@ -136,6 +136,8 @@ def _native_env(tmp_path: Path, s3: S3Endpoint, bucket: str, database_url: str) 
         # compose service names -> this machine (same variables, same meaning)
         AUDIENCE_LAKE_CRM_URL=f"http://127.0.0.1:{free_port()}",
         AUDIENCE_LAKE_MAILCHIMP_URL=f"http://127.0.0.1:{free_port()}",
+        AUDIENCE_LAKE_KLAVIYO_URL=f"http://127.0.0.1:{free_port()}",
+        AUDIENCE_LAKE_HUBSPOT_URL=f"http://127.0.0.1:{free_port()}",
         AUDIENCE_LAKE_SANDBOX_DIR=str(tmp_path / "sandbox"),
         AUDIENCE_LAKE_SANDBOX_CONTACTS=SAMPLE_CONTACTS,
         AUDIENCE_LAKE_EVENTS_PORT=str(free_port()),
