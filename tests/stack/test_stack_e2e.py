@@ -100,7 +100,7 @@ class Stack:
         auth = ("any", self.env["AUDIENCE_LAKE_SECRET_MAILCHIMP_API_KEY"])
         with httpx.Client(base_url=f"{base}/3.0", auth=auth, timeout=10) as client:
             counts: dict[str, int] = {}
-            for list_id in config_list_ids(ROOT / "pipeline.yaml"):
+            for list_id in config_list_ids(ROOT / "pipeline.yaml", kind="mailchimp"):
                 members = client.get(f"/lists/{list_id}/members", params={"count": 1})
                 members.raise_for_status()
                 counts[list_id] = int(members.json()["total_items"])
