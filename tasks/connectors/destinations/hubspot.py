@@ -61,6 +61,7 @@ from tasks.connectors.destinations.protocol import (
     Suppression,
     SuppressionPage,
 )
+from tasks.connectors.destinations.wire import chunks, parse_timestamp
 from tasks.connectors.http import RequestBudget, RetryPolicy, build_client, send_with_retries
 from tasks.connectors.redact import redact, register_secret
 from tasks.core.config import HubSpotDestination
@@ -179,16 +180,6 @@ def format_value(value: FieldValue) -> str:
     return str(value)
 
 
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def _unique_email_batches(members: Sequence[Member], size: int) -> Iterator[list[Member]]:
     """Batches of at most ``size`` with no email twice (HubSpot fails a batch with duplicate
     ids); a repeated email goes to a later batch, in order."""
@@ -212,11 +203,6 @@ def _unique_email_batches(members: Sequence[Member], size: int) -> Iterator[list
 
 def _emails_of(batch: Sequence[Member]) -> set[str]:
     return {m.email.strip().lower() for m in batch}
-
-
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 class HubSpot:
@@ -490,7 +476,7 @@ class HubSpot:
         """Take members out of list ``audience``; the contacts stay in HubSpot. A person HubSpot
         does not know, or who is not on the list, is already out: that is a success."""
         yield from self._pipelined(
-            _chunks(members, self._batch_size),
+            chunks(members, self._batch_size),
             lambda batch: self._remove_batch(audience, batch),
             _emails_of,
         )
@@ -536,7 +522,7 @@ class HubSpot:
     def unsubscribe(self, audience: str, members: Sequence[Member]) -> Iterator[RecordResult]:
         """Opt members out of the subscription type (or of all email, per configuration)."""
         yield from self._pipelined(
-            _chunks(members, self._batch_size), self._unsubscribe_batch, _emails_of
+            chunks(members, self._batch_size), self._unsubscribe_batch, _emails_of
         )
 
     def _unsubscribe_batch(self, batch: Sequence[Member]) -> list[RecordResult]:
@@ -580,7 +566,7 @@ class HubSpot:
         started = self._clock()
         emails = self._list_emails(audience)
         found: dict[str, Suppression] = {}
-        reads = self._pipelined(_chunks(emails, self._batch_size), self._read_opt_outs)
+        reads = self._pipelined(chunks(emails, self._batch_size), self._read_opt_outs)
         for suppression in reads:
             if since is not None and suppression.occurred_at <= since:
                 continue
@@ -617,7 +603,7 @@ class HubSpot:
                 f"hubspot: list {audience} has more than "
                 f"{MAX_MEMBERSHIP_PAGES * MEMBERSHIP_PAGE} members; stopped paging"
             )
-        return list(self._pipelined(_chunks(record_ids, self._batch_size), self._emails_of_records))
+        return list(self._pipelined(chunks(record_ids, self._batch_size), self._emails_of_records))
 
     def _emails_of_records(self, record_ids: Sequence[str]) -> list[str]:
         what = f"read emails of {len(record_ids)} contacts"
@@ -800,7 +786,7 @@ def _failed_subscribers(body: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _suppression(status: Mapping[str, Any], record: str) -> Iterator[Suppression]:
-    moment = _parse_time(status.get("timestamp"))
+    moment = parse_timestamp(status.get("timestamp"))
     email = status.get("subscriberIdString")
     if moment is not None and isinstance(email, str):
         yield Suppression(email.strip().lower(), "unsubscribed", moment, record)

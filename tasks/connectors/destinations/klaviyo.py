@@ -71,6 +71,7 @@ from tasks.connectors.destinations.protocol import (
     SuppressionPage,
     SuppressionStatus,
 )
+from tasks.connectors.destinations.wire import chunks, parse_timestamp
 from tasks.connectors.http import RetryPolicy, build_client, send_with_retries
 from tasks.connectors.redact import redact, register_secret
 from tasks.core.config import KlaviyoDestination
@@ -172,11 +173,6 @@ class _JobOutcome:
     failed_count: int
 
 
-def _chunks(items: Sequence[Member], size: int) -> Iterator[Sequence[Member]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def _filter_string(value: str) -> str:
     return '"' + value + '"'
 
@@ -185,16 +181,6 @@ def _timestamp(value: datetime) -> str:
     """Klaviyo filter timestamps: UTC with a ``Z``, no ``+`` to be mangled in a query string."""
     moment = value if value.tzinfo else value.replace(tzinfo=UTC)
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse_time(raw: Any) -> datetime | None:
-    if not isinstance(raw, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def is_sendable_email(email: str) -> bool:
@@ -516,7 +502,7 @@ class Klaviyo:
     def remove(self, audience: str, members: Sequence[Member]) -> Iterator[RecordResult]:
         """Take members off the list (profile ids by email, then list deletes of 1000)."""
         ids: dict[str, str] = {}
-        for chunk in _chunks([m for m in members if is_sendable_email(m.email)], LOOKUP_MAX):
+        for chunk in chunks([m for m in members if is_sendable_email(m.email)], LOOKUP_MAX):
             ids.update(self._profile_ids([m.email for m in chunk]))
         for member in members:
             if not is_sendable_email(member.email):
@@ -524,7 +510,7 @@ class Klaviyo:
             elif member.email.lower() not in ids:
                 yield RecordResult(member.contact_key, ok=True)  # unknown: not on the list
         known = [m for m in members if m.email.lower() in ids]
-        for chunk in _chunks(known, LIST_WRITE_MAX):
+        for chunk in chunks(known, LIST_WRITE_MAX):
             body = {"data": [{"type": "profile", "id": ids[m.email.lower()]} for m in chunk]}
             self._send(
                 "DELETE", f"/api/lists/{audience}/relationships/profiles", body=body, expect=(204,)
@@ -552,7 +538,7 @@ class Klaviyo:
             if not is_sendable_email(member.email):
                 yield _failed(member, f"{member.email!r} is not an email address Klaviyo accepts")
         sendable = [m for m in members if is_sendable_email(m.email)]
-        for chunk in _chunks(sendable, UNSUBSCRIBE_MAX):
+        for chunk in chunks(sendable, UNSUBSCRIBE_MAX):
             yield from self._unsubscribe_job(chunk, split_on_refusal=True)
 
     def _unsubscribe_job(
@@ -691,7 +677,7 @@ def _suppressions(item: Mapping[str, Any], audience: str, floor: datetime) -> li
     for entry, list_id in entries:
         if list_id is not None and list_id != audience:
             continue
-        occurred = _parse_time(entry.get("timestamp"))
+        occurred = parse_timestamp(entry.get("timestamp"))
         if occurred is None or occurred < floor:
             continue
         found.append(

@@ -53,6 +53,7 @@ from tasks.connectors.destinations.protocol import (
     SuppressionPage,
     SuppressionStatus,
 )
+from tasks.connectors.destinations.wire import chunks, parse_timestamp
 from tasks.connectors.http import (
     RETRY_STATUS,
     InsecureTransportRefused,
@@ -276,8 +277,7 @@ class Mailchimp:
 
     # -- batches and the bounded pool ------------------------------------------------------------
     def _batches(self, members: Sequence[T]) -> Iterator[Sequence[T]]:
-        for start in range(0, len(members), self._batch_size):
-            yield members[start : start + self._batch_size]
+        return chunks(members, self._batch_size)
 
     def _bounded(self, work: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
         """``work`` over ``items`` on at most ``max_connections`` threads, results in order."""
@@ -767,13 +767,7 @@ def _json_object(response: httpx.Response, audience: str) -> dict[str, Any]:
 
 def _parse_time(value: object) -> datetime | None:
     """Mailchimp's ``last_changed``; the live API sends ``""`` when unset (spec defect)."""
-    if not isinstance(value, str) or not value.strip():
-        return None
-    try:
-        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return parse_timestamp(value.strip()) if isinstance(value, str) else None
 
 
 def _server_time(response: httpx.Response) -> datetime | None:
