@@ -103,6 +103,9 @@ PUBLISH_LEASES = "ops/publish_leases"
 RUNS = "ops/runs"
 ERASURE_REQUESTS = "ops/erasure_requests"
 ERASURE_LOG = "ops/erasure_log"
+PLATFORM_SUPPRESSIONS = "bronze/platform_suppressions"
+"""Opt-outs read back from the email platforms: consent evidence of its own source."""
+CONSENT_EVENTS = "ops/consent_events"
 
 ROLE_TABLES = {"contacts": CONTACTS, "enrichment": CONTACTS, "orders": ORDERS, "events": EVENTS}
 """The silver table each source role feeds."""
@@ -267,6 +270,34 @@ ERASURE_LOG_SCHEMA: dict[str, pl.DataType] = {
 }
 """``ops/erasure_log``: one receipt per person and erasure run."""
 
+PLATFORM_SUPPRESSIONS_SCHEMA: dict[str, pl.DataType] = {
+    "destination": pl.String(),  # the pipeline.yaml destination name
+    "platform": pl.String(),  # its kind: mailchimp, klaviyo, hubspot
+    "audience": pl.String(),  # the platform list the suppression was read from
+    "email": pl.String(),
+    "status": pl.String(),  # SuppressionStatus: unsubscribed, bounced, cleaned, spam_complaint
+    "occurred_at": UTC_MICROS,  # when the platform says it happened
+    "platform_record_id": pl.String(),
+    "read_at": UTC_MICROS,
+    "run_id": pl.String(),
+}
+"""``bronze/platform_suppressions``: what the platforms said about opt-outs, as they said it."""
+
+CONSENT_EVENTS_SCHEMA: dict[str, pl.DataType] = {
+    "event_id": pl.String(),  # deterministic: the same statement recorded twice is one event
+    "contact_key": pl.String(),
+    "channel": pl.String(),  # "email"
+    "status": pl.String(),  # "opt-in" or "opt-out"
+    "lawful_basis": pl.String(),  # e.g. "consent"; null when the source does not say
+    "source": pl.String(),  # a source name, "platform:<destination>" or "erasure"
+    "source_record_id": pl.String(),
+    "evidence": pl.String(),  # JSON: form id, double-opt-in time, wording version, hashed IP
+    "occurred_at": UTC_MICROS,
+    "recorded_at": UTC_MICROS,
+    "run_id": pl.String(),
+}
+"""``ops/consent_events``: the consent ledger, append-only, by contact_key (no email)."""
+
 
 # --- the catalogue ------------------------------------------------------------------------------
 def _staged(role: str) -> Table:
@@ -393,6 +424,23 @@ TABLES: dict[str, Table] = {
             ERASURE_LOG_SCHEMA,
             keys=("request_id", "contact_key", "run_id"),
             write="append_once",
+        ),
+        Table(
+            PLATFORM_SUPPRESSIONS,
+            "Unsubscribes, bounces, cleaned addresses and spam complaints read back from each "
+            "destination before a publish: consent evidence of its own source.",
+            PLATFORM_SUPPRESSIONS_SCHEMA,
+            keys=("destination", "audience", "email", "status", "occurred_at"),
+            write="insert_new",
+            pii=("email",),
+        ),
+        Table(
+            CONSENT_EVENTS,
+            "The consent ledger: one row per consent statement from any source, platform or "
+            "erasure, append-only; current consent is a function of it.",
+            CONSENT_EVENTS_SCHEMA,
+            keys=("event_id",),
+            write="insert_new",
         ),
     )
 }
