@@ -538,10 +538,11 @@ class Mailchimp:
             raise PublishError(redact(f"mailchimp list {audience!r}: {_short(response)}"))
 
 
-def open_mailchimp(config: MailchimpDestination) -> Mailchimp:
+def open_mailchimp(config: MailchimpDestination, *, policy: RetryPolicy | None = None) -> Mailchimp:
     """The protocol adapter for one configured Mailchimp account (erasing from its lists).
 
     HTTP Basic with any user name and the API key; a pool of :data:`MAX_CONNECTIONS`.
+    ``policy``: the retry policy (default: the client's), as for the other platforms.
     """
     key = resolve_secret(config.api_key).get_secret_value()
     register_secret(key)
@@ -554,7 +555,10 @@ def open_mailchimp(config: MailchimpDestination) -> Mailchimp:
         owner="destinations.mailchimp",
     )
     return Mailchimp(
-        client, batch_size=config.batch_size, erase_lists=sorted(set(config.list_ids()))
+        client,
+        batch_size=config.batch_size,
+        erase_lists=sorted(set(config.list_ids())),
+        policy=policy,
     )
 
 
