@@ -187,10 +187,8 @@ def key(n: int) -> str:
     return f"v1:{n:064x}"
 
 
-def pipeline_yaml(
-    platform: Platform, *, mode: str = "upsert", batch_size: int = 100, extra: str = ""
-) -> str:
-    """A pipeline whose one destination publishes ``buyers`` with a name and a rounded amount."""
+def destination_block(platform: Platform, *, mode: str = "upsert", batch_size: int = 100) -> str:
+    """``destinations.<kind>`` publishing ``buyers`` with a name and a rounded amount."""
     audience = (
         f"        mode: {mode}\n        create_fields: true\n        fields:\n"
         f"          {NAME_FIELD[platform.kind]}: {{column: first_name}}\n"
@@ -199,10 +197,20 @@ def pipeline_yaml(
     )
     destination = platform.wire(url=platform.stand_in.url, batch_size=batch_size,
                                 audience=audience)  # fmt: skip
+    return f"  {platform.kind}:\n    {destination}"
+
+
+def pipeline_yaml(
+    *platforms: Platform, mode: str = "upsert", batch_size: int = 100, extra: str = ""
+) -> str:
+    """A pipeline with one destination per platform (in this order), each publishing
+    ``buyers``."""
+    destinations = "".join(destination_block(p, mode=mode, batch_size=batch_size)
+                           for p in platforms)  # fmt: skip
     return (
         "version: 1\nsources:\n  people: {kind: files, role: contacts, path: ./x, format: csv}\n"
         f"segments:\n  - name: {SEGMENT}\n    where: order_count >= 1\n"
-        f"destinations:\n  {platform.kind}:\n    {destination}{extra}"
+        f"destinations:\n{destinations}{extra}"
     )
 
 

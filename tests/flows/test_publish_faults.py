@@ -106,8 +106,8 @@ class EngineWorld:
         self.attempts = ATTEMPTS
 
     def open(self, config: Any) -> Destination:
-        return cast(Destination, Hooked(self.platform.open(config, retry_policy(self.sleep, self.attempts)),
-                                        self.hook))  # fmt: skip
+        adapter = self.platform.open(config, retry_policy(self.sleep, self.attempts))
+        return cast(Destination, Hooked(adapter, self.hook))
 
     def publish(self, run_id: str) -> PublishReport:
         destination = self.config.destinations[self.platform.kind]
@@ -137,13 +137,18 @@ def assert_ledger_true_to_platform(world: EngineWorld) -> None:
 # -- real flow runs ---------------------------------------------------------------------------
 
 
-def test_a_week_of_syncs_in_real_flow_runs(
-    platform: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    lake = Lake(str(tmp_path / "lake"))
+def flow_lake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Lake:
+    """A fresh lake the flows find through the environment, and the platforms' secret."""
     monkeypatch.setenv("AUDIENCE_LAKE_LAKE_URI", str(tmp_path / "lake"))
     for name, value in SECRET_ENV.items():
         monkeypatch.setenv(name, value)
+    return Lake(str(tmp_path / "lake"))
+
+
+def test_a_week_of_syncs_in_real_flow_runs(
+    platform: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lake = flow_lake(tmp_path, monkeypatch)
     config = tmp_path / "pipeline.yaml"
     # Two removals out of the list's seven (28 %) trip the breaker; one (14 %) does not.
     guard = "volume:\n  removals: {max_share: 0.2, min_count: 2}\n"
@@ -197,6 +202,40 @@ def test_a_week_of_syncs_in_real_flow_runs(
     assert float(platform.fields(email(1))["amount"]) == 77.7  # type: ignore[index]
     assert not platform.unsubscribed(email(1))
     assert run()[1].planned == 0
+
+
+def test_a_platform_that_fails_the_run_does_not_keep_opt_outs_from_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HubSpot (the first destination) refuses the token mid-week; Mailchimp's opt-outs still
+    go out in that run, the run fails naming HubSpot, and HubSpot gets them once it is back."""
+    lake = flow_lake(tmp_path, monkeypatch)
+    with (
+        contextmanager(PLATFORMS["hubspot"])() as hubspot,
+        contextmanager(PLATFORMS["mailchimp"])() as mailchimp,
+    ):
+        config = tmp_path / "pipeline.yaml"
+        config.write_text(pipeline_yaml(hubspot, mailchimp))
+        write_gold(lake)
+        assert publish(config_path=str(config), return_state=True).is_completed()
+
+        write_gold(lake, opted_out=frozenset({5}))
+        hubspot.stand_in.fail_next(1, status=401)  # the token was revoked meanwhile
+        state = publish(config_path=str(config), return_state=True)
+
+        assert state.is_failed()
+        with pytest.raises(PublishError, match="hubspot"):
+            state.result()
+        assert mailchimp.unsubscribed(email(5))
+        assert not hubspot.unsubscribed(email(5))
+
+        again = publish(config_path=str(config), return_state=True)
+        assert again.is_completed()
+        assert [(r.destination, r.unsubscribed) for r in again.result()] == [
+            ("hubspot", 1),
+            ("mailchimp", 0),
+        ]
+        assert hubspot.unsubscribed(email(5))
 
 
 # -- the engine: per-record errors, 429 storms, failed batches --------------------------------
