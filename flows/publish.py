@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from prefect import flow
+from prefect import State, flow
 
 from flows.audit import audited
 from flows.common import current_run_id, load_config, table_artifact
@@ -29,10 +29,12 @@ def publish(
     An audience is held when a source feeding it was quarantined too much, an error-level
     volume anomaly hit what feeds it, or it would lose too many members at once (see
     :func:`tasks.publish.publish_holds`); ``override_hold`` sends anyway, and says so. A held
-    audience still sends its unsubscribes. When any audience was held (or skipped because
-    another run held its list), the flow ends in a COMPLETED state named ``Held`` (``Skipped``)
-    and emits ``audience-lake.publish.held`` (``.skipped``) per audience; called from another
-    flow it returns the reports either way.
+    audience still sends its unsubscribes. An audience whose publish fails does not stop the
+    others (their opt-outs must go out): the run fails after every audience was tried, with the
+    first failure. When any audience was held (or skipped because another run held its list),
+    the flow ends in a COMPLETED state named ``Held`` (``Skipped``) and emits
+    ``audience-lake.publish.held`` (``.skipped``) per audience; called from another flow it
+    returns the reports either way.
 
     Args:
         config_path: The pipeline.yaml to run (empty: the AUDIENCE_LAKE_CONFIG setting).
@@ -59,6 +61,7 @@ def publish(
             )
     active = {} if override_hold else holds
     reports: list[PublishReport] = []
+    failed: list[State[PublishReport]] = []
     for name, destination in config.destinations.items():
         for segment in destination.audiences:
             if segments and segment not in segments:
@@ -75,6 +78,11 @@ def publish(
                 settings=config.publish,
                 return_state=True,
             )
+            if not state.is_completed():
+                # One platform failing must not keep the other audiences (their opt-outs
+                # above all) from going out: the run fails once every audience was tried.
+                failed.append(state)
+                continue
             reports.append(state.result())
     for report in reports:
         if report.outcome in ("held", "skipped"):
@@ -104,4 +112,6 @@ def publish(
         ],
         "Contacts sent per destination and segment",
     )
+    for state in failed:
+        state.result()  # raises the first failure, with its own message
     return with_outcome(reports, reports)

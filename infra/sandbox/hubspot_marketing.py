@@ -649,6 +649,7 @@ class HubSpotMarketingStandIn(StandInServer):
         self._window: deque[float] = deque()
         self._daily_used = 0
         self._faults: deque[_Fault] = deque()
+        self._refusals: dict[str, int] = {}
         self._properties = _default_properties()
         self._contacts: dict[str, _Contact] = {}
         self._by_email: dict[str, str] = {}
@@ -720,11 +721,21 @@ class HubSpotMarketingStandIn(StandInServer):
                 self._set_status(key, subscription_id, "UNSUBSCRIBED", "Unsubscribe link", None)
 
     def fail_next(self, count: int, *, status: int, body: bytes | None = None) -> None:
-        """Make the next ``count`` requests fail with ``status`` (HubSpot error unless ``body``)."""
+        """Make the next ``count`` requests fail with ``status`` (HubSpot error unless ``body``;
+        a 429 is the documented rate-limit answer, as the rolling window gives it)."""
         if count < 0:
             raise ValueError(f"fail_next(count=...) must be >= 0, got {count}")
         with self._lock:
             self._faults.extend(_Fault(status, body) for _ in range(count))
+
+    def refuse_upsert(self, email: str, *, times: int = 1) -> None:
+        """Make the next ``times`` batch-upsert inputs for ``email`` fail for that input only
+        (one ``errors[]`` entry of a 207; the rest of the batch is applied)."""
+        if times < 1:
+            raise ValueError(f"refuse_upsert(times=...) must be >= 1, got {times}")
+        with self._lock:
+            key = email.strip().lower()
+            self._refusals[key] = self._refusals.get(key, 0) + times
 
     def requests_to(self, method: str, path_suffix: str) -> list[Exchange]:
         """Recorded exchanges whose method matches and whose path ends with ``path_suffix``."""
@@ -832,6 +843,8 @@ class HubSpotMarketingStandIn(StandInServer):
             fault = self._faults.popleft()
         if fault.body is not None:
             return Response(fault.status, fault.body, "application/json", {})
+        if fault.status == HTTPStatus.TOO_MANY_REQUESTS:
+            return self._rate_limited("TEN_SECONDLY_ROLLING")
         category = "INTERNAL_ERROR" if fault.status >= 500 else "VALIDATION_ERROR"
         return hubspot_error(fault.status, category, f"Injected failure: HTTP {fault.status}")
 
@@ -843,24 +856,27 @@ class HubSpotMarketingStandIn(StandInServer):
                 self._window.popleft()
             policy = None
             if self._daily_used >= self.daily_limit:
-                policy = ("DAILY", "You have reached your daily limit.")
+                policy = "DAILY"
             elif len(self._window) >= self.burst:
-                policy = (
-                    "TEN_SECONDLY_ROLLING",
-                    "You have reached your ten_secondly_rolling limit.",
-                )
+                policy = "TEN_SECONDLY_ROLLING"
             if policy is None:
                 self._window.append(now)
                 self._daily_used += 1
                 return None
+        return self._rate_limited(policy)
+
+    def _rate_limited(self, policy: str) -> Response:
+        """HubSpot's documented 429: ``errorType: RATE_LIMIT``, the policy, no ``Retry-After``."""
+        with self._lock:
             self.rate_limited += 1
             headers = self._rate_headers()
+        limit = "daily" if policy == "DAILY" else policy.lower()
         body = {
             "status": "error",
-            "message": policy[1],
+            "message": f"You have reached your {limit} limit.",
             "errorType": "RATE_LIMIT",
             "correlationId": str(uuid.uuid4()),
-            "policyName": policy[0],
+            "policyName": policy,
         }
         return json_response(HTTPStatus.TOO_MANY_REQUESTS, body, headers=headers)
 
@@ -975,6 +991,9 @@ class HubSpotMarketingStandIn(StandInServer):
         email = str(item["id"]).strip().lower()
         if not is_valid_email(email):
             return "INVALID_EMAIL", f"Email address {item['id']} is invalid"
+        if self._refusals.get(email, 0) > 0:
+            self._refusals[email] -= 1
+            return "CONTACT_LOCKED", f"Contact {item['id']} is being updated by another process"
         if email in self._blocklist:
             return (
                 "BLOCKLISTED_EMAIL",

@@ -515,7 +515,7 @@ class KlaviyoStandIn(StandInServer):
         self._pending: deque[Callable[[], None]] = deque()
         self._faults: deque[_Fault] = deque()
         self._job_failures: deque[str] = deque()
-        self._import_rejections: dict[str, str] = {}
+        self._import_rejections: dict[str, tuple[str, int | None]] = {}
         self._windows: dict[str, _Window] = {}
         self.deletions: list[str] = []
         for list_id in lists:
@@ -605,10 +605,15 @@ class KlaviyoStandIn(StandInServer):
         with self._lock:
             self._job_failures.append(status)
 
-    def reject_on_import(self, email: str, detail: str = "Invalid email address.") -> None:
-        """Make every import of ``email`` fail for that profile only (an import error)."""
+    def reject_on_import(
+        self, email: str, detail: str = "Invalid email address.", *, times: int | None = None
+    ) -> None:
+        """Make every import of ``email`` (or the next ``times`` ones) fail for that profile
+        only: an import error, the rest of the job imported."""
+        if times is not None and times < 1:
+            raise ValueError(f"reject_on_import(times=...) must be >= 1, got {times}")
         with self._lock:
-            self._import_rejections[email.strip().lower()] = detail
+            self._import_rejections[email.strip().lower()] = (detail, times)
 
     # -- request plumbing ------------------------------------------------------------------------
     def dispatch(self, request: Request) -> Response:
@@ -1017,7 +1022,7 @@ class KlaviyoStandIn(StandInServer):
             return "/attributes", "A profile needs an email, phone_number, external_id or _kx."
         if email is not None and (not isinstance(email, str) or not is_valid_email(email.strip())):
             return "/attributes/email", f"Invalid email address {email!r}."
-        rejection = self._import_rejections.get(str(email or "").strip().lower())
+        rejection = self._take_rejection(str(email or "").strip().lower())
         if rejection is not None:
             return "/attributes/email", rejection
         phone = attributes.get("phone_number")
@@ -1044,6 +1049,18 @@ class KlaviyoStandIn(StandInServer):
         for list_id in list_ids:
             self._lists[list_id].members.setdefault(profile.id, _now())
         return profile.id
+
+    def _take_rejection(self, email: str) -> str | None:
+        """The import error set for ``email`` by :meth:`reject_on_import`, counting it down."""
+        if email not in self._import_rejections:
+            return None
+        detail, left = self._import_rejections[email]
+        if left is not None:
+            if left <= 1:
+                del self._import_rejections[email]
+            else:
+                self._import_rejections[email] = (detail, left - 1)
+        return detail
 
     @staticmethod
     def _patch_properties(profile: _Profile, meta: Any) -> None:

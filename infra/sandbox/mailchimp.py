@@ -316,6 +316,7 @@ class MailchimpStandIn(StandInServer):
         self._forgotten: dict[str, set[str]] = {}
         self._tag_ids: dict[str, int] = {}
         self._faults: deque[_Fault] = deque()
+        self._refusals: Counter[tuple[str, str]] = Counter()
         self._in_flight = 0
         self._member_log: list[tuple[str, str, str | None]] = []
         self._merge_fields: dict[str, dict[str, MergeField]] = {}
@@ -405,6 +406,14 @@ class MailchimpStandIn(StandInServer):
             raise ValueError(f"fail_next(count=...) must be >= 0, got {count}")
         with self._lock:
             self._faults.extend(_Fault(status, body) for _ in range(count))
+
+    def refuse_in_batch(self, list_id: str, email: str, *, times: int = 1) -> None:
+        """Make the next ``times`` batch inputs for ``email`` on ``list_id`` fail for that member
+        only: an ``errors[]`` entry (``ERROR_GENERIC``) in the 200 answer, the rest applied."""
+        if times < 1:
+            raise ValueError(f"refuse_in_batch(times=...) must be >= 1, got {times}")
+        with self._lock:
+            self._refusals[(list_id, subscriber_hash(email))] += times
 
     def _store(self, list_id: str) -> dict[str, _Member]:
         store = self._lists.get(list_id)
@@ -787,6 +796,10 @@ class MailchimpStandIn(StandInServer):
                     errors.append(_batch_error(email, f"{email} appears more than once."))
                 continue
             seen.add(key)
+            if self._refusals[(list_id, key)] > 0:
+                self._refusals[(list_id, key)] -= 1
+                errors.append(_batch_error(email, f"{email} could not be processed; try again."))
+                continue
             try:
                 if self._is_member(list_id, key) and not flags["update_existing"]:
                     raise MemberError(

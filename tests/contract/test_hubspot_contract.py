@@ -149,6 +149,9 @@ def _drive_adapter(server: HubSpotMarketingStandIn) -> None:
     list(hubspot.erase([members[7].email, "unknown@example.com"]))
     list(hubspot.upsert(LIST, [members[7]]))  # blocklisted now: a 207 per-input error
     list(_adapter(server, unsubscribe_scope="all").unsubscribe(LIST, members[8:9]))
+    server.refuse_upsert(members[9].email)  # a transient refusal of one input: a 207
+    server.fail_next(1, status=429)  # an injected 429 has the rolling window's body
+    list(hubspot.upsert(LIST, members[9:11]))
 
     server.fail_next(1, status=503)
     hubspot.probe([])

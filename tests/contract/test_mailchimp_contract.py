@@ -132,6 +132,8 @@ def _adapter_session(server: MailchimpStandIn) -> list[HttpExchange]:
     list(adapter.erase(["a@example.com", "nobody@example.com"]))
     server.fail_next(1, status=429)
     list(adapter.unsubscribe(LIST, [Member("f", "f@example.com")]))
+    server.refuse_in_batch(LIST, "g@example.com")  # a refusal inside an accepted batch
+    list(adapter.upsert(LIST, [Member("g", "g@example.com"), Member("h", "h@example.com")]))
     for call in (
         lambda: adapter.probe(["missing-list"]),
         lambda: list(adapter.upsert("nope", members[:1])),

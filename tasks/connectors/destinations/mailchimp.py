@@ -17,8 +17,9 @@ Wire format: docs/platforms.md, *Mailchimp*. One audience is one Mailchimp list 
   gets 429). Batches and per-member calls run on a pool of at most that many threads sharing one
   ``httpx.Client``; results still come back in input order. A 429 or 5xx is retried with
   backoff by :func:`~tasks.connectors.http.send_with_retries`; when a batch exhausts that budget,
-  its members and those of every batch not yet sent come back as retryable failures - the run
-  stops knocking instead of hammering a platform that says no.
+  its members and those of every batch not yet sent, in this call and in every later write call
+  on the same adapter, come back as retryable failures - the run stops knocking instead of
+  hammering a platform that says no.
 
 :class:`MailchimpAudience` is the older first/last-name sink the publish engine calls today; it
 is a thin shim over :class:`Mailchimp`, so there is one implementation of the wire calls.
@@ -172,6 +173,10 @@ class Mailchimp:
         self._erase_lists = tuple(erase_lists)
         self._clock = clock or (lambda: datetime.now(UTC))
         self._pool = ThreadPoolExecutor(max_connections, thread_name_prefix="mailchimp")
+        # Set once a write call exhausted its retries; every later write call on this adapter
+        # (the publish engine opens one per audience publish and sends batch by batch) then
+        # fails its members retryably without a request.
+        self._stopped = threading.Event()
         self._count_lock = threading.Lock()
         self.requests_sent = 0
         """HTTP requests that got an answer (retries included), for tests and the planner."""
@@ -219,7 +224,7 @@ class Mailchimp:
 
     def upsert(self, audience: str, members: Sequence[Member]) -> Iterator[RecordResult]:
         """Subscribe or update members with their merge fields and tags, 500 per call."""
-        stop = threading.Event()
+        stop = self._stopped
         for results in self._bounded(
             lambda batch: self._upsert_batch(audience, batch, stop), self._batches(members)
         ):
@@ -227,12 +232,12 @@ class Mailchimp:
 
     def remove(self, audience: str, members: Sequence[Member]) -> Iterator[RecordResult]:
         """Archive each member (``DELETE …/members/{hash}``); one not on the list is a success."""
-        stop = threading.Event()
+        stop = self._stopped
         yield from self._bounded(lambda m: self._archive(audience, m, stop), members)
 
     def unsubscribe(self, audience: str, members: Sequence[Member]) -> Iterator[RecordResult]:
         """Set each member ``unsubscribed`` (created so, when not yet on the list)."""
-        stop = threading.Event()
+        stop = self._stopped
         for results in self._bounded(
             lambda batch: self._unsubscribe_batch(audience, batch, stop), self._batches(members)
         ):
@@ -538,10 +543,11 @@ class Mailchimp:
             raise PublishError(redact(f"mailchimp list {audience!r}: {_short(response)}"))
 
 
-def open_mailchimp(config: MailchimpDestination) -> Mailchimp:
+def open_mailchimp(config: MailchimpDestination, *, policy: RetryPolicy | None = None) -> Mailchimp:
     """The protocol adapter for one configured Mailchimp account (erasing from its lists).
 
     HTTP Basic with any user name and the API key; a pool of :data:`MAX_CONNECTIONS`.
+    ``policy``: the retry policy (default: the client's), as for the other platforms.
     """
     key = resolve_secret(config.api_key).get_secret_value()
     register_secret(key)
@@ -554,7 +560,10 @@ def open_mailchimp(config: MailchimpDestination) -> Mailchimp:
         owner="destinations.mailchimp",
     )
     return Mailchimp(
-        client, batch_size=config.batch_size, erase_lists=sorted(set(config.list_ids()))
+        client,
+        batch_size=config.batch_size,
+        erase_lists=sorted(set(config.list_ids())),
+        policy=policy,
     )
 
 
