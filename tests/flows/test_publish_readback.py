@@ -214,6 +214,12 @@ def test_a_platform_opt_out_between_runs_is_read_back_and_never_overwritten(
     before = {n: stand.writes_naming(email(n)) for n in opting.values()}
     write_gold(run.lake, ltv={n: 1000.0 + n for n in [0, *opting.values()]})
 
+    # A dry run neither reads the platform nor writes the lake.
+    calls = len(stand.base.server.requests)
+    dry = publish(config_path=run.config, dry_run=True)
+    assert dry[0].dry_run and len(stand.base.server.requests) == calls
+    assert run.lake.read(PLATFORM_SUPPRESSIONS).height == 0
+
     second, _ = run.publish()
     assert second.suppressed == len(opting) and second.sent == 1, second
     assert second.failed == 0 and second.unsubscribed == 0, second.errors
