@@ -188,6 +188,10 @@ def test_an_opt_out_at_another_platform_unsubscribes_here() -> None:
     ledger = _sent(("k1",))
     plan = _plan_with(_members("k1"), _contacts(k1="subscribed"), ledger, _opt_outs(k1=False))
     assert plan.select("contact_key", "action").rows() == [("k1", "unsubscribe")]
+    # Someone never sent to this list is not subscribed to it either.
+    fresh = _plan_with(_members("k2"), _contacts(k2="subscribed"),
+                       pl.LazyFrame(schema=LEDGER_SCHEMA), _opt_outs(k2=False))  # fmt: skip
+    assert fresh.height == 0
 
 
 def test_mirror_mode_never_removes_a_suppressed_member() -> None:
