@@ -7,11 +7,14 @@ cleaned addresses and spam complaints it recorded since the last read
 push right after it honours them (:func:`platform_opt_outs`, fed to
 :func:`tasks.core.sync.plan_sync`).
 
-* **The cursor lives with the rows.** Each row carries the cursor the read returned
-  (``read_cursor``), written in the same commit; the next read of the list starts from the
-  largest one. A read that adds nothing leaves the cursor where it was (the next read repeats a
-  window that held nothing new), and a record read twice is kept once (``insert_new`` on
-  destination, audience, email, status and occurred_at). The first read of a list reads all.
+* **The cursor lives with the rows.** Each row carries the cursor the read returned, less
+  :data:`READ_OVERLAP` (``read_cursor``), written in the same commit; the next read of the list
+  starts from the largest one. The overlap covers an opt-out that a platform shows to reads a
+  little after the time it stamps on it (an adapter whose cursor is the newest record read
+  would otherwise step past it). A read that adds nothing leaves the cursor where it was (the
+  next read repeats a window that held nothing new), and a record read twice is kept once
+  (``insert_new`` on destination, audience, email, status and occurred_at). The first read of a
+  list reads all.
 * **A failed read holds the audience.** Its subscribes and updates wait (they could overwrite an
   opt-out the read would have shown); its unsubscribes still go out, and the next run reads
   again from the same cursor. ``override_hold`` does not lift this hold.
@@ -24,7 +27,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import polars as pl
 from prefect import get_run_logger, task
@@ -44,6 +47,8 @@ from tasks.resources import open_lake
 
 READ_TASK_NAME = "read-platform-suppressions"
 KEYS = list(TABLES[PLATFORM_SUPPRESSIONS].keys)
+READ_OVERLAP = timedelta(minutes=5)
+"""How far before the cursor a read returned the next read starts (re-reads are harmless)."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,8 @@ class ReadbackReport:
     audience: str
     since: datetime | None
     cursor: datetime
+    """Where the next read starts if this one added rows (the platform's cursor less
+    :data:`READ_OVERLAP`)."""
     read: int
     inserted: int
     statuses: tuple[tuple[str, int], ...] = ()
@@ -96,7 +103,7 @@ def suppression_rows(
             "platform_record_id": [s.platform_record_id for s in items],
             "read_at": [read_at] * len(items),
             "run_id": [run_id] * len(items),
-            "read_cursor": [page.cursor] * len(items),
+            "read_cursor": [page.cursor - READ_OVERLAP] * len(items),
         },
         schema=PLATFORM_SUPPRESSIONS_SCHEMA,
     )
@@ -134,7 +141,7 @@ def read_suppressions(
         destination=destination_name,
         audience=audience,
         since=since,
-        cursor=page.cursor,
+        cursor=page.cursor - READ_OVERLAP,
         read=rows.height,
         inserted=inserted or 0,
         statuses=tuple((str(status), int(n)) for status, n in counts),

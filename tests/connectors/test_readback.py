@@ -26,7 +26,13 @@ from tasks.connectors.lake import Lake
 from tasks.core.config import Destination
 from tasks.core.tables import PLATFORM_SUPPRESSIONS, PLATFORM_SUPPRESSIONS_SCHEMA
 from tasks.errors import PublishError
-from tasks.readback import KEYS, platform_opt_outs, read_cursor, read_suppressions
+from tasks.readback import (
+    KEYS,
+    READ_OVERLAP,
+    platform_opt_outs,
+    read_cursor,
+    read_suppressions,
+)
 from tests.connectors.klaviyo_support import KEY as KLAVIYO_KEY
 from tests.connectors.klaviyo_support import LIST as KLAVIYO_LIST
 from tests.connectors.klaviyo_support import open_adapter
@@ -137,12 +143,22 @@ def test_klaviyo_reads_page_by_page_from_the_lake_cursor(
 
         first = read("r1")
         klaviyo.person_complains(_person(120))
+        # An opt-out the platform shows only now, stamped a minute before the newest one the
+        # first read saw (indexing lag): the lake's overlap picks it up.
+        newest = lake.read(PLATFORM_SUPPRESSIONS)["occurred_at"].max()
+        assert isinstance(newest, datetime)
+        with klaviyo._lock:
+            late = klaviyo._by_email(_person(121))
+            assert late is not None
+            late.suppress("UNSUBSCRIBE", at=newest - timedelta(minutes=1))
         second = read("r2")
     assert first.read == 111 and second.since == first.cursor
+    assert first.cursor == newest - READ_OVERLAP  # the platform's cursor, less the overlap
     rows = lake.read(PLATFORM_SUPPRESSIONS)
     statuses = dict(zip(rows["email"], rows["status"], strict=True))
     assert statuses[_person(110)] == "bounced" and statuses[_person(120)] == "spam_complaint"
-    assert len(statuses) == rows.height == 112
+    assert statuses[_person(121)] == "unsubscribed"
+    assert len(statuses) == rows.height == 113
     assert set(rows["platform"]) == {"klaviyo"}
 
 
