@@ -12,6 +12,7 @@ from tasks.core.tables import AUDIENCE
 from tasks.errors import ConfigError
 from tasks.lineage import destination_asset_key, lake_asset_key, materialise
 from tasks.publish import emit_publish_event, publish_audience, publish_holds, with_outcome
+from tasks.readback import ReadbackReport, read_before_push
 from tasks.reports import PublishReport
 from tasks.resources import open_lake
 
@@ -25,6 +26,11 @@ def publish(
     override_hold: bool = False,
 ) -> list[PublishReport]:
     """Send each audience's changes; ``dry_run`` plans without sending.
+
+    Before each destination list's first push of the run, its platform opt-outs since the last
+    read are read into ``bronze/platform_suppressions`` (task ``read-platform-suppressions``)
+    and the push honours them; a failed read holds that audience's subscribes and updates
+    (``override_hold`` does not lift it). A dry run reads nothing (see :mod:`tasks.readback`).
 
     An audience is held when a source feeding it was quarantined too much, an error-level
     volume anomaly hit what feeds it, or it would lose too many members at once (see
@@ -62,10 +68,20 @@ def publish(
     active = {} if override_hold else holds
     reports: list[PublishReport] = []
     failed: list[State[PublishReport]] = []
+    reads: dict[tuple[str, str], ReadbackReport | str] = {}
     for name, destination in config.destinations.items():
         for segment in destination.audiences:
             if segments and segment not in segments:
                 continue
+            hold = active.get((name, segment))
+            if not dry_run:
+                read = read_before_push(
+                    name, destination, destination.audiences[segment].list_id,
+                    run_id=run_id, done=reads,
+                )  # fmt: skip
+                if isinstance(read, str):
+                    print(f"publish {name}/{segment} held: {read}")
+                    hold = read if hold is None else f"{hold}; {read}"
             # A task that returns a state (Held/Skipped) hands that state to a direct caller:
             # ask for the state always and read its result.
             state = publish_audience(
@@ -74,7 +90,7 @@ def publish(
                 segment,
                 run_id=run_id,
                 dry_run=dry_run,
-                hold=active.get((name, segment)),
+                hold=hold,
                 settings=config.publish,
                 return_state=True,
             )
@@ -104,6 +120,12 @@ def publish(
                     "failed": r.failed,
                 },
             )
+    if reads:
+        table_artifact(
+            "platform-opt-outs-read",
+            [_read_row(where, read) for where, read in sorted(reads.items())],
+            "Platform opt-outs read back before the push, per destination list",
+        )
     table_artifact(
         "publish-results",
         [
@@ -115,3 +137,13 @@ def publish(
     for state in failed:
         state.result()  # raises the first failure, with its own message
     return with_outcome(reports, reports)
+
+
+def _read_row(where: tuple[str, str], read: ReadbackReport | str) -> dict[str, object]:
+    if isinstance(read, str):
+        return {"destination": where[0], "audience": where[1], "read": None, "new": None,
+                "since": None, "statuses": None, "error": read}  # fmt: skip
+    return {"destination": where[0], "audience": where[1], "read": read.read,
+            "new": read.inserted, "since": str(read.since or "the beginning"),
+            "statuses": ", ".join(f"{s}: {n}" for s, n in read.statuses),
+            "error": None}  # fmt: skip

@@ -35,6 +35,7 @@ def lake_summary(lake: Lake, report: PipelineReport) -> str:
         status = f"held: {p.held}" if p.held else ("dry run" if p.dry_run else "")
         extra = f"  removed {p.removed:,}" if p.removed else ""
         extra += f"  held out {p.held_out:,}" if p.held_out else ""
+        extra += f"  opted out at the platform {p.suppressed:,}" if p.suppressed else ""
         lines.append(
             f"  {p.destination + '/' + p.segment:<32} sent {p.sent:>6,}"
             f"  unsubscribed {p.unsubscribed:>5,}"

@@ -19,8 +19,9 @@ What is sent comes from the audience's configuration (:mod:`tasks.core.config_pu
 member's mapped fields (:mod:`tasks.core.mapping`), its mode (``mirror`` removes leavers) and
 its holdout. Each batch holds one action and goes to the platform adapter of
 :data:`tasks.connectors.destinations.PLATFORMS` as one ``upsert``, ``unsubscribe`` or ``remove``;
-holdout rows are only recorded. Before the first upsert the platform's fields are checked
-(``ensure_fields``, creating them when ``create_fields``); when they do not match, the
+holdout rows, and members the list reports as opted out (read back by :mod:`tasks.readback`
+just before the publish), are only recorded. Before the first upsert the platform's fields are
+checked (``ensure_fields``, creating them when ``create_fields``); when they do not match, the
 audience's unsubscribes still go out and the publish then fails naming the fields.
 """
 
@@ -50,6 +51,7 @@ from tasks.core.mapping import holdout_expr, mapped_columns, payload_expr
 from tasks.core.masking import mask_emails
 from tasks.core.sync import (
     NEVER_HELD,
+    RECORDED_ONLY,
     ledger_rows,
     plan_sync,
     platform_batches,
@@ -65,6 +67,7 @@ from tasks.core.tables import (
 )
 from tasks.core.tables import SYNC_LEDGER as SYNC_LEDGER
 from tasks.errors import PublishError
+from tasks.readback import platform_opt_outs
 from tasks.reports import PublishReport
 
 LEASE_POLL_SECONDS = 0.5
@@ -123,12 +126,18 @@ def _features(lake: Lake, columns: list[str]) -> pl.LazyFrame:
 def plan_audience(
     lake: Lake, destination_name: str, destination: Destination, segment: str
 ) -> pl.DataFrame:
-    """What one publish of ``segment`` to ``destination`` would do (see :func:`plan_sync`)."""
+    """What one publish of ``segment`` to ``destination`` would do (see :func:`plan_sync`),
+    honouring the platform opt-outs already read back into the lake."""
     audience = destination.audiences[segment]
     members = publishable_members(lake, destination.kind, segment, audience)
+    contacts = current_consent(lake)
+    opt_outs = platform_opt_outs(
+        lake, contacts, destination_name=destination_name, audience=audience.list_id
+    )
     return plan_sync(
-        members, current_consent(lake), ledger(lake),
+        members, contacts, ledger(lake),
         destination=destination_name, audience=audience.list_id, mode=audience.mode,
+        platform_opt_outs=opt_outs,
     ).collect()  # fmt: skip
 
 
@@ -156,6 +165,7 @@ class _Tally:
     unsubscribed: int = 0
     removed: int = 0
     held_out: int = 0
+    suppressed: int = 0
     errors: list[str] = field(default_factory=list)
     fields_error: str | None = None
     skipped: int = 0
@@ -253,7 +263,8 @@ def publish_segment(
     report = _finish(logger, replace(
         base, planned=plan.height, sent=tally.sent, failed=tally.failed,
         unsubscribed=tally.unsubscribed, removed=tally.removed, held_out=tally.held_out,
-        errors=tuple(tally.errors), held_back=plan.height - sendable.height + tally.skipped,
+        suppressed=tally.suppressed, errors=tuple(tally.errors),
+        held_back=plan.height - sendable.height + tally.skipped,
         waited_seconds=waited,
     ))  # fmt: skip
     if tally.fields_error is not None:
@@ -322,7 +333,7 @@ def _send(
         for batch in platform_batches(sendable, target.destination.batch_size):
             claim.before_batch()
             action = batch["action"][0]
-            if action != "holdout":
+            if action not in RECORDED_ONLY:
                 _commit(lake, ledger_rows(batch, **where, synced_at=_utc_now(), errors=None))
             outcome = _dispatch(platform, audience, action, batch, target.config.tags)
             _commit(lake, ledger_rows(batch, **where, synced_at=_utc_now(), errors=outcome))
@@ -341,7 +352,7 @@ def _dispatch(
     the platform holds as unsubscribed): resending never re-subscribes anyone, and the person's
     state may change.
     """
-    if action == "holdout":
+    if action in RECORDED_ONLY:
         return dict.fromkeys(batch["contact_key"])
     members = [_member(row, tags) for row in batch.iter_rows(named=True)]
     send = {"subscribe": platform.upsert, "unsubscribe": platform.unsubscribe,
@@ -371,6 +382,8 @@ def _count(tally: _Tally, action: str, batch: pl.DataFrame, outcome: dict[str, s
         error = outcome[key]
         if action == "holdout":
             tally.held_out += 1
+        elif action == "suppressed":
+            tally.suppressed += 1
         elif error is None:
             tally.sent += 1
             tally.unsubscribed += action == "unsubscribe"

@@ -49,7 +49,8 @@ class PublishReport:
     found its list claimed by another run (for longer than ``lease_wait_seconds``) and sent
     nothing; ``waited_seconds`` is how long it waited for that claim. ``removed`` (of
     ``sent``) left the list in mirror mode; ``held_out`` members of the audience's holdout were
-    recorded and not sent.
+    recorded and not sent; ``suppressed`` members the list itself reports as opted out were
+    recorded and not sent (never subscribed or updated).
     """
 
     destination: str
@@ -68,6 +69,7 @@ class PublishReport:
     waited_seconds: float = 0.0
     removed: int = 0
     held_out: int = 0
+    suppressed: int = 0
 
     @property
     def outcome(self) -> PublishOutcome:

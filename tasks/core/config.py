@@ -54,6 +54,7 @@ from tasks.core.predicates import (
     predicate_columns,
 )
 from tasks.core.secret_sources import lookup_secret
+from tasks.core.tables import TABLES, bronze_table
 from tasks.core.transport import TransportOptions
 from tasks.errors import ConfigError
 
@@ -254,6 +255,19 @@ class PipelineConfig(Model):
         default_factory=EngineConfig,
         description="Where the transform's independent units run (Dask, threads, inline).",
     )
+
+    @field_validator("sources")
+    @classmethod
+    def _source_tables_are_free(cls, sources: dict[str, Source]) -> dict[str, Source]:
+        """A source's bronze table must not be a table the pipeline itself writes there."""
+        for name in sources:
+            table = bronze_table(name)
+            if table in TABLES:
+                raise ValueError(
+                    f"source {name!r}: the name is reserved: {table!r} is the pipeline's own "
+                    f"table ({TABLES[table].doc.split(':')[0].rstrip('.')}); rename the source"
+                )
+        return sources
 
     @field_validator("segments")
     @classmethod

@@ -10,6 +10,15 @@ request (the intent) and with each contact's result right after it. A crash betw
 leaves the batch ``pending``; the next run sends those contacts again (at most that one batch,
 which the platform applies as an idempotent upsert), and treats a pending subscribe as
 possibly on the list, so a contact who opts out meanwhile is still unsubscribed.
+
+Opt-outs made at a platform (read back into ``bronze/platform_suppressions`` before each push,
+see :mod:`tasks.readback`) win over our own consent when they are newer than it. A contact the
+list itself reports as opted out is recorded as action ``suppressed``, status ``suppressed``
+and sent nothing: the platform already holds the opt-out, and an unsubscribe call could only
+fail on it (Mailchimp refuses to change a cleaned address). A contact who opted out at another
+platform or list is unsubscribed here like any opt-out. Either way no subscribe or update goes
+out for them; a ``suppressed`` row is settled, so later runs plan nothing for that person
+until a newer opt-in than the platform's opt-out reaches gold.
 """
 
 from __future__ import annotations
@@ -24,29 +33,35 @@ from tasks.core.normalise import UTC_MICROS, sha256_hex
 from tasks.core.tables import LEDGER_KEYS as LEDGER_KEYS
 from tasks.core.tables import LEDGER_SCHEMA as LEDGER_SCHEMA
 
-SyncAction = Literal["subscribe", "unsubscribe", "remove", "holdout"]
+SyncAction = Literal["subscribe", "unsubscribe", "remove", "holdout", "suppressed"]
 """What a payload asks the platform to do with one contact: ``subscribe`` adds or updates it
 with its fields (an upsert: never a re-subscribe of a platform opt-out), ``unsubscribe`` records
 an opt-out, ``remove`` takes it off the list (mirror mode; archived, not unsubscribed);
-``holdout`` sends nothing and records that the contact is in the audience's control group."""
+``holdout`` sends nothing and records that the contact is in the audience's control group;
+``suppressed`` sends nothing and records that this list reported the contact as opted out
+(unsubscribed, bounced, cleaned or a spam complaint) after their consent."""
 
-SyncStatus = Literal["ok", "error", "pending", "holdout"]
+SyncStatus = Literal["ok", "error", "pending", "holdout", "suppressed"]
 """A ledger row's result: the platform accepted it, refused it (sent again next run), the answer
-was never recorded, or (``holdout``) it was kept back as the audience's control group and never
-sent."""
+was never recorded, (``holdout``) it was kept back as the audience's control group and never
+sent, or (``suppressed``) the list holds the contact as opted out, so nothing was sent."""
 
-SETTLED = ("ok", "holdout")
+RECORDED_ONLY: frozenset[SyncAction] = frozenset({"holdout", "suppressed"})
+"""Actions written to the ledger without any platform call (their status is the action)."""
+
+SETTLED = ("ok", "holdout", "suppressed")
 """Statuses after which an unchanged payload is not sent again."""
 
 SyncMode = Literal["upsert", "mirror"]
 
 SYNC_ACTIONS: tuple[SyncAction, ...] = get_args(SyncAction)
 
-NEVER_HELD: frozenset[SyncAction] = frozenset({"unsubscribe"})
-"""Actions a publish hold never delays: an opt-out is a legal obligation, not a marketing choice.
+NEVER_HELD: frozenset[SyncAction] = frozenset({"unsubscribe", "suppressed"})
+"""Actions a publish hold never delays: an opt-out is a legal obligation, not a marketing choice
+(and recording a platform's own opt-out sends nothing).
 
-Holds (volume anomalies, quarantine share, large removals) delay subscribes and updates only.
-An erasure action, when destinations get one, belongs here too.
+Holds (volume anomalies, quarantine share, large removals, a failed suppression read) delay
+subscribes and updates only. An erasure action, when destinations get one, belongs here too.
 """
 
 OPT_IN = "subscribed"
@@ -63,7 +78,7 @@ PLAN_SCHEMA: dict[str, pl.DataType] = {
 """A plan row: ``payload`` is the JSON the platform gets (:func:`tasks.core.mapping.payload_expr`)
 for a subscribe, empty for the other actions."""
 
-ACTION_ORDER = {"unsubscribe": 0, "remove": 1, "subscribe": 2, "holdout": 3}
+ACTION_ORDER = {"unsubscribe": 0, "suppressed": 1, "remove": 2, "subscribe": 3, "holdout": 4}
 """Plan order: opt-outs first, so a batch limit or a crash never leaves them behind the rest."""
 
 ON_LIST_ACTIONS = ("subscribe",)
@@ -99,6 +114,11 @@ def _default_payload(members: pl.LazyFrame) -> pl.LazyFrame:
     return members.with_columns(payload.alias("payload"))
 
 
+PLATFORM_OPT_OUT_SCHEMA: dict[str, pl.DataType] = {"contact_key": pl.String(), "here": pl.Boolean()}
+"""Contacts with a platform opt-out newer than their consent; ``here``: reported by the list
+being planned (see :func:`tasks.readback.platform_opt_outs`)."""
+
+
 def plan_sync(
     members: pl.LazyFrame,
     contacts: pl.LazyFrame,
@@ -107,25 +127,31 @@ def plan_sync(
     destination: str,
     audience: str,
     mode: SyncMode = "upsert",
+    platform_opt_outs: pl.LazyFrame | None = None,
 ) -> pl.LazyFrame:
     """Rows to send for one audience: ``contact_key, email, action, payload, payload_hash``.
 
     ``members`` are the segment's rows with a ``payload`` (the mapped fields; without one, the
-    first and last name) and optionally a boolean ``holdout``.
+    first and last name) and optionally a boolean ``holdout``. ``platform_opt_outs`` (columns
+    of :data:`PLATFORM_OPT_OUT_SCHEMA`) are contacts who opted out at a platform after their
+    consent: they are never subscribed or updated, whatever ``contacts`` says.
 
     - ``subscribe`` for members outside the holdout whose *current* consent (in ``contacts``) is
       an opt-in and that are new, changed (their payload hash differs), or whose last send
       failed or is still pending; a member row whose contact is not opted in is never
       subscribed (consent fails closed, even on stale members);
-    - ``unsubscribe`` for contacts whose current consent is an opt-out and that the platform may
-      hold: their last action was a subscribe (accepted, refused as an update, or pending) or a
-      remove, or their last unsubscribe did not succeed;
+    - ``unsubscribe`` for contacts whose current consent is an opt-out, or who opted out at
+      another platform or list, and that the platform may hold: their last action was a
+      subscribe (accepted, refused as an update, or pending) or a remove, or their last
+      unsubscribe did not succeed;
+    - ``suppressed`` for members (or contacts the ledger knows) whom this list reports as opted
+      out, unless the ledger already has them unsubscribed: recorded, never sent;
     - ``remove`` (``mode="mirror"`` only) for contacts the platform may hold that are no longer
       sendable members (left the segment, or moved into the holdout) and did not opt out;
     - ``holdout`` for holdout members the platform does not hold: recorded, never sent. A
       holdout member sent before the holdout existed stays (upsert) or is removed (mirror).
 
-    Unsubscribes come first, then removals, then subscribes and holdout records.
+    Unsubscribes come first, then suppressions and removals, then subscribes and holdout records.
     """
     previous = ledger.filter(
         (pl.col("destination") == destination) & (pl.col("audience") == audience)
@@ -135,10 +161,20 @@ def plan_sync(
         pl.col("payload_hash").alias("prev_hash"),
         pl.col("status").alias("prev_status"),
     )
+    opt_outs = (
+        pl.LazyFrame(schema=PLATFORM_OPT_OUT_SCHEMA)
+        if platform_opt_outs is None
+        else platform_opt_outs.group_by("contact_key").agg(pl.col("here").any())
+    )
+    here = opt_outs.filter(pl.col("here")).select("contact_key")
     members = _default_payload(members)
     if "holdout" not in members.collect_schema().names():
         members = members.with_columns(pl.lit(False).alias("holdout"))
-    opted_in = contacts.filter(pl.col("consent_status") == OPT_IN).select("contact_key")
+    opted_in = (
+        contacts.filter(pl.col("consent_status") == OPT_IN)
+        .select("contact_key")
+        .join(opt_outs, on="contact_key", how="anti")
+    )
     eligible = members.join(opted_in, on="contact_key", how="semi")
     sendable = eligible.filter(~pl.col("holdout"))
     subscribes = sendable.select(
@@ -148,12 +184,28 @@ def plan_sync(
         pl.col("prev_action").is_in(["unsubscribe", "remove"]) & (pl.col("prev_status") != "ok")
     )
     unsubscribe_due = may_hold | (pl.col("prev_action") == "remove")
-    opted_out = contacts.filter(pl.col("consent_status") == OPT_OUT).select("contact_key", "email")
+    addresses = contacts.select("contact_key", "email")
+    opted_out_keys = pl.concat(
+        [contacts.filter(pl.col("consent_status") == OPT_OUT).select("contact_key"),
+         opt_outs.select("contact_key")]
+    ).unique()  # fmt: skip
+    opted_out = opted_out_keys.join(addresses, on="contact_key", how="inner")
     unsubscribes = (
         previous.filter(unsubscribe_due)
         .select("contact_key")
         .join(opted_out, on="contact_key", how="inner")
+        .join(here, on="contact_key", how="anti")
         .select(*_without_payload("unsubscribe"))
+    )
+    already_out = previous.filter(
+        (pl.col("prev_action") == "unsubscribe") & (pl.col("prev_status") == "ok")
+    ).select("contact_key")
+    known = pl.concat([members.select("contact_key"), previous.select("contact_key")]).unique()
+    suppressed = (
+        here.join(known, on="contact_key", how="semi")
+        .join(already_out, on="contact_key", how="anti")
+        .join(addresses, on="contact_key", how="inner")
+        .select(*_without_payload("suppressed"))
     )
     holdouts = (
         eligible.filter(pl.col("holdout"))
@@ -161,7 +213,7 @@ def plan_sync(
         .filter(~pl.col("prev_action").is_in(ON_LIST_ACTIONS).fill_null(False))
         .select(*_without_payload("holdout"))
     )
-    parts = [subscribes, unsubscribes, holdouts]
+    parts = [subscribes, unsubscribes, suppressed, holdouts]
     if mode == "mirror":
         still = sendable.select("contact_key")
         removes = (
@@ -169,7 +221,7 @@ def plan_sync(
             .select("contact_key")
             .join(still, on="contact_key", how="anti")
             .join(opted_out.select("contact_key"), on="contact_key", how="anti")
-            .join(contacts.select("contact_key", "email"), on="contact_key", how="inner")
+            .join(addresses, on="contact_key", how="inner")
             .select(*_without_payload("remove"))
         )
         parts.append(removes)
@@ -241,8 +293,8 @@ def ledger_rows(
         status = (
             pl.when(pl.col("error").is_not_null())
             .then(pl.lit("error"))
-            .when(pl.col("action") == "holdout")
-            .then(pl.lit("holdout"))
+            .when(pl.col("action").is_in(sorted(RECORDED_ONLY)))
+            .then(pl.col("action"))
             .otherwise(pl.lit("ok"))
         )
         error = pl.col("error")

@@ -280,8 +280,13 @@ PLATFORM_SUPPRESSIONS_SCHEMA: dict[str, pl.DataType] = {
     "platform_record_id": pl.String(),
     "read_at": UTC_MICROS,
     "run_id": pl.String(),
+    "read_cursor": UTC_MICROS,  # the cursor the read that inserted the row returned
 }
-"""``bronze/platform_suppressions``: what the platforms said about opt-outs, as they said it."""
+"""``bronze/platform_suppressions``: what the platforms said about opt-outs, as they said it.
+
+The next read of a destination list starts from the largest ``read_cursor`` of its rows: a
+cursor is recorded in the same commit as the rows it covers, so it can never run ahead of them
+(see :mod:`tasks.readback`)."""
 
 CONSENT_EVENTS_SCHEMA: dict[str, pl.DataType] = {
     "event_id": pl.String(),  # deterministic: the same statement recorded twice is one event

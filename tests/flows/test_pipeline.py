@@ -108,22 +108,24 @@ def test_platform_refusals_are_recorded_and_retried_next_run(sandbox: Sandbox) -
     run(dry_run=True)
     lake = sandbox.lake
     assert not lake.exists("ops/sync_ledger")  # a dry run plans but sends nothing
-    victim = lake.read("gold/audience_members").filter(pl.col("segment") == "loyal_customers")[
-        "email"
-    ][0]
-    # The person is already on the list and unsubscribed there (in Mailchimp itself):
-    # Mailchimp refuses to re-subscribe them, whatever the CRM says.
-    created = httpx.post(
-        f"{sandbox.mailchimp.url}/3.0/lists/list-loyal-customers/members",
-        json={"email_address": victim, "status": "unsubscribed"},
-        auth=("any", "flow-key-us1"),
-    )
-    assert created.status_code == 200, created.text
+    members = lake.read("gold/audience_members").filter(pl.col("segment") == "loyal_customers")
+    unsubscribed, forgotten = members["email"][0], members["email"][1]
+    base = f"{sandbox.mailchimp.url}/3.0/lists/list-loyal-customers/members"
+    auth = ("any", "flow-key-us1")
+    # One person is already on the list and unsubscribed there (in Mailchimp itself): the
+    # publish reads that back first and sends them nothing. Another was permanently deleted
+    # from the list: Mailchimp refuses to re-add them, whatever the CRM says.
+    for email, status in ((unsubscribed, "unsubscribed"), (forgotten, "subscribed")):
+        created = httpx.post(base, json={"email_address": email, "status": status}, auth=auth)
+        assert created.status_code == 200, created.text
+    deleted = httpx.post(f"{base}/{subscriber_hash(forgotten)}/actions/delete-permanent", auth=auth)
+    assert deleted.status_code == 204, deleted.text
     first = run()
     loyal = next(p for p in first.publish if p.segment == "loyal_customers")
-    assert loyal.failed == 1 and loyal.sent == loyal.members - 1
+    assert loyal.suppressed == 1 and loyal.failed == 1, loyal
+    assert loyal.sent == loyal.members - 2
     ledger = lake.read("ops/sync_ledger").filter(pl.col("status") == "error")
-    assert ledger.height == 1 and "compliance" in (ledger["error"][0] or "").lower()
+    assert ledger.height == 1 and "permanently deleted" in (ledger["error"][0] or "").lower()
     again = run()
     assert [p.planned for p in again.publish if p.segment == "loyal_customers"] == [1]
 

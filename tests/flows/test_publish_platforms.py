@@ -52,6 +52,7 @@ class Platform:
     unsubscribed: Callable[[str], bool]
     unsubscribe_at_platform: Callable[[str], None]
     upserts: Callable[[], int]  # write calls that carry members so far
+    server: Any = None  # the stand-in itself
 
 
 def _mailchimp() -> Iterator[Platform]:
@@ -74,7 +75,7 @@ def _mailchimp() -> Iterator[Platform]:
             on_list=lambda e: (m := member(e)) is not None and m["status"] != "archived",
             unsubscribed=lambda e: (m := member(e)) is not None and m["status"] == "unsubscribed",
             unsubscribe_at_platform=lambda e: mc.member_unsubscribes("list-buyers", e),
-            upserts=lambda: len([r for r in mc.requests if r[0] == "POST"]),
+            upserts=lambda: len([r for r in mc.requests if r[0] == "POST"]), server=mc,
         )  # fmt: skip
 
 
@@ -104,6 +105,7 @@ def _klaviyo() -> Iterator[Platform]:
             upserts=lambda: len([x for x in kl.exchanges
                                  if "profile-bulk-import-jobs" in x.request.path
                                  and x.request.method == "POST"]),
+            server=kl,
         )  # fmt: skip
 
 
@@ -125,7 +127,7 @@ def _hubspot() -> Iterator[Platform]:
             unsubscribed=lambda e: hs.subscription_status(e, DEFAULT_SUBSCRIPTION_ID)
             == "UNSUBSCRIBED",
             unsubscribe_at_platform=hs.person_unsubscribes,
-            upserts=lambda: len(hs.requests_to("POST", "/batch/upsert")),
+            upserts=lambda: len(hs.requests_to("POST", "/batch/upsert")), server=hs,
         )  # fmt: skip
 
 

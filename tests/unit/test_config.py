@@ -162,3 +162,12 @@ def test_an_audience_object_and_a_bare_list_id_mean_the_same_list() -> None:
     audience = config.destinations["mailchimp"].audiences["champions"]
     assert audience.list_id == "L1" and audience.mode == "upsert" and audience.holdout == 0
     assert config.destinations["mailchimp"].list_ids() == ["L1"]
+
+
+def test_a_source_may_not_take_the_name_of_the_platform_read_back_table() -> None:
+    text = MINIMAL.replace("  crm:", "  platform_suppressions:")
+    assert text != MINIMAL
+    with pytest.raises(ConfigError, match=r"'platform_suppressions': the name is reserved") as info:
+        parse_pipeline(text, env={}, origin="p.yaml")
+    assert "'bronze/platform_suppressions'" in str(info.value)
+    assert "rename the source" in str(info.value)

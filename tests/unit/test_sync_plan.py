@@ -132,3 +132,86 @@ def test_holdout_members_are_recorded_once_and_never_subscribed() -> None:
     assert _mplan(members, contacts, ledger, "mirror").height == 0
     batches = [b["action"].unique().to_list() for b in platform_batches(first, 10)]
     assert batches == [["subscribe"], ["holdout"]]  # one action per platform call
+
+
+# --- platform opt-outs (read back by tasks.readback) -----------------------------------------
+def _opt_outs(**here: bool) -> pl.LazyFrame:
+    return pl.LazyFrame({"contact_key": list(here), "here": list(here.values())},
+                        schema={"contact_key": pl.String(), "here": pl.Boolean()})  # fmt: skip
+
+
+def _plan_with(
+    members: pl.LazyFrame,
+    contacts: pl.LazyFrame,
+    ledger: pl.LazyFrame,
+    opt_outs: pl.LazyFrame,
+    *,
+    mode: str = "upsert",
+) -> pl.DataFrame:
+    return plan_sync(members, contacts, ledger, destination="mc", audience="L",
+                     mode=mode, platform_opt_outs=opt_outs).collect()  # type: ignore[arg-type]  # fmt: skip
+
+
+def _sent(keys: tuple[str, ...], *, changed: str = "A") -> pl.LazyFrame:
+    members = _members(*keys).with_columns(pl.lit(changed).alias("first_name"))
+    first = _plan(members, _contacts(**dict.fromkeys(keys, "subscribed")),
+                  pl.LazyFrame(schema=LEDGER_SCHEMA))  # fmt: skip
+    return _ledger_after(first, dict.fromkeys(keys))
+
+
+def test_a_member_the_list_reports_opted_out_is_recorded_never_subscribed_or_updated() -> None:
+    ledger = _sent(("k1", "k2"))
+    members = _members("k1", "k2").with_columns(pl.lit("Changed").alias("first_name"))
+    contacts = _contacts(k1="subscribed", k2="subscribed")
+    plan = _plan_with(members, contacts, ledger, _opt_outs(k1=True))
+    assert plan.select("contact_key", "action").rows() == [
+        ("k1", "suppressed"),
+        ("k2", "subscribe"),
+    ]
+    # Recorded as settled: the next run plans nothing for k1, however its fields change.
+    recorded = _ledger_after(plan, dict.fromkeys(plan["contact_key"]))
+    assert recorded.collect().filter(pl.col("contact_key") == "k1")["status"].to_list() == [
+        "suppressed"
+    ]
+    again = _plan_with(
+        members.with_columns(pl.lit("Again").alias("first_name")), contacts, recorded,
+        _opt_outs(k1=True),
+    )  # fmt: skip
+    assert "k1" not in again["contact_key"].to_list()
+    # Even when our own consent turns into an opt-out: the list already holds it.
+    out = _plan_with(members, _contacts(k1="unsubscribed", k2="subscribed"), recorded,
+                     _opt_outs(k1=True))  # fmt: skip
+    assert "k1" not in out["contact_key"].to_list()
+
+
+def test_an_opt_out_at_another_platform_unsubscribes_here() -> None:
+    ledger = _sent(("k1",))
+    plan = _plan_with(_members("k1"), _contacts(k1="subscribed"), ledger, _opt_outs(k1=False))
+    assert plan.select("contact_key", "action").rows() == [("k1", "unsubscribe")]
+    # Someone never sent to this list is not subscribed to it either.
+    fresh = _plan_with(_members("k2"), _contacts(k2="subscribed"),
+                       pl.LazyFrame(schema=LEDGER_SCHEMA), _opt_outs(k2=False))  # fmt: skip
+    assert fresh.height == 0
+
+
+def test_mirror_mode_never_removes_a_suppressed_member() -> None:
+    ledger = _sent(("k1", "k2"))
+    plan = _plan_with(_members("k2"), _contacts(k1="subscribed", k2="subscribed"), ledger,
+                      _opt_outs(k1=True), mode="mirror")  # fmt: skip
+    assert plan.select("contact_key", "action").rows() == [("k1", "suppressed")]
+
+
+def test_someone_we_unsubscribed_is_not_recorded_again_when_the_list_reports_it() -> None:
+    ledger = _sent(("k1",))
+    out = _plan(_members(), _contacts(k1="unsubscribed"), ledger)
+    unsubscribed = _ledger_after(out, {"k1": None})
+    plan = _plan_with(_members(), _contacts(k1="unsubscribed"), unsubscribed, _opt_outs(k1=True))
+    assert plan.height == 0
+
+
+def test_a_suppressed_record_goes_out_under_a_hold() -> None:
+    plan = _plan_with(_members("k1"), _contacts(k1="subscribed"), _sent(("k1",)),
+                      _opt_outs(k1=True))  # fmt: skip
+    assert releasable(plan.lazy(), held=True, dry_run=False).collect()["action"].to_list() == [
+        "suppressed"
+    ]
