@@ -222,7 +222,9 @@ def test_a_platform_that_fails_the_run_does_not_keep_opt_outs_from_the_others(
         assert publish(config_path=str(config), return_state=True).is_completed()
 
         write_gold(lake, opted_out=frozenset({5}))
-        hubspot.stand_in.fail_next(1, status=401)  # the token was revoked meanwhile
+        # The token was revoked meanwhile: the opt-out read before the push and the push
+        # itself are both refused.
+        hubspot.stand_in.fail_next(2, status=401)
         state = publish(config_path=str(config), return_state=True)
 
         assert state.is_failed()
