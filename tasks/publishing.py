@@ -7,7 +7,7 @@ The order of the steps is what makes a publish safe to crash and to run twice at
 2. **plan** against ``ops/sync_ledger`` *after* claiming, so a run that waited sees what the
    holder sent and plans only the rest;
 3. for each *window* of platform batches (:mod:`tasks.send_window`; ``publish.window_batches``,
-   by default four rounds of the platform's ``max_connections``): renew the claim (from the
+   by default eight rounds of the platform's ``max_connections``): renew the claim (from the
    second window on; a renewal fails if another run took the list), commit the window's rows
    to the ledger as ``pending`` (the intent) in the same commit as the previous window's
    results, send the window's batches at once (at most ``max_connections`` in flight; the
@@ -346,19 +346,23 @@ def _send(
             try:
                 for window in send_windows(batches, size):
                     claim.before_window()
-                    intents = [
-                        ledger_rows(batch, **where, synced_at=_utc_now(), errors=None)
-                        for batch in window
-                        if batch["action"][0] != "holdout"
-                    ]
-                    _commit(lake, [*unrecorded, *intents])
+                    if window[0]["action"][0] != "holdout":  # a window holds one action
+                        intent = pl.concat(window, how="vertical")
+                        unrecorded.append(
+                            ledger_rows(intent, **where, synced_at=_utc_now(), errors=None)
+                        )
+                    _commit(lake, unrecorded)
                     unrecorded = []
                     outcome = send_window(pool, window, dispatch)
+                    answers: dict[str, str | None] = {}
                     for batch, errors in outcome.answered:
-                        unrecorded.append(
-                            ledger_rows(batch, **where, synced_at=_utc_now(), errors=errors)
-                        )
+                        answers.update(errors)
                         _count(tally, batch["action"][0], batch, errors)
+                    if outcome.answered:
+                        answered = pl.concat([b for b, _ in outcome.answered], how="vertical")
+                        unrecorded.append(
+                            ledger_rows(answered, **where, synced_at=_utc_now(), errors=answers)
+                        )
                     if outcome.failure is not None:
                         raise outcome.failure
             finally:

@@ -242,8 +242,8 @@ class PublishConfig(Model):
         ge=1,
         description="Platform batches sent at once between two sync-ledger commits (at most the "
         "platform's connection ceiling in flight). A crash leaves at most this many batches per "
-        "audience sent but not recorded; they are sent again by the next run. Default: four "
-        "rounds of the platform's max_connections (Mailchimp 40, HubSpot 40, Klaviyo 40).",
+        "audience sent but not recorded; they are sent again by the next run. Default: eight "
+        "rounds of the platform's max_connections (Mailchimp, HubSpot and Klaviyo: 80).",
     )
 
 
