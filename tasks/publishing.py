@@ -6,14 +6,20 @@ The order of the steps is what makes a publish safe to crash and to run twice at
    if another run holds it, wait up to ``publish.lease_wait_seconds``, then skip the audience;
 2. **plan** against ``ops/sync_ledger`` *after* claiming, so a run that waited sees what the
    holder sent and plans only the rest;
-3. for each platform batch: renew the claim (from the second batch on; a renewal fails if
-   another run took the list), commit the batch's rows to the ledger as ``pending`` (the
-   intent), send the batch, commit each contact's result;
+3. for each *window* of platform batches (:mod:`tasks.send_window`; ``publish.window_batches``,
+   by default eight rounds of the platform's ``max_connections``): renew the claim (from the
+   second window on; a renewal fails if another run took the list), commit the window's rows
+   to the ledger as ``pending`` (the intent) in the same commit as the previous window's
+   results, send the window's batches at once (at most ``max_connections`` in flight; the
+   adapter keeps the platform's rate), and collect each contact's result; the last window's
+   results are one more commit. A window holds one action only, so opt-outs are answered and
+   recorded before anything else is sent;
 4. release the claim.
 
-A crash at any point therefore leaves at most one batch per audience sent but not recorded as
-sent; the next run sends that batch again (a batch upsert keyed by email is idempotent on the
-platform) and everything else exactly once.
+A crash at any point therefore leaves at most one window - W batches - per audience sent but
+not recorded as sent; the next run sends those batches again (a batch upsert keyed by email is
+idempotent on the platform) and everything else exactly once. A run costs two ledger commits
+for its first window and one for each later one, instead of two per batch.
 
 What is sent comes from the audience's configuration (:mod:`tasks.core.config_publish`): each
 member's mapped fields (:mod:`tasks.core.mapping`), its mode (``mirror`` removes leavers) and
@@ -34,6 +40,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -56,6 +63,7 @@ from tasks.core.sync import (
     plan_sync,
     platform_batches,
     releasable,
+    send_windows,
 )
 from tasks.core.tables import (
     AUDIENCE,
@@ -69,6 +77,7 @@ from tasks.core.tables import SYNC_LEDGER as SYNC_LEDGER
 from tasks.errors import PublishError
 from tasks.readback import platform_opt_outs
 from tasks.reports import PublishReport
+from tasks.send_window import in_flight, send_window, window_size
 
 LEASE_POLL_SECONDS = 0.5
 MAX_ERRORS_REPORTED = 20
@@ -174,18 +183,18 @@ class _Tally:
 
 @dataclass
 class _Claim:
-    """A held lease, renewed before every batch after the first."""
+    """A held lease, renewed before every window of batches after the first."""
 
     store: LeaseStore
     lease: Lease
     ttl: float
-    batches: int = 0
+    windows: int = 0
 
-    def before_batch(self) -> None:
+    def before_window(self) -> None:
         """Renew (a commit that fails if another run took the list) unless just claimed."""
-        if self.batches:
+        if self.windows:
             self.lease = self.store.renew(self.lease, ttl=self.ttl, now=_utc_now())
-        self.batches += 1
+        self.windows += 1
 
 
 def claim_list(
@@ -257,7 +266,8 @@ def publish_segment(
         plan = plan_audience(lake, destination_name, destination, segment)
         sendable = releasable(plan.lazy(), held=held, dry_run=False).collect()
         target = _Target(destination_name, destination, segment, config, run_id)
-        tally = _send(lake, claim, open_sink, target, sendable)
+        tally = _send(lake, claim, open_sink, target, sendable,
+                      window_batches=settings.window_batches)  # fmt: skip
     finally:
         store.release(claim.lease, now=_utc_now())
     report = _finish(logger, replace(
@@ -309,8 +319,13 @@ def _send(
     open_sink: Callable[[Destination], Platform],
     target: _Target,
     sendable: pl.DataFrame,
+    *,
+    window_batches: int | None = None,
 ) -> _Tally:
-    """Per batch: intent committed, batch sent, results committed."""
+    """Window by window (:mod:`tasks.send_window`): renew the claim, commit the window's intent
+    together with the previous window's results, send the window's batches at once, collect
+    every contact's result; the last results are committed at the end, also when a batch
+    raised or the claim was lost (what the platform answered is always recorded)."""
     tally = _Tally()
     if sendable.height == 0:
         return tally
@@ -330,14 +345,40 @@ def _send(
                 kept = sendable.filter(pl.col("action").is_in(sorted(NEVER_HELD)))
                 tally.skipped = sendable.height - kept.height
                 sendable = kept
-        for batch in platform_batches(sendable, target.destination.batch_size):
-            claim.before_batch()
-            action = batch["action"][0]
-            if action not in RECORDED_ONLY:
-                _commit(lake, ledger_rows(batch, **where, synced_at=_utc_now(), errors=None))
-            outcome = _dispatch(platform, audience, action, batch, target.config.tags)
-            _commit(lake, ledger_rows(batch, **where, synced_at=_utc_now(), errors=outcome))
-            _count(tally, action, batch, outcome)
+        size = window_size(platform.limits, window_batches)
+        batches = platform_batches(sendable, target.destination.batch_size)
+
+        def dispatch(batch: pl.DataFrame) -> dict[str, str | None]:
+            return _dispatch(platform, audience, batch["action"][0], batch, target.config.tags)
+
+        unrecorded: list[pl.DataFrame] = []
+        threads = in_flight(platform.limits, size)
+        with ThreadPoolExecutor(threads, thread_name_prefix="publish") as pool:
+            try:
+                for window in send_windows(batches, size):
+                    claim.before_window()
+                    if window[0]["action"][0] not in RECORDED_ONLY:  # a window holds one action
+                        intent = pl.concat(window, how="vertical")
+                        unrecorded.append(
+                            ledger_rows(intent, **where, synced_at=_utc_now(), errors=None)
+                        )
+                    _commit(lake, unrecorded)
+                    unrecorded = []
+                    outcome = send_window(pool, window, dispatch)
+                    answers: dict[str, str | None] = {}
+                    for batch, errors in outcome.answered:
+                        answers.update(errors)
+                        _count(tally, batch["action"][0], batch, errors)
+                    if outcome.answered:
+                        answered = pl.concat([b for b, _ in outcome.answered], how="vertical")
+                        unrecorded.append(
+                            ledger_rows(answered, **where, synced_at=_utc_now(), errors=answers)
+                        )
+                    if outcome.failure is not None:
+                        raise outcome.failure
+            finally:
+                if unrecorded:
+                    _commit(lake, unrecorded)
     finally:
         platform.close()
     return tally
@@ -394,5 +435,8 @@ def _count(tally: _Tally, action: str, batch: pl.DataFrame, outcome: dict[str, s
                 tally.errors.append(f"{key}: {error}")
 
 
-def _commit(lake: Lake, rows: pl.DataFrame) -> None:
-    lake.merge(SYNC_LEDGER, rows, keys=LEDGER_KEYS)
+def _commit(lake: Lake, parts: list[pl.DataFrame]) -> None:
+    """One ledger commit for ``parts`` (a window's results and the next window's intent: one
+    row per contact, so the keys never collide)."""
+    if parts:
+        lake.merge(SYNC_LEDGER, pl.concat(parts, how="vertical"), keys=LEDGER_KEYS)

@@ -282,11 +282,13 @@ def _parse_member(raw: Any, where: str, *, email_required: bool) -> _MemberInput
 class MailchimpStandIn(StandInServer):
     """Mailchimp Marketing v3 list-members API served on loopback.
 
-    ``response_delay`` (seconds) keeps each request in flight a little longer, which makes the
-    ``max_connections`` limit easy to exercise from tests. ``clock`` stamps ``last_changed``
-    (Mailchimp's resolution: whole seconds). ``on_members_page(list_id, offset)``, when set, runs
-    after each ``GET …/members`` page is built and before it is sent: a test edits the audience
-    there, as a marketer or a recipient would between two pages of a read.
+    ``response_delay`` (seconds) is the least time each request stays in flight (the platform's
+    time per call, the stand-in's own work included), which makes the ``max_connections`` limit
+    easy to exercise from tests and lets a benchmark give each batch call a realistic duration.
+    ``clock`` stamps ``last_changed`` (Mailchimp's resolution: whole seconds).
+    ``on_members_page(list_id, offset)``, when set, runs after each ``GET …/members`` page is
+    built and before it is sent: a test edits the audience there, as a marketer or a recipient
+    would between two pages of a read.
     """
 
     name = "mailchimp"
@@ -440,9 +442,14 @@ class MailchimpStandIn(StandInServer):
                     f"You have exceeded the limit of {self.max_connections} simultaneous "
                     "connections.",
                 )
-            if self.response_delay > 0:
-                time.sleep(self.response_delay)
-            return self._handle_admitted(request)
+            started = time.monotonic()
+            response = self._handle_admitted(request)
+            # The platform's time per call: the stand-in's own work counts towards it, so ten
+            # concurrent calls cost one delay, not one delay plus ten turns at the store lock.
+            rest = self.response_delay - (time.monotonic() - started)
+            if rest > 0:
+                time.sleep(rest)
+            return response
         finally:
             with self._lock:
                 self._in_flight -= 1

@@ -230,12 +230,21 @@ class PublishConfig(Model):
         default=600,
         gt=0,
         description="A claim on a destination list lasts this long unless renewed; the holder "
-        "renews it before every platform batch. A crashed run blocks its lists at most this long.",
+        "renews it before every window of platform batches. A crashed run blocks its lists at "
+        "most this long.",
     )
     lease_wait_seconds: float = Field(
         default=60,
         ge=0,
         description="How long a publish waits for a list another run holds before skipping it.",
+    )
+    window_batches: int | None = Field(
+        default=None,
+        ge=1,
+        description="Platform batches sent at once between two sync-ledger commits (at most the "
+        "platform's connection ceiling in flight). A crash leaves at most this many batches per "
+        "audience sent but not recorded; they are sent again by the next run. Default: eight "
+        "rounds of the platform's max_connections (Mailchimp, HubSpot and Klaviyo: 80).",
     )
 
 

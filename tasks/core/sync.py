@@ -5,11 +5,13 @@ payload sent (its action and hash) and its result. A contact is sent again only 
 changed, its last send failed or never got an answer, or it opted out since; so a rerun on
 unchanged data sends nothing.
 
-A publish records each platform batch in the ledger twice: as ``pending`` just before the
-request (the intent) and with each contact's result right after it. A crash between the two
-leaves the batch ``pending``; the next run sends those contacts again (at most that one batch,
-which the platform applies as an idempotent upsert), and treats a pending subscribe as
-possibly on the list, so a contact who opts out meanwhile is still unsubscribed.
+A publish sends the plan in *windows* of platform batches (:func:`send_windows`) and records
+each window in the ledger twice: as ``pending`` just before its requests go out (the intent,
+one commit for the whole window) and with each contact's result once every batch of the window
+has its answer (one commit, which also carries the next window's intent). A crash between the
+two leaves the window ``pending``; the next run sends those contacts again (at most that one
+window of W batches, which the platform applies as idempotent upserts), and treats a pending
+subscribe as possibly on the list, so a contact who opts out meanwhile is still unsubscribed.
 
 Opt-outs made at a platform (read back into ``bronze/platform_suppressions`` before each push,
 see :mod:`tasks.readback`) win over our own consent when they are newer than it. A contact the
@@ -23,7 +25,7 @@ until a newer opt-in than the platform's opt-out reaches gold.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Literal, get_args
 
@@ -260,6 +262,22 @@ def platform_batches(plan: pl.DataFrame, size: int) -> Iterator[pl.DataFrame]:
     for _, group in plan.group_by("action", maintain_order=True):
         for start in range(0, group.height, size):
             yield group.slice(start, size)
+
+
+def send_windows(batches: Iterable[pl.DataFrame], size: int) -> Iterator[list[pl.DataFrame]]:
+    """Consecutive ``batches`` grouped ``size`` at a time, in order; a window never mixes
+    actions, so every unsubscribe window is answered and recorded before a removal or a
+    subscribe window is sent."""
+    if size < 1:
+        raise ValueError(f"window size must be at least 1, got {size}")
+    window: list[pl.DataFrame] = []
+    for batch in batches:
+        if window and (len(window) >= size or batch["action"][0] != window[0]["action"][0]):
+            yield window
+            window = []
+        window.append(batch)
+    if window:
+        yield window
 
 
 def ledger_rows(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 from dataclasses import asdict
 from typing import Any
 
@@ -34,12 +35,14 @@ def _instrument(fault: dict[str, Any]) -> None:
     from tasks.connectors.leases import LeaseStore
 
     counts = {"commit": 0, "send": 0}
+    lock = threading.Lock()  # a window's batches are sent (and counted) from several threads
 
     def point(kind: str, text: str) -> None:
-        counts[kind] += 1
-        print(f"{kind} {counts[kind]} {text}", flush=True)
-        if fault.get("kind") == f"exit_after_{kind}s" and counts[kind] == fault["n"]:
-            os._exit(EXIT_CODE)
+        with lock:
+            counts[kind] += 1
+            print(f"{kind} {counts[kind]} {text}", flush=True)
+            if fault.get("kind") == f"exit_after_{kind}s" and counts[kind] == fault["n"]:
+                os._exit(EXIT_CODE)
 
     merge = Lake.merge
 

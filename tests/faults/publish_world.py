@@ -26,6 +26,8 @@ from tests.faults.world import ROOT, Child
 
 LISTS = {"seg_a": "list-a", "seg_b": "list-b"}
 BATCH_SIZE = 5
+WINDOW_BATCHES = 2
+"""Batches sent at once between two ledger commits: the crash bound is one window."""
 API_KEY = "fault-key-us1"
 PEOPLE = 20
 
@@ -57,6 +59,7 @@ destinations:
 publish:
   lease_seconds: {lease_seconds}
   lease_wait_seconds: {lease_wait_seconds}
+  window_batches: {WINDOW_BATCHES}
 """
 
 
@@ -185,12 +188,12 @@ class PublishChildPool:
         self._warm = []
 
 
-def _batches_per_list() -> dict[str, list[int]]:
-    """The platform batch sizes the run under test sends per list (the pure planner, in
-    memory; a batch holds one action)."""
+def _windows_per_list() -> dict[str, list[list[int]]]:
+    """The platform batch sizes the run under test sends per list, window by window (the pure
+    planner, in memory; a batch and a window hold one action)."""
     from datetime import UTC, datetime
 
-    from tasks.core.sync import ledger_rows, plan_sync, platform_batches
+    from tasks.core.sync import ledger_rows, plan_sync, platform_batches, send_windows
 
     def frames(people: list[Person], segment: str) -> tuple[pl.LazyFrame, pl.LazyFrame]:
         members = pl.LazyFrame(
@@ -215,30 +218,48 @@ def _batches_per_list() -> dict[str, list[int]]:
                              errors=dict.fromkeys(first["contact_key"]))  # fmt: skip
         second = plan_sync(*frames(changed(), segment), ledger.lazy(), destination="mailchimp",
                            audience=list_id).collect()  # fmt: skip
-        counts[list_id] = [b.height for b in platform_batches(second, BATCH_SIZE)]
+        windows = send_windows(platform_batches(second, BATCH_SIZE), WINDOW_BATCHES)
+        counts[list_id] = [[b.height for b in window] for window in windows]
     return counts
 
 
 def expected_points() -> list[tuple[str, str]]:
     """Every point a crash can follow in the run under test, in order: ``(kind, what)``.
 
-    Per list: the claim, then per batch a renewal (from the second batch on), the intent
-    commit, the send and the result commit, then the release. The baseline test checks that the
-    real run prints exactly these.
+    Per list: the claim, then per window a renewal (from the second window on), one ledger
+    commit (the previous window's results with this window's intents), a send per batch (in
+    any order: a window's batches go out at once), then the last window's results and the
+    release. The baseline test checks that the real run prints exactly these.
     """
     points: list[tuple[str, str]] = []
-    for list_id, sizes in _batches_per_list().items():
+    for list_id, windows in _windows_per_list().items():
         points.append(("commit", f"lease mailchimp/{list_id} claimed"))
-        for batch, size in enumerate(sizes):
-            if batch:
+        recorded = 0
+        for n, sizes in enumerate(windows):
+            if n:
                 points.append(("commit", f"lease mailchimp/{list_id} claimed"))
-            points += [
-                ("commit", f"ledger {size} pending"),
-                ("send", f"{list_id} {size}"),
-                ("commit", f"ledger {size} ok"),
-            ]
+            statuses = "ok,pending" if recorded else "pending"
+            points.append(("commit", f"ledger {recorded + sum(sizes)} {statuses}"))
+            points += [("send", f"{list_id} {size}") for size in sizes]
+            recorded = sum(sizes)
+        points.append(("commit", f"ledger {recorded} ok"))
         points.append(("commit", f"lease mailchimp/{list_id} released"))
     return points
+
+
+def in_window_order(points: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``points`` with each run of sends sorted: a window's batches finish in any order."""
+    ordered: list[tuple[str, str]] = []
+    run: list[tuple[str, str]] = []
+    for point in [*points, ("end", "")]:
+        if point[0] == "send":
+            run.append(point)
+            continue
+        ordered += sorted(run)
+        run = []
+        if point[0] != "end":
+            ordered.append(point)
+    return ordered
 
 
 def printed_point(line: str) -> tuple[str, str]:
