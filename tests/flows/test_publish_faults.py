@@ -107,6 +107,10 @@ class EngineWorld:
         self.sleep = RecordingSleep()
         self.hook: Callable[[int], None] = lambda _n: None
         self.attempts = ATTEMPTS
+        # One batch per window: these tests aim faults at the n-th batch and check what the
+        # batches after it do, so batches go one after another. Windows of concurrent batches
+        # under faults and kills: tests/flows/test_publish_windows.py, tests/faults/.
+        self.settings = PublishConfig(window_batches=1)
 
     def open(self, config: Any) -> Destination:
         adapter = self.platform.open(config, retry_policy(self.sleep, self.attempts))
@@ -116,7 +120,7 @@ class EngineWorld:
         destination = self.config.destinations[self.platform.kind]
         with disable_run_logger(), environment(SECRET_ENV):
             return publish_segment(self.lake, self.platform.kind, destination, SEGMENT,
-                                   run_id=run_id, settings=PublishConfig(),
+                                   run_id=run_id, settings=self.settings,
                                    open_sink=self.open)  # fmt: skip
 
 
