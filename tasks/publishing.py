@@ -50,6 +50,7 @@ from tasks.core.mapping import holdout_expr, mapped_columns, payload_expr
 from tasks.core.masking import mask_emails
 from tasks.core.sync import (
     NEVER_HELD,
+    field_hash_key,
     ledger_rows,
     plan_sync,
     platform_batches,
@@ -124,11 +125,14 @@ def plan_audience(
     lake: Lake, destination_name: str, destination: Destination, segment: str
 ) -> pl.DataFrame:
     """What one publish of ``segment`` to ``destination`` would do (see :func:`plan_sync`)."""
+    from tasks.resources import pepper
+
     audience = destination.audiences[segment]
     members = publishable_members(lake, destination.kind, segment, audience)
     return plan_sync(
         members, current_consent(lake), ledger(lake),
         destination=destination_name, audience=audience.list_id, mode=audience.mode,
+        field_key=field_hash_key(pepper()[0]),
     ).collect()  # fmt: skip
 
 

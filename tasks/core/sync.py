@@ -14,6 +14,9 @@ possibly on the list, so a contact who opts out meanwhile is still unsubscribed.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Literal, get_args
@@ -59,9 +62,15 @@ PLAN_SCHEMA: dict[str, pl.DataType] = {
     "action": pl.String(),
     "payload": pl.String(),
     "payload_hash": pl.String(),
+    "field_hashes": pl.String(),
 }
 """A plan row: ``payload`` is the JSON the platform gets (:func:`tasks.core.mapping.payload_expr`)
-for a subscribe, empty for the other actions."""
+for a subscribe, empty for the other actions; ``field_hashes`` (subscribes, when the plan was
+given a key) maps each field of the payload to :func:`field_hash` of its value."""
+
+TAGS_FIELD = "(tags)"
+"""The name under which a payload's tags are hashed next to its fields."""
+FIELD_HASH_CHARS = 16
 
 ACTION_ORDER = {"unsubscribe": 0, "remove": 1, "subscribe": 2, "holdout": 3}
 """Plan order: opt-outs first, so a batch limit or a crash never leaves them behind the rest."""
@@ -69,6 +78,50 @@ ACTION_ORDER = {"unsubscribe": 0, "remove": 1, "subscribe": 2, "holdout": 3}
 ON_LIST_ACTIONS = ("subscribe",)
 """Last actions after which the platform may hold the contact on the list (sent, refused as an
 update, or pending without an answer)."""
+
+
+def field_hash_key(pepper: bytes) -> bytes:
+    """The key of :func:`field_hash`, derived from the contact-key pepper (never the pepper
+    itself, so a field hash can never be mistaken for, or help compute, a contact key)."""
+    return hmac.new(pepper, b"audience-lake sync_ledger field hashes", hashlib.sha256).digest()
+
+
+def field_hash(key: bytes, contact_key: str, name: str, value: object) -> str:
+    """Short HMAC-SHA256 of one field's value for one contact: equal values give equal hashes,
+    and the ledger, which keeps only this, never holds the value itself."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    message = f"{contact_key}\x1f{name}\x1f{text}".encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()[:FIELD_HASH_CHARS]
+
+
+def payload_field_hashes(key: bytes, contact_key: str, payload: str | None) -> str | None:
+    """``{field: field_hash}`` as JSON for one payload (its tags as :data:`TAGS_FIELD`)."""
+    if not payload:
+        return None
+    decoded = json.loads(payload)
+    values: dict[str, object] = dict(decoded.get("fields") or {})
+    values[TAGS_FIELD] = sorted(decoded.get("tags") or [])
+    hashes = {name: field_hash(key, contact_key, name, v) for name, v in values.items()}
+    return json.dumps(hashes, sort_keys=True, separators=(",", ":"))
+
+
+def _with_field_hashes(lf: pl.LazyFrame, key: bytes | None) -> pl.LazyFrame:
+    """Adds ``field_hashes`` (null without a key). Runs on the changed rows only, so its cost
+    follows the change, not the audience."""
+    if key is None:
+        return lf.with_columns(pl.lit(None, pl.String).alias("field_hashes"))
+
+    def hashes(rows: pl.Series) -> pl.Series:
+        return pl.Series(
+            [payload_field_hashes(key, r["contact_key"], r["payload"]) for r in rows],
+            dtype=pl.String(),
+        )
+
+    return lf.with_columns(
+        pl.struct("contact_key", "payload")
+        .map_batches(hashes, return_dtype=pl.String())
+        .alias("field_hashes")
+    )
 
 
 def _with_payload_hash(lf: pl.LazyFrame) -> pl.LazyFrame:
@@ -107,8 +160,10 @@ def plan_sync(
     destination: str,
     audience: str,
     mode: SyncMode = "upsert",
+    field_key: bytes | None = None,
 ) -> pl.LazyFrame:
-    """Rows to send for one audience: ``contact_key, email, action, payload, payload_hash``.
+    """Rows to send for one audience: ``contact_key, email, action, payload, payload_hash,
+    field_hashes`` (the last one null unless ``field_key`` is given; see :func:`field_hash`).
 
     ``members`` are the segment's rows with a ``payload`` (the mapped fields; without one, the
     first and last name) and optionally a boolean ``holdout``.
@@ -182,6 +237,7 @@ def plan_sync(
     return (
         candidates.join(previous, on="contact_key", how="left")
         .filter(changed)
+        .pipe(_with_field_hashes, field_key)
         .select(list(PLAN_SCHEMA))
         .sort(pl.col("action").replace_strict(ACTION_ORDER, return_dtype=pl.Int8), "contact_key")
     )
@@ -208,6 +264,12 @@ def platform_batches(plan: pl.DataFrame, size: int) -> Iterator[pl.DataFrame]:
     for _, group in plan.group_by("action", maintain_order=True):
         for start in range(0, group.height, size):
             yield group.slice(start, size)
+
+
+def _field_hashes_column(batch: pl.DataFrame) -> pl.Expr:
+    if "field_hashes" in batch.columns:
+        return pl.col("field_hashes").cast(pl.String)
+    return pl.lit(None, pl.String).alias("field_hashes")
 
 
 def ledger_rows(
@@ -257,4 +319,5 @@ def ledger_rows(
         error.alias("error"),
         pl.lit(run_id).alias("run_id"),
         pl.lit(synced_at).cast(UTC_MICROS).alias("synced_at"),
+        _field_hashes_column(batch),
     ).cast(LEDGER_SCHEMA)  # type: ignore[arg-type]
