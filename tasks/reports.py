@@ -6,6 +6,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from tasks.core.change_summary import ChangeSummary
+from tasks.core.send_budget import EMPTY_ESTIMATE, SendEstimate
+
 PublishOutcome = Literal["sent", "held", "skipped", "dry_run"]
 
 
@@ -40,6 +43,18 @@ class TableReport:
 
 
 @dataclass(frozen=True)
+class AudiencePreview:
+    """What one audience's publish will change and cost, worked out before anything is sent:
+    the changes against the sync ledger and the send-budget planner's estimate."""
+
+    destination: str
+    segment: str
+    audience: str
+    changes: ChangeSummary = field(default_factory=ChangeSummary)
+    estimate: SendEstimate = EMPTY_ESTIMATE
+
+
+@dataclass(frozen=True)
 class PublishReport:
     """What one publish of one audience did.
 
@@ -68,6 +83,8 @@ class PublishReport:
     waited_seconds: float = 0.0
     removed: int = 0
     held_out: int = 0
+    preview: AudiencePreview | None = None
+    """The plan this publish started from (the dry-run view), when the flow made one."""
 
     @property
     def outcome(self) -> PublishOutcome:
