@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -25,8 +26,16 @@ from tasks.connectors.lake import Lake
 from tasks.core.change_summary import ChangeSummary, classify_changes, summarise_changes
 from tasks.core.config import Destination, PipelineConfig
 from tasks.core.config_publish import resolved_fields
-from tasks.core.masking import is_pii_name
-from tasks.core.send_budget import CallCount, SendBudget, SendEstimate, combine, estimate
+from tasks.core.masking import is_pii_name, mask_emails
+from tasks.core.send_budget import (
+    CallCount,
+    SendBudget,
+    SendEstimate,
+    combine,
+    estimate,
+    format_duration,
+)
+from tasks.errors import AudienceLakeError
 from tasks.publishing import ledger, plan_audience
 from tasks.reports import AudiencePreview
 from tasks.resources import open_lake
@@ -89,12 +98,20 @@ def preview_audience(
     changes = summarise_changes(
         classified, identifier_fields=identifier_fields(destination.kind, destination, segment)
     )
-    platform = open_sink(destination)
+    preview = AudiencePreview(destination_name, segment, list_id, changes)
+    if changes.planned == changes.holdouts:  # nothing to send: nothing to price
+        return preview
+    try:
+        platform = open_sink(destination)
+    except AudienceLakeError as exc:
+        # One destination that cannot open must not stop the others' plans (nor their
+        # unsubscribes): its own publish meets the error again and fails alone.
+        return replace(preview, unpriced=mask_emails(str(exc)))
     try:
         cost = estimate(planned_calls(platform, changes, destination.batch_size))
     finally:
         platform.close()
-    return AudiencePreview(destination_name, segment, list_id, changes, cost)
+    return replace(preview, estimate=cost)
 
 
 def budget_holds(
@@ -149,7 +166,12 @@ def log_plan(
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger], p: AudiencePreview
 ) -> None:
     logger.info(PLAN_TEMPLATE, p.destination, p.segment, describe_changes(p.changes),
-                p.estimate.describe())  # fmt: skip
+                describe_cost(p))  # fmt: skip
+
+
+def describe_cost(p: AudiencePreview) -> str:
+    """The estimate in words, or why there is none."""
+    return p.estimate.describe() if p.unpriced is None else f"calls not priced: {p.unpriced}"
 
 
 @task(cache_policy=NO_CACHE, task_run_name="plan-publish")
@@ -189,8 +211,10 @@ def plan_rows(
             "unsubscribes": p.changes.unsubscribes,
             "holdouts": p.changes.holdouts,
             "fields changing most": p.changes.describe_fields(),
-            "api calls": p.estimate.calls,
-            "minimum send time": p.estimate.describe().rpartition("at least ")[2],
+            "api calls": p.estimate.calls if p.unpriced is None else None,
+            "minimum send time": format_duration(p.estimate.seconds)
+            if p.unpriced is None
+            else f"not priced: {p.unpriced}",
             "held": holds.get((p.destination, p.segment), ""),
         }
         for p in previews
@@ -225,7 +249,7 @@ def render_plan_markdown(
                          "before field tracking: their changed fields are unknown")  # fmt: skip
         if c.resends:
             lines.append(f"- {c.resends} updates are resends of a failed or unanswered send")
-        lines.append(f"- API calls: {_cell(p.estimate.describe())}")
+        lines.append(f"- API calls: {_cell(describe_cost(p))}")
         if p.estimate.budgets:
             lines.append(f"- Rate limits: {_cell('; '.join(p.estimate.budgets))}")
         held = holds.get((p.destination, p.segment))
@@ -264,7 +288,7 @@ def render_plan_text(previews: Sequence[AudiencePreview]) -> list[str]:
     lines: list[str] = []
     for p in previews:
         lines.append(f"  {p.destination + '/' + p.segment:<32} {describe_changes(p.changes)}")
-        lines.append(f"  {'':<32} {p.estimate.describe()}")
+        lines.append(f"  {'':<32} {describe_cost(p)}")
         for s in p.changes.sample:
             lines.append(f"  {'':<34} {s.change:<11} {s.email:<24} {s.detail}".rstrip())
     return lines

@@ -52,6 +52,9 @@ class AudiencePreview:
     audience: str
     changes: ChangeSummary = field(default_factory=ChangeSummary)
     estimate: SendEstimate = EMPTY_ESTIMATE
+    unpriced: str | None = None
+    """Why the calls could not be priced (the adapter would not open: a missing secret...);
+    the publish then meets the same error on its own, for this audience only."""
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,10 @@ from infra.sandbox.hubspot_marketing import DEFAULT_SUBSCRIPTION_ID, HubSpotMark
 from infra.sandbox.klaviyo import KlaviyoStandIn
 from infra.sandbox.mailchimp import MailchimpStandIn
 from tasks.connectors.lake import Lake
+from tasks.core.config import load_pipeline
 from tasks.core.tables import SYNC_LEDGER
-from tasks.publish_report import PLAN_MARKDOWN_KEY, PLAN_TABLE_KEY
+from tasks.errors import ConfigError
+from tasks.publish_report import PLAN_MARKDOWN_KEY, PLAN_TABLE_KEY, budget_holds, preview_audience
 from tasks.reports import PublishReport
 
 pytestmark = pytest.mark.flow
@@ -303,3 +305,27 @@ def test_ledger_rows_from_before_field_hashes_count_as_updates_with_unknown_fiel
         report, _ = run_publish(world)  # the ledger gains the column on its next merge
         assert report.sent == 10 and report.failed == 0, report.errors
         assert "field_hashes" in world.lake.read(SYNC_LEDGER).columns
+
+
+def test_a_destination_that_cannot_open_is_planned_but_not_priced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broken destination (here: its adapter refuses to open) must not stop the plan of the
+    others, nor their unsubscribes: its preview says why it has no price, and nothing holds."""
+    with contextmanager(_hubspot)() as platform:
+        world = make_world(
+            platform, tmp_path, monkeypatch, budget="        send_budget: {max_calls: 1}\n"
+        )
+        crafted_change(world.lake)
+        config = load_pipeline(world.config, env={"AUDIENCE_LAKE_SECRET_DRY_RUN": SECRET})
+
+        def broken(_: object) -> Any:
+            raise ConfigError("token for ops@example.com is not set")
+
+        preview = preview_audience(
+            world.lake, "hubspot", config.destinations["hubspot"], SEGMENT, open_sink=broken
+        )
+        assert preview.changes.creates == len((FIRST | JOINERS) - LEAVERS - OPTS_OUT)
+        assert preview.unpriced == "token for o***@e***.com is not set"
+        assert budget_holds(config, [preview]) == {}
+        assert platform.server.requests == []
