@@ -35,10 +35,11 @@ from tasks.core.send_budget import (
     estimate,
     format_duration,
 )
+from tasks.core.sync import field_hash_key
 from tasks.errors import AudienceLakeError
 from tasks.publishing import ledger, plan_audience
 from tasks.reports import AudiencePreview
-from tasks.resources import open_lake
+from tasks.resources import open_lake, pepper
 
 PLAN_TABLE_KEY = "publish-plan"
 PLAN_MARKDOWN_KEY = "publish-plan-detail"
@@ -92,8 +93,9 @@ def preview_audience(
     only to ask for its prices)."""
     list_id = destination.audiences[segment].list_id
     plan = plan_audience(lake, destination_name, destination, segment)
+    key = field_hash_key(pepper()[0])
     classified = classify_changes(
-        plan, ledger(lake), destination=destination_name, audience=list_id
+        plan, ledger(lake), destination=destination_name, audience=list_id, field_key=key
     )
     changes = summarise_changes(
         classified, identifier_fields=identifier_fields(destination.kind, destination, segment)

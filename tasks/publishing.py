@@ -55,6 +55,7 @@ from tasks.core.sync import (
     plan_sync,
     platform_batches,
     releasable,
+    with_field_hashes,
 )
 from tasks.core.tables import (
     AUDIENCE,
@@ -125,14 +126,11 @@ def plan_audience(
     lake: Lake, destination_name: str, destination: Destination, segment: str
 ) -> pl.DataFrame:
     """What one publish of ``segment`` to ``destination`` would do (see :func:`plan_sync`)."""
-    from tasks.resources import pepper
-
     audience = destination.audiences[segment]
     members = publishable_members(lake, destination.kind, segment, audience)
     return plan_sync(
         members, current_consent(lake), ledger(lake),
         destination=destination_name, audience=audience.list_id, mode=audience.mode,
-        field_key=field_hash_key(pepper()[0]),
     ).collect()  # fmt: skip
 
 
@@ -307,9 +305,12 @@ def _send(
     tally = _Tally()
     if sendable.height == 0:
         return tally
+    from tasks.resources import pepper
+
     audience = target.config.list_id
     where = dict(destination=target.destination_name, audience=audience,
                  segment=target.segment, run_id=target.run_id)  # fmt: skip
+    key = field_hash_key(pepper()[0])  # the ledger's keyed field hashes
     platform = open_sink(target.destination)
     try:
         if (sendable["action"] == "subscribe").any():
@@ -325,6 +326,7 @@ def _send(
                 sendable = kept
         for batch in platform_batches(sendable, target.destination.batch_size):
             claim.before_batch()
+            batch = with_field_hashes(batch, key)
             action = batch["action"][0]
             if action != "holdout":
                 _commit(lake, ledger_rows(batch, **where, synced_at=_utc_now(), errors=None))

@@ -27,7 +27,7 @@ from typing import Any, Literal, get_args
 import polars as pl
 
 from tasks.core.masking import mask_email, mask_json_value
-from tasks.core.sync import ON_LIST_ACTIONS, TAGS_FIELD
+from tasks.core.sync import ON_LIST_ACTIONS, TAGS_FIELD, with_field_hashes
 
 ChangeKind = Literal["create", "update", "unsubscribe", "remove", "holdout"]
 CHANGE_KINDS: tuple[ChangeKind, ...] = get_args(ChangeKind)
@@ -89,12 +89,14 @@ def _previous(ledger: pl.LazyFrame, destination: str, audience: str) -> pl.LazyF
 
 
 def classify_changes(
-    plan: pl.DataFrame, ledger: pl.LazyFrame, *, destination: str, audience: str
+    plan: pl.DataFrame, ledger: pl.LazyFrame, *, destination: str, audience: str, field_key: bytes
 ) -> pl.DataFrame:
-    """``plan`` plus ``change`` (a :data:`ChangeKind`) and ``changed_fields`` (list of field
-    names for updates and creates; null when the ledger row predates field hashes)."""
+    """``plan`` plus ``field_hashes`` (keyed with ``field_key``, as the ledger records them),
+    ``change`` (a :data:`ChangeKind`) and ``changed_fields`` (field names for updates and
+    creates; null when the ledger row predates field hashes)."""
     previous = _previous(ledger, destination, audience).collect()
-    joined = plan.join(previous, on="contact_key", how="left")
+    plan = with_field_hashes(plan, field_key)
+    joined = plan.join(previous, on="contact_key", how="left", maintain_order="left")
     is_update = (pl.col("action") == "subscribe") & pl.col("prev_action").is_in(ON_LIST_ACTIONS)
     change = (
         pl.when(is_update)

@@ -10,6 +10,11 @@ request (the intent) and with each contact's result right after it. A crash betw
 leaves the batch ``pending``; the next run sends those contacts again (at most that one batch,
 which the platform applies as an idempotent upsert), and treats a pending subscribe as
 possibly on the list, so a contact who opts out meanwhile is still unsubscribed.
+
+Next to the payload hash, a subscribe's ledger row keeps ``field_hashes``: per field (and the
+tags), a short HMAC of the value keyed with a key derived from the pepper
+(:func:`field_hash`). The ledger never holds a value, yet the next plan can tell which fields
+an update changes (:mod:`tasks.core.change_summary`). Rows from before the column have none.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from typing import Literal, get_args
 
@@ -62,11 +67,9 @@ PLAN_SCHEMA: dict[str, pl.DataType] = {
     "action": pl.String(),
     "payload": pl.String(),
     "payload_hash": pl.String(),
-    "field_hashes": pl.String(),
 }
 """A plan row: ``payload`` is the JSON the platform gets (:func:`tasks.core.mapping.payload_expr`)
-for a subscribe, empty for the other actions; ``field_hashes`` (subscribes, when the plan was
-given a key) maps each field of the payload to :func:`field_hash` of its value."""
+for a subscribe, empty for the other actions."""
 
 TAGS_FIELD = "(tags)"
 """The name under which a payload's tags are hashed next to its fields."""
@@ -89,39 +92,44 @@ def field_hash_key(pepper: bytes) -> bytes:
 def field_hash(key: bytes, contact_key: str, name: str, value: object) -> str:
     """Short HMAC-SHA256 of one field's value for one contact: equal values give equal hashes,
     and the ledger, which keeps only this, never holds the value itself."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
-    message = f"{contact_key}\x1f{name}\x1f{text}".encode()
-    return hmac.new(key, message, hashlib.sha256).hexdigest()[:FIELD_HASH_CHARS]
+    return _field_hasher(key)(contact_key, name, value)
+
+
+def _field_hasher(key: bytes) -> Callable[[str, str, object], str]:
+    keyed = hmac.new(key, digestmod=hashlib.sha256)  # the key's setup, done once
+
+    def digest(contact_key: str, name: str, value: object) -> str:
+        h = keyed.copy()
+        h.update(f"{contact_key}\x1f{name}\x1f{json.dumps(value)}".encode())
+        return h.hexdigest()[:FIELD_HASH_CHARS]
+
+    return digest
 
 
 def payload_field_hashes(key: bytes, contact_key: str, payload: str | None) -> str | None:
     """``{field: field_hash}`` as JSON for one payload (its tags as :data:`TAGS_FIELD`)."""
+    return _payload_hashes(_field_hasher(key), contact_key, payload)
+
+
+def _payload_hashes(
+    digest: Callable[[str, str, object], str], contact_key: str, payload: str | None
+) -> str | None:
     if not payload:
         return None
     decoded = json.loads(payload)
     values: dict[str, object] = dict(decoded.get("fields") or {})
     values[TAGS_FIELD] = sorted(decoded.get("tags") or [])
-    hashes = {name: field_hash(key, contact_key, name, v) for name, v in values.items()}
-    return json.dumps(hashes, sort_keys=True, separators=(",", ":"))
+    return json.dumps({name: digest(contact_key, name, v) for name, v in sorted(values.items())})
 
 
-def _with_field_hashes(lf: pl.LazyFrame, key: bytes | None) -> pl.LazyFrame:
-    """Adds ``field_hashes`` (null without a key). Runs on the changed rows only, so its cost
-    follows the change, not the audience."""
-    if key is None:
-        return lf.with_columns(pl.lit(None, pl.String).alias("field_hashes"))
-
-    def hashes(rows: pl.Series) -> pl.Series:
-        return pl.Series(
-            [payload_field_hashes(key, r["contact_key"], r["payload"]) for r in rows],
-            dtype=pl.String(),
-        )
-
-    return lf.with_columns(
-        pl.struct("contact_key", "payload")
-        .map_batches(hashes, return_dtype=pl.String())
-        .alias("field_hashes")
-    )
+def with_field_hashes(plan: pl.DataFrame, key: bytes) -> pl.DataFrame:
+    """``plan`` with ``field_hashes``: each subscribe's keyed field hashes (:func:`field_hash`),
+    null for the other actions. Computed for rows being sent or shown only (a batch, a dry
+    run), so the cost follows the change, not the audience."""
+    digest = _field_hasher(key)
+    rows = plan.select("contact_key", "action", "payload").iter_rows()
+    hashes = [_payload_hashes(digest, k, p) if a == "subscribe" else None for k, a, p in rows]
+    return plan.with_columns(pl.Series("field_hashes", hashes, dtype=pl.String()))
 
 
 def _with_payload_hash(lf: pl.LazyFrame) -> pl.LazyFrame:
@@ -160,10 +168,8 @@ def plan_sync(
     destination: str,
     audience: str,
     mode: SyncMode = "upsert",
-    field_key: bytes | None = None,
 ) -> pl.LazyFrame:
-    """Rows to send for one audience: ``contact_key, email, action, payload, payload_hash,
-    field_hashes`` (the last one null unless ``field_key`` is given; see :func:`field_hash`).
+    """Rows to send for one audience: ``contact_key, email, action, payload, payload_hash``.
 
     ``members`` are the segment's rows with a ``payload`` (the mapped fields; without one, the
     first and last name) and optionally a boolean ``holdout``.
@@ -237,7 +243,6 @@ def plan_sync(
     return (
         candidates.join(previous, on="contact_key", how="left")
         .filter(changed)
-        .pipe(_with_field_hashes, field_key)
         .select(list(PLAN_SCHEMA))
         .sort(pl.col("action").replace_strict(ACTION_ORDER, return_dtype=pl.Int8), "contact_key")
     )
@@ -266,12 +271,6 @@ def platform_batches(plan: pl.DataFrame, size: int) -> Iterator[pl.DataFrame]:
             yield group.slice(start, size)
 
 
-def _field_hashes_column(batch: pl.DataFrame) -> pl.Expr:
-    if "field_hashes" in batch.columns:
-        return pl.col("field_hashes").cast(pl.String)
-    return pl.lit(None, pl.String).alias("field_hashes")
-
-
 def ledger_rows(
     batch: pl.DataFrame,
     *,
@@ -284,10 +283,15 @@ def ledger_rows(
 ) -> pl.DataFrame:
     """Ledger rows for one platform batch of plan rows.
 
+    A batch that went through :func:`with_field_hashes` also records each subscribe's
+    ``field_hashes``, from which a later plan tells which fields an update changes.
+
     ``errors=None`` records the intent (every row ``pending``, written before the request);
     otherwise ``errors`` maps each contact key of the batch to the platform's error for it, or
     ``None`` when it was accepted (``ok``).
     """
+    if "field_hashes" not in batch.columns:
+        batch = batch.with_columns(pl.lit(None, pl.String).alias("field_hashes"))
     if errors is None:
         status = pl.lit("pending")
         error = pl.lit(None, pl.String)
@@ -319,5 +323,5 @@ def ledger_rows(
         error.alias("error"),
         pl.lit(run_id).alias("run_id"),
         pl.lit(synced_at).cast(UTC_MICROS).alias("synced_at"),
-        _field_hashes_column(batch),
+        "field_hashes",
     ).cast(LEDGER_SCHEMA)  # type: ignore[arg-type]

@@ -27,6 +27,7 @@ from tasks.core.sync import (
     field_hash_key,
     ledger_rows,
     plan_sync,
+    with_field_hashes,
 )
 from tasks.errors import ConfigError
 from tasks.publish_report import budget_holds, planned_calls
@@ -128,18 +129,18 @@ def _contacts(*keys: str, out: tuple[str, ...] = ()) -> pl.LazyFrame:
     ).lazy()
 
 
-def _sent(plan: pl.DataFrame) -> pl.LazyFrame:
+def _sent(plan: pl.DataFrame, key: bytes | None = KEY) -> pl.LazyFrame:
     where = dict(destination="mc", audience="L", segment="s", run_id="r", synced_at=NOW)
-    rows = ledger_rows(plan, **where, errors=dict.fromkeys(plan["contact_key"]))  # type: ignore[arg-type]
-    return rows.lazy()
+    ok = dict.fromkeys(plan["contact_key"])
+    batch = with_field_hashes(plan, key) if key is not None else plan
+    return ledger_rows(batch, **where, errors=ok).lazy()  # type: ignore[arg-type]
 
 
 def test_creates_updates_and_the_fields_that_changed_with_masked_samples() -> None:
     first_members = _members(ann=("Ann", 1.0), bob=("Bob", 2.0), cy=("Cy", 3.0))
     contacts = _contacts("ann", "bob", "cy", "dee")
     empty = pl.LazyFrame(schema=LEDGER_SCHEMA)
-    first = plan_sync(first_members, contacts, empty, destination="mc", audience="L",
-                      field_key=KEY).collect()  # fmt: skip
+    first = plan_sync(first_members, contacts, empty, destination="mc", audience="L").collect()
     ledger = _sent(first)
     stored = ledger.collect()
     assert stored["field_hashes"].null_count() == 0
@@ -147,9 +148,8 @@ def test_creates_updates_and_the_fields_that_changed_with_masked_samples() -> No
 
     members = _members(ann=("Ann", 9.0), bob=("Rob", 8.0), cy=("Cy", 3.0), dee=("Dee", 4.0))
     contacts = _contacts("ann", "bob", "dee", out=("cy",))
-    plan = plan_sync(members, contacts, ledger, destination="mc", audience="L",
-                     field_key=KEY).collect()  # fmt: skip
-    classified = classify_changes(plan, ledger, destination="mc", audience="L")
+    plan = plan_sync(members, contacts, ledger, destination="mc", audience="L").collect()
+    classified = classify_changes(plan, ledger, destination="mc", audience="L", field_key=KEY)
     summary = summarise_changes(classified, identifier_fields={"FNAME"})
     assert (summary.creates, summary.updates, summary.unsubscribes) == (1, 2, 1)
     assert summary.top_fields == (("LTV", 2), ("FNAME", 1))
@@ -164,11 +164,11 @@ def test_a_ledger_without_field_hashes_gives_updates_with_unknown_fields() -> No
     members = _members(ann=("Ann", 1.0))
     empty = pl.LazyFrame(schema=LEDGER_SCHEMA)
     first = plan_sync(members, _contacts("ann"), empty, destination="mc", audience="L").collect()
-    old = _sent(first).drop("field_hashes")  # written before the column existed
+    old = _sent(first, key=None).drop("field_hashes")  # written before the column existed
     changed = _members(ann=("Ann", 2.0))
-    plan = plan_sync(changed, _contacts("ann"), old, destination="mc", audience="L",
-                     field_key=KEY).collect()  # fmt: skip
-    summary = summarise_changes(classify_changes(plan, old, destination="mc", audience="L"))
+    plan = plan_sync(changed, _contacts("ann"), old, destination="mc", audience="L").collect()
+    where = dict(destination="mc", audience="L", field_key=KEY)
+    summary = summarise_changes(classify_changes(plan, old, **where))  # type: ignore[arg-type]
     assert (summary.updates, summary.updates_fields_unknown, summary.top_fields) == (1, 1, ())
 
 
