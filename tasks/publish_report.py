@@ -22,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.connectors.destinations import open_platform
 from tasks.connectors.destinations.protocol import Destination as Platform
+from tasks.connectors.destinations.protocol import PlannedOperation
 from tasks.connectors.lake import Lake
 from tasks.core.change_summary import ChangeSummary, classify_changes, summarise_changes
 from tasks.core.config import Destination, PipelineConfig
@@ -43,6 +44,7 @@ from tasks.resources import open_lake, pepper
 
 PLAN_TABLE_KEY = "publish-plan"
 PLAN_MARKDOWN_KEY = "publish-plan-detail"
+CLI_SAMPLE_ROWS = 3
 PLAN_TEMPLATE = "publish plan %s/%s: %s; %s"
 """The line logged per audience before sending: changes, then calls and minimum time."""
 
@@ -75,9 +77,13 @@ def planned_calls(platform: Platform, changes: ChangeSummary, batch_size: int) -
     for size in engine_batches(subscribes, batch_size):
         calls += platform.planned_calls("upsert", size, retagged=min(retagged, size))
         retagged -= min(retagged, size)
-    for operation, count in (("unsubscribe", changes.unsubscribes), ("remove", changes.removals)):
+    others: tuple[tuple[PlannedOperation, int], ...] = (
+        ("unsubscribe", changes.unsubscribes),
+        ("remove", changes.removals),
+    )
+    for operation, count in others:
         for size in engine_batches(count, batch_size):
-            calls += platform.planned_calls(operation, size)  # type: ignore[arg-type]
+            calls += platform.planned_calls(operation, size)
     return calls
 
 
@@ -285,12 +291,15 @@ def show_publish_plan(
     )
 
 
-def render_plan_text(previews: Sequence[AudiencePreview]) -> list[str]:
-    """The plan for a terminal: two lines per audience, then its sample."""
+def render_plan_text(
+    previews: Sequence[AudiencePreview], *, sample_rows: int = CLI_SAMPLE_ROWS
+) -> list[str]:
+    """The plan for a terminal: two lines per audience, then the start of its sample (the
+    run page's artifact has all of it)."""
     lines: list[str] = []
     for p in previews:
         lines.append(f"  {p.destination + '/' + p.segment:<32} {describe_changes(p.changes)}")
         lines.append(f"  {'':<32} {describe_cost(p)}")
-        for s in p.changes.sample:
+        for s in p.changes.sample[:sample_rows]:
             lines.append(f"  {'':<34} {s.change:<11} {s.email:<24} {s.detail}".rstrip())
     return lines

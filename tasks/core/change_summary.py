@@ -183,6 +183,11 @@ def _sample(
     return tuple(rows)
 
 
+def _shown(value: Any, *, identifier: bool) -> str:
+    """A value as the sample shows it: masked when it identifies someone, ``(empty)`` if null."""
+    return "(empty)" if value is None else str(mask_json_value(value, identifier=identifier))
+
+
 def _sample_row(row: Mapping[str, Any], identifier_fields: Collection[str]) -> SampleRow:
     change: ChangeKind = row["change"]
     detail = ""
@@ -191,7 +196,7 @@ def _sample_row(row: Mapping[str, Any], identifier_fields: Collection[str]) -> S
         shown = row["changed_fields"]
         names = sorted(values) if change == "create" or shown is None else shown
         parts = [
-            f"{name}={mask_json_value(values[name], identifier=name in identifier_fields)}"
+            f"{name}={_shown(values[name], identifier=name in identifier_fields)}"
             for name in names
             if name in values
         ]

@@ -232,7 +232,7 @@ def test_dry_run_shows_the_change_sends_nothing_and_the_planner_counts_every_cal
     assert f"3 creates, 4 updates ({amount} 3, {NAME_FIELD[platform.kind]} 1)" in out
     assert "2 removals, 1 unsubscribes, 0 holdouts" in out
     assert "@example.com" not in out and "s***@e***.com" in out
-    assert "Zed4" not in out and f"{NAME_FIELD[platform.kind]}=Z***" in out  # a name is masked
+    assert "Ann8" not in out and f"{NAME_FIELD[platform.kind]}=A***" in out  # names masked
 
     # The run page: a table row per audience and the detail with a masked sample.
     row = json.loads(str(artifacts(PLAN_TABLE_KEY)[0].data))[0]
@@ -241,7 +241,8 @@ def test_dry_run_shows_the_change_sends_nothing_and_the_planner_counts_every_cal
     detail = str(artifacts(PLAN_MARKDOWN_KEY)[0].data)
     assert "dry run: nothing is sent" in detail and "| 3 | 4 | 2 | 1 | 0 |" in detail
     assert "@example.com" not in detail and "| s***@e***.com | update |" in detail
-    assert f"{amount}=520.0" in detail  # person 1's new amount (not an identifier)
+    assert f"{amount}=520.0" in detail  # person 2's new amount (not an identifier)
+    assert "Zed4" not in detail and f"{NAME_FIELD[platform.kind]}=Z***" in detail
 
     # The real publish: the planner priced exactly the calls the stand-in then received.
     before = len(platform.server.requests)
