@@ -12,7 +12,7 @@ which the platform applies as an idempotent upsert), and treats a pending subscr
 possibly on the list, so a contact who opts out meanwhile is still unsubscribed.
 
 Next to the payload hash, a subscribe's ledger row keeps ``field_hashes``: per field (and the
-tags), a short HMAC of the value keyed with a key derived from the pepper
+tags), a short keyed BLAKE2b hash of the value, with a key derived from the pepper
 (:func:`field_hash`). The ledger never holds a value, yet the next plan can tell which fields
 an update changes (:mod:`tasks.core.change_summary`). Rows from before the column have none.
 """
@@ -73,7 +73,7 @@ for a subscribe, empty for the other actions."""
 
 TAGS_FIELD = "(tags)"
 """The name under which a payload's tags are hashed next to its fields."""
-FIELD_HASH_CHARS = 16
+FIELD_HASH_BYTES = 8
 
 ACTION_ORDER = {"unsubscribe": 0, "remove": 1, "subscribe": 2, "holdout": 3}
 """Plan order: opt-outs first, so a batch limit or a crash never leaves them behind the rest."""
@@ -90,18 +90,16 @@ def field_hash_key(pepper: bytes) -> bytes:
 
 
 def field_hash(key: bytes, contact_key: str, name: str, value: object) -> str:
-    """Short HMAC-SHA256 of one field's value for one contact: equal values give equal hashes,
-    and the ledger, which keeps only this, never holds the value itself."""
+    """Short keyed hash (BLAKE2b in its keyed mode, a MAC) of one field's value for one contact:
+    equal values give equal hashes, and the ledger, which keeps only this, never holds the
+    value itself, nor can anyone without the key test a guess against it."""
     return _field_hasher(key)(contact_key, name, value)
 
 
 def _field_hasher(key: bytes) -> Callable[[str, str, object], str]:
-    keyed = hmac.new(key, digestmod=hashlib.sha256)  # the key's setup, done once
-
     def digest(contact_key: str, name: str, value: object) -> str:
-        h = keyed.copy()
-        h.update(f"{contact_key}\x1f{name}\x1f{json.dumps(value)}".encode())
-        return h.hexdigest()[:FIELD_HASH_CHARS]
+        message = f"{contact_key}\x1f{name}\x1f{json.dumps(value)}".encode()
+        return hashlib.blake2b(message, key=key, digest_size=FIELD_HASH_BYTES).hexdigest()
 
     return digest
 
