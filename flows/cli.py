@@ -91,6 +91,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return EXIT_HELD if kept else 0
 
 
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from tasks.core.config import load_pipeline
+
+    _use_secret_blocks()
+    load_pipeline(args.config, check_secrets=True)  # fail fast, before the flows are imported
+
+    from flows.publish import publish
+    from flows.summary import publish_summary
+
+    _before_flows(args)
+    reports = publish(
+        config_path=args.config,
+        segments=args.segment or None,
+        dry_run=args.dry_run,
+        override_hold=args.override_hold,
+    )
+    print("\n".join(publish_summary(reports)))
+    kept = [p for p in reports if p.outcome in ("held", "skipped")]
+    for p in kept:
+        print(f"{p.outcome}: {p.destination}/{p.segment}: {p.held or p.skipped}", file=sys.stderr)
+    return EXIT_HELD if kept else 0
+
+
 def _cmd_maintain(args: argparse.Namespace) -> int:
     from tasks.core.config import load_pipeline
 
@@ -395,6 +418,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--segment", action="append", help="only this segment (repeatable)")
     run.add_argument("--override-hold", action="store_true", help="publish audiences that are held")
     run.set_defaults(func=_cmd_run)
+
+    publish = sub.add_parser(
+        "publish",
+        help="publish the gold audiences only (no ingest or transform); --dry-run shows the "
+        "plan: changes, fields, API calls and send time",
+    )
+    publish.add_argument("--config", default=config_default, help=config_help)
+    publish.add_argument("--dry-run", action="store_true", help="plan the publish, send nothing")
+    publish.add_argument("--segment", action="append", help="only this segment (repeatable)")
+    publish.add_argument(
+        "--override-hold", action="store_true", help="publish audiences that are held"
+    )
+    publish.set_defaults(func=_cmd_publish)
 
     maintain = sub.add_parser(
         "maintain", help="compact, Z-order, checkpoint and vacuum the lake's tables"

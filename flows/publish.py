@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from prefect import State, flow
 
@@ -12,6 +12,7 @@ from tasks.core.tables import AUDIENCE
 from tasks.errors import ConfigError
 from tasks.lineage import destination_asset_key, lake_asset_key, materialise
 from tasks.publish import emit_publish_event, publish_audience, publish_holds, with_outcome
+from tasks.publish_report import budget_holds, preview_publish, show_publish_plan
 from tasks.readback import ReadbackReport, read_before_push
 from tasks.reports import PublishReport
 from tasks.resources import open_lake
@@ -27,10 +28,10 @@ def publish(
 ) -> list[PublishReport]:
     """Send each audience's changes; ``dry_run`` plans without sending.
 
-    Before each destination list's first push of the run, its platform opt-outs since the last
-    read are read into ``bronze/platform_suppressions`` (task ``read-platform-suppressions``)
-    and the push honours them; a failed read holds that audience's subscribes and updates
-    (``override_hold`` does not lift it). A dry run reads nothing (see :mod:`tasks.readback`).
+    First every audience is planned and priced (:mod:`tasks.publish_report`): the run page gets
+    a ``publish-plan`` table and a ``publish-plan-detail`` markdown artifact (creates, updates
+    and the fields they change, removals, unsubscribes, holdouts, a masked sample, API calls and
+    the minimum send time), and an audience over a ``send_budget`` is held.
 
     An audience is held when a source feeding it was quarantined too much, an error-level
     volume anomaly hit what feeds it, or it would lose too many members at once (see
@@ -55,6 +56,11 @@ def publish(
     if unknown:
         raise ConfigError(f"publish: unknown segment(s) {unknown}; known: {sorted(known)}")
     holds = publish_holds(open_lake(), config)
+    previews = preview_publish(config, segments)
+    for key, reason in budget_holds(config, previews).items():
+        holds[key] = f"{holds[key]}; {reason}" if key in holds else reason
+    show_publish_plan(previews, holds, run_id=run_id, dry_run=dry_run)
+    planned = {(p.destination, p.segment): p for p in previews}
     for (name, segment), reason in sorted(holds.items()):
         if segments and segment not in segments:
             continue
@@ -99,7 +105,7 @@ def publish(
                 # above all) from going out: the run fails once every audience was tried.
                 failed.append(state)
                 continue
-            reports.append(state.result())
+            reports.append(replace(state.result(), preview=planned.get((name, segment))))
     for report in reports:
         if report.outcome in ("held", "skipped"):
             emit_publish_event(report, run_id=run_id)
@@ -129,7 +135,8 @@ def publish(
     table_artifact(
         "publish-results",
         [
-            {k: v for k, v in asdict(r).items() if k != "errors"} | {"outcome": r.outcome}
+            {k: v for k, v in asdict(r).items() if k not in ("errors", "preview")}
+            | {"outcome": r.outcome}
             for r in reports
         ],
         "Contacts sent per destination and segment",

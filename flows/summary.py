@@ -7,6 +7,8 @@ import polars as pl
 from flows.pipeline import PipelineReport
 from tasks.connectors.lake import Lake
 from tasks.core.tables import QUARANTINE
+from tasks.publish_report import render_plan_text
+from tasks.reports import PublishReport
 
 
 def lake_summary(lake: Lake, report: PipelineReport) -> str:
@@ -28,9 +30,21 @@ def lake_summary(lake: Lake, report: PipelineReport) -> str:
     lines += ["", "audience size per segment:"]
     for segment, size in report.transform.audience_sizes.items():
         lines.append(f"  {segment:<28} {size:>9,}")
-    lines += ["", "published this run:"]
+    lines += ["", *publish_summary(report.publish)]
+    return "\n".join(lines)
+
+
+def publish_summary(reports: list[PublishReport]) -> list[str]:
+    """What the publish planned (counts, fields, calls, a masked sample) and what it sent."""
+    lines = []
+    previews = [p.preview for p in reports if p.preview is not None]
+    if previews:
+        dry = any(p.dry_run for p in reports)
+        lines += [f"publish plan{' (dry run: nothing sent)' if dry else ''}:",
+                  *render_plan_text(previews), ""]  # fmt: skip
+    lines.append("published this run:")
     total = 0
-    for p in report.publish:
+    for p in reports:
         total += p.sent
         status = f"held: {p.held}" if p.held else ("dry run" if p.dry_run else "")
         extra = f"  removed {p.removed:,}" if p.removed else ""
@@ -42,4 +56,4 @@ def lake_summary(lake: Lake, report: PipelineReport) -> str:
             f"  failed {p.failed:>5,}{extra}  {status}".rstrip()
         )
     lines.append(f"contacts published: {total:,}")
-    return "\n".join(lines)
+    return lines

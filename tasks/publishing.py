@@ -59,11 +59,13 @@ from tasks.core.masking import mask_emails
 from tasks.core.sync import (
     NEVER_HELD,
     RECORDED_ONLY,
+    field_hash_key,
     ledger_rows,
     plan_sync,
     platform_batches,
     releasable,
     send_windows,
+    with_field_hashes,
 )
 from tasks.core.tables import (
     AUDIENCE,
@@ -329,9 +331,12 @@ def _send(
     tally = _Tally()
     if sendable.height == 0:
         return tally
+    from tasks.resources import pepper
+
     audience = target.config.list_id
     where = dict(destination=target.destination_name, audience=audience,
                  segment=target.segment, run_id=target.run_id)  # fmt: skip
+    key = field_hash_key(pepper()[0])  # the ledger's keyed field hashes
     platform = open_sink(target.destination)
     try:
         if (sendable["action"] == "subscribe").any():
@@ -346,7 +351,10 @@ def _send(
                 tally.skipped = sendable.height - kept.height
                 sendable = kept
         size = window_size(platform.limits, window_batches)
-        batches = platform_batches(sendable, target.destination.batch_size)
+        batches = (
+            with_field_hashes(batch, key)
+            for batch in platform_batches(sendable, target.destination.batch_size)
+        )
 
         def dispatch(batch: pl.DataFrame) -> dict[str, str | None]:
             return _dispatch(platform, audience, batch["action"][0], batch, target.config.tags)

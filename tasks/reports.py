@@ -6,6 +6,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from tasks.core.change_summary import ChangeSummary
+from tasks.core.send_budget import EMPTY_ESTIMATE, SendEstimate
+
 PublishOutcome = Literal["sent", "held", "skipped", "dry_run"]
 
 
@@ -40,6 +43,21 @@ class TableReport:
 
 
 @dataclass(frozen=True)
+class AudiencePreview:
+    """What one audience's publish will change and cost, worked out before anything is sent:
+    the changes against the sync ledger and the send-budget planner's estimate."""
+
+    destination: str
+    segment: str
+    audience: str
+    changes: ChangeSummary = field(default_factory=ChangeSummary)
+    estimate: SendEstimate = EMPTY_ESTIMATE
+    unpriced: str | None = None
+    """Why the calls could not be priced (the adapter would not open: a missing secret...);
+    the publish then meets the same error on its own, for this audience only."""
+
+
+@dataclass(frozen=True)
 class PublishReport:
     """What one publish of one audience did.
 
@@ -70,6 +88,8 @@ class PublishReport:
     removed: int = 0
     held_out: int = 0
     suppressed: int = 0
+    preview: AudiencePreview | None = None
+    """The plan this publish started from (the dry-run view), when the flow made one."""
 
     @property
     def outcome(self) -> PublishOutcome:

@@ -36,7 +36,12 @@ from tasks.core.config_base import SourceBase as SourceBase
 from tasks.core.config_engine import EngineConfig
 from tasks.core.config_events import EventSource
 from tasks.core.config_maintenance import MaintenanceConfig
-from tasks.core.config_publish import AudienceConfig, coerce_audiences, resolved_fields
+from tasks.core.config_publish import (
+    AudienceConfig,
+    BudgetOption,
+    coerce_audiences,
+    resolved_fields,
+)
 from tasks.core.config_rest import UNION_TAGS as _REST_UNION_TAGS
 from tasks.core.config_rest import RestSource
 from tasks.core.config_sql_files import FileDropS3 as FileDropS3
@@ -102,7 +107,7 @@ class Segment(Model):
         return compile_predicate(self.where, FEATURE_COLUMNS)
 
 
-class MailchimpDestination(Model, TransportOptions):
+class MailchimpDestination(Model, TransportOptions, BudgetOption):
     kind: Literal["mailchimp"]
     base_url: str = Field(description="e.g. https://us6.api.mailchimp.com")
     api_key: SecretRef
@@ -120,7 +125,7 @@ class MailchimpDestination(Model, TransportOptions):
         yield "base_url", self.base_url
 
 
-class KlaviyoDestination(Model, TransportOptions):
+class KlaviyoDestination(Model, TransportOptions, BudgetOption):
     """A Klaviyo account (private API key), publishing to static lists by id."""
 
     kind: Literal["klaviyo"]
@@ -160,7 +165,7 @@ class KlaviyoDestination(Model, TransportOptions):
         yield "base_url", self.base_url
 
 
-class HubSpotDestination(Model, TransportOptions):
+class HubSpotDestination(Model, TransportOptions, BudgetOption):
     """A HubSpot portal (private app token), publishing to MANUAL contact lists by id."""
 
     kind: Literal["hubspot"]

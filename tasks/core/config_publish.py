@@ -14,6 +14,7 @@ first/last-name fields, no holdout) or an object::
         LASTORDER: {column: last_order_at, type: date}
         SEGMENT: {value: "{segment}"}
       tags: [lake]
+      send_budget: {max_calls: 2000, max_minutes: 30}   # else the audience is held
 
 A field takes its value from a gold column (``column``: any ``gold/customer_features`` or
 ``gold/audience_members`` column) or is a constant (``value``; ``{segment}`` in a text constant
@@ -29,6 +30,8 @@ import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tasks.core.send_budget import SendBudget
 
 FieldType = Literal["text", "number", "date", "boolean"]
 SyncMode = Literal["upsert", "mirror"]
@@ -102,6 +105,22 @@ class AudienceConfig(_Model):
         description="Platform field -> mapping. Unset: the platform's first and last name.",
     )
     tags: tuple[str, ...] = Field(default=(), description="Tags every member carries.")
+    send_budget: SendBudget | None = Field(
+        default=None,
+        description="Hold this audience when its publish would need more API calls, or a "
+        "longer minimum send time, than this (unsubscribes still go out).",
+    )
+
+
+class BudgetOption(BaseModel):
+    """``send_budget`` of a destination: a ceiling on all its audiences of one run together."""
+
+    send_budget: SendBudget | None = Field(
+        default=None,
+        description="Hold every audience of this destination when their publishes together "
+        "would need more API calls, or a longer minimum send time, than this (unsubscribes "
+        "still go out).",
+    )
 
 
 DEFAULT_NAME_FIELDS: dict[str, dict[str, str]] = {

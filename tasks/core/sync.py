@@ -21,11 +21,19 @@ fail on it (Mailchimp refuses to change a cleaned address). A contact who opted 
 platform or list is unsubscribed here like any opt-out. Either way no subscribe or update goes
 out for them; a ``suppressed`` row is settled, so later runs plan nothing for that person
 until a newer opt-in than the platform's opt-out reaches gold.
+
+Next to the payload hash, a subscribe's ledger row keeps ``field_hashes``: per field (and the
+tags), a short keyed BLAKE2b hash of the value, with a key derived from the pepper
+(:func:`field_hash`). The ledger never holds a value, yet the next plan can tell which fields
+an update changes (:mod:`tasks.core.change_summary`). Rows from before the column have none.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+import hashlib
+import hmac
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Literal, get_args
 
@@ -80,12 +88,63 @@ PLAN_SCHEMA: dict[str, pl.DataType] = {
 """A plan row: ``payload`` is the JSON the platform gets (:func:`tasks.core.mapping.payload_expr`)
 for a subscribe, empty for the other actions."""
 
+TAGS_FIELD = "(tags)"
+"""The name under which a payload's tags are hashed next to its fields."""
+FIELD_HASH_BYTES = 8
+
 ACTION_ORDER = {"unsubscribe": 0, "suppressed": 1, "remove": 2, "subscribe": 3, "holdout": 4}
 """Plan order: opt-outs first, so a batch limit or a crash never leaves them behind the rest."""
 
 ON_LIST_ACTIONS = ("subscribe",)
 """Last actions after which the platform may hold the contact on the list (sent, refused as an
 update, or pending without an answer)."""
+
+
+def field_hash_key(pepper: bytes) -> bytes:
+    """The key of :func:`field_hash`, derived from the contact-key pepper (never the pepper
+    itself, so a field hash can never be mistaken for, or help compute, a contact key)."""
+    return hmac.new(pepper, b"audience-lake sync_ledger field hashes", hashlib.sha256).digest()
+
+
+def field_hash(key: bytes, contact_key: str, name: str, value: object) -> str:
+    """Short keyed hash (BLAKE2b in its keyed mode, a MAC) of one field's value for one contact:
+    equal values give equal hashes, and the ledger, which keeps only this, never holds the
+    value itself, nor can anyone without the key test a guess against it."""
+    return _field_hasher(key)(contact_key, name, value)
+
+
+def _field_hasher(key: bytes) -> Callable[[str, str, object], str]:
+    def digest(contact_key: str, name: str, value: object) -> str:
+        message = f"{contact_key}\x1f{name}\x1f{json.dumps(value)}".encode()
+        return hashlib.blake2b(message, key=key, digest_size=FIELD_HASH_BYTES).hexdigest()
+
+    return digest
+
+
+def payload_field_hashes(key: bytes, contact_key: str, payload: str | None) -> str | None:
+    """``{field: field_hash}`` as JSON for one payload (its tags as :data:`TAGS_FIELD`)."""
+    return _payload_hashes(_field_hasher(key), contact_key, payload)
+
+
+def _payload_hashes(
+    digest: Callable[[str, str, object], str], contact_key: str, payload: str | None
+) -> str | None:
+    if not payload:
+        return None
+    decoded = json.loads(payload)
+    values: dict[str, object] = dict(decoded.get("fields") or {})
+    values[TAGS_FIELD] = sorted(decoded.get("tags") or [])
+    return json.dumps({name: digest(contact_key, name, v) for name, v in sorted(values.items())})
+
+
+def with_field_hashes(plan: pl.DataFrame, key: bytes) -> pl.DataFrame:
+    """``plan`` with ``field_hashes``: each subscribe's keyed field hashes (:func:`field_hash`),
+    null for the other actions. Computed for rows being sent or shown only (a batch, a dry
+    run), so the cost follows the change, not the audience."""
+    digest = _field_hasher(key)
+    rows = plan.select("contact_key", "action", "payload").iter_rows()
+    hashes = [_payload_hashes(digest, k, p) if a == "subscribe" else None for k, a, p in rows]
+    return plan.with_columns(pl.Series("field_hashes", hashes, dtype=pl.String()))
 
 
 def _with_payload_hash(lf: pl.LazyFrame) -> pl.LazyFrame:
@@ -292,10 +351,15 @@ def ledger_rows(
 ) -> pl.DataFrame:
     """Ledger rows for one platform batch of plan rows.
 
+    A batch that went through :func:`with_field_hashes` also records each subscribe's
+    ``field_hashes``, from which a later plan tells which fields an update changes.
+
     ``errors=None`` records the intent (every row ``pending``, written before the request);
     otherwise ``errors`` maps each contact key of the batch to the platform's error for it, or
     ``None`` when it was accepted (``ok``).
     """
+    if "field_hashes" not in batch.columns:
+        batch = batch.with_columns(pl.lit(None, pl.String).alias("field_hashes"))
     if errors is None:
         status = pl.lit("pending")
         error = pl.lit(None, pl.String)
@@ -327,4 +391,5 @@ def ledger_rows(
         error.alias("error"),
         pl.lit(run_id).alias("run_id"),
         pl.lit(synced_at).cast(UTC_MICROS).alias("synced_at"),
+        "field_hashes",
     ).cast(LEDGER_SCHEMA)  # type: ignore[arg-type]

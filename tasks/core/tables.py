@@ -214,6 +214,9 @@ LEDGER_SCHEMA: dict[str, pl.DataType] = {
     "error": pl.String(),
     "run_id": pl.String(),
     "synced_at": UTC_MICROS,
+    # JSON: platform field -> short keyed hash of the value sent (never the value); null for
+    # actions without fields and for rows written before the column existed.
+    "field_hashes": pl.String(),
 }
 LEDGER_KEYS = ["destination", "audience", "contact_key"]
 

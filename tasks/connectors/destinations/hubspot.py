@@ -37,6 +37,7 @@ order, and a batch naming someone still in flight waits for it.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -57,6 +58,7 @@ from tasks.connectors.destinations.protocol import (
     FieldValue,
     Limits,
     Member,
+    PlannedOperation,
     RecordResult,
     Suppression,
     SuppressionPage,
@@ -65,6 +67,7 @@ from tasks.connectors.destinations.wire import chunks, parse_timestamp
 from tasks.connectors.http import RequestBudget, RetryPolicy, build_client, send_with_retries
 from tasks.connectors.redact import redact, register_secret
 from tasks.core.config import HubSpotDestination
+from tasks.core.send_budget import CallCount, RateBudget, RateWindow
 from tasks.core.settings import resolve_secret
 from tasks.errors import PublishError
 
@@ -78,6 +81,11 @@ WINDOW_SLACK_SECONDS = 0.5
 # Batches in flight at once. HubSpot states no concurrency cap; the burst budget is the ceiling,
 # and a batch call takes long enough (hundreds of ms) that one at a time reaches half of it.
 MAX_IN_FLIGHT = 10
+DAILY_QUOTA = 250_000  # Free/Starter; higher tiers allow more
+RATE_BUDGET = RateBudget(
+    "hubspot", (RateWindow(BURST_PER_WINDOW, WINDOW_SECONDS), RateWindow(DAILY_QUOTA, 86_400.0))
+)
+"""For the send-budget planner: every call draws on the app's 10-second burst and daily quota."""
 MEMBERSHIP_PAGE = 250
 MAX_MEMBERSHIP_PAGES = 20_000
 CURSOR_OVERLAP = timedelta(minutes=1)
@@ -255,6 +263,23 @@ class HubSpot:
 
     def close(self) -> None:
         self._client.close()
+
+    def planned_calls(
+        self, operation: PlannedOperation, members: int, *, retagged: int = 0
+    ) -> list[CallCount]:
+        """Per batch of ``batch_size``: an upsert and a list add; a status write; or a batch
+        read and a list remove. One properties read for the field check. (A batch that repeats
+        an email is split; the planner does not foresee that.)"""
+        if operation == "fields":
+            return [CallCount("properties read", 1, RATE_BUDGET)]
+        batches = math.ceil(members / self._batch_size)
+        if operation == "upsert":
+            return [CallCount("batch upsert", batches, RATE_BUDGET),
+                    CallCount("list add", batches, RATE_BUDGET)]  # fmt: skip
+        if operation == "unsubscribe":
+            return [CallCount("status write", batches, RATE_BUDGET)]
+        return [CallCount("batch read", batches, RATE_BUDGET),
+                CallCount("list remove", batches, RATE_BUDGET)]  # fmt: skip
 
     def _pipelined(
         self,

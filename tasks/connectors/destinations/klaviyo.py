@@ -47,6 +47,7 @@ error message is redacted, so the API key never appears.
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
 import time
@@ -66,6 +67,7 @@ from tasks.connectors.destinations.protocol import (
     FieldValue,
     Limits,
     Member,
+    PlannedOperation,
     RecordResult,
     Suppression,
     SuppressionPage,
@@ -75,6 +77,7 @@ from tasks.connectors.destinations.wire import chunks, parse_timestamp
 from tasks.connectors.http import RetryPolicy, build_client, send_with_retries
 from tasks.connectors.redact import redact, register_secret
 from tasks.core.config import KlaviyoDestination
+from tasks.core.send_budget import CallCount, RateBudget, RateWindow
 from tasks.core.settings import resolve_secret
 from tasks.errors import PublishError
 
@@ -117,6 +120,11 @@ RATE_CLASSES: dict[str, tuple[int, int]] = {
     "list_writes": (10, 150),  # POST / DELETE list relationships
     "deletion": (3, 60),  # data privacy deletion jobs
 }
+RATE_BUDGETS: dict[str, RateBudget] = {
+    name: RateBudget(f"klaviyo {name}", (RateWindow(burst, 1.0), RateWindow(steady, 60.0)))
+    for name, (burst, steady) in RATE_CLASSES.items()
+}
+"""The same limits for the send-budget planner."""
 REASONS: dict[str, SuppressionStatus] = {
     "UNSUBSCRIBE": "unsubscribed",
     "USER_SUPPRESSED": "unsubscribed",
@@ -254,6 +262,29 @@ class Klaviyo:
     def paced_seconds(self) -> float:
         """Seconds spent waiting for the client-side rate budget."""
         return sum(pacer.waited for pacer in self._pacers.values())
+
+    def planned_calls(
+        self, operation: PlannedOperation, members: int, *, retagged: int = 0
+    ) -> list[CallCount]:
+        """Per import job of ``batch_size`` profiles: the job, one poll (a job that takes
+        longer is polled again every ``poll_interval``) and one import-error read. Unsubscribes:
+        one job per 100. Removals: one profile lookup per 100, one list delete per 1,000. No
+        field check (Klaviyo has no field catalogue). Tags are a property: ``retagged`` is free.
+        Jobs cut early by the 4.5 MB payload budget are not foreseen."""
+        if operation == "upsert":
+            jobs = math.ceil(members / self._batch_size)
+            return [CallCount("import job", jobs, RATE_BUDGETS["import"]),
+                    CallCount("import job poll", jobs, RATE_BUDGETS["import"]),
+                    CallCount("import errors read", jobs, RATE_BUDGETS["import"])]  # fmt: skip
+        if operation == "unsubscribe":
+            calls = math.ceil(members / UNSUBSCRIBE_MAX)
+            return [CallCount("unsubscribe job", calls, RATE_BUDGETS["consent"])]
+        if operation == "remove":
+            return [CallCount("profile lookup", math.ceil(members / LOOKUP_MAX),
+                              RATE_BUDGETS["reads"]),
+                    CallCount("list remove", math.ceil(members / LIST_WRITE_MAX),
+                              RATE_BUDGETS["list_writes"])]  # fmt: skip
+        return []
 
     def close(self) -> None:
         for pacer in self._pacers.values():

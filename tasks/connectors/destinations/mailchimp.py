@@ -49,6 +49,7 @@ from tasks.connectors.destinations.protocol import (
     FieldValue,
     Limits,
     Member,
+    PlannedOperation,
     RecordResult,
     Suppression,
     SuppressionPage,
@@ -65,6 +66,7 @@ from tasks.connectors.http import (
 )
 from tasks.connectors.redact import redact, register_secret
 from tasks.core.config import MailchimpDestination
+from tasks.core.send_budget import CallCount, RateBudget, RateWindow
 from tasks.core.settings import resolve_secret
 from tasks.core.sync import SyncAction
 from tasks.errors import PublishError
@@ -73,6 +75,9 @@ MAX_BATCH = 500
 """Members per batch subscribe call (the spec's ``members`` description)."""
 MAX_CONNECTIONS = 10
 """Simultaneous connections Mailchimp allows per account (spec ``info.description``)."""
+RATE_BUDGET = RateBudget("mailchimp", (RateWindow(MAX_CONNECTIONS, 1.0),))
+"""For the send-budget planner: Mailchimp documents a connection cap, not a rate; at about one
+second per call (a 500-member batch takes that) 10 connections give 10 calls a second."""
 PAGE_SIZE = 1000
 """Members per read (``count`` maximum)."""
 MAX_PAGES = 10_000
@@ -184,6 +189,22 @@ class Mailchimp:
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._client.close()
+
+    def planned_calls(
+        self, operation: PlannedOperation, members: int, *, retagged: int = 0
+    ) -> list[CallCount]:
+        """Batch subscribe calls of ``batch_size`` (upserts and unsubscribes), one tag call per
+        retagged member (tags ride in the batch only for new members), one archive per removal,
+        one merge-field read for the field check."""
+        batches = math.ceil(members / self._batch_size)
+        if operation == "fields":
+            return [CallCount("merge-field read", 1, RATE_BUDGET)]
+        if operation == "upsert":
+            return [CallCount("batch subscribe", batches, RATE_BUDGET),
+                    CallCount("tag update", retagged, RATE_BUDGET)]  # fmt: skip
+        if operation == "unsubscribe":
+            return [CallCount("batch subscribe", batches, RATE_BUDGET)]
+        return [CallCount("member archive", members, RATE_BUDGET)]
 
     # -- protocol ------------------------------------------------------------------------------
     def probe(self, audiences: Sequence[str], *, policy: RetryPolicy | None = None) -> str:

@@ -17,9 +17,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import ClassVar, Literal, Protocol
 
+from tasks.core.send_budget import CallCount
+
 FieldType = Literal["text", "number", "date", "boolean"]
 FieldValue = str | int | float | bool | None
 SuppressionStatus = Literal["unsubscribed", "bounced", "cleaned", "spam_complaint"]
+PlannedOperation = Literal["fields", "upsert", "unsubscribe", "remove"]
+"""What the send-budget planner asks an adapter to price: the field check at the start of a
+publish, and one call of each write method."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,16 @@ class Destination(Protocol):
 
     def erase(self, emails: Sequence[str]) -> Iterator[ErasureResult]:
         """Ask the platform to delete these people for good (privacy erasure)."""
+        ...
+
+    def planned_calls(
+        self, operation: PlannedOperation, members: int, *, retagged: int = 0
+    ) -> list[CallCount]:
+        """The requests one call of ``operation`` with ``members`` people makes when every
+        request succeeds at once (no retries or refusals; an asynchronous job finished by its
+        first poll), each with the documented rate budget it draws on. ``retagged``: members of
+        an upsert already on the list whose tags change. ``"fields"`` prices the field check
+        (``members`` is ignored; creating missing fields is not counted). Sends nothing."""
         ...
 
     def close(self) -> None: ...
