@@ -29,6 +29,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.sorting import ArtifactSort
 
+import flows.publish
 from flows.cli import main
 from flows.publish import publish
 from infra.sandbox._http import StandInServer
@@ -244,10 +245,24 @@ def test_dry_run_shows_the_change_sends_nothing_and_the_planner_counts_every_cal
     assert f"{amount}=520.0" in detail  # person 2's new amount (not an identifier)
     assert "Zed4" not in detail and f"{NAME_FIELD[platform.kind]}=Z***" in detail
 
-    # The real publish: the planner priced exactly the calls the stand-in then received.
+    # The real publish: the planner priced exactly the calls the stand-in then received once
+    # the platform's opt-outs were read back (a read whose page count the plan cannot know,
+    # made before the push: its requests are only reads).
+    read_done: list[int] = []
+    read_before_push = flows.publish.read_before_push
+
+    def read_then_mark(*args: Any, **kwargs: Any) -> Any:
+        result = read_before_push(*args, **kwargs)
+        read_done.append(len(platform.server.requests))
+        return result
+
+    monkeypatch.setattr(flows.publish, "read_before_push", read_then_mark)
     before = len(platform.server.requests)
     report, _ = run_publish(world)
-    made = platform.server.requests[before:]
+    assert len(read_done) == 1
+    reads = platform.server.requests[before : read_done[0]]
+    assert reads and all(m == "GET" or path.endswith("/read") for m, path in reads), reads
+    made = platform.server.requests[read_done[0] :]
     assert report.preview is not None
     planned = report.preview.estimate
     assert planned.calls == len(made), (planned, made)
