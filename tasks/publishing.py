@@ -46,7 +46,7 @@ from tasks.connectors.lake import Lake
 from tasks.connectors.leases import Lease, LeaseState, LeaseStore, lease_key
 from tasks.core.config import FEATURE_COLUMNS, Destination, PublishConfig
 from tasks.core.config_publish import AudienceConfig, FieldMapping, resolved_fields
-from tasks.core.mapping import holdout_expr, mapped_columns, payload_expr
+from tasks.core.mapping import mapped_columns, payload_expr
 from tasks.core.masking import mask_emails
 from tasks.core.sync import (
     NEVER_HELD,
@@ -65,7 +65,15 @@ from tasks.core.tables import (
 )
 from tasks.core.tables import SYNC_LEDGER as SYNC_LEDGER
 from tasks.errors import PublishError
+from tasks.publish_reads import (
+    ReadPins,
+    latest_consent,
+    read_gold,
+    resolve_pins,
+    with_gold_holdouts,
+)
 from tasks.reports import PublishReport
+from tasks.sync_history import SendReads, record_sends
 
 LEASE_POLL_SECONDS = 0.5
 MAX_ERRORS_REPORTED = 20
@@ -84,50 +92,57 @@ def ledger(lake: Lake) -> pl.LazyFrame:
     return pl.LazyFrame(schema=LEDGER_SCHEMA)
 
 
-def audience_members(lake: Lake, segment: str) -> pl.LazyFrame:
-    """One segment's rows of ``gold/audience_members``; none before gold was ever built (a first
-    run whose contact source failed), so the publish reports its hold instead of crashing."""
-    if not lake.exists(AUDIENCE):
+def audience_members(lake: Lake, segment: str, pins: ReadPins | None = None) -> pl.LazyFrame:
+    """One segment's rows of ``gold/audience_members`` (at the pinned version); none before gold
+    was ever built (a first run whose contact source failed), so the publish reports its hold
+    instead of crashing."""
+    members = read_gold(lake, AUDIENCE, pins)
+    if members is None:
         return pl.LazyFrame(schema=AUDIENCE_SCHEMA)
-    return lake.scan(AUDIENCE).filter(pl.col("segment") == segment)
+    return members.filter(pl.col("segment") == segment)
 
 
 def publishable_members(
-    lake: Lake, kind: str, segment: str, audience: AudienceConfig, *, pepper: bytes | None = None
+    lake: Lake, kind: str, segment: str, audience: AudienceConfig, *, pins: ReadPins | None = None
 ) -> pl.LazyFrame:
-    """The segment's members with their mapped ``payload`` and ``holdout`` assignment."""
+    """The segment's members with their mapped ``payload`` and ``holdout`` assignment (read
+    from ``gold/audience_holdouts``: :func:`tasks.publish_reads.with_gold_holdouts`)."""
     fields = resolved_fields(kind, audience)
-    members = audience_members(lake, segment)
+    members = audience_members(lake, segment, pins)
     have = set(members.collect_schema().names())
     wanted = sorted(mapped_columns(fields) - have)
     if wanted:
-        members = members.join(_features(lake, wanted), on="contact_key", how="left")
+        members = members.join(_features(lake, wanted, pins), on="contact_key", how="left")
     schema = members.collect_schema()
     members = members.with_columns(payload_expr(fields, audience.tags, segment, schema))
     if audience.holdout > 0:
-        if pepper is None:
-            from tasks.resources import pepper as lake_pepper
-
-            pepper = lake_pepper()[0]
-        return members.with_columns(holdout_expr(segment, audience.holdout, pepper))
+        return with_gold_holdouts(members, lake, segment, audience.holdout, pins)
     return members.with_columns(pl.lit(False).alias("holdout"))
 
 
-def _features(lake: Lake, columns: list[str]) -> pl.LazyFrame:
-    if lake.exists(FEATURES):
-        return lake.scan(FEATURES).select("contact_key", *columns)
+def _features(lake: Lake, columns: list[str], pins: ReadPins | None) -> pl.LazyFrame:
+    features = read_gold(lake, FEATURES, pins)
+    if features is not None:
+        return features.select("contact_key", *columns)
     schema = {"contact_key": pl.String(), **{c: FEATURE_COLUMNS[c] for c in columns}}
     return pl.LazyFrame(schema=schema)
 
 
 def plan_audience(
-    lake: Lake, destination_name: str, destination: Destination, segment: str
+    lake: Lake,
+    destination_name: str,
+    destination: Destination,
+    segment: str,
+    *,
+    pins: ReadPins | None = None,
+    consent: pl.LazyFrame | None = None,
 ) -> pl.DataFrame:
-    """What one publish of ``segment`` to ``destination`` would do (see :func:`plan_sync`)."""
+    """What one publish of ``segment`` to ``destination`` would do (see :func:`plan_sync`):
+    gold at ``pins``, consent at its latest version (``consent``, or read now)."""
     audience = destination.audiences[segment]
-    members = publishable_members(lake, destination.kind, segment, audience)
+    members = publishable_members(lake, destination.kind, segment, audience, pins=pins)
     return plan_sync(
-        members, current_consent(lake), ledger(lake),
+        members, latest_consent(lake).frame if consent is None else consent, ledger(lake),
         destination=destination_name, audience=audience.list_id, mode=audience.mode,
     ).collect()  # fmt: skip
 
@@ -202,16 +217,19 @@ def publish_segment(
     dry_run: bool = False,
     hold: str | None = None,
     open_sink: Callable[[Destination], Platform] = open_platform,
+    pins: ReadPins | None = None,
 ) -> PublishReport:
     """Publish one segment's audience to one destination list (see the module docstring).
 
     A ``hold`` delays subscribes, updates and removals; unsubscribes go out regardless. A dry
     run plans and sends nothing (and claims nothing). ``open_sink`` opens the platform adapter.
+    Gold is read at ``pins`` (default: the versions current now), consent at its latest version.
     """
     logger = get_run_logger()
     config = destination.audiences[segment]
     audience = config.list_id
-    members = audience_members(lake, segment)
+    pins = pins or resolve_pins(lake)
+    members = audience_members(lake, segment, pins)
     base = PublishReport(
         destination=destination_name,
         segment=segment,
@@ -224,7 +242,7 @@ def publish_segment(
         held=hold,
         dry_run=dry_run,
     )
-    plan = plan_audience(lake, destination_name, destination, segment)
+    plan = plan_audience(lake, destination_name, destination, segment, pins=pins)
     if dry_run:
         logger.warning("publish %s/%s: dry run, %d planned, nothing sent",
                        destination_name, segment, plan.height)  # fmt: skip
@@ -244,9 +262,13 @@ def publish_segment(
     claim = _Claim(store, got, settings.lease_seconds)
     try:
         # Planned again under the claim: a run that waited sees what the holder recorded.
-        plan = plan_audience(lake, destination_name, destination, segment)
+        consent = latest_consent(lake)
+        plan = plan_audience(
+            lake, destination_name, destination, segment, pins=pins, consent=consent.frame
+        )
         sendable = releasable(plan.lazy(), held=held, dry_run=False).collect()
-        target = _Target(destination_name, destination, segment, config, run_id)
+        reads = SendReads({**pins.versions, **consent.versions}, as_of_run=pins.as_of_run)
+        target = _Target(destination_name, destination, segment, config, run_id, reads)
         tally = _send(lake, claim, open_sink, target, sendable)
     finally:
         store.release(claim.lease, now=_utc_now())
@@ -283,6 +305,7 @@ class _Target:
     segment: str
     config: AudienceConfig
     run_id: str
+    reads: SendReads
 
     @property
     def fields(self) -> dict[str, FieldMapping]:
@@ -325,7 +348,9 @@ def _send(
             if action != "holdout":
                 _commit(lake, ledger_rows(batch, **where, synced_at=_utc_now(), errors=None))
             outcome = _dispatch(platform, audience, action, batch, target.config.tags)
-            _commit(lake, ledger_rows(batch, **where, synced_at=_utc_now(), errors=outcome))
+            results = ledger_rows(batch, **where, synced_at=_utc_now(), errors=outcome)
+            record_sends(lake, results, target.reads)  # before the ledger: a send is never lost
+            _commit(lake, results)
             _count(tally, action, batch, outcome)
     finally:
         platform.close()
