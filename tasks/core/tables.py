@@ -14,10 +14,10 @@ Layers (see ``docs/architecture.md``):
   :mod:`tasks.core.incremental`); ``silver/contacts``, ``silver/orders``, ``silver/events``:
   validated, deduplicated, one row per person / order / event (columns: the contracts
   ``SilverContact``, ``SilverOrder``, ``SilverEvent`` in :mod:`tasks.core.contracts`).
-- ``gold/customer_features`` (columns: :data:`tasks.core.feature_catalog.FEATURE_COLUMNS`)
-  and ``gold/audience_members`` (partitioned by segment).
+- ``gold/customer_features`` (columns: :data:`tasks.core.feature_catalog.FEATURE_COLUMNS`),
+  ``gold/audience_members`` and ``gold/audience_holdouts`` (both partitioned by segment).
 - ``ops/...``: the pipeline's own records (quarantine, volumes, alerts, source runs, the sync
-  ledger, publish leases, the run audit).
+  ledger and sync history, publish leases, the run audit).
 
 Write modes: ``merge`` (upsert on the keys, rows that changed only), ``append_once`` (an
 append carrying a batch id, committed at most once), ``insert_new`` (rows whose keys are new),
