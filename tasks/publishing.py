@@ -8,8 +8,12 @@ The order of the steps is what makes a publish safe to crash and to run twice at
    holder sent and plans only the rest;
 3. for each platform batch: renew the claim (from the second batch on; a renewal fails if
    another run took the list), commit the batch's rows to the ledger as ``pending`` (the
-   intent), send the batch, commit each contact's result;
+   intent), send the batch, append the results to ``ops/sync_history``
+   (:mod:`tasks.sync_history`), commit each contact's result to the ledger;
 4. release the claim.
+
+Gold is read at the publish's pinned versions and consent at its latest version
+(:mod:`tasks.publish_reads`).
 
 A crash at any point therefore leaves at most one batch per audience sent but not recorded as
 sent; the next run sends that batch again (a batch upsert keyed by email is idempotent on the
@@ -17,11 +21,12 @@ platform) and everything else exactly once.
 
 What is sent comes from the audience's configuration (:mod:`tasks.core.config_publish`): each
 member's mapped fields (:mod:`tasks.core.mapping`), its mode (``mirror`` removes leavers) and
-its holdout. Each batch holds one action and goes to the platform adapter of
-:data:`tasks.connectors.destinations.PLATFORMS` as one ``upsert``, ``unsubscribe`` or ``remove``;
-holdout rows are only recorded. Before the first upsert the platform's fields are checked
-(``ensure_fields``, creating them when ``create_fields``); when they do not match, the
-audience's unsubscribes still go out and the publish then fails naming the fields.
+its holdout (recorded in ``gold/audience_holdouts``). Each batch holds one action and goes to
+the platform adapter of :data:`tasks.connectors.destinations.PLATFORMS` as one ``upsert``,
+``unsubscribe`` or ``remove``; holdout rows are only recorded. Before the first upsert the
+platform's fields are checked (``ensure_fields``, creating them when ``create_fields``); when
+they do not match, the audience's unsubscribes still go out and the publish then fails naming
+the fields.
 """
 
 from __future__ import annotations
