@@ -174,6 +174,14 @@ def test_consent_and_unknown_tables_cannot_be_pinned(
     assert code == 2 and "'no-such-run' has no recorded publish" in capsys.readouterr().err
     assert setup.mailchimp.members(LIST) == {}  # nothing was sent by any of them
 
+    history = ["sync", "history", "--config", str(setup.config), "--email"]
+    assert main([*history, "nobody@example.com"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("contact v") and "0 send(s)" in out and "nobody@" not in out
+    assert main([*history, "not an address@"]) == 2
+    err = capsys.readouterr().err
+    assert "--email is not a valid email address" in err and "not an address" not in err
+
 
 def test_holdouts_come_from_gold_are_never_sent_and_survive_a_resize(
     setup: Setup, tmp_path: Path
