@@ -63,7 +63,6 @@ from tasks.core.sync import (
 from tasks.core.tables import (
     AUDIENCE,
     AUDIENCE_SCHEMA,
-    CONTACTS,
     FEATURES,
     LEDGER_KEYS,
     LEDGER_SCHEMA,
@@ -150,14 +149,6 @@ def plan_audience(
         members, latest_consent(lake).frame if consent is None else consent, ledger(lake),
         destination=destination_name, audience=audience.list_id, mode=audience.mode,
     ).collect()  # fmt: skip
-
-
-def current_consent(lake: Lake) -> pl.LazyFrame:
-    """``silver/contacts``' keys, emails and consent; no one before silver was ever built."""
-    if not lake.exists(CONTACTS):
-        schema = {"contact_key": pl.String, "email": pl.String, "consent_status": pl.String}
-        return pl.LazyFrame(schema=schema)
-    return lake.scan(CONTACTS)
 
 
 def holder_id(run_id: str) -> str:
