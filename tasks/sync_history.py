@@ -1,4 +1,4 @@
-"""``ops/sync_history``: every send per contact, and what it was sent, re-read by time travel.
+"""``ops/sync_history``: every send per contact, with the Delta versions its publish read.
 
 ``ops/sync_ledger`` holds the latest send per contact and list (a MERGE: the plan's memory).
 The history keeps every one, append-only: action, status, payload hash, run, and the Delta
@@ -53,7 +53,7 @@ def record_sends(lake: Lake, results: pl.DataFrame, reads: SendReads) -> bool:
         digest.update(b"\x1e")
     batch = (
         f"sync-history:{first['run_id']}:{first['destination']}:{first['audience']}:"
-        f"{digest.hexdigest()[:32]}"
+        f"{first['segment']}:{digest.hexdigest()[:32]}"
     )
     return lake.append_once(SYNC_HISTORY, rows, batch_id=batch)
 
