@@ -93,9 +93,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_publish(args: argparse.Namespace) -> int:
     from tasks.core.config import load_pipeline
+    from tasks.core.pins import parse_version_pins
 
     _use_secret_blocks()
     load_pipeline(args.config, check_secrets=True)  # fail fast, before the flows are imported
+    try:
+        versions = parse_version_pins(args.version or [])
+    except ValueError as exc:
+        raise AudienceLakeError(str(exc)) from None
 
     from flows.publish import publish
     from flows.summary import publish_summary
@@ -106,12 +111,20 @@ def _cmd_publish(args: argparse.Namespace) -> int:
         segments=args.segment or None,
         dry_run=args.dry_run,
         override_hold=args.override_hold,
+        as_of_run=args.as_of_run,
+        versions=versions or None,
     )
     print("\n".join(publish_summary(reports)))
     kept = [p for p in reports if p.outcome in ("held", "skipped")]
     for p in kept:
         print(f"{p.outcome}: {p.destination}/{p.segment}: {p.held or p.skipped}", file=sys.stderr)
     return EXIT_HELD if kept else 0
+
+
+def _cmd_sync_history(args: argparse.Namespace) -> int:
+    from flows.sync_history import show_sync_history
+
+    return show_sync_history(args.config, email=args.email, contact_key=args.contact_key)
 
 
 def _cmd_maintain(args: argparse.Namespace) -> int:
@@ -421,16 +434,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     publish = sub.add_parser(
         "publish",
-        help="publish the gold audiences only (no ingest or transform); --dry-run shows the "
-        "plan: changes, fields, API calls and send time",
+        help="publish the gold audiences only (no ingest or transform), optionally pinned to "
+        "past gold versions; --dry-run shows the plan: changes, fields, API calls and send time",
     )
     publish.add_argument("--config", default=config_default, help=config_help)
-    publish.add_argument("--dry-run", action="store_true", help="plan the publish, send nothing")
     publish.add_argument("--segment", action="append", help="only this segment (repeatable)")
+    publish.add_argument("--dry-run", action="store_true", help="plan the publish, send nothing")
     publish.add_argument(
         "--override-hold", action="store_true", help="publish audiences that are held"
     )
+    publish.add_argument(
+        "--as-of-run",
+        metavar="RUN_ID",
+        help="read gold at the versions this past run read (consent is always the latest)",
+    )
+    publish.add_argument(
+        "--version",
+        action="append",
+        metavar="TABLE=N",
+        help="read this gold table at version N, e.g. gold/audience_members=12 (repeatable)",
+    )
     publish.set_defaults(func=_cmd_publish)
+
+    sync = sub.add_parser("sync", help="the sync history: what each send carried, and why")
+    sync_sub = sync.add_subparsers(dest="sync_command", required=True, metavar="SUBCOMMAND")
+    sync_history = sync_sub.add_parser(
+        "history", help="every send to one person: action, status, run, gold version, values"
+    )
+    sync_history.add_argument("--config", default=config_default, help=config_help)
+    person = sync_history.add_mutually_exclusive_group(required=True)
+    person.add_argument("--email", help="the person's email (never printed)")
+    person.add_argument("--contact-key", help="the person's contact key")
+    sync_history.set_defaults(func=_cmd_sync_history)
 
     maintain = sub.add_parser(
         "maintain", help="compact, Z-order, checkpoint and vacuum the lake's tables"
@@ -526,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     receive.set_defaults(func=_cmd_receive_events)
 
-    for command in sub.choices.values():  # `audience-lake run --debug` works as well
+    for command in [*sub.choices.values(), sync_history]:  # `run --debug` works as well
         command.add_argument(
             "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
         )

@@ -12,6 +12,7 @@ from tasks.core.tables import AUDIENCE
 from tasks.errors import ConfigError
 from tasks.lineage import destination_asset_key, lake_asset_key, materialise
 from tasks.publish import emit_publish_event, publish_audience, publish_holds, with_outcome
+from tasks.publish_reads import resolve_pins
 from tasks.publish_report import budget_holds, preview_publish, show_publish_plan
 from tasks.readback import ReadbackReport, read_before_push
 from tasks.reports import PublishReport
@@ -25,6 +26,8 @@ def publish(
     segments: list[str] | None = None,
     dry_run: bool = False,
     override_hold: bool = False,
+    as_of_run: str | None = None,
+    versions: dict[str, int] | None = None,
 ) -> list[PublishReport]:
     """Send each audience's changes; ``dry_run`` plans without sending.
 
@@ -48,6 +51,11 @@ def publish(
         segments: Only these segments (names from pipeline.yaml); empty: every audience.
         dry_run: Plan the changes and report them without sending anything.
         override_hold: Publish held audiences anyway (the run says so); use after checking why.
+        as_of_run: Read gold at the Delta versions this past run read (its run id in
+            ``ops/sync_history`` or ``ops/runs``): send what it sent. Consent is still read at
+            its latest version, so an opt-out made since always wins.
+        versions: Read these gold tables at these versions (``{table: version}``);
+            wins over ``as_of_run`` for the tables it names.
     """
     config = load_config(config_path)
     run_id = current_run_id()
@@ -55,8 +63,10 @@ def publish(
     unknown = sorted(set(segments or []) - known)
     if unknown:
         raise ConfigError(f"publish: unknown segment(s) {unknown}; known: {sorted(known)}")
-    holds = publish_holds(open_lake(), config)
-    previews = preview_publish(config, segments)
+    pins = resolve_pins(open_lake(), as_of_run=as_of_run, versions=versions)
+    print(f"publish reads {pins.describe()}; consent at its latest version")
+    holds = publish_holds(open_lake(), config, pins=pins)
+    previews = preview_publish(config, segments, pins)
     for key, reason in budget_holds(config, previews).items():
         holds[key] = f"{holds[key]}; {reason}" if key in holds else reason
     show_publish_plan(previews, holds, run_id=run_id, dry_run=dry_run)
@@ -98,6 +108,7 @@ def publish(
                 dry_run=dry_run,
                 hold=hold,
                 settings=config.publish,
+                pins=pins,
                 return_state=True,
             )
             if not state.is_completed():

@@ -21,6 +21,7 @@ from tasks.connectors.lake import Lake
 from tasks.core.anomaly import audience_removals, held_segments, removal_hold, source_audiences
 from tasks.core.config import Destination, PipelineConfig, PublishConfig
 from tasks.core.tables import AUDIENCE, BRONZE_PREFIX, SYNC_LEDGER, VOLUME_METRICS
+from tasks.publish_reads import ReadPins
 from tasks.publishing import plan_audience, publish_segment
 from tasks.reports import PublishReport, publish_state_name
 from tasks.resources import open_lake
@@ -37,7 +38,9 @@ __all__ = [
 ]
 
 
-def publish_holds(lake: Lake, config: PipelineConfig) -> dict[tuple[str, str], str]:
+def publish_holds(
+    lake: Lake, config: PipelineConfig, *, pins: ReadPins | None = None
+) -> dict[tuple[str, str], str]:
     """Why each held audience must wait: ``(destination, segment) -> reason``.
 
     An audience is held (docs/architecture.md, *Safety rules*) when, in the latest run,
@@ -54,7 +57,7 @@ def publish_holds(lake: Lake, config: PipelineConfig) -> dict[tuple[str, str], s
 
     A hold delays subscribes, updates and removals: the unsubscribes of people who opted out are
     sent hold or no hold (:data:`tasks.core.sync.NEVER_HELD`). Warnings never hold. The
-    ``override_hold`` flow parameter publishes anyway.
+    ``override_hold`` flow parameter publishes anyway. Removals are counted on gold at ``pins``.
     """
     by_segment: dict[str, list[str]] = {}
     for segment, reason in _quarantine_holds(lake, config):
@@ -67,7 +70,7 @@ def publish_holds(lake: Lake, config: PipelineConfig) -> dict[tuple[str, str], s
     for name, destination in config.destinations.items():
         for segment in destination.audiences:
             reasons = list(by_segment.get(segment, []))
-            removal = _removal_hold(lake, config, name, destination, segment)
+            removal = _removal_hold(lake, config, name, destination, segment, pins)
             if removal is not None:
                 reasons.append(removal)
             if reasons:
@@ -104,11 +107,16 @@ def _quarantine_holds(lake: Lake, config: PipelineConfig) -> list[tuple[str, str
 
 
 def _removal_hold(
-    lake: Lake, config: PipelineConfig, name: str, destination: Destination, segment: str
+    lake: Lake,
+    config: PipelineConfig,
+    name: str,
+    destination: Destination,
+    segment: str,
+    pins: ReadPins | None,
 ) -> str | None:
     if not lake.exists(SYNC_LEDGER) or not lake.exists(AUDIENCE):
         return None
-    plan = plan_audience(lake, name, destination, segment).lazy()
+    plan = plan_audience(lake, name, destination, segment, pins=pins).lazy()
     audience = destination.audiences[segment].list_id
     ledger = lake.scan(SYNC_LEDGER)
     counts = audience_removals(plan, ledger, destination=name, audience=audience).collect()
@@ -186,8 +194,10 @@ def publish_audience(
     dry_run: bool = False,
     hold: str | None = None,
     settings: PublishConfig | None = None,
+    pins: ReadPins | None = None,
 ) -> PublishReport:
-    """Send the changes of one segment's audience to one destination list.
+    """Send the changes of one segment's audience to one destination list (gold read at
+    ``pins``, default the versions current when it starts).
 
     Ends ``Completed`` when the audience was published, ``Held`` when a hold kept its
     subscribes and updates back (its unsubscribes were still sent) and ``Skipped`` when another
@@ -195,6 +205,6 @@ def publish_audience(
     """
     report = publish_segment(
         open_lake(), destination_name, destination, segment, run_id=run_id,
-        settings=settings or PublishConfig(), dry_run=dry_run, hold=hold,
+        settings=settings or PublishConfig(), dry_run=dry_run, hold=hold, pins=pins,
     )  # fmt: skip
     return with_outcome([report], report)

@@ -38,6 +38,7 @@ from tasks.core.send_budget import (
 )
 from tasks.core.sync import field_hash_key
 from tasks.errors import AudienceLakeError
+from tasks.publish_reads import ReadPins
 from tasks.publishing import ledger, plan_audience
 from tasks.reports import AudiencePreview
 from tasks.resources import open_lake, pepper
@@ -94,11 +95,12 @@ def preview_audience(
     segment: str,
     *,
     open_sink: Callable[[Destination], Platform] = open_platform,
+    pins: ReadPins | None = None,
 ) -> AudiencePreview:
-    """Plan one audience against the ledger and price it; sends nothing (the adapter is opened
-    only to ask for its prices)."""
+    """Plan one audience against the ledger and price it (gold at ``pins``); sends nothing (the
+    adapter is opened only to ask for its prices)."""
     list_id = destination.audiences[segment].list_id
-    plan = plan_audience(lake, destination_name, destination, segment)
+    plan = plan_audience(lake, destination_name, destination, segment, pins=pins)
     key = field_hash_key(pepper()[0])
     classified = classify_changes(
         plan, ledger(lake), destination=destination_name, audience=list_id, field_key=key
@@ -184,7 +186,7 @@ def describe_cost(p: AudiencePreview) -> str:
 
 @task(cache_policy=NO_CACHE, task_run_name="plan-publish")
 def preview_publish(
-    config: PipelineConfig, segments: Sequence[str] | None = None
+    config: PipelineConfig, segments: Sequence[str] | None = None, pins: ReadPins | None = None
 ) -> list[AudiencePreview]:
     """Every audience's plan and send estimate (only ``segments`` when given), logged."""
     logger = get_run_logger()
@@ -194,7 +196,7 @@ def preview_publish(
         for segment in destination.audiences:
             if segments and segment not in segments:
                 continue
-            preview = preview_audience(lake, name, destination, segment)
+            preview = preview_audience(lake, name, destination, segment, pins=pins)
             log_plan(logger, preview)
             previews.append(preview)
     return previews

@@ -16,6 +16,10 @@ The order of the steps is what makes a publish safe to crash and to run twice at
    recorded before anything else is sent;
 4. release the claim.
 
+Each window's results are appended to ``ops/sync_history`` (:mod:`tasks.sync_history`) before
+the ledger records them. Gold is read at the publish's pinned versions and consent at its latest
+version (:mod:`tasks.publish_reads`).
+
 A crash at any point therefore leaves at most one window - W batches - per audience sent but
 not recorded as sent; the next run sends those batches again (a batch upsert keyed by email is
 idempotent on the platform) and everything else exactly once. A run costs two ledger commits
@@ -23,8 +27,9 @@ for its first window and one for each later one, instead of two per batch.
 
 What is sent comes from the audience's configuration (:mod:`tasks.core.config_publish`): each
 member's mapped fields (:mod:`tasks.core.mapping`), its mode (``mirror`` removes leavers) and
-its holdout. Each batch holds one action and goes to the platform adapter of
-:data:`tasks.connectors.destinations.PLATFORMS` as one ``upsert``, ``unsubscribe`` or ``remove``;
+its holdout (recorded in ``gold/audience_holdouts``). Each batch holds one action and goes to
+the platform adapter of :data:`tasks.connectors.destinations.PLATFORMS` as one ``upsert``,
+``unsubscribe`` or ``remove``;
 holdout rows, and members the list reports as opted out (read back by :mod:`tasks.readback`
 just before the publish), are only recorded. Before the first upsert the platform's fields are
 checked (``ensure_fields``, creating them when ``create_fields``); when they do not match, the
@@ -54,7 +59,7 @@ from tasks.connectors.lake import Lake
 from tasks.connectors.leases import Lease, LeaseState, LeaseStore, lease_key
 from tasks.core.config import FEATURE_COLUMNS, Destination, PublishConfig
 from tasks.core.config_publish import AudienceConfig, FieldMapping, resolved_fields
-from tasks.core.mapping import holdout_expr, mapped_columns, payload_expr
+from tasks.core.mapping import mapped_columns, payload_expr
 from tasks.core.masking import mask_emails
 from tasks.core.sync import (
     NEVER_HELD,
@@ -70,16 +75,23 @@ from tasks.core.sync import (
 from tasks.core.tables import (
     AUDIENCE,
     AUDIENCE_SCHEMA,
-    CONTACTS,
     FEATURES,
     LEDGER_KEYS,
     LEDGER_SCHEMA,
 )
 from tasks.core.tables import SYNC_LEDGER as SYNC_LEDGER
 from tasks.errors import PublishError
+from tasks.publish_reads import (
+    ReadPins,
+    latest_consent,
+    read_gold,
+    resolve_pins,
+    with_gold_holdouts,
+)
 from tasks.readback import platform_opt_outs
 from tasks.reports import PublishReport
 from tasks.send_window import in_flight, send_window, window_size
+from tasks.sync_history import SendReads, record_sends
 
 LEASE_POLL_SECONDS = 0.5
 MAX_ERRORS_REPORTED = 20
@@ -98,50 +110,57 @@ def ledger(lake: Lake) -> pl.LazyFrame:
     return pl.LazyFrame(schema=LEDGER_SCHEMA)
 
 
-def audience_members(lake: Lake, segment: str) -> pl.LazyFrame:
-    """One segment's rows of ``gold/audience_members``; none before gold was ever built (a first
-    run whose contact source failed), so the publish reports its hold instead of crashing."""
-    if not lake.exists(AUDIENCE):
+def audience_members(lake: Lake, segment: str, pins: ReadPins | None = None) -> pl.LazyFrame:
+    """One segment's rows of ``gold/audience_members`` (at the pinned version); none before gold
+    was ever built (a first run whose contact source failed), so the publish reports its hold
+    instead of crashing."""
+    members = read_gold(lake, AUDIENCE, pins)
+    if members is None:
         return pl.LazyFrame(schema=AUDIENCE_SCHEMA)
-    return lake.scan(AUDIENCE).filter(pl.col("segment") == segment)
+    return members.filter(pl.col("segment") == segment)
 
 
 def publishable_members(
-    lake: Lake, kind: str, segment: str, audience: AudienceConfig, *, pepper: bytes | None = None
+    lake: Lake, kind: str, segment: str, audience: AudienceConfig, *, pins: ReadPins | None = None
 ) -> pl.LazyFrame:
-    """The segment's members with their mapped ``payload`` and ``holdout`` assignment."""
+    """The segment's members with their mapped ``payload`` and ``holdout`` assignment (read
+    from ``gold/audience_holdouts``: :func:`tasks.publish_reads.with_gold_holdouts`)."""
     fields = resolved_fields(kind, audience)
-    members = audience_members(lake, segment)
+    members = audience_members(lake, segment, pins)
     have = set(members.collect_schema().names())
     wanted = sorted(mapped_columns(fields) - have)
     if wanted:
-        members = members.join(_features(lake, wanted), on="contact_key", how="left")
+        members = members.join(_features(lake, wanted, pins), on="contact_key", how="left")
     schema = members.collect_schema()
     members = members.with_columns(payload_expr(fields, audience.tags, segment, schema))
     if audience.holdout > 0:
-        if pepper is None:
-            from tasks.resources import pepper as lake_pepper
-
-            pepper = lake_pepper()[0]
-        return members.with_columns(holdout_expr(segment, audience.holdout, pepper))
+        return with_gold_holdouts(members, lake, segment, audience.holdout, pins)
     return members.with_columns(pl.lit(False).alias("holdout"))
 
 
-def _features(lake: Lake, columns: list[str]) -> pl.LazyFrame:
-    if lake.exists(FEATURES):
-        return lake.scan(FEATURES).select("contact_key", *columns)
+def _features(lake: Lake, columns: list[str], pins: ReadPins | None) -> pl.LazyFrame:
+    features = read_gold(lake, FEATURES, pins)
+    if features is not None:
+        return features.select("contact_key", *columns)
     schema = {"contact_key": pl.String(), **{c: FEATURE_COLUMNS[c] for c in columns}}
     return pl.LazyFrame(schema=schema)
 
 
 def plan_audience(
-    lake: Lake, destination_name: str, destination: Destination, segment: str
+    lake: Lake,
+    destination_name: str,
+    destination: Destination,
+    segment: str,
+    *,
+    pins: ReadPins | None = None,
+    consent: pl.LazyFrame | None = None,
 ) -> pl.DataFrame:
-    """What one publish of ``segment`` to ``destination`` would do (see :func:`plan_sync`),
-    honouring the platform opt-outs already read back into the lake."""
+    """What one publish of ``segment`` to ``destination`` would do (see :func:`plan_sync`):
+    gold at ``pins``, consent at its latest version (``consent``, or read now), honouring the
+    platform opt-outs already read back into the lake."""
     audience = destination.audiences[segment]
-    members = publishable_members(lake, destination.kind, segment, audience)
-    contacts = current_consent(lake)
+    members = publishable_members(lake, destination.kind, segment, audience, pins=pins)
+    contacts = latest_consent(lake).frame if consent is None else consent
     opt_outs = platform_opt_outs(
         lake, contacts, destination_name=destination_name, audience=audience.list_id
     )
@@ -150,14 +169,6 @@ def plan_audience(
         destination=destination_name, audience=audience.list_id, mode=audience.mode,
         platform_opt_outs=opt_outs,
     ).collect()  # fmt: skip
-
-
-def current_consent(lake: Lake) -> pl.LazyFrame:
-    """``silver/contacts``' keys, emails and consent; no one before silver was ever built."""
-    if not lake.exists(CONTACTS):
-        schema = {"contact_key": pl.String, "email": pl.String, "consent_status": pl.String}
-        return pl.LazyFrame(schema=schema)
-    return lake.scan(CONTACTS)
 
 
 def holder_id(run_id: str) -> str:
@@ -223,16 +234,19 @@ def publish_segment(
     dry_run: bool = False,
     hold: str | None = None,
     open_sink: Callable[[Destination], Platform] = open_platform,
+    pins: ReadPins | None = None,
 ) -> PublishReport:
     """Publish one segment's audience to one destination list (see the module docstring).
 
     A ``hold`` delays subscribes, updates and removals; unsubscribes go out regardless. A dry
     run plans and sends nothing (and claims nothing). ``open_sink`` opens the platform adapter.
+    Gold is read at ``pins`` (default: the versions current now), consent at its latest version.
     """
     logger = get_run_logger()
     config = destination.audiences[segment]
     audience = config.list_id
-    members = audience_members(lake, segment)
+    pins = pins or resolve_pins(lake)
+    members = audience_members(lake, segment, pins)
     base = PublishReport(
         destination=destination_name,
         segment=segment,
@@ -245,7 +259,7 @@ def publish_segment(
         held=hold,
         dry_run=dry_run,
     )
-    plan = plan_audience(lake, destination_name, destination, segment)
+    plan = plan_audience(lake, destination_name, destination, segment, pins=pins)
     if dry_run:
         logger.warning("publish %s/%s: dry run, %d planned, nothing sent",
                        destination_name, segment, plan.height)  # fmt: skip
@@ -265,9 +279,13 @@ def publish_segment(
     claim = _Claim(store, got, settings.lease_seconds)
     try:
         # Planned again under the claim: a run that waited sees what the holder recorded.
-        plan = plan_audience(lake, destination_name, destination, segment)
+        consent = latest_consent(lake)
+        plan = plan_audience(
+            lake, destination_name, destination, segment, pins=pins, consent=consent.frame
+        )
         sendable = releasable(plan.lazy(), held=held, dry_run=False).collect()
-        target = _Target(destination_name, destination, segment, config, run_id)
+        reads = SendReads({**pins.versions, **consent.versions}, as_of_run=pins.as_of_run)
+        target = _Target(destination_name, destination, segment, config, run_id, reads)
         tally = _send(lake, claim, open_sink, target, sendable,
                       window_batches=settings.window_batches)  # fmt: skip
     finally:
@@ -306,6 +324,7 @@ class _Target:
     segment: str
     config: AudienceConfig
     run_id: str
+    reads: SendReads
 
     @property
     def fields(self) -> dict[str, FieldMapping]:
@@ -379,9 +398,12 @@ def _send(
                         _count(tally, batch["action"][0], batch, errors)
                     if outcome.answered:
                         answered = pl.concat([b for b, _ in outcome.answered], how="vertical")
-                        unrecorded.append(
-                            ledger_rows(answered, **where, synced_at=_utc_now(), errors=answers)
+                        results = ledger_rows(
+                            answered, **where, synced_at=_utc_now(), errors=answers
                         )
+                        # In the history before the ledger: a send is never lost from it.
+                        record_sends(lake, results, target.reads)
+                        unrecorded.append(results)
                     if outcome.failure is not None:
                         raise outcome.failure
             finally:

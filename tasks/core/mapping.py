@@ -6,9 +6,11 @@ the platform gets: text, numbers rounded to the configured decimals, dates forma
 The sync ledger hashes this text, so a changed attribute is an update and an unchanged one sends
 nothing.
 
-:func:`holdout_expr` assigns a member to an audience's holdout (control group) by a keyed hash
-of its contact key and the segment name: the same people on every run and every destination,
-and raising the share only adds people (nobody held out at 10 % is sent at 20 %).
+:func:`holdout_share` places a member of an audience's segment in [0, 1) by a keyed hash of its
+contact key and the segment name; the members below the audience's ``holdout`` share are its
+control group: the same people on every run and every destination, and raising the share only
+adds people (nobody held out at 10 % is sent at 20 %). The transform records the positions in
+gold (:mod:`tasks.engine.holdouts`) and the publish reads them from there.
 """
 
 from __future__ import annotations
@@ -80,16 +82,3 @@ def holdout_share(contact_key: str, segment: str, pepper: bytes) -> float:
     """Where a contact falls in [0, 1) for one segment: HMAC-SHA256(pepper, key + segment)."""
     digest = hmac.new(pepper, f"{contact_key}\x1f{segment}".encode(), hashlib.sha256).digest()
     return int.from_bytes(digest[:8], "big") / _UNIT
-
-
-def holdout_expr(segment: str, share: float, pepper: bytes) -> pl.Expr:
-    """``True`` for members in the segment's holdout of ``share`` (see :func:`holdout_share`)."""
-    if share <= 0:
-        return pl.lit(False).alias("holdout")
-    return (
-        pl.col("contact_key")
-        .map_elements(
-            lambda key: holdout_share(key, segment, pepper) < share, return_dtype=pl.Boolean
-        )
-        .alias("holdout")
-    )

@@ -14,10 +14,10 @@ Layers (see ``docs/architecture.md``):
   :mod:`tasks.core.incremental`); ``silver/contacts``, ``silver/orders``, ``silver/events``:
   validated, deduplicated, one row per person / order / event (columns: the contracts
   ``SilverContact``, ``SilverOrder``, ``SilverEvent`` in :mod:`tasks.core.contracts`).
-- ``gold/customer_features`` (columns: :data:`tasks.core.feature_catalog.FEATURE_COLUMNS`)
-  and ``gold/audience_members`` (partitioned by segment).
+- ``gold/customer_features`` (columns: :data:`tasks.core.feature_catalog.FEATURE_COLUMNS`),
+  ``gold/audience_members`` and ``gold/audience_holdouts`` (both partitioned by segment).
 - ``ops/...``: the pipeline's own records (quarantine, volumes, alerts, source runs, the sync
-  ledger, publish leases, the run audit).
+  ledger and sync history, publish leases, the run audit).
 
 Write modes: ``merge`` (upsert on the keys, rows that changed only), ``append_once`` (an
 append carrying a batch id, committed at most once), ``insert_new`` (rows whose keys are new),
@@ -46,6 +46,8 @@ from tasks.core.config_base import ROLE_FIELDS, SourceBase
 from tasks.core.feature_catalog import FEATURE_COLUMNS
 from tasks.core.incremental import LOG_COLUMNS
 from tasks.core.normalise import UTC_MICROS
+from tasks.core.publish_tables import HOLDOUTS_SCHEMA as HOLDOUTS_SCHEMA
+from tasks.core.publish_tables import SYNC_HISTORY_SCHEMA as SYNC_HISTORY_SCHEMA
 
 WriteMode = Literal["merge", "append_once", "insert_new", "log", "conditional_append"]
 Layer = Literal["bronze", "silver", "gold", "ops"]
@@ -94,11 +96,13 @@ ORDERS = "silver/orders"
 EVENTS = "silver/events"
 FEATURES = "gold/customer_features"
 AUDIENCE = "gold/audience_members"
+HOLDOUTS = "gold/audience_holdouts"
 QUARANTINE = "ops/quarantine"
 VOLUME_METRICS = "ops/volume_metrics"
 VOLUME_ALERTS = "ops/volume_alerts"
 SOURCE_RUNS = "ops/source_runs"
 SYNC_LEDGER = "ops/sync_ledger"
+SYNC_HISTORY = "ops/sync_history"
 PUBLISH_LEASES = "ops/publish_leases"
 RUNS = "ops/runs"
 ERASURE_REQUESTS = "ops/erasure_requests"
@@ -366,6 +370,15 @@ TABLES: dict[str, Table] = {
             cluster_by=("contact_key",),
         ),
         Table(
+            HOLDOUTS,
+            "Per member of an audience with a holdout: its keyed-hash position and whether it "
+            "is in the control group (never sent). Built by the transform, read by the publish.",
+            HOLDOUTS_SCHEMA,
+            keys=("segment", "contact_key"),
+            write="merge",
+            partition_by=("segment",),
+        ),
+        Table(
             QUARANTINE,
             "Rows that failed a contract or could not be read: the rule, the column, the row "
             "with its identifiers masked and the source record id.",
@@ -403,6 +416,15 @@ TABLES: dict[str, Table] = {
             LEDGER_SCHEMA,
             keys=tuple(LEDGER_KEYS),
             write="merge",
+            masked=("error",),
+        ),
+        Table(
+            SYNC_HISTORY,
+            "Every send per contact (append-only): action, status, payload hash, run, and the "
+            "Delta versions the publish read, so a past send can be re-read by time travel.",
+            SYNC_HISTORY_SCHEMA,
+            keys=("run_id", "destination", "audience", "contact_key", "synced_at"),
+            write="append_once",
             masked=("error",),
         ),
         Table(

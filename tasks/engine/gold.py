@@ -37,6 +37,7 @@ from tasks.core.segments import audience_members
 from tasks.core.tables import AUDIENCE, AUDIENCE_SCHEMA, CONTACTS, EVENTS, FEATURES, ORDERS
 from tasks.engine.checks import Checker
 from tasks.engine.delta import sync_table
+from tasks.engine.holdouts import build_holdouts
 from tasks.engine.reports import Logger, Metric, StageReport
 from tasks.reports import TableReport
 
@@ -69,6 +70,7 @@ def build_gold_tables(
         return StageReport(tables=[], metrics=[])
     checker = Checker(run_id=run_id, now=now, logger=logger)
     if contact_keys is not None and not contact_keys and lake.exists(FEATURES):
+        build_holdouts(lake, config, logger=logger)  # a holdout share may have changed
         return _gold_totals(lake, config, checker)  # nothing changed: counts only
     keys = None if contact_keys is None else pl.Series("contact_key", contact_keys, pl.String)
 
@@ -88,6 +90,7 @@ def build_gold_tables(
     ).select(list(FEATURE_COLUMNS))
     built = gold_rows(metrics, current, contacts, keys, config, checker=checker)
     commit_gold(lake, built)
+    build_holdouts(lake, config, logger=logger)
     tables = [
         TableReport(
             FEATURES,

@@ -205,14 +205,23 @@ class StagingWorld:
         from tasks.core.config import load_pipeline
         from tasks.core.contracts import QUARANTINE_SCHEMA
         from tasks.core.incremental import live_rows
-        from tasks.core.tables import AUDIENCE, CONTACTS, EVENTS, FEATURES, ORDERS, STAGED
+        from tasks.core.tables import (
+            AUDIENCE,
+            CONTACTS,
+            EVENTS,
+            FEATURES,
+            HOLDOUTS,
+            ORDERS,
+            STAGED,
+        )
         from tasks.publish import publish_holds
         from tasks.volume import VOLUME_METRICS
 
         with environment(self.env(lake_path)):
             config = load_pipeline(CONFIG)
             lake = Lake(str(lake_path))
-            tables = {t: lake.read(t) for t in (CONTACTS, ORDERS, EVENTS, FEATURES, AUDIENCE)}
+            built = (CONTACTS, ORDERS, EVENTS, FEATURES, AUDIENCE, HOLDOUTS)
+            tables = {t: lake.read(t) for t in built}
             tables |= {t: live_rows(lake.scan(t)).collect() for t in STAGED.values()}
             quarantine = (
                 lake.read("ops/quarantine")

@@ -11,7 +11,9 @@ from flows.pipeline import PipelineReport, pipeline
 from infra.sandbox.mailchimp import subscriber_hash
 from tasks.connectors.lake import Lake
 from tasks.core.config import load_pipeline
+from tasks.core.mapping import holdout_share
 from tasks.errors import SourceError
+from tasks.resources import pepper as lake_pepper
 from tests.flows.conftest import CONFIG, Sandbox
 
 pytestmark = pytest.mark.flow
@@ -30,6 +32,28 @@ def run(**kwargs: object) -> PipelineReport:
     return pipeline(config_path=CONFIG, **kwargs)  # type: ignore[arg-type]
 
 
+def assert_holdouts_from_gold_never_sent(
+    lake: Lake, sandbox: Sandbox, members: pl.DataFrame, ledger: pl.DataFrame
+) -> None:
+    """The champions' control group (pipeline.yaml: 10 %), as the transform recorded it in gold,
+    is what the publish held out, and none of it reached the platform."""
+    recorded = lake.read("gold/audience_holdouts").filter(pl.col("segment") == "champions")
+    champions = members.filter(pl.col("segment") == "champions")
+    assert set(recorded["contact_key"]) == set(champions["contact_key"]) != set()
+    pepper = lake_pepper()[0]
+    for contact_key, position in recorded.select("contact_key", "position").iter_rows():
+        assert position == holdout_share(contact_key, "champions", pepper)
+    held = set(recorded.filter("held_out")["contact_key"])
+    recorded_held = ledger.filter(
+        (pl.col("segment") == "champions") & (pl.col("status") == "holdout")
+    )
+    assert set(recorded_held["contact_key"]) == held
+    held_emails = set(champions.filter(pl.col("contact_key").is_in(list(held)))["email"])
+    on_list = {m["email_address"] for m in sandbox.mailchimp.members("list-champions").values()}
+    assert on_list and not on_list & held_emails
+    assert on_list == set(champions["email"]) - held_emails
+
+
 def sent(report: PipelineReport) -> int:
     return sum(p.sent for p in report.publish)
 
@@ -41,8 +65,8 @@ def test_pipeline_end_to_end_then_rerun_changes_nothing(sandbox: Sandbox, lake_e
     assert set(lake.tables()) >= {
         "bronze/crm_contacts", "bronze/orders", "bronze/web_events", "bronze/enrichment",
         "silver/contacts", "silver/orders", "silver/events",
-        "gold/customer_features", "gold/audience_members",
-        "ops/quarantine", "ops/volume_metrics", "ops/sync_ledger",
+        "gold/customer_features", "gold/audience_members", "gold/audience_holdouts",
+        "ops/quarantine", "ops/volume_metrics", "ops/sync_ledger", "ops/sync_history",
     }  # fmt: skip
     # Every silver table balances: nothing silently dropped.
     assert all(t.balanced for t in first.transform.tables), first.transform.tables
@@ -68,6 +92,7 @@ def test_pipeline_end_to_end_then_rerun_changes_nothing(sandbox: Sandbox, lake_e
         assert emails <= subscribed
     ledger = lake.read("ops/sync_ledger")
     assert ledger.height == due and set(ledger["status"]) <= {"ok", "holdout"}
+    assert_holdouts_from_gold_never_sent(lake, sandbox, members, ledger)
 
     before = snapshot(lake)
     second = run()

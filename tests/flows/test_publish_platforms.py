@@ -11,6 +11,7 @@ change. Real Delta tables, real stand-ins on loopback, the real adapters.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from tasks.connectors.destinations.protocol import Destination, Member, RecordRe
 from tasks.connectors.lake import Lake
 from tasks.core.config import PublishConfig, load_pipeline
 from tasks.core.mapping import holdout_share
+from tasks.engine.holdouts import build_holdouts
 from tasks.errors import PublishError
 from tasks.publishing import publish_segment
 from tasks.reports import PublishReport
@@ -295,6 +297,10 @@ def test_a_refused_member_is_sent_again_next_run_and_only_it(
 def test_the_holdout_is_recorded_never_sent_and_stable(platform: Platform, tmp_path: Path) -> None:
     world = World(platform, tmp_path, "mirror", holdout=0.5)
     write_gold(world.lake, ltv={}, members=set(range(PEOPLE)), opted_out=set())
+    with pytest.raises(PublishError, match="gold/audience_holdouts"):
+        world.publish("r0")  # the assignment comes from gold, which does not have it yet
+    with environment(world.env):
+        build_holdouts(world.lake, world.config, logger=logging.getLogger("test"))
     first = world.publish("r1")
     held = set(
         world.lake.read("ops/sync_ledger").filter(pl.col("status") == "holdout")["contact_key"]
