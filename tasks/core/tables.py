@@ -150,6 +150,7 @@ AUDIENCE_SCHEMA: dict[str, pl.DataType] = {
     "country": pl.String(),
     "consent_status": pl.String(),
     "consent_at": UTC_MICROS,
+    "consent_event_id": pl.String(),  # the opt-in of ops/consent_events that decided
 }
 """``gold/audience_members``: what every destination needs to address, greet and prove consent."""
 
@@ -287,7 +288,7 @@ CONSENT_EVENTS_SCHEMA: dict[str, pl.DataType] = {
     "event_id": pl.String(),  # deterministic: the same statement recorded twice is one event
     "contact_key": pl.String(),
     "channel": pl.String(),  # "email"
-    "status": pl.String(),  # "opt-in" or "opt-out"
+    "status": pl.String(),  # "opt-in", "opt-out"; "withdrawn": a source record stopped saying it
     "lawful_basis": pl.String(),  # e.g. "consent"; null when the source does not say
     "source": pl.String(),  # a source name, "platform:<destination>" or "erasure"
     "source_record_id": pl.String(),
@@ -295,8 +296,10 @@ CONSENT_EVENTS_SCHEMA: dict[str, pl.DataType] = {
     "occurred_at": UTC_MICROS,
     "recorded_at": UTC_MICROS,
     "run_id": pl.String(),
+    "supersedes": pl.String(),  # the event of the same source record this one replaces
 }
-"""``ops/consent_events``: the consent ledger, append-only, by contact_key (no email)."""
+"""``ops/consent_events``: the consent ledger, append-only, by contact_key (no email); see
+:mod:`tasks.core.consent`."""
 
 
 # --- the catalogue ------------------------------------------------------------------------------
