@@ -84,10 +84,10 @@ def pending_external(
     parts: list[pl.LazyFrame] = []
     if lake.exists(ERASURE_REQUESTS):
         parts.append(erasure_statements(lake.scan(ERASURE_REQUESTS)))
-    read = None if full else _suppressions_read(lake)
+    read = _suppressions_read(lake)
     current = lake.version(PLATFORM_SUPPRESSIONS) if lake.exists(PLATFORM_SUPPRESSIONS) else None
-    if current is not None and current != read:
-        suppressions = _suppressions_since(lake, read)
+    if current is not None and (full or current != read):
+        suppressions = _suppressions_since(lake, None if full else read)
         parts.append(platform_statements(suppressions, pepper=secret, key_version=version))
     if not parts:
         empty = pl.DataFrame(schema=CONSENT_EVENTS_SCHEMA)

@@ -33,9 +33,9 @@ from tasks.core.tables import CONSENT_EVENTS_SCHEMA, PLATFORM_SUPPRESSIONS_SCHEM
 
 PEPPER = b"test-pepper"
 T0 = datetime(2026, 10, 1, tzinfo=UTC)
-CONTACT_SCHEMA = {
-    "_source": pl.String, "source_id": pl.String, "email": pl.String, "opted_in": pl.Boolean,
-    "opted_in_at": pl.Datetime("us", "UTC"), "opted_out": pl.Boolean,
+CONTACT_SCHEMA: dict[str, pl.DataType] = {
+    "_source": pl.String(), "source_id": pl.String(), "email": pl.String(),
+    "opted_in": pl.Boolean(), "opted_in_at": pl.Datetime("us", "UTC"), "opted_out": pl.Boolean(),
     "updated_at": pl.Datetime("us", "UTC"),
 }  # fmt: skip
 
