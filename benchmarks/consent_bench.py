@@ -48,23 +48,20 @@ def contacts(n: int, *, seed: int, shift: int = 0) -> pl.DataFrame:
 
 
 def suppressions(emails: pl.Series, *, at: datetime, tag: str) -> pl.DataFrame:
-    return (
-        emails.to_frame("email")
-        .select(
-            [
-                pl.lit("mailchimp").alias("destination"),
-                pl.lit("mailchimp").alias("platform"),
-                pl.lit("list-1").alias("audience"),
-                pl.col("email"),
-                pl.lit("unsubscribed").alias("status"),
-                pl.lit(at).alias("occurred_at"),
-                (pl.lit(f"{tag}-") + pl.col("email")).alias("platform_record_id"),
-                pl.lit(at).alias("read_at"),
-                pl.lit(tag).alias("run_id"),
-            ]
-        )
-        .cast(PLATFORM_SUPPRESSIONS_SCHEMA)
-    )  # type: ignore[arg-type]
+    values = {
+        "destination": pl.lit("mailchimp"),
+        "platform": pl.lit("mailchimp"),
+        "audience": pl.lit("list-1"),
+        "email": pl.col("email"),
+        "status": pl.lit("unsubscribed"),
+        "occurred_at": pl.lit(at),
+        "platform_record_id": pl.lit(f"{tag}-") + pl.col("email"),
+        "read_at": pl.lit(at),
+        "run_id": pl.lit(tag),
+    }
+    return emails.to_frame("email").select(
+        values[name].cast(dtype).alias(name) for name, dtype in PLATFORM_SUPPRESSIONS_SCHEMA.items()
+    )
 
 
 def step(lake: Lake, name: str, rows: pl.DataFrame, emails: pl.Series | None, run: str) -> None:
