@@ -444,6 +444,7 @@ TABLES: dict[str, Table] = {
             CONSENT_EVENTS_SCHEMA,
             keys=("event_id",),
             write="insert_new",
+            cluster_by=("contact_key",),  # the transform and `consent show` read by person
         ),
     )
 }

@@ -44,7 +44,7 @@ STAGED = {f"silver/staged_{role}" for role in ("contacts", "enrichment", "orders
 BUILT = {"silver/contacts", "silver/orders", "silver/events", "gold/audience_members"}
 # Every kind of commit a full build makes (gold/customer_features carries the transform state).
 FULL_BUILD_TABLES = STAGED | BUILT | {"gold/customer_features", "ops/quarantine"}
-FULL_BUILD_TABLES |= {"ops/volume_metrics"}
+FULL_BUILD_TABLES |= {"ops/volume_metrics", "ops/consent_events"}  # the ledger before silver
 
 
 @pytest.fixture(scope="module")
