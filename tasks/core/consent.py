@@ -97,7 +97,8 @@ def source_statements(contacts: pl.LazyFrame, *, pepper: bytes, key_version: int
     """The statement each contact row makes (rows stating nothing make none), one per record.
 
     ``contacts`` are staged contact rows (canonical columns; a source may map none of the
-    consent fields). Evidence keeps the consent fields as the source stated them and the
+    consent fields), with their ``contact_key`` if the caller has it already (it is computed
+    from the email otherwise). Evidence keeps the consent fields as the source stated them and the
     record's modification time. A record delivered twice keeps the statement the decision
     would pick (newest, opt-out on a tie).
     """
@@ -106,8 +107,13 @@ def source_statements(contacts: pl.LazyFrame, *, pepper: bytes, key_version: int
     def field(name: str, dtype: pl.DataType) -> pl.Expr:
         return (pl.col(name) if name in present else pl.lit(None)).cast(dtype).alias(name)
 
+    key = (
+        pl.col("contact_key")
+        if "contact_key" in present
+        else contact_key(pl.col("email"), pepper=pepper, version=key_version)
+    )
     rows = contacts.select(
-        "email",
+        key.alias("contact_key"),
         "_source",
         pl.col("source_id").cast(pl.String),
         pl.col("updated_at").cast(UTC_MICROS),
@@ -134,7 +140,7 @@ def source_statements(contacts: pl.LazyFrame, *, pepper: bytes, key_version: int
         _iso("updated_at").alias("record_updated_at"),
     ).struct.json_encode()
     statements = rows.select(
-        contact_key(pl.col("email"), pepper=pepper, version=key_version).alias("contact_key"),
+        "contact_key",
         pl.col("_source").alias("source"),
         pl.col("source_id").alias("source_record_id"),
         status.alias("status"),

@@ -116,14 +116,13 @@ def record_and_decide(
     """Append what the people's records now say and the pending statements; return the current
     consent (:data:`~tasks.core.consent.DECISION_SCHEMA`) of the people at ``emails`` (None:
     everyone). ``contact_rows`` are the live staged contact rows of those people."""
-    keys = (
-        None
-        if emails is None
-        else pl.DataFrame({"email": emails})
-        .select(contact_key(pl.col("email"), pepper=secret, version=version).alias("contact_key"))
-        .to_series()
-    )
-    statements = source_statements(contact_rows.lazy(), pepper=secret, key_version=version)
+    people, keys = contact_rows.lazy(), None
+    if emails is not None:  # each person's key once: for their rows and their ledger rows
+        keyed = pl.DataFrame({"email": emails}).with_columns(
+            contact_key(pl.col("email"), pepper=secret, version=version).alias("contact_key")
+        )
+        people, keys = people.join(keyed.lazy(), on="email", how="left"), keyed["contact_key"]
+    statements = source_statements(people, pepper=secret, key_version=version)
     changed = source_events(statements, heads(_ledger_of(lake, keys)), now=now)
     rows = pl.concat(
         [pending.rows, _not_recorded(lake, ledger_rows(changed, now=now, run_id=run_id).collect())]
