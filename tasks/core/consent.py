@@ -27,6 +27,7 @@ from typing import Literal
 
 import polars as pl
 
+from tasks.core.masking import mask_emails_expr
 from tasks.core.normalise import (
     UTC_MICROS,
     contact_key,
@@ -156,14 +157,16 @@ def platform_statements(
 ) -> pl.LazyFrame:
     """One opt-out per row of ``bronze/platform_suppressions`` whose email is an address.
 
-    Source ``platform:<destination>``, record id the platform's own; evidence: the platform's
+    Source ``platform:<destination>``, record id the platform's own (an address in it masked);
+    evidence: the platform's
     status (unsubscribed, bounced, ...), the list it came from and the platform kind.
     """
     address = normalise_email(pl.col("email"))
     return suppressions.filter(is_valid_email(address).fill_null(False)).select(
         contact_key(address, pepper=pepper, version=key_version).alias("contact_key"),
         (pl.lit(PLATFORM_PREFIX) + pl.col("destination")).alias("source"),
-        pl.col("platform_record_id").alias("source_record_id"),
+        # No address in the ledger, even if a platform's record id quotes one.
+        mask_emails_expr(pl.col("platform_record_id")).alias("source_record_id"),
         pl.lit(OPT_OUT).alias("status"),
         pl.lit(None, pl.String).alias("lawful_basis"),
         pl.struct("status", "audience", "platform").struct.json_encode().alias("evidence"),

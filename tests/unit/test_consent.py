@@ -183,6 +183,10 @@ def test_newest_statement_wins_across_sources_and_an_opt_out_wins_a_tie() -> Non
             {"destination": "newsletter", "platform": "mailchimp", "audience": "list1",
              "email": "not an email", "status": "bounced", "occurred_at": at(9),
              "platform_record_id": "m-2", "read_at": at(20), "run_id": "p"},
+            {"destination": "newsletter", "platform": "mailchimp", "audience": "list2",
+             "email": "jane.doe@example.com", "status": "cleaned", "occurred_at": None,
+             "platform_record_id": "list2/jane.doe@example.com", "read_at": at(20),
+             "run_id": "p"},
         ],
         schema=PLATFORM_SUPPRESSIONS_SCHEMA,
     )  # fmt: skip
@@ -191,7 +195,13 @@ def test_newest_statement_wins_across_sources_and_an_opt_out_wins_a_tie() -> Non
         now=at(21),
         run_id="r",
     ).collect()
-    assert platform.height == 1  # an address that is not one names nobody
+    assert platform.height == 2  # an address that is not one names nobody
+    quoting = platform.filter(pl.col("contact_key") == key("jane.doe@example.com")).row(
+        0, named=True
+    )
+    assert quoting["source_record_id"] == "list2/j***@e***.com"  # no address in the ledger
+    assert quoting["occurred_at"] == at(20)  # the platform gave no time: when it was read
+    platform = platform.filter(pl.col("source_record_id") == "m-1")
     row = platform.row(0, named=True)
     assert (row["contact_key"], row["source"], row["source_record_id"]) == (
         key("a@x.io"),
