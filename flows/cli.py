@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from flows.cli_consent import register as register_consent
 from tasks.errors import AudienceLakeError
 
 if TYPE_CHECKING:
@@ -560,6 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-prefect-events", action="store_true", help="do not emit events.landed to Prefect"
     )
     receive.set_defaults(func=_cmd_receive_events)
+
+    register_consent(sub)
 
     for command in [*sub.choices.values(), sync_history]:  # `run --debug` works as well
         command.add_argument(

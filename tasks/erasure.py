@@ -17,6 +17,8 @@ One erasure, for a list of emails (:func:`erase_people`):
    the free-text columns of ``ops`` tables (quarantine ``row`` and ``value``, source run
    ``error``), and events by the visitor ids ``silver/events`` linked to the person. Matching
    rows are deleted (rewriting only the files that hold them).
+   The consent ledger then gets the erasure itself, an opt-out of source ``erasure``: the
+   only row left about the person (:func:`tasks.engine.consent.record_erasures`).
 4. Every table's history is purged (:func:`~tasks.connectors.lake.purge.purge_history`):
    superseded files vacuumed with retention 0, commits and checkpoints older than a fresh
    checkpoint deleted (their statistics hold min/max values), change data files deleted.
@@ -55,6 +57,7 @@ from tasks.core.tables import (
     TABLES,
     is_bronze,
 )
+from tasks.engine.consent import record_erasures
 from tasks.errors import AudienceLakeError
 
 FINISHED = ("erased", "already-erased")
@@ -368,6 +371,8 @@ def erase_people(
     if pending:
         check_no_writer(lake, now)
         touched = delete_people(lake, config, pending, log=log)
+        # The one row kept about them: the erasure, as an opt-out in the consent ledger.
+        record_erasures(lake, [p.contact_key for p in pending], now=now, run_id=run_id)
         purged = purge_lake(lake)
         answers = erase_on_platforms(config, pending)
         receipts.extend(_receipt(p, requests, touched, purged, answers) for p in pending)

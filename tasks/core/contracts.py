@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import pandera.polars as pa
 import polars as pl
@@ -144,6 +144,8 @@ class SilverContact(pa.DataFrameModel):
     consent_status: str = pa.Field(nullable=False, isin=CONSENT_STATUSES)
     consent_at: UtcDatetime = pa.Field(nullable=True)
     consent_source: str = pa.Field(nullable=True)
+    # The ops/consent_events row that decided (absent when consent was not read from it).
+    consent_event_id: Optional[str] = pa.Field(nullable=True)  # noqa: UP045 (pandera: optional column)
     source_ids: StringList = pa.Field(nullable=False)  # type: ignore[valid-type]
     record_count: int = pa.Field(nullable=False, ge=1)
     updated_at: UtcDatetime = pa.Field(nullable=False)
@@ -271,6 +273,7 @@ class AudienceMember(pa.DataFrameModel):
     country: str = pa.Field(nullable=True)
     consent_status: str = pa.Field(nullable=False, isin=["subscribed"])
     consent_at: UtcDatetime = pa.Field(nullable=False)
+    consent_event_id: Optional[str] = pa.Field(nullable=True)  # noqa: UP045 (the deciding opt-in)
 
     @pa.check("email", name="email_syntax")
     def _email(cls, data: pa.PolarsData) -> pl.LazyFrame:

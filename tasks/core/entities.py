@@ -49,6 +49,7 @@ CONTACT_COLUMNS = (
     "consent_status",
     "consent_at",
     "consent_source",
+    "consent_event_id",
     "source_ids",
     "record_count",
     "updated_at",
@@ -255,6 +256,7 @@ def resolve_contacts(
     pepper: bytes,
     key_version: int,
     identity: IdentityConfig | None = None,
+    consent: pl.LazyFrame | None = None,
 ) -> pl.LazyFrame:
     """One row per normalised email with surviving attributes, source ids and current consent.
 
@@ -271,6 +273,11 @@ def resolve_contacts(
     ``source_ids`` lists ``<source>:<record id>`` of every merged record plus
     ``<source>:<anonymous id>`` of every anonymous id linked to the person; ``record_count`` is
     the number of identity records merged (:func:`identity_records`).
+
+    ``consent``: the current consent decided by the consent ledger, by ``contact_key``
+    (:func:`tasks.core.consent.decide`, which follows the same rule and names the deciding
+    event in ``consent_event_id``); without it, consent is derived from the contact rows here
+    and no event is named.
     """
     identity = identity or IdentityConfig()
     records = identity_records(contacts, enrichment, orders, events).sort(
@@ -298,14 +305,21 @@ def resolve_contacts(
             )
             .drop("_anon_ids")
         )
-    consent = current_consent(consent_events(_identity_consent(contacts)))
+    people = people.with_columns(
+        pl.col("source_ids").list.unique().list.sort(),
+        contact_key(pl.col("email"), pepper=pepper, version=key_version).alias("contact_key"),
+    )
+    if consent is None:
+        derived = current_consent(consent_events(_identity_consent(contacts)))
+        people = people.join(derived, on="email", how="left").with_columns(
+            pl.lit(None, pl.String).alias("consent_event_id")
+        )
+    else:
+        people = people.join(consent, on="contact_key", how="left")
     return (
-        people.with_columns(pl.col("source_ids").list.unique().list.sort())
-        .join(consent, on="email", how="left")
-        .with_columns(
+        people.with_columns(
             pl.col("consent_status").fill_null("unknown"),
             pl.col("consent_at").cast(UTC_MICROS),
-            contact_key(pl.col("email"), pepper=pepper, version=key_version).alias("contact_key"),
         )
         .select(CONTACT_COLUMNS)
         .sort("contact_key")

@@ -51,11 +51,14 @@ def audience_members(
     """
     if not segments:
         return pl.LazyFrame(schema=AUDIENCE_SCHEMA)
+    # Contacts resolved without the consent ledger name no deciding event.
+    named = "consent_event_id" in contacts.collect_schema().names()
     publishable = contacts.filter(pl.col("consent_status") == "subscribed").select(
         "contact_key",
         *(f for f in AUDIENCE_FIELDS if f != "country"),
         "consent_status",
         "consent_at",
+        pl.col("consent_event_id") if named else pl.lit(None, pl.String).alias("consent_event_id"),
     )
     membership = segment_membership(features, segments, prefix="_in_").join(
         features.select("contact_key", "country"), on="contact_key", how="left"

@@ -154,6 +154,7 @@ AUDIENCE_SCHEMA: dict[str, pl.DataType] = {
     "country": pl.String(),
     "consent_status": pl.String(),
     "consent_at": UTC_MICROS,
+    "consent_event_id": pl.String(),  # the opt-in of ops/consent_events that decided
 }
 """``gold/audience_members``: what every destination needs to address, greet and prove consent."""
 
@@ -299,7 +300,7 @@ CONSENT_EVENTS_SCHEMA: dict[str, pl.DataType] = {
     "event_id": pl.String(),  # deterministic: the same statement recorded twice is one event
     "contact_key": pl.String(),
     "channel": pl.String(),  # "email"
-    "status": pl.String(),  # "opt-in" or "opt-out"
+    "status": pl.String(),  # "opt-in", "opt-out"; "withdrawn": a source record stopped saying it
     "lawful_basis": pl.String(),  # e.g. "consent"; null when the source does not say
     "source": pl.String(),  # a source name, "platform:<destination>" or "erasure"
     "source_record_id": pl.String(),
@@ -307,8 +308,10 @@ CONSENT_EVENTS_SCHEMA: dict[str, pl.DataType] = {
     "occurred_at": UTC_MICROS,
     "recorded_at": UTC_MICROS,
     "run_id": pl.String(),
+    "supersedes": pl.String(),  # the event of the same source record this one replaces
 }
-"""``ops/consent_events``: the consent ledger, append-only, by contact_key (no email)."""
+"""``ops/consent_events``: the consent ledger, append-only, by contact_key (no email); see
+:mod:`tasks.core.consent`."""
 
 
 # --- the catalogue ------------------------------------------------------------------------------
@@ -471,6 +474,7 @@ TABLES: dict[str, Table] = {
             CONSENT_EVENTS_SCHEMA,
             keys=("event_id",),
             write="insert_new",
+            cluster_by=("contact_key",),  # the transform and `consent show` read by person
         ),
     )
 }

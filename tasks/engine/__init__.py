@@ -10,6 +10,8 @@ calls them directly):
 - :mod:`tasks.engine.silver` - staging -> ``silver/contacts``, ``silver/orders``,
   ``silver/events`` for the people, orders and events a change touches
   (:mod:`tasks.engine.scope`);
+- :mod:`tasks.engine.consent` - the consent ledger ``ops/consent_events``: what the silver
+  build appends (source records, platform suppressions, erasures) and the consent it reads back;
 - :mod:`tasks.engine.gold` - silver -> ``gold/customer_features`` and
   ``gold/audience_members`` for the affected contacts;
 - :mod:`tasks.engine.state` - what the last build consumed, and whether this one is full,

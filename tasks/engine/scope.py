@@ -98,8 +98,10 @@ def change_scope(
     *,
     secret: bytes,
     version: int,
+    also: pl.Series | None = None,
 ) -> Scope | None:
-    """The people, orders and events touched by staging rows newer than ``since``.
+    """The people, orders and events touched by staging rows newer than ``since``, plus the
+    people at the emails ``also`` names (whose consent changed outside the sources).
 
     The log rows appended since name records that appeared, changed or disappeared (with their
     old content), hence:
@@ -146,7 +148,10 @@ def change_scope(
         if lake.exists(CONTACTS) and old_keys.len()
         else pl.DataFrame(schema={"email": pl.String()})
     )
-    emails = column_values([*changed.values(), found[0], seed_events, old_people], "email").sort()
+    extra = [] if also is None else [also.to_frame("email")]
+    emails = column_values(
+        [*changed.values(), found[0], seed_events, old_people, *extra], "email"
+    ).sort()
     person_events, person_orders = pl.collect_all(
         [
             live_where(_with_anon(logs["events"]), values_in("email", emails)).select(

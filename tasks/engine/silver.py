@@ -35,6 +35,7 @@ from tasks.core.entities import (
 from tasks.core.incremental import values_in
 from tasks.core.tables import CONTACTS, EVENTS, ORDERS, ROLES, STAGED, bronze_table
 from tasks.engine.checks import Checker
+from tasks.engine.consent import pending_external, record_and_decide, record_pending
 from tasks.engine.delta import pinned, sync_table
 from tasks.engine.reports import Logger, Metric, SilverReport, StagingReport
 from tasks.engine.scope import Scope, change_scope, live_where
@@ -72,13 +73,32 @@ def build_silver_tables(
         fp=transform_fingerprint(config, secret, version),
     )
     logs = {role: pinned(lake, STAGED[role], plan.versions[role]) for role in ROLES}
-    scope, mode = _scope_and_mode(lake, plan, logs, secret=secret, version=version, logger=logger)
+    # Consent statements from platforms and erasures name people to rebuild as well.
+    pending = pending_external(
+        lake, full=plan.full, secret=secret, version=version, now=now, run_id=run_id
+    )
+    scope, mode = _scope_and_mode(
+        lake, plan, logs, secret=secret, version=version, logger=logger, also=pending.emails
+    )
     checker = Checker(run_id=run_id, now=now, logger=logger)
     if mode == "unchanged":
+        record_pending(lake, pending)
         tables = _unchanged_reports(staging)
     else:
         rows = live_rows_of(logs, scope)
-        built = silver_rows(rows, scope, config, checker=checker, secret=secret, version=version)
+        consent = record_and_decide(
+            lake,
+            pending,
+            rows["contacts"],
+            None if scope is None else scope.emails,
+            secret=secret,
+            version=version,
+            now=now,
+            run_id=run_id,
+        )
+        built = silver_rows(
+            rows, scope, config, checker=checker, secret=secret, version=version, consent=consent
+        )
         commit_silver(lake, built, scope)
         tables = _balances(rows, built, staging.rejected)
     metrics: list[Metric] = [
@@ -108,12 +128,14 @@ def _scope_and_mode(
     secret: bytes,
     version: int,
     logger: Logger,
+    also: pl.Series,
 ) -> tuple[Scope | None, str]:
-    """What to rebuild (None: everything) and the mode: full, incremental or unchanged."""
+    """What to rebuild (None: everything) and the mode: full, incremental or unchanged.
+    ``also``: emails of people to rebuild whatever staging says (new consent statements)."""
     if plan.full:
         logger.info("silver: full build (%s)", plan.reason)
         return None, "full"
-    scope = change_scope(lake, logs, plan.since, secret=secret, version=version)
+    scope = change_scope(lake, logs, plan.since, secret=secret, version=version, also=also)
     if scope is None or scope.changed_rows > FULL_BUILD_SHARE * max(plan.live_rows, 1):
         logger.info("silver: the change is too large for an incremental build: full build")
         return None, "full"
@@ -124,7 +146,7 @@ def _scope_and_mode(
         scope.order_ids.len(),
         scope.event_ids.len(),
     )
-    return scope, "incremental" if scope.changed_rows else "unchanged"
+    return scope, "incremental" if scope.changed_rows or scope.emails.len() else "unchanged"
 
 
 def live_rows_of(logs: dict[str, pl.LazyFrame], scope: Scope | None) -> dict[str, pl.DataFrame]:
@@ -166,8 +188,12 @@ def silver_rows(
     checker: Checker,
     secret: bytes,
     version: int,
+    consent: pl.DataFrame | None = None,
 ) -> SilverRows:
-    """Build and check silver orders, events and contacts from live staged rows (no lake)."""
+    """Build and check silver orders, events and contacts from live staged rows (no lake).
+
+    ``consent``: the people's current consent from the consent ledger
+    (:func:`tasks.engine.consent.record_and_decide`); without it, derived from their rows."""
     settings = config.transform
     rates = settings.currency.to_reporting()
     orders = dedupe_orders(rows["orders"].lazy()).collect()
@@ -191,6 +217,7 @@ def silver_rows(
             identity=settings.identity,
             pepper=secret,
             key_version=version,
+            consent=None if consent is None else consent.lazy(),
         )
         .filter(person)
         .collect()

@@ -41,6 +41,9 @@ def transform_fingerprint(config: PipelineConfig, secret: bytes, version: int) -
             "rates": settings.currency.to_reporting(),
             "segments": [s.model_dump(mode="json") for s in config.segments],
             "pepper": probe,  # changes with the pepper; reveals nothing about it
+            # Consent comes from ops/consent_events (silver and gold name the deciding event):
+            # a lake built before the ledger is rebuilt once, which also fills the ledger.
+            "consent": "ledger-v1",
         }
     )
 

@@ -45,6 +45,7 @@ BUILT = {"silver/contacts", "silver/orders", "silver/events", "gold/audience_mem
 # Every kind of commit a full build makes (gold/customer_features carries the transform state).
 FULL_BUILD_TABLES = STAGED | BUILT | {"gold/customer_features", "ops/quarantine"}
 FULL_BUILD_TABLES |= {"ops/volume_metrics", "gold/audience_holdouts"}
+FULL_BUILD_TABLES |= {"ops/consent_events"}  # the ledger, before silver
 
 
 @pytest.fixture(scope="module")
