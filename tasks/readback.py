@@ -110,6 +110,21 @@ def suppression_rows(
     return frame.unique(subset=KEYS, keep="first", maintain_order=True)
 
 
+def _not_on_record(
+    lake: Lake, rows: pl.DataFrame, destination_name: str, audience: str
+) -> pl.DataFrame:
+    """``rows`` whose keys the table does not hold yet."""
+    if rows.is_empty() or not lake.exists(PLATFORM_SUPPRESSIONS):
+        return rows
+    known = (
+        lake.scan(PLATFORM_SUPPRESSIONS)
+        .filter((pl.col("destination") == destination_name) & (pl.col("audience") == audience))
+        .select(KEYS)
+        .collect()
+    )
+    return rows.join(known, on=KEYS, how="anti")
+
+
 def read_suppressions(
     lake: Lake,
     destination_name: str,
@@ -135,7 +150,14 @@ def read_suppressions(
     batch = hashlib.sha256(
         f"{destination_name}\x1f{audience}\x1f{since}\x1f{page.cursor}\x1f{run_id}".encode()
     ).hexdigest()[:32]
-    inserted = lake.insert_new(PLATFORM_SUPPRESSIONS, rows, keys=KEYS, batch_id=f"read:{batch}")
+    fresh = _not_on_record(lake, rows, destination_name, audience)
+    # Once the table exists, a read that brings nothing new commits nothing (the overlap
+    # re-reads the newest records on every run): its version moves only with new evidence.
+    inserted = (
+        lake.insert_new(PLATFORM_SUPPRESSIONS, fresh, keys=KEYS, batch_id=f"read:{batch}")
+        if not fresh.is_empty() or not lake.exists(PLATFORM_SUPPRESSIONS)
+        else 0
+    )
     counts = rows.group_by("status").len().sort("status").iter_rows()
     return ReadbackReport(
         destination=destination_name,
