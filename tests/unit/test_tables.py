@@ -25,7 +25,7 @@ AS_OF = datetime(2026, 11, 1, tzinfo=UTC)
 
 def test_every_table_has_a_layer_and_its_pii_columns_exist() -> None:
     for entry in TABLES.values():
-        assert entry.layer in ("silver", "gold", "ops")
+        assert entry.layer in ("bronze", "silver", "gold", "ops")
         if entry.schema is not None:
             assert set(entry.pii) <= set(entry.schema), entry.name
             assert set(entry.keys) <= set(entry.schema), entry.name
