@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import UUID
 
@@ -17,12 +17,20 @@ import yaml
 from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
+from flows.cli import main
 from flows.ingest import ingest
 from flows.maintain import MaintainReport, maintain
 from flows.transform import transform
 from tasks.connectors.lake import Lake
 from tasks.core.normalise import parse_timestamp
-from tasks.core.tables import EVENTS, RUNS, STAGED, bronze_table
+from tasks.core.tables import (
+    EVENTS,
+    QUARANTINE,
+    QUARANTINE_SCHEMA,
+    RUNS,
+    STAGED,
+    bronze_table,
+)
 from tests.flows.conftest import CONFIG, Sandbox
 from tests.flows.test_incremental_transform import (
     assert_same_tables,
@@ -128,3 +136,36 @@ def test_expired_events_leave_bronze_silver_gold_and_staging_as_a_full_rebuild_w
     assert transform(config_path=CONFIG, as_of=AS_OF, full_refresh=True).mode == "full"
     assert_same_tables(incremental, snapshot(lake))
     assert after_retention[EVENTS].height < incremental[EVENTS].height  # the change landed
+
+
+def test_the_cli_expires_old_quarantine_records_unless_told_not_to(
+    sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lake = sandbox.lake
+    now = datetime.now(UTC)
+    ages = [1, 89, 91, 365]
+    lake.append_once(
+        QUARANTINE,
+        pl.DataFrame(
+            {
+                "quarantine_id": [f"q{age}" for age in ages],
+                "table": [WEB] * 4,
+                "source": ["web_events"] * 4,
+                "rule": ["occurred_at"] * 4,
+                "column": ["occurred_at"] * 4,
+                "value": ["n/a"] * 4,
+                "row": ["{}"] * 4,
+                "run_id": ["r"] * 4,
+                "quarantined_at": [now - timedelta(days=age) for age in ages],
+            },
+            schema=QUARANTINE_SCHEMA,
+        ),
+        batch_id="retention-cli-test",
+    )
+    assert main(["maintain", "--config", CONFIG, "--table", QUARANTINE, "--no-expire"]) == 0
+    assert "expired" not in capsys.readouterr().out
+    assert lake.read(QUARANTINE).height == 4
+
+    assert main(["maintain", "--config", CONFIG, "--table", QUARANTINE]) == 0
+    assert "2 row(s) expired" in capsys.readouterr().out  # older than 90 days
+    assert sorted(lake.read(QUARANTINE)["quarantine_id"]) == ["q1", "q89"]
