@@ -137,7 +137,10 @@ def _cmd_maintain(args: argparse.Namespace) -> int:
 
     _before_flows(args)
     report = maintain(
-        config_path=args.config, tables=args.table or None, retention_hours=args.retention_hours
+        config_path=args.config,
+        tables=args.table or None,
+        retention_hours=args.retention_hours,
+        expire=not args.no_expire,
     )
     print(maintenance_summary(report))
     return 0
@@ -469,7 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     sync_history.set_defaults(func=_cmd_sync_history)
 
     maintain = sub.add_parser(
-        "maintain", help="compact, Z-order, checkpoint and vacuum the lake's tables"
+        "maintain",
+        help="delete expired rows, compact, Z-order, checkpoint and vacuum the lake's tables",
     )
     maintain.add_argument("--config", default=config_default, help=config_help)
     maintain.add_argument(
@@ -480,6 +484,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="vacuum retention for this run (default: maintenance.retention_hours)",
+    )
+    maintain.add_argument(
+        "--no-expire",
+        action="store_true",
+        help="keep rows older than their retention this run (only compact and vacuum)",
     )
     maintain.set_defaults(func=_cmd_maintain)
 

@@ -59,7 +59,7 @@ from tasks.core.predicates import (
     predicate_columns,
 )
 from tasks.core.secret_sources import lookup_secret
-from tasks.core.tables import TABLES, bronze_table
+from tasks.core.tables import BRONZE_PREFIX, TABLES, bronze_table, is_bronze
 from tasks.core.transport import TransportOptions
 from tasks.errors import ConfigError
 
@@ -311,6 +311,13 @@ class PipelineConfig(Model):
                 f"transform.identity: unknown source(s) {unknown_sources}; "
                 f"defined sources: {sorted(self.sources)}"
             )
+        for table in self.maintenance.retention:
+            source = table.removeprefix(BRONZE_PREFIX)
+            if is_bronze(table) and table not in TABLES and source not in self.sources:
+                raise ValueError(
+                    f"maintenance.retention.{table}: no source {source!r}; defined "
+                    f"sources: {sorted(self.sources)}"
+                )
         segment_names = {s.name for s in self.segments}
         for dest_name, dest in self.destinations.items():
             for segment in dest.audiences:

@@ -1,11 +1,16 @@
 """``pipeline.yaml`` → ``maintenance``: keeping lake tables fast to read.
 
-The ``maintain`` flow compacts every table's small files (Z-ordering the tables named in
+The ``maintain`` flow first deletes rows older than their table's retention (``retention``:
+table -> days, overriding the catalogue's defaults, see :mod:`tasks.core.retention`), then
+compacts every table's small files (Z-ordering the tables named in
 ``z_order`` by the columns their readers filter on), writes a checkpoint and vacuums files the
 table stopped using more than ``retention_hours`` ago. Every key has a default, so a pipeline
 without the section still loads. Example::
 
     maintenance:
+      retention:                      # rows older than this are deleted (days, "13w", "never")
+        bronze/web_events: 395d
+        ops/quarantine: 90
       retention_hours: 168            # vacuum: keep removed files for 7 days
       target_file_mb: 128
       z_order:
@@ -18,11 +23,12 @@ that module's imports.
 
 from __future__ import annotations
 
-from typing import Annotated
+import re
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from tasks.core.tables import TABLES
+from tasks.core.tables import TABLES, is_bronze
 
 TABLE_PATTERN = r"^[a-z0-9_]+/[a-z0-9_]+$"
 TableName = Annotated[str, Field(pattern=TABLE_PATTERN, max_length=127)]
@@ -36,6 +42,47 @@ DEFAULT_Z_ORDER: dict[str, list[str]] = {
 }
 MIN_RETENTION_HOURS = 1
 DEFAULT_RETENTION_HOURS = 168
+MAX_RETENTION_DAYS = 36_500
+NEVER = "never"
+_PERIOD = re.compile(r"^\s*(\d+)\s*([dw]?)\s*$")
+
+
+def parse_days(value: Any) -> int | None:
+    """A retention as days: an integer, ``"<n>d"``, ``"<n>w"``, or ``"never"``/null (None)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == NEVER):
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a retention (days, '<n>d', '<n>w' or 'never')")
+    if isinstance(value, int):
+        days = value
+    else:
+        match = _PERIOD.match(str(value))
+        if match is None:
+            raise ValueError(f"{value!r} is not a retention (days, '<n>d', '<n>w' or 'never')")
+        days = int(match.group(1)) * (7 if match.group(2) == "w" else 1)
+    if not 1 <= days <= MAX_RETENTION_DAYS:
+        raise ValueError(f"a retention of {days} day(s) is out of range 1..{MAX_RETENTION_DAYS}")
+    return days
+
+
+RetentionDays = Annotated[int | None, BeforeValidator(parse_days)]
+
+
+def check_expirable(table: str) -> None:
+    """``ValueError`` naming ``table`` if its rows cannot be given a retention: tables kept as
+    evidence or current state, and silver/gold (their rows follow bronze)."""
+    entry = TABLES.get(table)
+    if entry is None:
+        if is_bronze(table):
+            return  # a source's bronze table: checked against the sources by PipelineConfig
+        raise ValueError(f"{table}: not a table of the catalogue (tasks/core/tables.py)")
+    if entry.kept_because:
+        raise ValueError(f"{table}: its rows never expire ({entry.kept_because})")
+    if entry.retention_column is None:
+        raise ValueError(
+            f"{table}: built from bronze, it has no retention of its own; give the bronze "
+            "table a retention and its rows leave this table at the next transform"
+        )
 
 
 class MaintenanceConfig(BaseModel):
@@ -43,6 +90,15 @@ class MaintenanceConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    retention: dict[TableName, RetentionDays] = Field(
+        default_factory=dict,
+        description=(
+            "Table -> how long its rows are kept, in days (an integer, '395d', '57w'), or "
+            "'never'. Overrides the catalogue's default (raw events 395 days, quarantine 90, "
+            "volume metrics and alerts 400); the maintain flow deletes older rows. Consent, "
+            "erasure and sync-ledger tables never expire; silver and gold follow bronze."
+        ),
+    )
     retention_hours: int = Field(
         default=DEFAULT_RETENTION_HOURS,
         ge=MIN_RETENTION_HOURS,
@@ -93,6 +149,13 @@ class MaintenanceConfig(BaseModel):
             if len(set(columns)) != len(columns):
                 raise ValueError(f"{table}: a column is named twice in {columns}")
         return z_order
+
+    @field_validator("retention")
+    @classmethod
+    def _expirable(cls, retention: dict[str, int | None]) -> dict[str, int | None]:
+        for table in retention:
+            check_expirable(table)
+        return retention
 
     @field_validator("tables")
     @classmethod

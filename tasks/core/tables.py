@@ -23,7 +23,10 @@ Write modes: ``merge`` (upsert on the keys, rows that changed only), ``append_on
 append carrying a batch id, committed at most once), ``insert_new`` (rows whose keys are new),
 ``log`` (the staging log: ``append_once`` per sequence number, ``overwrite`` on a full
 restage), ``conditional_append`` (a commit that fails when another writer got there first).
-Retention ``None`` keeps rows until they are deleted by the pipeline itself.
+Retention: ``retention_days`` (None keeps rows until the pipeline itself deletes them) counted
+on ``retention_column``; tables that hold evidence or current state say why in ``kept_because``
+and never expire; silver and gold have no retention of their own: their rows follow bronze at
+the next transform. See :mod:`tasks.core.retention` and the README, *Retention*.
 
 Identifiers (``pii``): a table lists the columns holding a direct identifier of a person
 (:data:`PII_FIELDS`, or a source column mapped to one). Only tables that need them to do their
@@ -73,6 +76,14 @@ class Table:
     partition_by: tuple[str, ...] = ()
     pii: tuple[str, ...] = ()
     retention_days: int | None = None
+    """Default age in days after which maintenance deletes a row (None: kept); ``maintenance.
+    retention`` in pipeline.yaml overrides it (see :mod:`tasks.core.retention`)."""
+    retention_column: str | None = None
+    """The timestamp that decides a row's age. None: rows never expire by age, either because
+    the table is derived (silver and gold follow bronze) or because ``kept_because`` says so."""
+    kept_because: str | None = None
+    """Why the table's rows must never expire (evidence, current state): configuring a
+    retention for it is refused."""
     cluster_by: tuple[str, ...] = ()
     """Columns reads filter on within a partition; maintenance Z-orders the table by them."""
     masked: tuple[str, ...] = ()
@@ -122,6 +133,12 @@ GOLD_INPUTS: dict[str, tuple[str, ...]] = {
     AUDIENCE: (FEATURES, CONTACTS),
 }
 """Gold tables and what they are built from (silver tables: their roles' bronze)."""
+
+
+INGESTED_AT = "_ingested_at"
+"""Bronze's ingest time: when the row (or the version of it bronze holds) was landed."""
+EVENTS_RETENTION_DAYS = 395
+"""Raw events are kept 13 months: a year of history plus a month for year-on-year questions."""
 
 
 def bronze_table(source_name: str) -> str:
@@ -389,6 +406,8 @@ TABLES: dict[str, Table] = {
             keys=("quarantine_id",),
             write="append_once",
             masked=("value", "row"),
+            retention_days=90,
+            retention_column="quarantined_at",
         ),
         Table(
             VOLUME_METRICS,
@@ -396,6 +415,8 @@ TABLES: dict[str, Table] = {
             VOLUME_SCHEMA,
             keys=("run_id", "table", "source", "segment"),
             write="append_once",
+            retention_days=400,
+            retention_column="measured_at",
         ),
         Table(
             VOLUME_ALERTS,
@@ -403,6 +424,8 @@ TABLES: dict[str, Table] = {
             ALERT_SCHEMA,
             keys=("checked_run_id", "table", "source", "segment"),
             write="append_once",
+            retention_days=400,
+            retention_column="checked_at",
         ),
         Table(
             SOURCE_RUNS,
@@ -411,6 +434,7 @@ TABLES: dict[str, Table] = {
             keys=("run_id", "source"),
             write="append_once",
             masked=("error",),
+            retention_column="finished_at",
         ),
         Table(
             SYNC_LEDGER,
@@ -420,6 +444,7 @@ TABLES: dict[str, Table] = {
             keys=tuple(LEDGER_KEYS),
             write="merge",
             masked=("error",),
+            kept_because="current state: what each list holds and who unsubscribed",
         ),
         Table(
             SYNC_HISTORY,
@@ -436,6 +461,7 @@ TABLES: dict[str, Table] = {
             LEASE_SCHEMA,
             keys=("lease_key", "seq"),
             write="conditional_append",
+            kept_because="current state: which publish holds a list",
         ),
         Table(
             RUNS,
@@ -443,6 +469,7 @@ TABLES: dict[str, Table] = {
             RUNS_SCHEMA,
             keys=("flow_run_id",),
             write="merge",
+            retention_column="started_at",
         ),
         Table(
             ERASURE_REQUESTS,
@@ -450,6 +477,7 @@ TABLES: dict[str, Table] = {
             ERASURE_REQUEST_SCHEMA,
             keys=("contact_key",),
             write="insert_new",
+            kept_because="the suppression list: an expired row would let an erased person back",
         ),
         Table(
             ERASURE_LOG,
@@ -457,6 +485,7 @@ TABLES: dict[str, Table] = {
             ERASURE_LOG_SCHEMA,
             keys=("request_id", "contact_key", "run_id"),
             write="append_once",
+            kept_because="evidence: the proof that an erasure was done",
         ),
         Table(
             PLATFORM_SUPPRESSIONS,
@@ -466,6 +495,7 @@ TABLES: dict[str, Table] = {
             keys=("destination", "audience", "email", "status", "occurred_at"),
             write="insert_new",
             pii=("email",),
+            kept_because="consent evidence: an expired opt-out would stop counting",
         ),
         Table(
             CONSENT_EVENTS,
@@ -475,6 +505,7 @@ TABLES: dict[str, Table] = {
             keys=("event_id",),
             write="insert_new",
             cluster_by=("contact_key",),  # the transform and `consent show` read by person
+            kept_because="consent evidence: the ledger current consent is derived from",
         ),
     )
 }
@@ -490,6 +521,7 @@ def bronze_entry(
     ``append_once`` per file, ``insert_new`` per event id). Its direct identifiers are the
     source columns its field mapping sends to a :data:`PII_FIELDS` field.
     """
+    column, days = bronze_retention(source)
     return Table(
         bronze_table(source_name),
         f"What source {source_name!r} said, as it said it, plus ingest metadata.",
@@ -497,7 +529,23 @@ def bronze_entry(
         keys=keys,
         write=write,
         pii=bronze_pii(source),
+        retention_days=days,
+        retention_column=column,
     )
+
+
+def bronze_retention(source: SourceBase) -> tuple[str, int | None]:
+    """(column deciding a row's age, default days) of a source's bronze table.
+
+    Events age by when they happened (the source's ``occurred_at`` column; a backfill of old
+    events does not keep them another 13 months) and expire after
+    :data:`EVENTS_RETENTION_DAYS`. Every other role ages by :data:`INGESTED_AT` (a merged
+    record gets a new one when the source changes it) and is kept by default: contacts,
+    enrichment and orders are the people and their purchases, not a log.
+    """
+    if source.role == "events":
+        return source.column("occurred_at"), EVENTS_RETENTION_DAYS
+    return INGESTED_AT, None
 
 
 def bronze_pii(source: SourceBase) -> tuple[str, ...]:

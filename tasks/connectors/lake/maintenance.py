@@ -21,19 +21,23 @@ Writers and maintenance may run at the same time (nothing stops a person from st
   a version younger than the retention keeps every file it needs; one pinned to an older version
   (a long time-travel query) fails to read the vacuumed files. A retention of 0 (to make erased
   rows unrecoverable at once) also lets vacuum delete files a concurrent writer has written but
-  not yet committed: run it only while no writer runs.
+  not yet committed: run it only while no writer runs. After the checkpoint, commits older
+  than the table's log retention (30 days by default) are deleted. Change data files
+  (``_change_data``, which vacuum leaves alone) older than the retention go with the vacuum.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import polars as pl
 from deltalake import DeltaTable
 from deltalake.exceptions import CommitFailedError
 
 from tasks.connectors.lake.base import DATA_NEUTRAL_OPERATIONS, LakeBase
+from tasks.connectors.lake.expire import drop_old_change_data
 from tasks.errors import LakeError
 
 __all__ = ["FileStats", "TableMaintenance", "file_stats", "maintain_table", "vacuum_table"]
@@ -55,7 +59,8 @@ class TableMaintenance:
 
     ``optimized``: ``compact``, ``z_order`` or None (nothing to do, or ``skipped``);
     ``skipped``: why optimisation gave up (it kept losing the commit race to writers);
-    ``vacuumed_files``: files deleted from storage.
+    ``vacuumed_files``: files deleted from storage (data files vacuum removed, and change data
+    files older than the retention: see :mod:`tasks.connectors.lake.expire`).
     """
 
     table: str
@@ -114,6 +119,9 @@ def maintain_table(
         optimized, attempts, skipped = _optimize(delta, z_order, target_size, max_attempts)
         checkpointed = _checkpoint(delta) if checkpoint else None
         vacuumed = _vacuum(delta, retention_hours, keep_versions)
+        vacuumed += drop_old_change_data(
+            lake, table, retention_hours=retention_hours, now=datetime.now(UTC)
+        )
         delta.update_incremental()
         return TableMaintenance(
             table=table,
@@ -190,6 +198,10 @@ def _changed_since_last_optimize(delta: DeltaTable) -> bool:
 
 def _checkpoint(delta: DeltaTable) -> int:
     delta.create_checkpoint()
+    # Commits older than the table's log retention (delta.logRetentionDuration, 30 days by
+    # default) and older than this checkpoint go: their column statistics (min/max values of
+    # files long removed) would otherwise keep expired or erased values for good.
+    delta.cleanup_metadata()
     return delta.version()
 
 

@@ -24,6 +24,7 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import polars as pl
 
@@ -31,7 +32,14 @@ from tasks.connectors.lake.base import LakeBase
 from tasks.connectors.lake.commits import commit_properties
 from tasks.connectors.storage import s3_client, split_s3_uri
 
-__all__ = ["DeleteStats", "PurgeStats", "delete_matching", "purge_history", "table_objects"]
+__all__ = [
+    "DeleteStats",
+    "PurgeStats",
+    "TableStore",
+    "delete_matching",
+    "purge_history",
+    "table_objects",
+]
 
 _LOG_FILE = re.compile(r"^(\d{20})\.(json|checkpoint\.parquet|checkpoint\.\d+\.\d+\.parquet)$")
 _S3_DELETE_BATCH = 1000  # DeleteObjects accepts at most 1000 keys per call
@@ -101,7 +109,7 @@ def purge_history(lake: LakeBase, table: str) -> PurgeStats:
         delta.update_incremental()
         delta.create_checkpoint()
         version = delta.version()
-        store = _Store.of(lake, table)
+        store = TableStore.of(lake, table)
         log_files = _old_log_files(store, version)
         store.delete(log_files)
         change_files = _orphan_change_files(store, version)
@@ -116,10 +124,10 @@ def purge_history(lake: LakeBase, table: str) -> PurgeStats:
 
 def table_objects(lake: LakeBase, table: str) -> list[str]:
     """Every object under the table's location, relative to it (data, log, change data)."""
-    return sorted(_Store.of(lake, table).objects(""))
+    return sorted(TableStore.of(lake, table).objects(""))
 
 
-def _old_log_files(store: _Store, version: int) -> list[str]:
+def _old_log_files(store: TableStore, version: int) -> list[str]:
     """Commits and checkpoints older than ``version`` (the checkpoint just written)."""
     old: list[str] = []
     for path in store.objects("_delta_log/"):
@@ -129,7 +137,7 @@ def _old_log_files(store: _Store, version: int) -> list[str]:
     return old
 
 
-def _orphan_change_files(store: _Store, version: int) -> list[str]:
+def _orphan_change_files(store: TableStore, version: int) -> list[str]:
     """``_change_data`` files no remaining commit (``version`` and later) refers to."""
     referenced: set[str] = set()
     for path in store.objects("_delta_log/"):
@@ -144,14 +152,14 @@ def _orphan_change_files(store: _Store, version: int) -> list[str]:
 
 
 @dataclass(frozen=True)
-class _Store:
+class TableStore:
     """The objects of one table, local or on S3, by path relative to the table."""
 
     uri: str
     lake: LakeBase
 
     @classmethod
-    def of(cls, lake: LakeBase, table: str) -> _Store:
+    def of(cls, lake: LakeBase, table: str) -> TableStore:
         return cls(lake.uri(table), lake)
 
     def objects(self, prefix: str) -> Iterator[str]:
@@ -171,6 +179,22 @@ class _Store:
         for folder, _, files in os.walk(root):
             for name in files:
                 yield os.path.relpath(os.path.join(folder, name), self.uri).replace(os.sep, "/")
+
+    def modified(self, prefix: str) -> Iterator[tuple[str, datetime]]:
+        """Objects under ``prefix`` with the time they were last written (UTC)."""
+        if self.lake.is_remote:
+            bucket, base = split_s3_uri(self.uri)
+            client = s3_client(self.lake.storage_options, read_timeout=30.0)
+            pages = client.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=f"{base}/{prefix}"
+            )
+            for page in pages:
+                for entry in page.get("Contents", []):
+                    yield entry["Key"][len(base) + 1 :], entry["LastModified"].astimezone(UTC)
+            return
+        for path in self.objects(prefix):
+            stamp = os.path.getmtime(os.path.join(self.uri, path))
+            yield path, datetime.fromtimestamp(stamp, UTC)
 
     def read(self, path: str) -> str:
         if self.lake.is_remote:
