@@ -16,8 +16,10 @@ frames out, no lake), :func:`commit_silver` writes them.
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import polars as pl
 
@@ -34,6 +36,13 @@ from tasks.core.entities import (
 )
 from tasks.core.incremental import values_in
 from tasks.core.tables import CONTACTS, EVENTS, ORDERS, ROLES, STAGED, bronze_table
+from tasks.engine.buckets import (
+    bucket_count,
+    bucket_of,
+    cross_bucket_links,
+    drop_stale,
+    sync_bucket,
+)
 from tasks.engine.checks import Checker
 from tasks.engine.delta import pinned, sync_table
 from tasks.engine.reports import Logger, Metric, SilverReport, StagingReport
@@ -74,8 +83,14 @@ def build_silver_tables(
     logs = {role: pinned(lake, STAGED[role], plan.versions[role]) for role in ROLES}
     scope, mode = _scope_and_mode(lake, plan, logs, secret=secret, version=version, logger=logger)
     checker = Checker(run_id=run_id, now=now, logger=logger)
+    buckets = 1 if scope is not None else bucket_count(config.engine.buckets, plan.live_rows)
     if mode == "unchanged":
         tables = _unchanged_reports(staging)
+    elif buckets > 1:
+        logger.info("silver: full build in %d buckets of people", buckets)
+        tables = build_in_buckets(
+            lake, logs, config, buckets, staging, checker=checker, secret=secret, version=version
+        )
     else:
         rows = live_rows_of(logs, scope)
         built = silver_rows(rows, scope, config, checker=checker, secret=secret, version=version)
@@ -127,6 +142,60 @@ def _scope_and_mode(
     return scope, "incremental" if scope.changed_rows else "unchanged"
 
 
+def build_in_buckets(
+    lake: Lake,
+    logs: dict[str, pl.LazyFrame],
+    config: PipelineConfig,
+    buckets: int,
+    staging: StagingReport,
+    *,
+    checker: Checker,
+    secret: bytes,
+    version: int,
+) -> list[TableReport]:
+    """A full build one bucket of people at a time (:mod:`tasks.engine.buckets`): the same
+    tables as one pass, holding one bucket's rows at a time. Returns the summed balances."""
+    cross = cross_bucket_links(logs, buckets)
+    links = cross.links.lazy()
+    reports: list[TableReport] = []
+    no_rejects = dict.fromkeys(staging.rejected, 0)
+    with tempfile.TemporaryDirectory(prefix="silver-buckets-") as tmp:
+        spill = Path(tmp)
+        for bucket in range(buckets):
+            wanted = cross.predicates(bucket)
+            frames = pl.collect_all([live_where(logs[r], wanted[r]) for r in ROLES])
+            rows = dict(zip(ROLES, frames, strict=True))
+            built = silver_rows(
+                rows, None, config, checker=checker, secret=secret, version=version, links=links
+            )
+            sync_bucket(lake, ORDERS, built.orders.valid, key="order_id", where=None, spill=spill)
+            sync_bucket(lake, EVENTS, built.events.valid, key="event_id", where=None, spill=spill)
+            sync_bucket(
+                lake,
+                CONTACTS,
+                built.contacts.valid,
+                key="contact_key",
+                where=bucket_of("email", buckets) == bucket,
+                spill=spill,
+            )
+            part = _balances(rows, built, staging.rejected if bucket == 0 else no_rejects)
+            reports = [_add(a, b) for a, b in zip(reports, part, strict=True)] if reports else part
+            del rows, frames, built
+        for table, key in ((ORDERS, "order_id"), (EVENTS, "event_id")):
+            drop_stale(lake, table, key=key, spill=spill, buckets=buckets)
+    return reports
+
+
+def _add(a: TableReport, b: TableReport) -> TableReport:
+    return TableReport(
+        a.table,
+        rows_in=a.rows_in + b.rows_in,
+        rows_out=a.rows_out + b.rows_out,
+        quarantined=a.quarantined + b.quarantined,
+        duplicates=a.duplicates + b.duplicates,
+    )
+
+
 def live_rows_of(logs: dict[str, pl.LazyFrame], scope: Scope | None) -> dict[str, pl.DataFrame]:
     """Per role, the live staged rows of the records in ``scope`` (every record if None)."""
     if scope is None:
@@ -166,8 +235,12 @@ def silver_rows(
     checker: Checker,
     secret: bytes,
     version: int,
+    links: pl.LazyFrame | None = None,
 ) -> SilverRows:
-    """Build and check silver orders, events and contacts from live staged rows (no lake)."""
+    """Build and check silver orders, events and contacts from live staged rows (no lake).
+
+    ``links``: the anonymous-id links of all events, when ``rows`` are one bucket of people.
+    """
     settings = config.transform
     rates = settings.currency.to_reporting()
     orders = dedupe_orders(rows["orders"].lazy()).collect()
@@ -179,7 +252,9 @@ def silver_rows(
         orders.lazy(), rates=rates, pepper=secret, key_version=version
     ).collect()
     checked_orders = checker.check(built_orders, SilverOrder, table=ORDERS)
-    built_events = silver_events(events.lazy(), pepper=secret, key_version=version).collect()
+    built_events = silver_events(
+        events.lazy(), pepper=secret, key_version=version, links=links
+    ).collect()
     checked_events = checker.check(built_events, SilverEvent, table=EVENTS)
     person_orders = orders.filter(person)
     contacts = (
@@ -191,6 +266,7 @@ def silver_rows(
             identity=settings.identity,
             pepper=secret,
             key_version=version,
+            links=links,
         )
         .filter(person)
         .collect()
