@@ -43,12 +43,14 @@ def sync_table(
     differ from the table are upserted and table rows whose key ``df`` lacks are deleted, in one
     MERGE commit that rewrites only the files holding those keys; an unchanged result commits
     nothing. ``where`` narrows the scope to the table rows matching it (a bucket of people),
-    and ``df`` must hold only such rows. Without a scope, a changed schema or mostly-new keys
-    rewrite the table whole.
+    and ``df`` must hold only such rows; when the table has none, ``df`` is appended (the first
+    full build writes each bucket without a MERGE reading the table for matches). Without a
+    scope, a changed schema or mostly-new keys rewrite the table whole.
     Partitioning comes from the table catalogue. Returns the number of rows written or deleted.
     """
     key_list = list(keys)
     partition_by = _partitioning(table)
+    whole = scope is None and where is None
     if not lake.exists(table):
         lake.overwrite(table, df, partition_by=partition_by)
         return df.height
@@ -67,10 +69,13 @@ def sync_table(
     elif not same_schema:
         lake.overwrite(table, df, partition_by=partition_by)
         return df.height
+    if where is not None and current.select(pl.len()).collect().item() == 0:
+        if df.height:  # the slice is empty: nothing for a MERGE to match, append instead
+            lake.append(table, df, partition_by=partition_by)
+        return df.height
     upserts, deletes = (
         frame.collect() for frame in changed_rows(df.lazy(), current.select(df.columns), keys=keys)
     )
-    whole = scope is None and where is None
     if whole and deletes.height > max(REWRITE_MIN, REWRITE_SHARE * df.height):
         lake.overwrite(table, df, partition_by=partition_by)
         return df.height

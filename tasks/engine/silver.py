@@ -37,6 +37,7 @@ from tasks.core.entities import (
 from tasks.core.incremental import values_in
 from tasks.core.tables import CONTACTS, EVENTS, ORDERS, ROLES, STAGED, bronze_table
 from tasks.engine.buckets import (
+    add_reports,
     bucket_count,
     bucket_of,
     cross_bucket_links,
@@ -179,21 +180,11 @@ def build_in_buckets(
                 spill=spill,
             )
             part = _balances(rows, built, staging.rejected if bucket == 0 else no_rejects)
-            reports = [_add(a, b) for a, b in zip(reports, part, strict=True)] if reports else part
+            reports = add_reports(reports, part)
             del rows, frames, built
         for table, key in ((ORDERS, "order_id"), (EVENTS, "event_id")):
             drop_stale(lake, table, key=key, spill=spill, buckets=buckets)
     return reports
-
-
-def _add(a: TableReport, b: TableReport) -> TableReport:
-    return TableReport(
-        a.table,
-        rows_in=a.rows_in + b.rows_in,
-        rows_out=a.rows_out + b.rows_out,
-        quarantined=a.quarantined + b.quarantined,
-        duplicates=a.duplicates + b.duplicates,
-    )
 
 
 def live_rows_of(logs: dict[str, pl.LazyFrame], scope: Scope | None) -> dict[str, pl.DataFrame]:
