@@ -168,19 +168,42 @@ def build_gold_in_buckets(
             counts.append(pl.collect_all(rank_counts(metrics.lazy()).values()))
         ranked = add_rank_counts([dict(zip(RANKS, c, strict=True)) for c in counts])
         for part in range(buckets):
-            built = gold_rows(
-                pl.read_parquet(spill / f"metrics-{part}.parquet"),
-                pl.DataFrame(schema=FEATURE_COLUMNS),
-                bucket(contacts, part),
-                None,
+            reports = build_gold_bucket(
+                lake,
                 config,
+                pl.read_parquet(spill / f"metrics-{part}.parquet"),
+                bucket(contacts, part),
+                ranked,
+                where=bucket_of("contact_key", buckets) == part,
                 checker=checker,
-                score=partial(score_rfm_by_counts, counts=ranked),
             )
-            commit_gold(lake, built, where=bucket_of("contact_key", buckets) == part)
-            reports = _reports(built)
             tables = add_reports(tables, reports)
     return tables
+
+
+def build_gold_bucket(
+    lake: Lake,
+    config: PipelineConfig,
+    metrics: pl.DataFrame,
+    contacts: pl.LazyFrame,
+    ranked: dict[str, pl.DataFrame],
+    *,
+    where: pl.Expr,
+    checker: Checker,
+) -> list[TableReport]:
+    """One bucket of contacts (``where``): score its ``metrics`` against the value counts of
+    all contacts (``ranked``), check, assign segments and commit; returns its balances."""
+    built = gold_rows(
+        metrics,
+        pl.DataFrame(schema=FEATURE_COLUMNS),
+        contacts,
+        None,
+        config,
+        checker=checker,
+        score=partial(score_rfm_by_counts, counts=ranked),
+    )
+    commit_gold(lake, built, where=where)
+    return _reports(built)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from tasks.core.entities import (
 from tasks.core.incremental import values_in
 from tasks.core.tables import CONTACTS, EVENTS, ORDERS, ROLES, STAGED, bronze_table
 from tasks.engine.buckets import (
+    CrossLinks,
     add_reports,
     bucket_count,
     bucket_of,
@@ -157,34 +158,62 @@ def build_in_buckets(
     """A full build one bucket of people at a time (:mod:`tasks.engine.buckets`): the same
     tables as one pass, holding one bucket's rows at a time. Returns the summed balances."""
     cross = cross_bucket_links(logs, buckets)
-    links = cross.links.lazy()
     reports: list[TableReport] = []
     no_rejects = dict.fromkeys(staging.rejected, 0)
     with tempfile.TemporaryDirectory(prefix="silver-buckets-") as tmp:
-        spill = Path(tmp)
         for bucket in range(buckets):
-            wanted = cross.predicates(bucket)
-            frames = pl.collect_all([live_where(logs[r], wanted[r]) for r in ROLES])
-            rows = dict(zip(ROLES, frames, strict=True))
-            built = silver_rows(
-                rows, None, config, checker=checker, secret=secret, version=version, links=links
-            )
-            sync_bucket(lake, ORDERS, built.orders.valid, key="order_id", where=None, spill=spill)
-            sync_bucket(lake, EVENTS, built.events.valid, key="event_id", where=None, spill=spill)
-            sync_bucket(
+            rejected = staging.rejected if bucket == 0 else no_rejects
+            part = build_silver_bucket(
                 lake,
-                CONTACTS,
-                built.contacts.valid,
-                key="contact_key",
-                where=bucket_of("email", buckets) == bucket,
-                spill=spill,
+                logs,
+                config,
+                cross,
+                bucket,
+                rejected=rejected,
+                spill=Path(tmp),
+                checker=checker,
+                secret=secret,
+                version=version,
             )
-            part = _balances(rows, built, staging.rejected if bucket == 0 else no_rejects)
             reports = add_reports(reports, part)
-            del rows, frames, built
         for table, key in ((ORDERS, "order_id"), (EVENTS, "event_id")):
-            drop_stale(lake, table, key=key, spill=spill, buckets=buckets)
+            drop_stale(lake, table, key=key, spill=Path(tmp), buckets=buckets)
     return reports
+
+
+def build_silver_bucket(
+    lake: Lake,
+    logs: dict[str, pl.LazyFrame],
+    config: PipelineConfig,
+    cross: CrossLinks,
+    bucket: int,
+    *,
+    rejected: dict[str, int],
+    spill: Path,
+    checker: Checker,
+    secret: bytes,
+    version: int,
+) -> list[TableReport]:
+    """One bucket of a full build: its staged rows read, built, checked and committed; its
+    balances (``rejected``: the staging rejects to count in them)."""
+    wanted = cross.predicates(bucket)
+    frames = pl.collect_all([live_where(logs[r], wanted[r]) for r in ROLES])
+    rows = dict(zip(ROLES, frames, strict=True))
+    links = cross.links.lazy()
+    built = silver_rows(
+        rows, None, config, checker=checker, secret=secret, version=version, links=links
+    )
+    sync_bucket(lake, ORDERS, built.orders.valid, key="order_id", where=None, spill=spill)
+    sync_bucket(lake, EVENTS, built.events.valid, key="event_id", where=None, spill=spill)
+    sync_bucket(
+        lake,
+        CONTACTS,
+        built.contacts.valid,
+        key="contact_key",
+        where=bucket_of("email", cross.buckets) == bucket,
+        spill=spill,
+    )
+    return _balances(rows, built, rejected)
 
 
 def live_rows_of(logs: dict[str, pl.LazyFrame], scope: Scope | None) -> dict[str, pl.DataFrame]:
