@@ -50,6 +50,7 @@ INCREMENTAL = "audience-lake incremental"
 BRONZE = ("crm_contacts", "orders", "web_events", "enrichment")
 CONFIG = str(Path(__file__).resolve().parents[1] / "pipeline.yaml")
 PEPPER = "benchmark-pepper"
+BUCKETED = "audience-lake full, buckets="
 
 
 def _peak_mb() -> float:
@@ -62,8 +63,9 @@ def _config() -> Any:
     return load_pipeline(CONFIG, env={})
 
 
-def _project(lake_dir: str, *, full_refresh: bool) -> dict[str, Any]:
-    """The project's transform functions on ``lake_dir`` (no Prefect)."""
+def _project(lake_dir: str, *, full_refresh: bool, buckets: int | None = None) -> dict[str, Any]:
+    """The project's transform functions on ``lake_dir`` (no Prefect); ``buckets`` overrides
+    ``engine.buckets`` (None: the configuration's, by default sized to the lake)."""
     from tasks.connectors.lake import Lake
     from tasks.engine.gold import build_gold_tables
     from tasks.engine.roles import stage_bronze
@@ -74,11 +76,15 @@ def _project(lake_dir: str, *, full_refresh: bool) -> dict[str, Any]:
     logger.addHandler(logging.NullHandler())
     logger.propagate = False
     lake, config, now = Lake(lake_dir), _config(), datetime.now(UTC)
+    if buckets is not None:
+        config = config.model_copy(
+            update={"engine": config.engine.model_copy(update={"buckets": buckets})}
+        )
     started = time.perf_counter()
     staging = stage_bronze(
         lake, config, run_id="bench", now=now, full_refresh=full_refresh, logger=logger
     )
-    staged = time.perf_counter()
+    staged, peaks = time.perf_counter(), {"staging": _peak_mb()}
     silver = build_silver_tables(
         lake,
         config,
@@ -89,7 +95,7 @@ def _project(lake_dir: str, *, full_refresh: bool) -> dict[str, Any]:
         full_refresh=full_refresh,
         logger=logger,
     )
-    built = time.perf_counter()
+    built, peaks["silver"] = time.perf_counter(), _peak_mb()
     gold = build_gold_tables(
         lake,
         config,
@@ -101,7 +107,7 @@ def _project(lake_dir: str, *, full_refresh: bool) -> dict[str, Any]:
     )
     if silver.state is not None:
         record_transform_state(lake, silver.state, run_id=f"bench-{now:%H%M%S%f}")
-    done = time.perf_counter()
+    done, peaks["gold"] = time.perf_counter(), _peak_mb()
     sizes = gold.audience_sizes
     from tasks.core.tables import CONTACTS, EVENTS, FEATURES, ORDERS
 
@@ -112,6 +118,7 @@ def _project(lake_dir: str, *, full_refresh: bool) -> dict[str, Any]:
             "silver": built - staged,
             "gold": done - built,
         },
+        "peaks": peaks,
         "mode": silver.mode,
         "rebuilt": None if silver.contact_keys is None else len(silver.contact_keys),
         "checked": sum(staging.checked.values()),
@@ -132,6 +139,11 @@ def _contender(name: str, work: str) -> dict[str, Any]:
     """Run one contender (in its own process) and return its figures."""
     os.environ.setdefault("AUDIENCE_LAKE_PEPPER", PEPPER)
     root = Path(work)
+    if name.startswith(BUCKETED):
+        buckets = int(name.removeprefix(BUCKETED))
+        result = _project(str(root / f"buckets-{buckets}"), full_refresh=True, buckets=buckets)
+        result["peak_mb"] = _peak_mb()
+        return result
     if name in ("audience-lake full", INCREMENTAL, "full refresh (verify)"):
         lake = {
             "audience-lake full": "project",
@@ -261,6 +273,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--change", type=float, default=0.01, help="share of people changed")
     parser.add_argument("--skip", nargs="*", default=[], choices=["polars", "duckdb", "pandas"])
     parser.add_argument("--verify", action="store_true", help="also compare with a full refresh")
+    parser.add_argument(
+        "--buckets",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also run the full transform with engine.buckets set to each of these numbers "
+        "(1: one pass), each on its own copy of bronze",
+    )
+    parser.add_argument(
+        "--compare-buckets",
+        action="store_true",
+        help="compare every table of each --buckets run with audience-lake full's (the "
+        "configured number of buckets), row for row",
+    )
     parser.add_argument("--work", help="working directory (default: a temporary one, removed)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per contender")
     args = parser.parse_args(argv)
@@ -280,9 +306,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         skipped = {"polars": "bare polars", "duckdb": "DuckDB SQL", "pandas": "pandas"}
         names = [n for n in CONTENDERS if n not in {skipped[s] for s in args.skip}]
         results: dict[str, dict[str, Any]] = {}
+        for buckets in args.buckets:
+            shutil.copytree(work / "bronze", work / f"buckets-{buckets}")
+            names.append(f"{BUCKETED}{buckets}")
         for name in names:
             print(f"running {name} ...", flush=True)
             results[name] = run_isolated(name, work, args.timeout)
+        if args.compare_buckets:
+            for buckets in args.buckets:
+                differ = compare_tables(work / "project", work / f"buckets-{buckets}")
+                print(
+                    f"buckets: {buckets} == the configured number for every silver/gold table "
+                    "and staged rows"
+                    if not differ
+                    else f"buckets: {buckets}: DIFFERENT tables: {differ}"
+                )
         if "error" not in results.get("audience-lake full", {"error": ""}):
             shutil.copytree(work / "project", work / "incremental")
             changed, ingest_s = apply_change(
@@ -320,23 +358,25 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None
     base = results.get("audience-lake full", {}).get("wall")
     print()
     print(
-        f"{'contender':<28} {'wall s':>8} {'peak MB':>8} {'vs full':>8}   "
+        f"{'contender':<32} {'wall s':>8} {'peak MB':>8} {'vs full':>8}   "
         f"{'contacts':>9} {'orders':>9} {'events':>10} {'features':>9} {'audience':>8} "
         f"{'lifetime value':>16}"
     )
     for name, result in results.items():
         if "error" in result:
-            print(f"{name:<28} FAILED: {result['error']}")
+            print(f"{name:<32} FAILED: {result['error']}")
             continue
         ratio = f"{result['wall'] / base:7.2f}x" if base else "     n/a"
         print(
-            f"{name:<28} {result['wall']:8.1f} {result['peak_mb']:8.0f} {ratio:>8}   "
+            f"{name:<32} {result['wall']:8.1f} {result['peak_mb']:8.0f} {ratio:>8}   "
             + _fmt_counts(result["counts"])
         )
-    for name in ("audience-lake full", INCREMENTAL, "full refresh (verify)"):
-        result = results.get(name, {})
+    for name, result in results.items():
         if "stages" in result:
-            stages = ", ".join(f"{k} {v:.1f} s" for k, v in result["stages"].items())
+            stages = ", ".join(
+                f"{k} {v:.1f} s (peak {result['peaks'][k]:,.0f} MB)"
+                for k, v in result["stages"].items()
+            )
             extra = (
                 f"; {result['checked']:,} bronze rows normalised and checked, "
                 f"{'all' if result['rebuilt'] is None else format(result['rebuilt'], ',')} "
@@ -349,7 +389,11 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None
             f"incremental after a {args.change:.0%} change: {incremental['wall']:.1f} s vs "
             f"{full['wall']:.1f} s full = {full['wall'] / incremental['wall']:.1f}x faster"
         )
-    contenders = {n: r for n, r in results.items() if "counts" in r and n in CONTENDERS}
+    contenders = {
+        n: r
+        for n, r in results.items()
+        if "counts" in r and (n in CONTENDERS or n.startswith(BUCKETED))
+    }
     counts = {
         n: {k: v for k, v in r["counts"].items() if k != "lifetime_value"}
         for n, r in contenders.items()

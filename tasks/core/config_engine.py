@@ -77,6 +77,17 @@ class EngineConfig(BaseModel):
             "restarts the worker (empty: the machine's memory split between the workers)."
         ),
     )
+    buckets: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description=(
+            "Buckets of people a full silver build is split into, each read, built and "
+            "committed on its own so memory follows the bucket, not the lake (1: one pass "
+            "over everything; empty: one bucket per 2 million staged rows). The tables are "
+            "the same whatever the number."
+        ),
+    )
     connect_timeout_seconds: float = Field(
         default=30.0,
         gt=0,

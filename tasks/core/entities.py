@@ -257,6 +257,7 @@ def resolve_contacts(
     key_version: int,
     identity: IdentityConfig | None = None,
     consent: pl.LazyFrame | None = None,
+    links: pl.LazyFrame | None = None,
 ) -> pl.LazyFrame:
     """One row per normalised email with surviving attributes, source ids and current consent.
 
@@ -278,6 +279,10 @@ def resolve_contacts(
     (:func:`tasks.core.consent.decide`, which follows the same rule and names the deciding
     event in ``consent_event_id``); without it, consent is derived from the contact rows here
     and no event is named.
+
+    ``links`` are the anonymous-id links (:func:`anonymous_links`) when ``events`` holds only
+    part of the events (a bucket of people): an id's link depends on every event carrying it.
+    By default they are computed from ``events``.
     """
     identity = identity or IdentityConfig()
     records = identity_records(contacts, enrichment, orders, events).sort(
@@ -294,7 +299,7 @@ def resolve_contacts(
     )
     if events is not None:
         anonymous = (
-            anonymous_links(events)
+            (anonymous_links(events) if links is None else links)
             .group_by("email")
             .agg(pl.concat_str(["_source", "anonymous_id"], separator=":").alias("_anon_ids"))
         )
@@ -371,15 +376,22 @@ def silver_orders(
     )
 
 
-def silver_events(candidates: pl.LazyFrame, *, pepper: bytes, key_version: int) -> pl.LazyFrame:
+def silver_events(
+    candidates: pl.LazyFrame,
+    *,
+    pepper: bytes,
+    key_version: int,
+    links: pl.LazyFrame | None = None,
+) -> pl.LazyFrame:
     """Events deduped on ``event_id``, each linked to its person where known.
 
     ``linked_by`` says how: the event's own ``email``, or its ``anonymous_id`` (linked by
     another event of the same source that carried both, see :func:`anonymous_links`).
+    ``links``: the links computed over every event, when ``candidates`` are only part of them.
     """
     events = dedupe_events(candidates)
     return (
-        link_events(events, anonymous_links(events))
+        link_events(events, anonymous_links(events) if links is None else links)
         .with_columns(
             contact_key(pl.col("email"), pepper=pepper, version=key_version).alias("contact_key")
         )

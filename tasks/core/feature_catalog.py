@@ -73,8 +73,9 @@ class Feature:
     """One column of ``gold/customer_features``.
 
     ``expr`` computes it in its ``step`` (None: computed by a dedicated function, see the module
-    doc); ``fill`` is its value for a contact without orders/events (then rounded to
-    ``round_to`` digits); ``roles`` are the source roles it is computed from. ``nullable``,
+    doc), or ``rank`` when it is a quintile score; ``fill`` is its value for a contact without
+    orders/events (then rounded to ``round_to`` digits); ``roles`` are the source roles it is
+    computed from. ``nullable``,
     ``ge``, ``le``, ``pattern`` and ``unique`` are its contract.
     """
 
@@ -91,6 +92,13 @@ class Feature:
     le: int | None = None
     pattern: str | None = None
     unique: bool = False
+    rank: Rank | None = None
+
+    def expression(self, window: Window) -> pl.Expr | None:
+        """How the feature is computed in its step (None: by a dedicated function)."""
+        if self.rank is not None:
+            return self.rank.score(window)
+        return None if self.expr is None else self.expr(window)
 
 
 def exact_sum(amounts: pl.Expr) -> pl.Expr:
@@ -118,19 +126,29 @@ def quintile_score(value: pl.Expr, *, descending: bool = False) -> pl.Expr:
     - fewer than 5 customers: scores spread evenly around 3 (two customers: 2 and 4);
     - for large ``n`` each score holds a fifth of the customers.
     """
-    rank = value.rank("average", descending=descending)
-    count = value.count()
+    return quintile_of_rank(value.rank("average", descending=descending), value.count())
+
+
+def quintile_of_rank(rank: pl.Expr, count: pl.Expr) -> pl.Expr:
+    """:func:`quintile_score` from a value's average rank among ``count`` values."""
     return (((rank - 0.5) * 5 / count).floor() + 1).clip(1, 5).cast(pl.Int8)
 
 
-def _scored(column: str, *, descending: bool = False) -> Expression:
-    """The quintile score of ``column`` among contacts with an order in the RFM window."""
+@dataclass(frozen=True)
+class Rank:
+    """How a quintile score ranks: ``column`` among contacts with an order in the RFM window,
+    ascending unless ``descending`` (see :func:`quintile_score`)."""
 
-    def expr(_: Window) -> pl.Expr:
-        in_window = pl.col("frequency") > 0
-        return quintile_score(pl.when(in_window).then(pl.col(column)), descending=descending)
+    column: str
+    descending: bool = False
 
-    return expr
+    def value(self) -> pl.Expr:
+        """The ranked value: ``column`` for contacts ordering in the window, else null."""
+        return pl.when(pl.col("frequency") > 0).then(pl.col(self.column))
+
+    def score(self, _: Window) -> pl.Expr:
+        """The score among every row of the frame it is evaluated on."""
+        return quintile_score(self.value(), descending=self.descending)
 
 
 CUSTOMER_FEATURES: tuple[Feature, ...] = (
@@ -241,7 +259,7 @@ CUSTOMER_FEATURES: tuple[Feature, ...] = (
         "Recency quintile 1-5 (5 = most recent) among contacts ordering in the window.",
         "score",
         _ORDERS,
-        expr=_scored("recency_days", descending=True),
+        rank=Rank("recency_days", descending=True),
         ge=1,
         le=5,
     ),
@@ -251,7 +269,7 @@ CUSTOMER_FEATURES: tuple[Feature, ...] = (
         "Frequency quintile 1-5 (5 = most orders) among contacts ordering in the window.",
         "score",
         _ORDERS,
-        expr=_scored("frequency"),
+        rank=Rank("frequency"),
         ge=1,
         le=5,
     ),
@@ -261,7 +279,7 @@ CUSTOMER_FEATURES: tuple[Feature, ...] = (
         "Monetary quintile 1-5 (5 = highest spend) among contacts ordering in the window.",
         "score",
         _ORDERS,
-        expr=_scored("monetary"),
+        rank=Rank("monetary"),
         ge=1,
         le=5,
     ),
@@ -331,6 +349,9 @@ FEATURE_ROLES: dict[str, frozenset[str]] = {f.name: f.roles for f in CUSTOMER_FE
 SCORE_COLUMNS = tuple(f.name for f in CUSTOMER_FEATURES if f.step in ("score", "label"))
 """Population-relative columns: recomputed over every contact (``score_rfm``)."""
 
+RANKS: dict[str, Rank] = {f.name: f.rank for f in CUSTOMER_FEATURES if f.rank is not None}
+"""The quintile scores and how each ranks."""
+
 
 def features_in(step: Step) -> tuple[Feature, ...]:
     """The features computed in ``step``, in catalogue order."""
@@ -339,7 +360,8 @@ def features_in(step: Step) -> tuple[Feature, ...]:
 
 def step_exprs(step: Step, window: Window) -> list[pl.Expr]:
     """The expressions of ``step``'s features, each named after its feature."""
-    return [f.expr(window).alias(f.name) for f in features_in(step) if f.expr is not None]
+    exprs = ((f.name, f.expression(window)) for f in features_in(step))
+    return [expr.alias(name) for name, expr in exprs if expr is not None]
 
 
 def fill_defaults() -> list[pl.Expr]:

@@ -18,9 +18,11 @@ import polars as pl
 from tasks.core.entities import CANCELLED_STATUSES
 from tasks.core.feature_catalog import (
     FEATURE_COLUMNS,
+    RANKS,
     Window,
     exact_sum,
     fill_defaults,
+    quintile_of_rank,
     step_exprs,
 )
 from tasks.core.feature_catalog import SCORE_COLUMNS as SCORE_COLUMNS
@@ -110,11 +112,70 @@ def score_rfm(metrics: pl.LazyFrame) -> pl.LazyFrame:
     Recency ranks on days, not timestamps: two orders on the same day are equally recent to a
     marketer (fewer days = more recent = higher score).
     """
-    window = Window.ending(datetime(1970, 1, 1, tzinfo=UTC), 0)  # scores do not depend on time
+    return _labelled(
+        metrics.drop(SCORE_COLUMNS, strict=False).with_columns(step_exprs("score", _TIMELESS))
+    )
+
+
+_TIMELESS = Window.ending(datetime(1970, 1, 1, tzinfo=UTC), 0)  # scores do not depend on time
+
+
+def _labelled(scored: pl.LazyFrame) -> pl.LazyFrame:
     return (
-        metrics.drop(SCORE_COLUMNS, strict=False)
-        .with_columns(step_exprs("score", window))
-        .with_columns(step_exprs("label", window))
+        scored.with_columns(step_exprs("label", _TIMELESS))
         .select([pl.col(name).cast(dtype) for name, dtype in FEATURE_COLUMNS.items()])
         .sort("contact_key")
     )
+
+
+# --- scores over parts of the contacts --------------------------------------------------------
+# A score ranks a value among every contact's. What the rank needs from the others is how many
+# contacts hold each value (one row per distinct value: a few hundred recencies and
+# frequencies, the distinct spends), so the metrics can be computed one part of the contacts at
+# a time, their value counts added up, and each part scored exactly as the whole would be.
+
+
+def rank_counts(metrics: pl.LazyFrame) -> dict[str, pl.LazyFrame]:
+    """Per quintile score: each ranked value among ``metrics`` and how many rows hold it."""
+    return {
+        name: metrics.select(rank.value().alias("value"))
+        .drop_nulls()
+        .group_by("value")
+        .agg(pl.len().cast(pl.Int64).alias("n"))
+        for name, rank in RANKS.items()
+    }
+
+
+def add_rank_counts(parts: list[dict[str, pl.DataFrame]]) -> dict[str, pl.DataFrame]:
+    """The :func:`rank_counts` of all parts together."""
+    return {
+        name: pl.concat([part[name] for part in parts])
+        .group_by("value")
+        .agg(pl.col("n").sum())
+        .sort("value")
+        for name in RANKS
+    }
+
+
+def score_rfm_by_counts(metrics: pl.LazyFrame, counts: dict[str, pl.DataFrame]) -> pl.LazyFrame:
+    """:func:`score_rfm` for some contacts, ranked among all contacts whose value ``counts``
+    (:func:`add_rank_counts`) are given: the same scores as ranking them all together.
+
+    A value's average rank is the number of values ranked before it plus the midpoint of its
+    ties, ``before + (n + 1) / 2`` - what polars' average rank computes - exact in floating point.
+    """
+    scored = metrics.drop(SCORE_COLUMNS, strict=False)
+    scores = []
+    for name, rank in RANKS.items():
+        table = counts[name].sort("value", descending=rank.descending)
+        value, average = f"_{name}_value", f"_{name}_rank"
+        ranks = table.select(
+            pl.col("value").alias(value),
+            (pl.col("n").cum_sum() - pl.col("n") + (pl.col("n") + 1) / 2).alias(average),
+        )
+        scored = scored.with_columns(rank.value().alias(value)).join(
+            ranks.lazy(), on=value, how="left"
+        )
+        total = pl.lit(int(table.get_column("n").sum()), pl.UInt32)
+        scores.append(quintile_of_rank(pl.col(average), total).alias(name))
+    return _labelled(scored.with_columns(scores))

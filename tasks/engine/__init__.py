@@ -17,7 +17,9 @@ calls them directly):
 - :mod:`tasks.engine.state` - what the last build consumed, and whether this one is full,
   incremental or has nothing to do;
 
-and their helpers: :mod:`tasks.engine.checks` (contracts and quarantine),
+and their helpers: :mod:`tasks.engine.buckets` (a full silver or gold build one bucket of
+people at a time, and what crosses buckets), :mod:`tasks.engine.checks` (contracts and
+quarantine),
 :mod:`tasks.engine.delta` (pinned reads, writing only what changed) and
 :mod:`tasks.engine.reports` (what each stage reports). ``full_refresh`` rebuilds everything and
 produces the same tables; ``docs/architecture.md`` describes the whole design.

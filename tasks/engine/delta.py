@@ -35,36 +35,48 @@ def sync_table(
     keys: Sequence[str],
     scope: pl.Series | None = None,
     scope_column: str | None = None,
+    where: pl.Expr | None = None,
 ) -> int:
     """Make ``table`` hold ``df`` for the keys in ``scope`` (all keys if None); write only changes.
 
     Within the scope (values of ``scope_column``, default the first key), rows of ``df`` that
     differ from the table are upserted and table rows whose key ``df`` lacks are deleted, in one
     MERGE commit that rewrites only the files holding those keys; an unchanged result commits
-    nothing. Without a scope, a changed schema or mostly-new keys rewrite the table whole.
+    nothing. ``where`` narrows the scope to the table rows matching it (a bucket of people),
+    and ``df`` must hold only such rows; when the table has none, ``df`` is appended (the first
+    full build writes each bucket without a MERGE reading the table for matches). Without a
+    scope, a changed schema or mostly-new keys rewrite the table whole.
     Partitioning comes from the table catalogue. Returns the number of rows written or deleted.
     """
     key_list = list(keys)
     partition_by = _partitioning(table)
+    whole = scope is None and where is None
     if not lake.exists(table):
         lake.overwrite(table, df, partition_by=partition_by)
         return df.height
     current = lake.scan(table)
     same_schema = dict(current.collect_schema()) == dict(df.schema)
-    if scope is not None:
+    if scope is not None or where is not None:
         if not same_schema:
             raise LakeError(
                 f"{table}: the built rows' schema differs from the table's; an incremental "
                 "build cannot change a schema (run with full_refresh)"
             )
-        current = current.filter(values_in(scope_column or key_list[0], scope))
+        if scope is not None:
+            current = current.filter(values_in(scope_column or key_list[0], scope))
+        if where is not None:
+            current = current.filter(where)
     elif not same_schema:
         lake.overwrite(table, df, partition_by=partition_by)
+        return df.height
+    if where is not None and current.select(pl.len()).collect().item() == 0:
+        if df.height:  # the slice is empty: nothing for a MERGE to match, append instead
+            lake.append(table, df, partition_by=partition_by)
         return df.height
     upserts, deletes = (
         frame.collect() for frame in changed_rows(df.lazy(), current.select(df.columns), keys=keys)
     )
-    if scope is None and deletes.height > max(REWRITE_MIN, REWRITE_SHARE * df.height):
+    if whole and deletes.height > max(REWRITE_MIN, REWRITE_SHARE * df.height):
         lake.overwrite(table, df, partition_by=partition_by)
         return df.height
     if upserts.height or deletes.height:

@@ -20,21 +20,37 @@ and :func:`commit_gold` writes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
+from pathlib import Path
 
 import polars as pl
 
 from tasks.connectors.lake import Lake
 from tasks.core.config import PipelineConfig
 from tasks.core.contracts import AudienceMember, CustomerFeatures, Split
-from tasks.core.feature_catalog import FEATURE_COLUMNS, SCORE_COLUMNS
-from tasks.core.features import customer_metrics, score_rfm
+from tasks.core.feature_catalog import FEATURE_COLUMNS, RANKS, SCORE_COLUMNS
+from tasks.core.features import (
+    add_rank_counts,
+    customer_metrics,
+    rank_counts,
+    score_rfm,
+    score_rfm_by_counts,
+)
 from tasks.core.incremental import changed_rows, values_in
 from tasks.core.normalise import UTC_MICROS
 from tasks.core.segments import audience_members
 from tasks.core.tables import AUDIENCE, AUDIENCE_SCHEMA, CONTACTS, EVENTS, FEATURES, ORDERS
+from tasks.engine.buckets import (
+    PEOPLE_PER_BUCKET,
+    add_reports,
+    bucket_count,
+    bucket_of,
+    replace_on_new_schema,
+)
 from tasks.engine.checks import Checker
 from tasks.engine.delta import sync_table
 from tasks.engine.holdouts import build_holdouts
@@ -73,6 +89,16 @@ def build_gold_tables(
         build_holdouts(lake, config, logger=logger)  # a holdout share may have changed
         return _gold_totals(lake, config, checker)  # nothing changed: counts only
     keys = None if contact_keys is None else pl.Series("contact_key", contact_keys, pl.String)
+    buckets = (
+        1
+        if keys is not None
+        else bucket_count(config.engine.buckets, lake.count(CONTACTS), per_bucket=PEOPLE_PER_BUCKET)
+    )
+    if buckets > 1:
+        logger.info("gold: every contact, in %d buckets of people", buckets)
+        tables = build_gold_in_buckets(lake, config, as_of=as_of, buckets=buckets, checker=checker)
+        build_holdouts(lake, config, logger=logger)
+        return _gold_totals(lake, config, checker, tables=tables)
 
     def of_affected(frame: pl.LazyFrame) -> pl.LazyFrame:
         return frame if keys is None else frame.filter(values_in("contact_key", keys))
@@ -91,7 +117,11 @@ def build_gold_tables(
     built = gold_rows(metrics, current, contacts, keys, config, checker=checker)
     commit_gold(lake, built)
     build_holdouts(lake, config, logger=logger)
-    tables = [
+    return _gold_totals(lake, config, checker, tables=_reports(built))
+
+
+def _reports(built: GoldRows) -> list[TableReport]:
+    return [
         TableReport(
             FEATURES,
             rows_in=built.candidates.height,
@@ -107,7 +137,77 @@ def build_gold_tables(
             duplicates=0,
         ),
     ]
-    return _gold_totals(lake, config, checker, tables=tables)
+
+
+def build_gold_in_buckets(
+    lake: Lake, config: PipelineConfig, *, as_of: datetime, buckets: int, checker: Checker
+) -> list[TableReport]:
+    """Every contact's gold rows, one bucket of contacts at a time: the same tables as one pass.
+
+    The RFM scores rank each contact among all: a first pass computes each bucket's metrics
+    (kept on local disk) and counts its ranked values; the second scores each bucket against
+    the counts of all (:func:`tasks.core.features.score_rfm_by_counts`), assigns segments and
+    commits the bucket's features and audience rows.
+    """
+    contacts = lake.scan(CONTACTS)
+    orders = _scan_or_empty(lake, ORDERS, _EMPTY_ORDERS)
+    events = _scan_or_empty(lake, EVENTS, _EMPTY_EVENTS)
+
+    def bucket(frame: pl.LazyFrame, part: int) -> pl.LazyFrame:
+        return frame.filter(bucket_of("contact_key", buckets) == part)
+
+    tables: list[TableReport] = []
+    with tempfile.TemporaryDirectory(prefix="gold-buckets-") as tmp:
+        spill = Path(tmp)
+        counts = []
+        for part in range(buckets):
+            metrics = customer_metrics(
+                bucket(contacts, part),
+                bucket(orders, part),
+                bucket(events, part),
+                as_of=as_of,
+                rfm_window_days=config.transform.features.rfm_window_days,
+            ).collect()
+            metrics.write_parquet(spill / f"metrics-{part}.parquet")
+            counts.append(pl.collect_all(rank_counts(metrics.lazy()).values()))
+        ranked = add_rank_counts([dict(zip(RANKS, c, strict=True)) for c in counts])
+        for part in range(buckets):
+            reports = build_gold_bucket(
+                lake,
+                config,
+                pl.read_parquet(spill / f"metrics-{part}.parquet"),
+                bucket(contacts, part),
+                ranked,
+                where=bucket_of("contact_key", buckets) == part,
+                checker=checker,
+            )
+            tables = add_reports(tables, reports)
+    return tables
+
+
+def build_gold_bucket(
+    lake: Lake,
+    config: PipelineConfig,
+    metrics: pl.DataFrame,
+    contacts: pl.LazyFrame,
+    ranked: dict[str, pl.DataFrame],
+    *,
+    where: pl.Expr,
+    checker: Checker,
+) -> list[TableReport]:
+    """One bucket of contacts (``where``): score its ``metrics`` against the value counts of
+    all contacts (``ranked``), check, assign segments and commit; returns its balances."""
+    built = gold_rows(
+        metrics,
+        pl.DataFrame(schema=FEATURE_COLUMNS),
+        contacts,
+        None,
+        config,
+        checker=checker,
+        score=partial(score_rfm_by_counts, counts=ranked),
+    )
+    commit_gold(lake, built, where=where)
+    return _reports(built)
 
 
 @dataclass(frozen=True)
@@ -136,16 +236,18 @@ def gold_rows(
     config: PipelineConfig,
     *,
     checker: Checker,
+    score: Callable[[pl.LazyFrame], pl.LazyFrame] = score_rfm,
 ) -> GoldRows:
     """Score, check and assign segments: the affected contacts' ``metrics`` (every contact's
-    when ``keys`` is None) against the ``current`` features table."""
+    when ``keys`` is None) against the ``current`` features table. ``score`` adds the RFM
+    scores (by default ranking the rows given against each other)."""
     if keys is None:
         population = metrics
     else:
         kept = current.filter(~values_in("contact_key", keys)).drop(SCORE_COLUMNS)
         population = pl.concat([kept, metrics], how="vertical")
     # Quintiles rank every contact against the others: always scored over the whole table.
-    scored = score_rfm(population.lazy()).collect()
+    scored = score(population.lazy()).collect()
     rescored, _ = changed_rows(scored.lazy(), current.lazy(), keys=["contact_key"])
     candidates = (
         scored
@@ -191,10 +293,19 @@ def gold_rows(
     )
 
 
-def commit_gold(lake: Lake, built: GoldRows) -> None:
-    """Write the features, then the audience (changed keys only)."""
+def commit_gold(lake: Lake, built: GoldRows, *, where: pl.Expr | None = None) -> None:
+    """Write the features, then the audience (changed keys only; ``where``: the bucket of
+    contacts ``built`` holds, see :func:`tasks.engine.delta.sync_table`)."""
+    if where is not None:
+        replace_on_new_schema(lake, FEATURES, built.features.valid)
+        replace_on_new_schema(lake, AUDIENCE, built.members)
     sync_table(
-        lake, FEATURES, built.features.valid, keys=["contact_key"], scope=built.features_scope
+        lake,
+        FEATURES,
+        built.features.valid,
+        keys=["contact_key"],
+        scope=built.features_scope,
+        where=where,
     )
     sync_table(
         lake,
@@ -203,6 +314,7 @@ def commit_gold(lake: Lake, built: GoldRows) -> None:
         keys=["segment", "contact_key"],
         scope=built.members_scope,
         scope_column="contact_key",
+        where=where,
     )
 
 

@@ -16,8 +16,10 @@ frames out, no lake), :func:`commit_silver` writes them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, replace
 from datetime import datetime
+from pathlib import Path
 
 import polars as pl
 
@@ -34,8 +36,22 @@ from tasks.core.entities import (
 )
 from tasks.core.incremental import values_in
 from tasks.core.tables import CONTACTS, EVENTS, ORDERS, ROLES, STAGED, bronze_table
+from tasks.engine.buckets import (
+    CrossLinks,
+    add_reports,
+    bucket_count,
+    bucket_of,
+    cross_bucket_links,
+    drop_stale,
+    sync_bucket,
+)
 from tasks.engine.checks import Checker
-from tasks.engine.consent import pending_external, record_and_decide, record_pending
+from tasks.engine.consent import (
+    PendingConsent,
+    pending_external,
+    record_and_decide,
+    record_pending,
+)
 from tasks.engine.delta import pinned, sync_table
 from tasks.engine.reports import Logger, Metric, SilverReport, StagingReport
 from tasks.engine.scope import Scope, change_scope, live_where
@@ -81,9 +97,16 @@ def build_silver_tables(
         lake, plan, logs, secret=secret, version=version, logger=logger, also=pending.emails
     )
     checker = Checker(run_id=run_id, now=now, logger=logger)
+    buckets = 1 if scope is not None else bucket_count(config.engine.buckets, plan.live_rows)
     if mode == "unchanged":
         record_pending(lake, pending)
         tables = _unchanged_reports(staging)
+    elif buckets > 1:
+        logger.info("silver: full build in %d buckets of people", buckets)
+        tables = build_in_buckets(
+            lake, logs, config, buckets, staging, checker=checker, secret=secret, version=version,
+            pending=pending, now=now, run_id=run_id,
+        )  # fmt: skip
     else:
         rows = live_rows_of(logs, scope)
         consent = record_and_decide(
@@ -149,6 +172,114 @@ def _scope_and_mode(
     return scope, "incremental" if scope.changed_rows or scope.emails.len() else "unchanged"
 
 
+def build_in_buckets(
+    lake: Lake,
+    logs: dict[str, pl.LazyFrame],
+    config: PipelineConfig,
+    buckets: int,
+    staging: StagingReport,
+    *,
+    checker: Checker,
+    secret: bytes,
+    version: int,
+    pending: PendingConsent,
+    now: datetime,
+    run_id: str,
+) -> list[TableReport]:
+    """A full build one bucket of people at a time (:mod:`tasks.engine.buckets`): the same
+    tables as one pass, holding one bucket's rows at a time. Returns the summed balances.
+    ``pending`` platform and erasure statements go to the consent ledger with the first bucket;
+    each bucket records its people's own statements and reads their decisions."""
+    cross = cross_bucket_links(logs, buckets)
+    reports: list[TableReport] = []
+    no_rejects = dict.fromkeys(staging.rejected, 0)
+    with tempfile.TemporaryDirectory(prefix="silver-buckets-") as tmp:
+        for bucket in range(buckets):
+            rejected = staging.rejected if bucket == 0 else no_rejects
+            statements = pending if bucket == 0 else _nothing_pending(pending)
+            part = build_silver_bucket(
+                lake,
+                logs,
+                config,
+                cross,
+                bucket,
+                rejected=rejected,
+                spill=Path(tmp),
+                checker=checker,
+                secret=secret,
+                version=version,
+                pending=statements,
+                now=now,
+                run_id=run_id,
+            )
+            reports = add_reports(reports, part)
+        for table, key in ((ORDERS, "order_id"), (EVENTS, "event_id")):
+            drop_stale(lake, table, key=key, spill=Path(tmp), buckets=buckets)
+    return reports
+
+
+def build_silver_bucket(
+    lake: Lake,
+    logs: dict[str, pl.LazyFrame],
+    config: PipelineConfig,
+    cross: CrossLinks,
+    bucket: int,
+    *,
+    rejected: dict[str, int],
+    spill: Path,
+    checker: Checker,
+    secret: bytes,
+    version: int,
+    pending: PendingConsent,
+    now: datetime,
+    run_id: str,
+) -> list[TableReport]:
+    """One bucket of a full build: its staged rows read, built, checked and committed; its
+    balances (``rejected``: the staging rejects to count in them). Its people's consent
+    statements are recorded in the ledger (with ``pending``) and their decisions read back."""
+    wanted = cross.predicates(bucket)
+    frames = pl.collect_all([live_where(logs[r], wanted[r]) for r in ROLES])
+    rows = dict(zip(ROLES, frames, strict=True))
+    links = cross.links.lazy()
+    people = pl.concat(
+        [rows[r].select(pl.col("email").cast(pl.String)) for r in ROLES if "email" in rows[r]]
+    )
+    consent = record_and_decide(
+        lake,
+        pending,
+        rows["contacts"],
+        people.get_column("email").drop_nulls().unique().sort(),
+        secret=secret,
+        version=version,
+        now=now,
+        run_id=run_id,
+    )
+    built = silver_rows(
+        rows, None, config, checker=checker, secret=secret, version=version, links=links,
+        consent=consent,
+    )  # fmt: skip
+    sync_bucket(lake, ORDERS, built.orders.valid, key="order_id", where=None, spill=spill)
+    sync_bucket(lake, EVENTS, built.events.valid, key="event_id", where=None, spill=spill)
+    sync_bucket(
+        lake,
+        CONTACTS,
+        built.contacts.valid,
+        key="contact_key",
+        where=bucket_of("email", cross.buckets) == bucket,
+        spill=spill,
+    )
+    return _balances(rows, built, rejected)
+
+
+def _nothing_pending(pending: PendingConsent) -> PendingConsent:
+    """``pending`` once recorded: no rows, the suppressions version already remembered."""
+    return replace(
+        pending,
+        rows=pending.rows.clear(),
+        suppressions_read=pending.suppressions_version,
+    )
+
+
 def live_rows_of(logs: dict[str, pl.LazyFrame], scope: Scope | None) -> dict[str, pl.DataFrame]:
     """Per role, the live staged rows of the records in ``scope`` (every record if None)."""
     if scope is None:
@@ -189,11 +320,14 @@ def silver_rows(
     secret: bytes,
     version: int,
     consent: pl.DataFrame | None = None,
+    links: pl.LazyFrame | None = None,
 ) -> SilverRows:
     """Build and check silver orders, events and contacts from live staged rows (no lake).
 
     ``consent``: the people's current consent from the consent ledger
-    (:func:`tasks.engine.consent.record_and_decide`); without it, derived from their rows."""
+    (:func:`tasks.engine.consent.record_and_decide`); without it, derived from their rows.
+    ``links``: the anonymous-id links of all events, when ``rows`` are one bucket of people.
+    """
     settings = config.transform
     rates = settings.currency.to_reporting()
     orders = dedupe_orders(rows["orders"].lazy()).collect()
@@ -205,7 +339,9 @@ def silver_rows(
         orders.lazy(), rates=rates, pepper=secret, key_version=version
     ).collect()
     checked_orders = checker.check(built_orders, SilverOrder, table=ORDERS)
-    built_events = silver_events(events.lazy(), pepper=secret, key_version=version).collect()
+    built_events = silver_events(
+        events.lazy(), pepper=secret, key_version=version, links=links
+    ).collect()
     checked_events = checker.check(built_events, SilverEvent, table=EVENTS)
     person_orders = orders.filter(person)
     contacts = (
@@ -218,6 +354,7 @@ def silver_rows(
             pepper=secret,
             key_version=version,
             consent=None if consent is None else consent.lazy(),
+            links=links,
         )
         .filter(person)
         .collect()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+import yaml
 
 from flows.ingest import ingest
 from flows.transform import TransformReport, transform
@@ -231,6 +232,42 @@ def test_a_new_as_of_recomputes_every_contacts_features_but_no_silver(sandbox: S
     # And the next run on the same day finds nothing to do.
     again = transform(config_path=CONFIG, as_of=AS_OF + timedelta(days=9))
     assert again.mode == "unchanged" and again.contacts_rebuilt == 0
+
+
+def test_buckets_of_people_give_the_tables_of_one_pass_full_and_incremental(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """The flow with ``engine.buckets: 3``: the first run (full, in buckets), a full refresh in
+    one pass that finds nothing to rewrite, an incremental run, a new day (gold in buckets),
+    and full refreshes in buckets matching each."""
+    raw = yaml.safe_load(Path(CONFIG).read_text())
+    raw["engine"] = {"task_runner": "inline", "buckets": 3}
+    bucketed = tmp_path / "pipeline-buckets.yaml"
+    bucketed.write_text(yaml.safe_dump(raw, sort_keys=False))
+    ingest(config_path=CONFIG)
+    first = transform(config_path=str(bucketed), as_of=AS_OF)
+    assert first.mode == "full" and all(t.balanced for t in first.tables)
+    lake = sandbox.lake
+    built = snapshot(lake)
+    versions = {t: lake.version(t) for t in (CONTACTS, ORDERS, EVENTS, AUDIENCE)}
+    assert run(full_refresh=True).mode == "full"
+    assert {t: lake.version(t) for t in versions} == versions  # one pass: nothing to rewrite
+    assert_same_tables(snapshot(lake), built)
+
+    change_every_source(sandbox)
+    ingest(config_path=CONFIG)
+    incremental = transform(config_path=str(bucketed), as_of=AS_OF)
+    assert incremental.mode == "incremental"
+    after = snapshot(lake)
+    full = transform(config_path=str(bucketed), as_of=AS_OF, full_refresh=True)
+    assert full.mode == "full" and all(t.balanced for t in full.tables)
+    assert_same_tables(snapshot(lake), after)
+
+    later = AS_OF + timedelta(days=3)
+    assert transform(config_path=str(bucketed), as_of=later).mode == "unchanged"
+    moved_on = snapshot(lake)
+    transform(config_path=CONFIG, as_of=later, full_refresh=True)
+    assert_same_tables(snapshot(lake), moved_on)
 
 
 def test_lake_primitives_behind_incremental_writes(tmp_path: Path) -> None:

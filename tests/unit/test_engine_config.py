@@ -174,3 +174,18 @@ def test_a_remote_cluster_cannot_report_to_a_temporary_server(
         open_task_runner(remote),
     ):
         pytest.fail("the runner must not start")
+
+
+def test_buckets_default_to_the_size_of_the_lake_and_must_be_positive(tmp_path: Path) -> None:
+    from tasks.engine.buckets import PEOPLE_PER_BUCKET, ROWS_PER_BUCKET, bucket_count
+
+    engine = load_pipeline(write_config(tmp_path, None), env={}).engine
+    assert engine.buckets is None
+    assert bucket_count(engine.buckets, 300) == 1  # the demo: one pass
+    assert bucket_count(engine.buckets, 4 * ROWS_PER_BUCKET + 1) == 5
+    assert bucket_count(None, 1_000_000, per_bucket=PEOPLE_PER_BUCKET) == 4
+    assert bucket_count(3, 10**9) == 3
+    configured = write_config(tmp_path, {"task_runner": "inline", "buckets": 8})
+    assert load_pipeline(configured, env={}).engine.buckets == 8
+    with pytest.raises(ConfigError, match=r"engine\.buckets"):
+        load_pipeline(write_config(tmp_path, {"task_runner": "inline", "buckets": 0}), env={})

@@ -11,7 +11,15 @@ from hypothesis import strategies as st
 
 from tasks.core.config import FEATURE_COLUMNS
 from tasks.core.contracts import CustomerFeatures, split_valid
-from tasks.core.features import customer_features, quintile_score
+from tasks.core.features import (
+    add_rank_counts,
+    customer_features,
+    customer_metrics,
+    quintile_score,
+    rank_counts,
+    score_rfm,
+    score_rfm_by_counts,
+)
 
 AS_OF = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -196,3 +204,41 @@ def test_feature_columns_match_the_config_and_rows_are_sorted() -> None:
     out = features(3, orders([(2, 1.0, 1), (0, 2.0, 2)]))
     assert dict(out.schema) == FEATURE_COLUMNS
     assert out["contact_key"].is_sorted()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.integers(0, 3),  # frequency (0: no order in the window, so no scores)
+            st.integers(0, 12),  # recency in days: many ties
+            st.sampled_from([0.0, 9.99, 10.0, 25.5, 100.0, 1e6]),  # spend: ties too
+        ),
+        min_size=1,
+        max_size=60,
+    ),
+    parts=st.integers(1, 5),
+)
+def test_scores_from_value_counts_equal_scores_over_everyone(
+    rows: list[tuple[int, int, float]], parts: int
+) -> None:
+    """Scoring parts of the contacts against the value counts of all (a build in buckets)
+    gives every contact the score ranking all of them together gives."""
+    metrics = customer_metrics(
+        contacts(len(rows)), orders([(0, 1.0, 1.0)]), events([]), as_of=AS_OF
+    ).collect()
+    metrics = metrics.with_columns(
+        pl.Series("frequency", [f for f, _, _ in rows], pl.Int64),
+        pl.Series("recency_days", [r for _, r, _ in rows], pl.Int64),
+        pl.Series("monetary", [m for _, _, m in rows], pl.Float64),
+    )
+    together = score_rfm(metrics.lazy()).collect()
+    part = pl.int_range(pl.len()) % parts
+    pieces = [metrics.filter(part == p) for p in range(parts)]
+    counts = add_rank_counts(
+        [{n: c.collect() for n, c in rank_counts(piece.lazy()).items()} for piece in pieces]
+    )
+    apart = pl.concat(
+        [score_rfm_by_counts(piece.lazy(), counts).collect() for piece in pieces]
+    ).sort("contact_key")
+    assert apart.equals(together)

@@ -116,6 +116,31 @@ class Lake(LakeReads):
                 raise
             return True
 
+    def append(
+        self, table: str, df: pl.DataFrame, *, partition_by: Sequence[str] | None = None
+    ) -> None:
+        """Append ``df`` as it is, creating the table if missing: for rows whose keys the caller
+        knows the table does not hold (a bucket of a build finding its slice empty), where a
+        MERGE would only read the table to find no match. Idempotence is the caller's: a rerun
+        finds the rows there and must not append again."""
+        with self._locked(table), self._errors(table, "append to"), self._audited(table):
+            delta = self._load(table)
+            data = self._prepare(table, df, delta)
+
+            def append(target: DeltaTable | str) -> None:
+                writes.append_rows(
+                    target,
+                    data,
+                    partition_by=partition_by,
+                    options=self._delta_options(),
+                    properties=commit_properties(None),
+                )
+
+            if delta is None:
+                append(self.uri(table))
+            else:
+                self._rerun_after_maintenance(table, append)
+
     def merge(
         self,
         table: str,
