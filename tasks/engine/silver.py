@@ -17,7 +17,7 @@ frames out, no lake), :func:`commit_silver` writes them.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -188,15 +188,20 @@ def build_in_buckets(
 ) -> list[TableReport]:
     """A full build one bucket of people at a time (:mod:`tasks.engine.buckets`): the same
     tables as one pass, holding one bucket's rows at a time. Returns the summed balances.
-    ``pending`` platform and erasure statements go to the consent ledger with the first bucket;
-    each bucket records its people's own statements and reads their decisions."""
+    The consent ledger is brought up to date once, before the buckets, from every live contact
+    row and ``pending`` (a source record's chain of statements may span people, hence
+    buckets); each bucket then takes its people's decisions from the result."""
     cross = cross_bucket_links(logs, buckets)
+    contact_rows = live_where(logs["contacts"], pl.lit(True)).collect()
+    consent = record_and_decide(
+        lake, pending, contact_rows, None, secret=secret, version=version, now=now, run_id=run_id
+    )
+    del contact_rows
     reports: list[TableReport] = []
     no_rejects = dict.fromkeys(staging.rejected, 0)
     with tempfile.TemporaryDirectory(prefix="silver-buckets-") as tmp:
         for bucket in range(buckets):
             rejected = staging.rejected if bucket == 0 else no_rejects
-            statements = pending if bucket == 0 else _nothing_pending(pending)
             part = build_silver_bucket(
                 lake,
                 logs,
@@ -208,9 +213,7 @@ def build_in_buckets(
                 checker=checker,
                 secret=secret,
                 version=version,
-                pending=statements,
-                now=now,
-                run_id=run_id,
+                consent=consent,
             )
             reports = add_reports(reports, part)
         for table, key in ((ORDERS, "order_id"), (EVENTS, "event_id")):
@@ -230,30 +233,15 @@ def build_silver_bucket(
     checker: Checker,
     secret: bytes,
     version: int,
-    pending: PendingConsent,
-    now: datetime,
-    run_id: str,
+    consent: pl.DataFrame,
 ) -> list[TableReport]:
     """One bucket of a full build: its staged rows read, built, checked and committed; its
-    balances (``rejected``: the staging rejects to count in them). Its people's consent
-    statements are recorded in the ledger (with ``pending``) and their decisions read back."""
+    balances (``rejected``: the staging rejects to count in them). ``consent``: the current
+    consent of everyone (a join by contact key picks the bucket's people)."""
     wanted = cross.predicates(bucket)
     frames = pl.collect_all([live_where(logs[r], wanted[r]) for r in ROLES])
     rows = dict(zip(ROLES, frames, strict=True))
     links = cross.links.lazy()
-    people = pl.concat(
-        [rows[r].select(pl.col("email").cast(pl.String)) for r in ROLES if "email" in rows[r]]
-    )
-    consent = record_and_decide(
-        lake,
-        pending,
-        rows["contacts"],
-        people.get_column("email").drop_nulls().unique().sort(),
-        secret=secret,
-        version=version,
-        now=now,
-        run_id=run_id,
-    )
     built = silver_rows(
         rows, None, config, checker=checker, secret=secret, version=version, links=links,
         consent=consent,
@@ -269,15 +257,6 @@ def build_silver_bucket(
         spill=spill,
     )
     return _balances(rows, built, rejected)
-
-
-def _nothing_pending(pending: PendingConsent) -> PendingConsent:
-    """``pending`` once recorded: no rows, the suppressions version already remembered."""
-    return replace(
-        pending,
-        rows=pending.rows.clear(),
-        suppressions_read=pending.suppressions_version,
-    )
 
 
 def live_rows_of(logs: dict[str, pl.LazyFrame], scope: Scope | None) -> dict[str, pl.DataFrame]:
