@@ -24,8 +24,9 @@ One erasure, for a list of emails (:func:`erase_people`):
    checkpoint deleted (their statistics hold min/max values), change data files deleted.
 5. Each configured platform is asked to erase the person (the adapters' ``erase``).
 6. A receipt per person goes to ``ops/erasure_log``: request id, contact key, tables and files
-   touched, each platform's answer. An email never appears in a receipt, a log line or a
-   commit.
+   touched, each platform's answer. An email never appears in a receipt or a log line; a
+   delete's MERGE commit may quote the matched values (delta-rs records an early-filter
+   predicate), and step 4 deletes those commits with the rest of the history.
 
 A rerun after a crash completes the job: the request is already recorded, the deletes find
 what is left, the purge is idempotent and the platforms' erase calls are too.
