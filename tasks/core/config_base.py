@@ -38,11 +38,31 @@ class SecretRef(Model):
 # the role to the source's own column name, so a new source is YAML, not code.
 Role = Literal["contacts", "orders", "events", "enrichment"]
 
+CONSENT_EVIDENCE_FIELDS = (
+    "lawful_basis",
+    "consent_form_id",
+    "double_opt_in_at",
+    "consent_wording_version",
+    "consent_ip",
+)
+"""Optional contact fields that document a consent statement (the ledger's lawful basis and
+evidence); ``consent_ip`` is an identifier: the ledger keeps only a keyed hash of it."""
+
 ROLE_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # role: (required canonical fields, optional canonical fields)
     "contacts": (
         ("source_id", "email", "updated_at"),
-        ("first_name", "last_name", "phone", "country", "opted_in", "opted_in_at", "opted_out"),
+        (
+            "first_name",
+            "last_name",
+            "phone",
+            "country",
+            "opted_in",
+            "opted_in_at",
+            "opted_out",
+            # consent evidence, carried into the consent ledger (tasks.core.consent)
+            *CONSENT_EVIDENCE_FIELDS,
+        ),
     ),
     "orders": (
         ("order_id", "email", "amount", "updated_at"),

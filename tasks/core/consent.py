@@ -18,6 +18,13 @@ Current consent (:func:`decide`) is a pure function of the ledger: among the sta
 ``unknown``, which is never published. ``event_id`` is a hash of the statement (contact key,
 source, record id, status, time and the event it supersedes), so recording the same statement
 twice, by a rerun or a full refresh, adds nothing.
+
+Lawful basis and evidence describe a statement but are not part of its identity: an opt-in's
+lawful basis is the source's ``lawful_basis`` field (``consent`` when unmapped), and its evidence
+adds the optional ``consent_form_id``, ``double_opt_in_at``, ``consent_wording_version`` and
+``ip_hash`` (a keyed hash of ``consent_ip``, never the address itself) when the record has them.
+Mapping these fields later neither changes the ids of recorded events nor records the same
+statement again; the evidence is that of the first recording of each statement.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from tasks.core.normalise import (
     UTC_MICROS,
     contact_key,
     is_valid_email,
+    keyed_hash,
     normalise_email,
     sha256_hex,
 )
@@ -121,6 +129,13 @@ def source_statements(contacts: pl.LazyFrame, *, pepper: bytes, key_version: int
         field("opted_in", pl.Boolean()),
         field("opted_in_at", UTC_MICROS),
         field("opted_out", pl.Boolean()),
+        field("lawful_basis", pl.String()),
+        field("consent_form_id", pl.String()),
+        field("double_opt_in_at", UTC_MICROS),
+        field("consent_wording_version", pl.String()),
+        keyed_hash(field("consent_ip", pl.String()), pepper=pepper, version=key_version).alias(
+            "ip_hash"
+        ),
     )
     status = (
         pl.when(pl.col("opted_out").fill_null(False))
@@ -134,22 +149,43 @@ def source_statements(contacts: pl.LazyFrame, *, pepper: bytes, key_version: int
         .then(pl.coalesce("opted_in_at", "updated_at"))
         .otherwise(pl.col("updated_at"))
     )
-    evidence = pl.struct(
-        pl.col("opted_in"),
-        _iso("opted_in_at").alias("opted_in_at"),
-        pl.col("opted_out"),
-        _iso("updated_at").alias("record_updated_at"),
-    ).struct.json_encode()
+    evidence = _with_present(
+        pl.struct(
+            pl.col("opted_in"),
+            _iso("opted_in_at").alias("opted_in_at"),
+            pl.col("opted_out"),
+            _iso("updated_at").alias("record_updated_at"),
+        ).struct.json_encode(),
+        pl.col("consent_form_id"),
+        _iso("double_opt_in_at").alias("double_opt_in_at"),
+        pl.col("consent_wording_version"),
+        pl.col("ip_hash"),
+    )
     statements = rows.select(
         "contact_key",
         pl.col("_source").alias("source"),
         pl.col("source_id").alias("source_record_id"),
         status.alias("status"),
-        pl.when(status == OPT_IN).then(pl.lit("consent")).alias("lawful_basis"),
+        pl.when(status == OPT_IN)
+        .then(pl.coalesce("lawful_basis", pl.lit("consent")))
+        .alias("lawful_basis"),
         evidence.alias("evidence"),
         occurred.cast(UTC_MICROS).alias("occurred_at"),
     ).filter(pl.col("status").is_not_null())
     return _strongest(statements, by=_RECORD).select(STATEMENT_COLUMNS)
+
+
+def _with_present(evidence: pl.Expr, *extra: pl.Expr) -> pl.Expr:
+    """``evidence`` (a JSON object) with each of ``extra`` added under its name when not null,
+    so a record that documents nothing more has the evidence it had before these fields."""
+    members = [
+        pl.when(e.is_not_null()).then(
+            pl.lit(",")
+            + pl.struct(e).struct.json_encode().str.strip_prefix("{").str.strip_suffix("}")
+        )
+        for e in extra
+    ]
+    return pl.concat_str([evidence.str.strip_suffix("}"), *members, pl.lit("}")], ignore_nulls=True)
 
 
 def platform_statements(

@@ -350,10 +350,16 @@ def contact_key(email: pl.Expr, *, pepper: bytes, version: int) -> pl.Expr:
 
     The version prefix lets a rotated pepper coexist with old keys during a migration.
     """
+    return keyed_hash(email, pepper=pepper, version=version)
+
+
+def keyed_hash(value: pl.Expr, *, pepper: bytes, version: int) -> pl.Expr:
+    """``v<version>:`` + HMAC-SHA256(pepper, value), hex: an identifier kept only as a hash
+    nobody without the lake's pepper can recompute (contact keys, the consent ledger's IPs)."""
     prefix = f"v{version}:"
 
-    def key(value: str) -> str:
-        return prefix + hmac.new(pepper, value.encode("utf-8"), hashlib.sha256).hexdigest()
+    def key(text: str) -> str:
+        return prefix + hmac.new(pepper, text.encode("utf-8"), hashlib.sha256).hexdigest()
 
     def keys(values: pl.Series) -> pl.Series:
         # Once per distinct email: events and orders repeat the same person many times.
@@ -361,7 +367,7 @@ def contact_key(email: pl.Expr, *, pepper: bytes, version: int) -> pl.Expr:
 
     # Not element-wise on purpose: one call sees the whole column, so each distinct email is
     # hashed once (per-morsel calls would hash a frequent email once per morsel).
-    return email.map_batches(keys, return_dtype=pl.String)
+    return value.map_batches(keys, return_dtype=pl.String)
 
 
 def sha256_hex(expr: pl.Expr) -> pl.Expr:

@@ -55,7 +55,16 @@ from tasks.core.publish_tables import SYNC_HISTORY_SCHEMA as SYNC_HISTORY_SCHEMA
 WriteMode = Literal["merge", "append_once", "insert_new", "log", "conditional_append"]
 Layer = Literal["bronze", "silver", "gold", "ops"]
 
-PII_FIELDS = ("email", "first_name", "last_name", "phone", "ip", "ip_address", "address")
+PII_FIELDS = (
+    "email",
+    "first_name",
+    "last_name",
+    "phone",
+    "ip",
+    "ip_address",
+    "consent_ip",
+    "address",
+)
 """Canonical fields (and the ``<field>_raw`` copies kept beside them) that identify a person
 directly. A ``contact_key`` is a keyed hash, not a direct identifier."""
 MAY_QUOTE_PII = ("url",)

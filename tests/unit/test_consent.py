@@ -274,3 +274,47 @@ def test_the_ledger_decides_what_the_current_rows_decide_whatever_the_history(
         assert from_ledger(final, ledger).sort("contact_key").equals(expected)
     assert record(ledger, final, now=at(500)).height == ledger.height
     assert ledger.get_column("event_id").is_unique().all()
+
+
+def test_consent_evidence_fields_document_a_statement_without_changing_its_identity() -> None:
+    plain = {
+        "_source": "crm", "source_id": "1", "email": "a@x.io", "opted_in": True,
+        "opted_in_at": at(1), "opted_out": False, "updated_at": at(5),
+    }  # fmt: skip
+    documented = {
+        **plain, "lawful_basis": "Consent", "consent_form_id": "form-7",
+        "double_opt_in_at": at(2), "consent_wording_version": "v3", "consent_ip": "203.0.113.9",
+    }  # fmt: skip
+    schema = {
+        **CONTACT_SCHEMA, "lawful_basis": pl.String(), "consent_form_id": pl.String(),
+        "double_opt_in_at": pl.Datetime("us", "UTC"), "consent_wording_version": pl.String(),
+        "consent_ip": pl.String(),
+    }  # fmt: skip
+    before = record(empty_ledger(), contacts([plain]), now=at(100))
+    # Staging carries the new fields as nulls for a source that maps none: nothing changes.
+    unmapped = record(empty_ledger(), pl.DataFrame([plain], schema=schema), now=at(100))
+    assert unmapped.equals(before)
+
+    ledger = record(empty_ledger(), pl.DataFrame([documented], schema=schema), now=at(100))
+    (row,) = ledger.iter_rows(named=True)
+    assert row["event_id"] == before["event_id"].item()  # evidence is not identity
+    assert row["lawful_basis"] == "Consent"
+    ip_hash = pl.select(contact_key(pl.lit("203.0.113.9"), pepper=PEPPER, version=1)).item()
+    assert json.loads(row["evidence"]) == {
+        "opted_in": True,
+        "opted_in_at": "2026-10-01T01:00:00.000000Z",
+        "opted_out": False,
+        "record_updated_at": "2026-10-01T05:00:00.000000Z",
+        "consent_form_id": "form-7",
+        "double_opt_in_at": "2026-10-01T02:00:00.000000Z",
+        "consent_wording_version": "v3",
+        "ip_hash": ip_hash,
+    }
+    assert "203.0.113.9" not in str(ledger.rows())
+    # An existing ledger recorded without the fields: mapping them later records nothing new.
+    assert record(before, pl.DataFrame([documented], schema=schema), now=at(200)).equals(before)
+    # A lawful basis belongs to an opt-in; an opt-out row keeps none.
+    out = record(
+        empty_ledger(), pl.DataFrame([{**documented, "opted_out": True}], schema=schema), now=at(9)
+    )
+    assert out["lawful_basis"].to_list() == [None]
