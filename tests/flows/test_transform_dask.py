@@ -43,7 +43,7 @@ pytestmark = pytest.mark.flow
 AS_OF = datetime(2026, 11, 1, tzinfo=UTC)  # the sample data's "now"
 LAYERS = ("silver", "gold", "ops")
 # Which run wrote a row, and when: different in every run by design.
-RUN_STAMPS = frozenset({"run_id", "_run_id", "quarantined_at", "measured_at"})
+RUN_STAMPS = frozenset({"run_id", "_run_id", "quarantined_at", "measured_at", "recorded_at"})
 
 
 def engine_config(tmp_path: Path, engine: dict[str, object]) -> str:
