@@ -320,6 +320,7 @@ TABLES: dict[str, Table] = {
             keys=("run_id", "destination", "audience", "contact_key", "synced_at"),
             write="append_once",
             masked=("error",),
+            retention_column="synced_at",
         ),
         Table(
             PUBLISH_LEASES,
