@@ -93,7 +93,13 @@ class Lake(LakeReads):
             data = self._prepare(table, df, delta)
             properties = commit_properties(metadata, batch_ids=[batch_id])
 
-            def append(target: DeltaTable | str) -> None:
+            def append(target: DeltaTable | str) -> bool:
+                # The check is made again on the snapshot the commit builds on: a rerun after a
+                # lost race refreshes the table, and a concurrent writer may have committed this
+                # very batch in between. delta-rs rejects the commit only for app ids committed
+                # after that snapshot.
+                if isinstance(target, DeltaTable) and batch_committed(target, batch_id):
+                    return False
                 writes.append_rows(
                     target,
                     data,
@@ -102,19 +108,18 @@ class Lake(LakeReads):
                     properties=properties,
                     configuration=table_properties,
                 )
+                return True
 
             try:
                 if delta is None:
-                    append(self.uri(table))
-                else:
-                    self._rerun_after_maintenance(table, append)
+                    return append(self.uri(table))
+                return self._rerun_after_maintenance(table, append)
             except CommitFailedError:
                 # delta-rs rejects a commit whose app id a concurrent commit already used; if that
                 # commit carried this batch, the batch is in and this call is a no-op.
                 if self.committed(table, batch_id):
                     return False
                 raise
-            return True
 
     def append(
         self, table: str, df: pl.DataFrame, *, partition_by: Sequence[str] | None = None
