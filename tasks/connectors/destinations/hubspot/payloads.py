@@ -14,8 +14,6 @@ PROPERTY_KINDS: dict[FieldType, tuple[str, str]] = {
     "date": ("date", "date"),
     "boolean": ("bool", "booleancheckbox"),
 }
-
-
 BOOL_OPTIONS = (
     {"label": "Yes", "value": "true", "hidden": False, "displayOrder": 0},
     {"label": "No", "value": "false", "hidden": False, "displayOrder": 1},

@@ -25,8 +25,6 @@ STANDARD_ATTRIBUTES = frozenset(
 )
 LOCATION_TEXT = frozenset({"address1", "address2", "city", "country", "region", "zip", "timezone"})
 LOCATION_NUMBER = frozenset({"latitude", "longitude"})
-
-
 _EMAIL = re.compile(r"^[^@\s\"\\,]+@[^@\s\"\\,]+\.[^@\s\"\\,]+$")
 
 

@@ -29,8 +29,6 @@ REASONS: dict[str, SuppressionStatus] = {
     "INVALID_EMAIL": "cleaned",
     "SPAM_COMPLAINT": "spam_complaint",
 }
-
-
 _POINTER_INDEX = re.compile(r"^/data/attributes/profiles/data/(\d+)(?:/|$)")
 
 

@@ -45,7 +45,6 @@ PAGE_SIZE = 1000
 MAX_PAGES = 10_000
 """Bound on the pages one suppression read may take (10 M members at 1,000 a page)."""
 
-
 T = TypeVar("T")
 R = TypeVar("R")
 
