@@ -19,10 +19,10 @@ from tasks.connectors.destinations import PLATFORMS, open_destination
 from tasks.connectors.destinations.hubspot import (
     HubSpot,
     RollingWindowBudget,
-    _unique_email_batches,
     format_value,
     open_hubspot,
 )
+from tasks.connectors.destinations.hubspot.payloads import _unique_email_batches
 from tasks.connectors.destinations.protocol import FieldSpec, Member
 from tasks.connectors.http import RetryPolicy, build_client
 from tasks.core.config import HubSpotDestination

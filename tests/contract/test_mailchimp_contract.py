@@ -33,7 +33,8 @@ import httpx
 import pytest
 
 from infra.sandbox.mailchimp import MailchimpStandIn, subscriber_hash
-from tasks.connectors.destinations.mailchimp import Mailchimp, _suppression
+from tasks.connectors.destinations.mailchimp import Mailchimp
+from tasks.connectors.destinations.mailchimp.suppressions import _suppression
 from tasks.connectors.destinations.protocol import FieldSpec, Member
 from tasks.connectors.http import RetryPolicy, build_client
 from tasks.errors import PublishError

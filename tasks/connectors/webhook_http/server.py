@@ -1,28 +1,4 @@
-"""A small HTTP/1.1 server with hard limits: the transport of the webhook receiver.
-
-It exists because the receiver faces the internet (through a proxy) and must answer every
-request, bounded in memory, time and threads, before anything reaches the application:
-
-* **bytes** — the request line and header lines are read with a per-line limit and a total
-  header budget (431 above it); a body is read only after its declared size (``Content-Length``,
-  or each strictly parsed hex chunk size) was checked against the body limit (413), and the
-  whole chunked framing (sizes, extensions, trailers) counts against a budget too. Nothing is
-  ever read "to EOF".
-* **time** — one deadline per request, from its first awaited byte to the end of its body (408
-  after it; an idle keep-alive connection is closed silently). A client dribbling one byte a
-  second cannot hold a worker longer than that.
-* **threads** — at most ``max_connections`` connections are served at once; one more is told
-  ``503`` with ``Retry-After`` by a small, bounded set of refusal threads, and beyond those the
-  connection is closed.
-* **answers** — every request with at least one byte gets a status line: 4xx naming the
-  problem for bad input (logged at WARNING, without the body or any header value), 500 for a
-  bug of ours (logged at ERROR with the traceback frames, not the exception text, which could
-  quote the body). A 4xx closes the connection, since the framing may be broken.
-
-The stdlib ``http.server`` does none of the above (a per-read timeout, a thread per connection,
-100 headers of 64 KiB each, HTML 501 pages for unknown methods, HTTP/0.9 replies without a
-status line), which is why the receiver does not build on it.
-"""
+"""The bounded HTTP/1.1 server: connection slots, request parsing, dispatch and answers."""
 
 from __future__ import annotations
 
@@ -35,17 +11,17 @@ import socketserver
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
-__all__ = ["HttpLimits", "HttpRejection", "LimitedHTTPServer", "Reply", "Request", "Routes"]
+from tasks.connectors.webhook_http.connection import _Closed, _Connection, _Timeout
+from tasks.connectors.webhook_http.messages import HttpLimits, HttpRejection, Reply, Request, Routes
 
-logger = logging.getLogger(__name__)
+# Records keep the package's name: what log configuration and readers filter on.
+logger = logging.getLogger("tasks.connectors.webhook_http")
 
 _LINE_MAX = 8_192  # request line, one header line, one chunk-size line or trailer line
-_RECV_SIZE = 65_536
 _REFUSERS = 8  # threads that may be busy telling excess connections 503 at once
 _WARNINGS_PER_S = 20  # a flood of bad requests must not become a flood of log lines
 _LINGER_S = 0.5  # how long a closing connection is drained so the client can read our answer
@@ -56,44 +32,6 @@ _CHUNK_SIZE = re.compile(rb"^([0-9A-Fa-f]{1,16})[ \t]*(;[\x09\x20-\x7e\x80-\xff]
 _DIGITS = re.compile(r"^[0-9]{1,15}$")
 # Headers whose single value the server or the application acts on: a repeat is ambiguous.
 _SINGLE = {"content-length", "transfer-encoding", "content-encoding", "expect", "host"}
-
-
-@dataclass(frozen=True)
-class HttpLimits:
-    """What one connection may cost.
-
-    Args:
-        max_body_bytes: largest request body on the wire (413 above it).
-        max_header_bytes: request line plus headers (431 above it); also the budget for
-            chunk-size lines and trailers.
-        max_headers: most header lines in one request (431 above it).
-        request_timeout_s: the whole request, headers and body, must arrive within this.
-        max_connections: connections served at once; one more gets 503.
-    """
-
-    max_body_bytes: int = 512_000
-    max_header_bytes: int = 16_384
-    max_headers: int = 64
-    request_timeout_s: float = 30.0
-    max_connections: int = 32
-
-    def __post_init__(self) -> None:
-        if min(self.max_body_bytes, self.max_header_bytes, self.max_headers) < 1:
-            raise ValueError(f"HTTP limits must be positive: {self}")
-        if self.max_connections < 1 or not 0 < self.request_timeout_s < float("inf"):
-            raise ValueError(f"HTTP limits must be positive and finite: {self}")
-
-
-class HttpRejection(Exception):
-    """A request answered with an error status; ``message`` is safe to send and to log."""
-
-    def __init__(
-        self, status: HTTPStatus, message: str, *, headers: Mapping[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = dict(headers or {})
 
 
 class _LogThrottle:
@@ -122,129 +60,9 @@ class _LogThrottle:
         logger.warning(message, *args)
 
 
-class _Timeout(Exception):
-    """The request deadline passed."""
-
-
-class _Closed(Exception):
-    """The peer closed the connection."""
-
-
-@dataclass(frozen=True)
-class Request:
-    """One parsed request head; ``headers`` has lower-case names."""
-
-    method: str
-    target: str
-    version: tuple[int, int]
-    headers: Mapping[str, str]
-
-    @property
-    def keep_alive(self) -> bool:
-        tokens = {t.strip().lower() for t in self.headers.get("connection", "").split(",")}
-        if self.version >= (1, 1):
-            return "close" not in tokens
-        return "keep-alive" in tokens
-
-
-@dataclass(frozen=True)
-class Reply:
-    """A JSON answer; ``after`` runs once the answer is sent (its errors are logged)."""
-
-    status: HTTPStatus
-    payload: Mapping[str, Any]
-    headers: Mapping[str, str] = field(default_factory=dict)
-    after: Callable[[], None] | None = None
-
-
-@dataclass(frozen=True)
-class Routes:
-    """What the server answers: POST on exactly ``post_path``, GET on the ``get`` paths."""
-
-    post_path: str
-    on_post: Callable[[bytes, Mapping[str, str]], Reply]
-    get: Mapping[str, Callable[[], Reply]] = field(default_factory=dict)
-    name: str = "http"
-
-
-class _Connection:
-    """Bounded reads from one socket, against the current request's deadline and budget."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        try:
-            host, port = sock.getpeername()[:2]
-            self.peer = f"{host}:{port}"
-        except OSError:
-            self.peer = "(gone)"
-        self._buffer = bytearray()
-        self._deadline = 0.0
-        self.received = 0  # bytes of the current request consumed so far
-
-    def begin(self, timeout_s: float) -> None:
-        self._deadline = time.monotonic() + timeout_s
-        self.received = 0
-
-    def remaining(self) -> float:
-        return self._deadline - time.monotonic()
-
-    def _fill(self) -> None:
-        left = self.remaining()
-        if left <= 0:
-            raise _Timeout
-        self.sock.settimeout(left)
-        try:
-            data = self.sock.recv(_RECV_SIZE)
-        except TimeoutError:
-            raise _Timeout from None
-        except OSError as exc:
-            raise _Closed from exc
-        if not data:
-            raise _Closed
-        self._buffer += data
-
-    def readline(self, limit: int, what: str, status: HTTPStatus) -> bytes:
-        """One line without its CRLF (or LF); ``status`` if it exceeds ``limit`` bytes."""
-        while True:
-            end = self._buffer.find(b"\n", 0, limit + 1)
-            if end >= 0:
-                line = bytes(self._buffer[:end])
-                del self._buffer[: end + 1]
-                self.received += end + 1
-                return line.removesuffix(b"\r")
-            if len(self._buffer) > limit:
-                raise HttpRejection(status, f"{what} longer than {limit} bytes")
-            self._fill()
-
-    def read_exact(self, size: int) -> bytes:
-        """Exactly ``size`` bytes (the caller has checked ``size`` against its limit)."""
-        while len(self._buffer) < size:
-            self._fill()
-        data = bytes(self._buffer[:size])
-        del self._buffer[:size]
-        self.received += size
-        return data
-
-    def started(self) -> bool:
-        """Whether any byte of the current request has arrived."""
-        return self.received > 0 or bool(self._buffer)
-
-    def drain(self, limit: int, seconds: float) -> None:
-        """Read and drop what the peer still sends (bounded in bytes and time), so that closing
-        sends FIN rather than RST and the client gets to read our answer."""
-        until = time.monotonic() + seconds
-        with contextlib.suppress(OSError):
-            while limit > 0 and (left := until - time.monotonic()) > 0:
-                self.sock.settimeout(left)
-                data = self.sock.recv(_RECV_SIZE)
-                if not data:
-                    break
-                limit -= len(data)
-
-
 class LimitedHTTPServer(socketserver.TCPServer):
     """A TCP server that serves each connection in a thread, at most ``max_connections`` at a
-    time, with the limits of :class:`HttpLimits` (see the module docstring)."""
+    time, with the limits of :class:`HttpLimits` (see the package docstring)."""
 
     allow_reuse_address = True
     request_queue_size = 128
