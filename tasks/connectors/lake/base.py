@@ -163,6 +163,16 @@ class LakeBase:
                     raise
         return write(self._require(table))
 
+    def _create_or_rerun(
+        self, table: str, delta: DeltaTable | None, write: Callable[[DeltaTable | str], T]
+    ) -> T:
+        """Run ``write`` on the table's URI when ``delta`` is None (the write creates the table),
+        otherwise on the table through :meth:`_rerun_after_maintenance`: the shape every write
+        that may create its table shares."""
+        if delta is None:
+            return write(self.uri(table))
+        return self._rerun_after_maintenance(table, write)
+
     # --- internals -------------------------------------------------------------------------------
 
     def _delta_options(self) -> dict[str, str] | None:
