@@ -53,14 +53,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tasks.connectors.serving import BackgroundHTTPServer
-from tasks.connectors.storage import (
+from tasks.connectors.s3 import (
     SseArguments,
     is_s3_uri,
     s3_client,
     split_s3_uri,
     sse_put_arguments,
 )
+from tasks.connectors.serving import BackgroundHTTPServer
 from tasks.connectors.webhook_http import (
     HttpLimits,
     HttpRejection,

@@ -28,7 +28,7 @@ from tasks.connectors.lake.options import (
     reject_unsafe_rename,
     with_default_client_options,
 )
-from tasks.connectors.storage import (
+from tasks.connectors.s3 import (
     encryption_of,
     is_s3_uri,
     normalise_option_key,

@@ -31,7 +31,7 @@ import polars as pl
 
 from tasks.connectors.lake.base import LakeBase
 from tasks.connectors.lake.commits import commit_properties
-from tasks.connectors.storage import s3_client, split_s3_uri
+from tasks.connectors.s3 import s3_client, split_s3_uri
 
 __all__ = [
     "DeleteStats",
