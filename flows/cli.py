@@ -7,390 +7,42 @@ lake URI, Prefect URL); 3 when ``run`` completed but an audience was held or ski
 ``--debug`` also prints the traceback.
 """
 
+# This module builds the parser and dispatches; the docstring above is the help text. What each
+# subcommand does is in flows.cli_commands, flows.cli_doctor and flows.cli_consent.
+
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import os
 import sys
-import time
 import traceback
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
+from flows.cli_commands import EXIT_DOCTOR_FAILED as EXIT_DOCTOR_FAILED
+from flows.cli_commands import EXIT_HELD as EXIT_HELD
+from flows.cli_commands import (
+    cmd_demo,
+    cmd_erase,
+    cmd_history,
+    cmd_maintain,
+    cmd_publish,
+    cmd_receive_events,
+    cmd_run,
+    cmd_runs,
+    cmd_schema,
+    cmd_status,
+    cmd_sync_history,
+    cmd_validate,
+)
+from flows.cli_commands import describe_error as describe_error
 from flows.cli_consent import register as register_consent
-from tasks.errors import AudienceLakeError
-
-if TYPE_CHECKING:
-    from tasks.connectors.doctor import Check
-    from tasks.core.config import PipelineConfig
-
-EXIT_DOCTOR_FAILED = 1  # `doctor` ran every check and at least one said FAIL
-EXIT_HELD = 3  # `run` completed but an audience was held/skipped; `erase`: a platform is pending
+from flows.cli_doctor import DOCTOR_CHECKS, cmd_doctor
 
 # Offline-friendly Prefect defaults; a user's own settings win.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 # Ephemeral mode starts a temporary server; on a loaded 2-core machine it can take over 30 s.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from flows.demo import run_demo
-    from flows.progress import progress_line
-
-    _before_flows(args)
-    started = time.monotonic()
-    with progress_line():
-        run_demo(
-            config=Path(args.config),
-            data_dir=Path(args.data).resolve(),
-            lake_dir=Path(args.lake).resolve(),
-            contacts=args.contacts,
-            seed=args.seed,
-        )
-    print(f"demo finished in {time.monotonic() - started:.1f}s")
-    return 0
-
-
-def _use_secret_blocks() -> None:
-    """Let ``{secret: NAME}`` come from Prefect Secret blocks when a Prefect server is named.
-
-    Without ``PREFECT_API_URL`` there are no blocks to read, so Prefect is not imported.
-    """
-    if os.environ.get("PREFECT_API_URL"):
-        import tasks.secret_blocks  # noqa: F401  (registers the block source)
-
-
-def _cmd_run(args: argparse.Namespace) -> int:
-    from tasks.core.config import load_pipeline
-
-    _use_secret_blocks()
-    load_pipeline(args.config, check_secrets=True)  # fail fast, before the flows are imported
-
-    from flows.pipeline import pipeline
-    from flows.progress import progress_line
-    from flows.summary import lake_summary
-    from tasks.resources import open_lake
-
-    _before_flows(args)
-    with progress_line():
-        report = pipeline(
-            config_path=args.config,
-            full_refresh=args.full_refresh,
-            dry_run=args.dry_run,
-            sources=args.source or None,
-            segments=args.segment or None,
-            override_hold=args.override_hold,
-        )
-    print(lake_summary(open_lake(), report))
-    kept = [p for p in report.publish if p.outcome in ("held", "skipped")]
-    for p in kept:
-        print(f"{p.outcome}: {p.destination}/{p.segment}: {p.held or p.skipped}", file=sys.stderr)
-    return EXIT_HELD if kept else 0
-
-
-def _cmd_publish(args: argparse.Namespace) -> int:
-    from tasks.core.config import load_pipeline
-    from tasks.core.pins import parse_version_pins
-
-    _use_secret_blocks()
-    load_pipeline(args.config, check_secrets=True)  # fail fast, before the flows are imported
-    try:
-        versions = parse_version_pins(args.version or [])
-    except ValueError as exc:
-        raise AudienceLakeError(str(exc)) from None
-
-    from flows.publish import publish
-    from flows.summary import publish_summary
-
-    _before_flows(args)
-    reports = publish(
-        config_path=args.config,
-        segments=args.segment or None,
-        dry_run=args.dry_run,
-        override_hold=args.override_hold,
-        as_of_run=args.as_of_run,
-        versions=versions or None,
-    )
-    print("\n".join(publish_summary(reports)))
-    kept = [p for p in reports if p.outcome in ("held", "skipped")]
-    for p in kept:
-        print(f"{p.outcome}: {p.destination}/{p.segment}: {p.held or p.skipped}", file=sys.stderr)
-    return EXIT_HELD if kept else 0
-
-
-def _cmd_sync_history(args: argparse.Namespace) -> int:
-    from flows.sync_history import show_sync_history
-
-    return show_sync_history(args.config, email=args.email, contact_key=args.contact_key)
-
-
-def _cmd_maintain(args: argparse.Namespace) -> int:
-    from tasks.core.config import load_pipeline
-
-    load_pipeline(args.config)  # fail fast on a bad maintenance section, before Prefect
-
-    from flows.maintain import maintain, maintenance_summary
-
-    _before_flows(args)
-    report = maintain(
-        config_path=args.config,
-        tables=args.table or None,
-        retention_hours=args.retention_hours,
-        expire=not args.no_expire,
-    )
-    print(maintenance_summary(report))
-    return 0
-
-
-def _cmd_erase(args: argparse.Namespace) -> int:
-    from flows.common import current_run_id, utc_now
-    from flows.erase import read_request_file
-    from tasks.core.config import load_pipeline
-    from tasks.erasure import erase_people
-    from tasks.resources import open_lake, pepper
-
-    _use_secret_blocks()
-    config = load_pipeline(args.config)
-    emails = list(args.email or [])
-    for name in args.file or []:
-        emails.extend(read_request_file(Path(name)))
-    if not emails:
-        raise AudienceLakeError("erase: name at least one person (--email or --file)")
-    secret, version = pepper()
-    # No Prefect flow run here: its parameters would keep the emails in Prefect's database.
-    receipts = erase_people(
-        open_lake(),
-        config,
-        emails,
-        pepper=secret,
-        version=version,
-        run_id=current_run_id(),
-        now=utc_now(),
-        origin="the command line",
-    )
-    for receipt in receipts:
-        platforms = "; ".join(f"{k}: {v}" for k, v in receipt.platforms.items()) or "-"
-        print(
-            f"{receipt.request_id}  {receipt.contact_key}  {receipt.status}  "
-            f"rows {receipt.rows_deleted}  tables {len(receipt.tables)}  "
-            f"files rewritten {receipt.files_rewritten}  deleted {receipt.files_deleted}  "
-            f"platforms: {platforms}"
-        )
-    return 0 if all(r.status != "platforms-pending" for r in receipts) else EXIT_HELD
-
-
-def _before_flows(args: argparse.Namespace) -> None:
-    """Before a command runs flows: the Prefect API must answer, and (without ``--debug``)
-    failures print one line, not Prefect's console tracebacks."""
-    from flows.common import require_prefect_api
-
-    require_prefect_api()
-    if not args.debug:
-        _quiet_tracebacks()
-
-
-DOCTOR_CHECKS = ("lake", "prefect", "secrets", "sources", "destinations")
-
-
-def _doctor_lake(args: argparse.Namespace, config: PipelineConfig | None) -> list[Check]:
-    from tasks.connectors.doctor import Check, check_lake
-    from tasks.core.settings import load_settings
-    from tasks.resources import lake_for
-
-    settings = load_settings()
-    lake = lake_for(settings)
-    checks = [Check("lake", "ok", lake.root), *check_lake(lake.root, lake.storage_options)]
-    if settings.uses_demo_pepper and not settings.lake_is_local:
-        checks.append(
-            Check(
-                "pepper",
-                "warn",
-                "AUDIENCE_LAKE_PEPPER is not set: contact keys use the public demo pepper",
-                "export AUDIENCE_LAKE_PEPPER (a long random secret) before the first real run",
-            )
-        )
-    return checks
-
-
-def _doctor_prefect(args: argparse.Namespace, config: PipelineConfig | None) -> list[Check]:
-    from flows.doctor import check_prefect
-
-    return check_prefect(Path(args.prefect_yaml))
-
-
-def _doctor_secrets(args: argparse.Namespace, config: PipelineConfig | None) -> list[Check]:
-    from tasks.connectors.doctor import check_secrets
-
-    return [] if config is None else check_secrets(config)
-
-
-def _doctor_sources(args: argparse.Namespace, config: PipelineConfig | None) -> list[Check]:
-    from tasks.connectors.doctor import check_sources
-
-    return [] if config is None else check_sources(config)
-
-
-def _doctor_destinations(args: argparse.Namespace, config: PipelineConfig | None) -> list[Check]:
-    from tasks.connectors.doctor import check_destinations
-
-    return [] if config is None else check_destinations(config)
-
-
-_DOCTOR: dict[str, Callable[[argparse.Namespace, PipelineConfig | None], list[Check]]] = {
-    "lake": _doctor_lake,
-    "prefect": _doctor_prefect,
-    "secrets": _doctor_secrets,
-    "sources": _doctor_sources,
-    "destinations": _doctor_destinations,
-}
-
-
-def _cmd_doctor(args: argparse.Namespace) -> int:
-    from tasks.connectors.doctor import Check
-    from tasks.core.config import load_pipeline
-
-    wanted = args.check or list(DOCTOR_CHECKS)
-    checks: list[Check] = []
-    config = None
-    _use_secret_blocks()
-    if {"secrets", "sources", "destinations"} & set(wanted):
-        try:
-            # Secrets are reported one by one below, not as one load error.
-            config = load_pipeline(args.config)
-            checks.append(Check("config", "ok", f"{args.config} is valid"))
-        except Exception as exc:  # an unreadable config is a FAIL line; the rest still runs
-            hint = "audience-lake validate --config ... shows the key path"
-            checks.append(Check("config", "FAIL", describe_error(exc), hint))
-        print(checks[-1].line(), flush=True)
-    for name in wanted:
-        found = _DOCTOR[name](args, config)
-        for check in found:
-            print(check.line(), flush=True)
-        checks.extend(found)
-    failed = [c.name for c in checks if c.failed]
-    if failed:
-        print(f"doctor: {len(failed)} check(s) failed: {', '.join(failed)}", file=sys.stderr)
-        return EXIT_DOCTOR_FAILED
-    return 0
-
-
-def _cmd_status(args: argparse.Namespace) -> int:
-    from flows.status import show_status
-
-    return show_status(args.config, points=args.points)
-
-
-def _cmd_history(args: argparse.Namespace) -> int:
-    from flows.status import show_history
-
-    return show_history(audience=args.audience, email=args.email, limit=args.limit)
-
-
-def _cmd_runs(args: argparse.Namespace) -> int:
-    from flows.status import show_runs
-
-    return show_runs(since=args.since, flow=args.flow, limit=args.limit)
-
-
-def _cmd_schema(args: argparse.Namespace) -> int:
-    from tasks.core.config import pipeline_json_schema
-
-    text = json.dumps(pipeline_json_schema(), indent=2) + "\n"
-    if args.output == "-":
-        sys.stdout.write(text)
-    else:
-        Path(args.output).write_text(text, encoding="utf-8")
-        print(f"wrote {args.output}")
-    return 0
-
-
-def _cmd_validate(args: argparse.Namespace) -> int:
-    from tasks.core.config import load_pipeline
-
-    _use_secret_blocks()
-    config = load_pipeline(args.config, check_secrets=True)
-    print(
-        f"{args.config}: ok ({len(config.sources)} sources, {len(config.segments)} segments, "
-        f"{len(config.destinations)} destinations)"
-    )
-    return 0
-
-
-def _cmd_receive_events(args: argparse.Namespace) -> int:
-    import signal
-    import threading
-
-    from flows.events import LandedAnnouncer, event_sources
-    from tasks.connectors.sources.events import landing_for
-    from tasks.connectors.webhook import receiver_from_options
-    from tasks.core.config import load_pipeline
-    from tasks.core.config_events import EventSource
-    from tasks.errors import ConfigError
-
-    config = load_pipeline(args.config)
-    names = event_sources(config, [args.source] if args.source else None)
-    if len(names) != 1:
-        raise ConfigError(
-            f"receive-events: name one enabled event source with --source (found {names})"
-        )
-    name = names[0]
-    source = config.sources[name]
-    if not isinstance(source, EventSource):  # event_sources() returns only kind: events
-        raise ConfigError(f"receive-events: source {name!r} is not an event source")
-    options = source.receiver
-    if options is None:
-        raise ConfigError(
-            f"{args.config}: sources.{name}.receiver is not set: add a receiver with a "
-            "signing_secret: {secret: NAME} (or signing: none to accept unsigned batches)"
-        )
-    # Emit Prefect events only to a real API: an ephemeral one would vanish with this process.
-    emit = not args.no_prefect_events and bool(os.environ.get("PREFECT_API_URL"))
-    announcer = LandedAnnouncer()  # a burst of batches -> a few events -> a few runs
-    receiver = receiver_from_options(
-        landing_for(source),
-        options,
-        source_name=name,
-        event_id_field=source.event_id_column,
-        host=args.host,
-        port=args.port,
-        on_landed=announcer if emit else None,
-    )
-    if options.signing_secret is None:
-        signature = "NOT VERIFIED (signing: none): anyone who can connect can land events"
-    elif options.timestamp_header is None:
-        signature = f"HMAC-SHA256 of the body in {options.signature_header} (no replay window)"
-    else:
-        signature = (
-            f"HMAC-SHA256 in {options.signature_header} over '<{options.timestamp_header}>."
-            f"<body>', replay window {options.tolerance_seconds:g}s"
-        )
-
-    def _stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _stop)
-    with announcer, receiver:
-        print(f"receiving {name!r} events at POST {receiver.url}", flush=True)
-        print(f"  landing: {receiver.landing.location}", flush=True)
-        print(f"  signature: {signature}", flush=True)
-        print(
-            "  prefect events: "
-            + ("emitting audience-lake.events.landed" if emit else "off (no PREFECT_API_URL)"),
-            flush=True,
-        )
-        try:
-            threading.Event().wait()
-        except KeyboardInterrupt:
-            print(
-                f"stopping ({receiver.accepted} batches landed, {receiver.redelivered} "
-                f"redelivered, {receiver.rejected} rejected)",
-                flush=True,
-            )
-    return 0
 
 
 def _version() -> str:
@@ -423,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--contacts", type=int, default=2000, help="sample contacts to generate (default 2000)"
     )
     demo.add_argument("--seed", type=int, default=7, help="random seed of the sample data")
-    demo.set_defaults(func=_cmd_demo)
+    demo.set_defaults(func=cmd_demo)
 
     run = sub.add_parser("run", help="run the pipeline once against the configured lake")
     run.add_argument("--config", default=config_default, help=config_help)
@@ -434,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--source", action="append", help="only this source (repeatable)")
     run.add_argument("--segment", action="append", help="only this segment (repeatable)")
     run.add_argument("--override-hold", action="store_true", help="publish audiences that are held")
-    run.set_defaults(func=_cmd_run)
+    run.set_defaults(func=cmd_run)
 
     publish = sub.add_parser(
         "publish",
@@ -458,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TABLE=N",
         help="read this gold table at version N, e.g. gold/audience_members=12 (repeatable)",
     )
-    publish.set_defaults(func=_cmd_publish)
+    publish.set_defaults(func=cmd_publish)
 
     sync = sub.add_parser("sync", help="the sync history: what each send carried, and why")
     sync_sub = sync.add_subparsers(dest="sync_command", required=True, metavar="SUBCOMMAND")
@@ -469,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     person = sync_history.add_mutually_exclusive_group(required=True)
     person.add_argument("--email", help="the person's email (never printed)")
     person.add_argument("--contact-key", help="the person's contact key")
-    sync_history.set_defaults(func=_cmd_sync_history)
+    sync_history.set_defaults(func=cmd_sync_history)
 
     maintain = sub.add_parser(
         "maintain",
@@ -490,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep rows older than their retention this run (only compact and vacuum)",
     )
-    maintain.set_defaults(func=_cmd_maintain)
+    maintain.set_defaults(func=cmd_maintain)
 
     erase = sub.add_parser(
         "erase",
@@ -501,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     erase.add_argument(
         "--file", action="append", help="a file of emails, one per line (repeatable)"
     )
-    erase.set_defaults(func=_cmd_erase)
+    erase.set_defaults(func=cmd_erase)
 
     doctor = sub.add_parser(
         "doctor",
@@ -519,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="prefect.yaml",
         help="prefect.yaml whose work pools must exist with a live worker",
     )
-    doctor.set_defaults(func=_cmd_doctor)
+    doctor.set_defaults(func=cmd_doctor)
 
     status = sub.add_parser(
         "status", help="last runs, holds, audience sizes and their trend, source lag"
@@ -528,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--points", type=int, default=5, help="runs shown in each audience's trend (default 5)"
     )
-    status.set_defaults(func=_cmd_status)
+    status.set_defaults(func=cmd_status)
 
     history = sub.add_parser("history", help="what was sent to an audience or to one person")
     who = history.add_mutually_exclusive_group(required=True)
@@ -539,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument(
         "--limit", type=int, default=50, help="at most this many rows (default 50)"
     )
-    history.set_defaults(func=_cmd_history)
+    history.set_defaults(func=cmd_history)
 
     runs = sub.add_parser("runs", help="recent flow runs from ops/runs: trigger, outcome, tables")
     runs.add_argument(
@@ -547,17 +199,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     runs.add_argument("--flow", help="only runs of this flow (pipeline, ingest, publish...)")
     runs.add_argument("--limit", type=int, default=50, help="at most this many runs (default 50)")
-    runs.set_defaults(func=_cmd_runs)
+    runs.set_defaults(func=cmd_runs)
 
     schema = sub.add_parser("schema", help="write the JSON schema of pipeline.yaml")
     schema.add_argument("--output", "-o", default="-", help="file to write ('-' = stdout)")
-    schema.set_defaults(func=_cmd_schema)
+    schema.set_defaults(func=cmd_schema)
 
     validate = sub.add_parser(
         "validate", help="validate pipeline.yaml (and that its secrets are set) and exit"
     )
     validate.add_argument("--config", default="pipeline.yaml", help="pipeline.yaml to validate")
-    validate.set_defaults(func=_cmd_validate)
+    validate.set_defaults(func=cmd_validate)
 
     receive = sub.add_parser(
         "receive-events", help="run the webhook receiver that lands event micro-batches"
@@ -569,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     receive.add_argument(
         "--no-prefect-events", action="store_true", help="do not emit events.landed to Prefect"
     )
-    receive.set_defaults(func=_cmd_receive_events)
+    receive.set_defaults(func=cmd_receive_events)
 
     register_consent(sub)
 
@@ -591,40 +243,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {describe_error(exc)}", file=sys.stderr)
         return 2
     return code
-
-
-def describe_error(exc: BaseException) -> str:
-    """One line for the user: our own errors already name the thing; anything else gets its
-    type and first line, and a pointer to ``--debug``."""
-    text = " ".join(str(exc).split())
-    if isinstance(exc, AudienceLakeError):
-        return text or type(exc).__name__
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {first} (rerun with --debug for the traceback)"
-
-
-class _NoTraceback(logging.Filter):
-    """Keeps a log record's message and drops its traceback (on the console only)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.exc_info = None
-        record.exc_text = None
-        record.stack_info = None
-        return True
-
-
-def _quiet_tracebacks() -> None:
-    """Prefect's console logs print a task's or flow's traceback when it fails; without
-    ``--debug`` the one-line error is the whole story (the Prefect UI keeps the traceback)."""
-    from prefect.logging.configuration import setup_logging
-    from prefect.logging.handlers import PrefectConsoleHandler
-
-    setup_logging()
-    quiet = _NoTraceback()
-    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
-        for handler in getattr(logger, "handlers", []):
-            if isinstance(handler, PrefectConsoleHandler):
-                handler.addFilter(quiet)
 
 
 if __name__ == "__main__":

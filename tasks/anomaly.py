@@ -25,15 +25,8 @@ from prefect.events import emit_event
 
 from tasks.connectors.lake import Lake
 from tasks.connectors.notifiers import Notification, NotifierError, Severity, open_notifier
-from tasks.core.anomaly import (
-    CHECK_SCHEMA,
-    VolumeAnomaly,
-    anomalies_from,
-    event_payload,
-    render_markdown,
-    render_message,
-    score_volumes,
-)
+from tasks.core.anomaly import CHECK_SCHEMA, VolumeAnomaly, anomalies_from, score_volumes
+from tasks.core.anomaly_report import event_payload, render_markdown, render_message
 from tasks.core.config import PipelineConfig
 from tasks.core.tables import ALERT_SCHEMA as ALERT_SCHEMA
 from tasks.core.tables import TABLE_ROLES as TABLE_ROLES

@@ -18,8 +18,10 @@ from prefect.states import Completed
 
 from tasks.anomaly import volume_anomalies
 from tasks.connectors.lake import Lake
-from tasks.core.anomaly import audience_removals, held_segments, removal_hold, source_audiences
+from tasks.core.anomaly import held_segments
+from tasks.core.audience_lineage import source_audiences
 from tasks.core.config import Destination, PipelineConfig, PublishConfig
+from tasks.core.removal_guard import audience_removals, removal_hold
 from tasks.core.tables import AUDIENCE, BRONZE_PREFIX, SYNC_LEDGER, VOLUME_METRICS
 from tasks.publish_reads import ReadPins
 from tasks.publishing import plan_audience, publish_segment

@@ -20,7 +20,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.connectors.lake import Lake
-from tasks.core.anomaly import source_audiences
+from tasks.core.audience_lineage import source_audiences
 from tasks.core.config import PipelineConfig
 from tasks.core.tables import SOURCE_RUNS as SOURCE_RUNS
 from tasks.core.tables import SOURCE_RUNS_SCHEMA as SOURCE_RUNS_SCHEMA

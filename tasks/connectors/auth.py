@@ -22,7 +22,7 @@ import httpx
 
 from tasks.connectors.http import ClientAuthMethod, OAuth2ClientCredentials
 from tasks.connectors.redact import redact, register_secret, register_secret_param
-from tasks.core.config_rest import (
+from tasks.core.config_rest_auth import (
     RestApiKeyAuth,
     RestAuth,
     RestBasicAuth,

@@ -20,7 +20,9 @@ segments no longer configured are not judged.
 
 An error on a series holds the audiences it feeds (:func:`audiences_fed`): a segment's own series
 holds that segment; a source holds the segments whose predicates read columns its role feeds
-(contacts feed every audience: identity and consent come from them).
+(contacts feed every audience: identity and consent come from them). The lineage itself is in
+:mod:`tasks.core.audience_lineage`; the artifact, message and event in
+:mod:`tasks.core.anomaly_report`; the large-removal guard in :mod:`tasks.core.removal_guard`.
 
 Everything here is pure: polars LazyFrames in, LazyFrames out; no IO, no Prefect.
 """
@@ -30,19 +32,16 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import polars as pl
 
-from tasks.core.config import ROLE_FIELDS, PipelineConfig, Segment
+from tasks.core.audience_lineage import segment_roles, series_roles
+from tasks.core.config import PipelineConfig
 from tasks.core.config_anomaly import (
-    RemovalGuard,
     VolumeConfig,
     VolumeOverride,
     glob_regex,
 )
-from tasks.core.feature_catalog import FEATURE_ROLES as FEATURE_ROLES
-from tasks.core.predicates import predicate_columns
 
 SERIES = ["table", "source", "segment"]
 MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution * 1.4826 = its standard deviation
@@ -337,64 +336,7 @@ def _with_holds(anomaly: VolumeAnomaly, holds: Sequence[str]) -> VolumeAnomaly:
     return VolumeAnomaly(**{**anomaly.__dict__, "holds": tuple(holds)})
 
 
-# --- lineage: which audiences a series feeds ------------------------------------------------------
-
-ALL_ROLES = frozenset(ROLE_FIELDS)
-# Feature columns and the roles they are computed from: tasks.core.feature_catalog. A column
-# neither a feature nor a canonical field of some role counts as fed by every role: a gap holds
-# more audiences, not fewer.
-
-
-def column_roles(column: str) -> frozenset[str]:
-    """The source roles a feature column is computed from.
-
-    Declared in the feature catalogue (:data:`FEATURE_ROLES`), else the roles that carry a
-    canonical field of that name, else every role.
-    """
-    if column in FEATURE_ROLES:
-        return FEATURE_ROLES[column]
-    carriers = frozenset(
-        role for role, (required, optional) in ROLE_FIELDS.items() if column in required + optional
-    )
-    return carriers or ALL_ROLES
-
-
-def predicate_roles(where: str) -> frozenset[str]:
-    """The source roles the columns of a segment predicate are computed from."""
-    roles: set[str] = set()
-    for column in predicate_columns(where):
-        roles |= column_roles(column)
-    return frozenset(roles)
-
-
-def segment_roles(config: PipelineConfig, segment: Segment) -> frozenset[str]:
-    """The source roles a segment's members depend on.
-
-    Contacts always (identity and consent come from them), the roles its predicate reads, and,
-    for a prioritised segment, the roles of every segment ranked before it (a contact matching
-    one of those is taken out of this one).
-    """
-    roles = {"contacts"} | predicate_roles(segment.where)
-    if segment.priority is not None:
-        for other in config.segments:
-            if other.priority is not None and other.priority < segment.priority:
-                roles |= predicate_roles(other.where)
-    return frozenset(roles)
-
-
-def series_roles(
-    config: PipelineConfig,
-    *,
-    table: str,
-    source: str | None,
-    table_roles: Mapping[str, str],
-) -> frozenset[str]:
-    """The source roles a series measures (every role when it cannot tell)."""
-    if source is not None:
-        configured = config.sources.get(source)
-        return ALL_ROLES if configured is None else frozenset({configured.role})
-    role = table_roles.get(table)
-    return ALL_ROLES if role is None else frozenset({role})
+# --- which audiences an anomaly holds ------------------------------------------------------------
 
 
 def audiences_fed(
@@ -413,12 +355,6 @@ def audiences_fed(
     return [s.name for s in config.segments if roles & segment_roles(config, s)]
 
 
-def source_audiences(config: PipelineConfig, source: str) -> list[str]:
-    """Names of the segments fed by ``source`` (every segment if the source is unknown)."""
-    roles = series_roles(config, table="", source=source, table_roles={})
-    return [s.name for s in config.segments if roles & segment_roles(config, s)]
-
-
 def held_segments(anomalies: Iterable[VolumeAnomaly]) -> dict[str, list[str]]:
     """Segment -> descriptions of the error anomalies holding it."""
     held: dict[str, list[str]] = {}
@@ -426,115 +362,3 @@ def held_segments(anomalies: Iterable[VolumeAnomaly]) -> dict[str, list[str]]:
         for segment in anomaly.holds:
             held.setdefault(segment, []).append(anomaly.describe())
     return held
-
-
-# --- large removals ------------------------------------------------------------------------------
-
-
-def audience_removals(
-    plan: pl.LazyFrame, ledger: pl.LazyFrame, *, destination: str, audience: str
-) -> pl.LazyFrame:
-    """One row ``on_list, removals`` for one destination list.
-
-    ``on_list``: contacts the list holds per the sync ledger (last sent as subscribed, with
-    success); ``removals``: how many of them the planned publish (``plan``, rows of
-    :func:`tasks.core.sync.plan_sync`) would take off it: unsubscribes and (mirror mode)
-    removals. Counting the plan rather than comparing audiences follows whatever the sync
-    removes, and not contacts that merely left an upsert-mode segment while staying on the list.
-    The hold this feeds delays removals, subscribes and updates; never an unsubscribe.
-    """
-    on_list = (
-        ledger.filter(
-            (pl.col("destination") == destination)
-            & (pl.col("audience") == audience)
-            & (pl.col("action") == "subscribe")
-            & (pl.col("status") == "ok")
-        )
-        .select("contact_key")
-        .unique()
-    )
-    removals = (
-        plan.filter(pl.col("action").is_in(["unsubscribe", "remove"]))
-        .select("contact_key")
-        .unique()
-        .join(on_list, on="contact_key", how="semi")
-    )
-    return pl.concat(
-        [
-            on_list.select(pl.len().cast(pl.Int64).alias("on_list")),
-            removals.select(pl.len().cast(pl.Int64).alias("removals")),
-        ],
-        how="horizontal",
-    )
-
-
-def removal_hold(on_list: int, removals: int, guard: RemovalGuard) -> str | None:
-    """Why a publish that would remove ``removals`` of ``on_list`` contacts must wait, or None."""
-    if on_list == 0 or removals < guard.min_count or removals / on_list <= guard.max_share:
-        return None
-    return (
-        f"large removal: the publish would take {removals:,} of the {on_list:,} contacts off "
-        f"the list ({removals / on_list:.0%}; limit {guard.max_share:.0%})"
-    )
-
-
-# --- rendering -----------------------------------------------------------------------------------
-
-
-def render_markdown(
-    anomalies: Sequence[VolumeAnomaly], *, run_id: str, checked: int, learning: int
-) -> str:
-    """The markdown artifact: expected range vs actual for every anomaly."""
-    lines = [
-        f"# Volume anomalies, run `{run_id}`",
-        "",
-        f"{checked} series checked; {learning} still learning (too little history); "
-        f"{sum(a.severity == 'error' for a in anomalies)} error(s), "
-        f"{sum(a.severity == 'warning' for a in anomalies)} warning(s).",
-        "",
-    ]
-    if not anomalies:
-        return "\n".join([*lines, "No anomalies."])
-    lines += [
-        "| severity | series | actual | expected | normal range | score | history | rule | holds |",
-        "|---|---|---:|---:|---|---:|---:|---|---|",
-    ]
-    for a in anomalies:
-        holds = ", ".join(a.holds) or "-"
-        lines.append(
-            f"| **{a.severity}** | `{a.series}` | {a.rows:,} | {a.expected:,.0f} | "
-            f"{a.expected_range} | {a.score:+.1f} | {a.history} | {a.rule} | {holds} |"
-        )
-    return "\n".join(lines)
-
-
-def render_message(anomalies: Sequence[VolumeAnomaly], *, run_id: str) -> tuple[str, str]:
-    """Subject and body of a chat notification (plain text with light Slack mrkdwn)."""
-    errors = sum(a.severity == "error" for a in anomalies)
-    warnings = len(anomalies) - errors
-    subject = f"Audience Lake: {errors} volume error(s), {warnings} warning(s) in run {run_id}"
-    body = []
-    for a in anomalies:
-        line = f"• *{a.severity.upper()}* `{a.series}`: {a.describe().split(': ', 1)[1]}"
-        if a.holds:
-            line += f" — holds publishing of {', '.join(a.holds)}"
-        body.append(line)
-    return subject, "\n".join(body)
-
-
-def event_payload(anomaly: VolumeAnomaly) -> dict[str, Any]:
-    """JSON-safe payload of the ``audience-lake.volume.anomaly`` event."""
-    return {
-        "severity": anomaly.severity,
-        "rule": anomaly.rule,
-        "rows": anomaly.rows,
-        "expected": anomaly.expected,
-        "lower": anomaly.lower,
-        "upper": anomaly.upper,
-        "score": anomaly.score,
-        "history": anomaly.history,
-        "run_id": anomaly.run_id,
-        "measured_at": anomaly.measured_at.isoformat(),
-        "holds": list(anomaly.holds),
-        "description": anomaly.describe(),
-    }

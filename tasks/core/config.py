@@ -11,18 +11,22 @@ whose names look like credentials; secrets are never written in the file: a fiel
 and :func:`missing_secrets`). The YAML itself is read with bounded alias expansion, duplicate keys
 refused and one-line syntax errors (:mod:`tasks.core.config_yaml`); segment predicates are
 restricted expressions (:mod:`tasks.core.predicates`).
+
+This module holds the whole (:class:`PipelineConfig`, its cross-section checks) and the loading:
+YAML to models, error paths as the user wrote them, secrets, the JSON schema. Each section has
+its own ``config_*`` module (sources in ``config_sql_files``, ``config_events`` and
+``config_rest``; ``config_segments``; ``config_destinations``; ...), re-exported here; none of
+them imports this module.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import polars as pl
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from tasks.core.config_anomaly import VolumeConfig
@@ -33,17 +37,21 @@ from tasks.core.config_base import Name as Name
 from tasks.core.config_base import Role as Role
 from tasks.core.config_base import SecretRef as SecretRef
 from tasks.core.config_base import SourceBase as SourceBase
+from tasks.core.config_destinations import AUDIENCE_COLUMNS as AUDIENCE_COLUMNS
+from tasks.core.config_destinations import GOLD_COLUMNS as GOLD_COLUMNS
+from tasks.core.config_destinations import Destination as Destination
+from tasks.core.config_destinations import HubSpotDestination as HubSpotDestination
+from tasks.core.config_destinations import KlaviyoDestination as KlaviyoDestination
+from tasks.core.config_destinations import MailchimpDestination as MailchimpDestination
+from tasks.core.config_destinations import check_field_mappings as check_field_mappings
 from tasks.core.config_engine import EngineConfig
 from tasks.core.config_events import EventSource
 from tasks.core.config_maintenance import MaintenanceConfig
-from tasks.core.config_publish import (
-    AudienceConfig,
-    BudgetOption,
-    coerce_audiences,
-    resolved_fields,
-)
 from tasks.core.config_rest import UNION_TAGS as _REST_UNION_TAGS
 from tasks.core.config_rest import RestSource
+from tasks.core.config_segments import Segment as Segment
+from tasks.core.config_segments import check_segment_predicate as check_segment_predicate
+from tasks.core.config_segments import predicate_columns_or_error as predicate_columns_or_error
 from tasks.core.config_sql_files import FileDropS3 as FileDropS3
 from tasks.core.config_sql_files import FileDropSource as FileDropSource
 from tasks.core.config_sql_files import SqlSource as SqlSource
@@ -51,171 +59,13 @@ from tasks.core.config_sql_files import sql_dialect as sql_dialect
 from tasks.core.config_transform import TransformConfig
 from tasks.core.config_yaml import Substitutions, interpolate, read_yaml
 from tasks.core.feature_catalog import FEATURE_COLUMNS as FEATURE_COLUMNS
-from tasks.core.predicates import (
-    FUNCTIONS,
-    MAX_PREDICATE_CHARS,
-    PredicateError,
-    compile_predicate,
-    predicate_columns,
-)
 from tasks.core.secret_sources import lookup_secret
 from tasks.core.tables import BRONZE_PREFIX, TABLES, bronze_table, is_bronze
-from tasks.core.transport import TransportOptions
 from tasks.errors import ConfigError
 
 Source = Annotated[
     SqlSource | FileDropSource | EventSource | RestSource,
     Field(discriminator="kind"),
-]
-
-
-class Segment(Model):
-    """An audience: a SQL predicate over the columns of ``gold/customer_features``.
-
-    The predicate is checked when the model is built (see :func:`check_segment_predicate`), so a
-    ``Segment`` always holds a predicate in the restricted language of
-    :mod:`tasks.core.predicates`; :meth:`expr` compiles it.
-    """
-
-    name: Name
-    where: str = Field(
-        max_length=MAX_PREDICATE_CHARS,
-        description=(
-            "SQL predicate over customer features, e.g. 'order_count >= 3'. Restricted to "
-            "feature columns, literals, comparisons, AND/OR/NOT, IS [NOT] NULL, IN (...), "
-            "BETWEEN, LIKE, arithmetic and the functions " + ", ".join(sorted(FUNCTIONS)) + "."
-        ),
-    )
-    description: str = ""
-    priority: int | None = Field(
-        default=None,
-        ge=1,
-        description=(
-            "Makes the segment mutually exclusive with the other prioritised segments: a contact "
-            "matching several lands only in the one with the lowest number (1 = first). "
-            "Segments without a priority are independent of all others."
-        ),
-    )
-
-    @model_validator(mode="after")
-    def _predicate_is_allowed(self) -> Segment:
-        check_segment_predicate(self)
-        return self
-
-    def expr(self) -> pl.Expr:
-        """The predicate as a polars expression (null where a feature it reads is null)."""
-        return compile_predicate(self.where, FEATURE_COLUMNS)
-
-
-class MailchimpDestination(Model, TransportOptions, BudgetOption):
-    kind: Literal["mailchimp"]
-    base_url: str = Field(description="e.g. https://us6.api.mailchimp.com")
-    api_key: SecretRef
-    batch_size: int = Field(default=500, ge=1, le=500)
-    audiences: dict[Name, AudienceConfig] = Field(
-        min_length=1, description="Segment name -> Mailchimp list id (or an audience object)."
-    )
-
-    _coerce = field_validator("audiences", mode="before")(coerce_audiences)
-
-    def list_ids(self) -> list[str]:
-        return [a.list_id for a in self.audiences.values()]
-
-    def credential_urls(self) -> Iterator[tuple[str, str]]:
-        yield "base_url", self.base_url
-
-
-class KlaviyoDestination(Model, TransportOptions, BudgetOption):
-    """A Klaviyo account (private API key), publishing to static lists by id."""
-
-    kind: Literal["klaviyo"]
-    base_url: str = Field(default="https://a.klaviyo.com", description="Klaviyo API host.")
-    api_key: SecretRef = Field(description="Private API key (Klaviyo-API-Key ...).")
-    revision: str = Field(
-        default="2026-07-15",
-        pattern=r"^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$",
-        description="API revision sent in the `revision` header on every request.",
-    )
-    batch_size: int = Field(
-        default=10_000, ge=1, le=10_000, description="Profiles per bulk import job (max 10,000)."
-    )
-    poll_interval_seconds: float = Field(
-        default=2.0, gt=0, le=60, description="Wait between two reads of an import job."
-    )
-    poll_timeout_seconds: float = Field(
-        default=900.0,
-        gt=0,
-        description="An import job not finished after this long is sent again next run.",
-    )
-    tags_property: str = Field(
-        default="tags",
-        min_length=1,
-        description="Profile property holding a member's tags (Klaviyo has no profile tags).",
-    )
-    audiences: dict[Name, AudienceConfig] = Field(
-        min_length=1, description="Segment name -> Klaviyo list id (or an audience object)."
-    )
-
-    _coerce = field_validator("audiences", mode="before")(coerce_audiences)
-
-    def list_ids(self) -> list[str]:
-        return [a.list_id for a in self.audiences.values()]
-
-    def credential_urls(self) -> Iterator[tuple[str, str]]:
-        yield "base_url", self.base_url
-
-
-class HubSpotDestination(Model, TransportOptions, BudgetOption):
-    """A HubSpot portal (private app token), publishing to MANUAL contact lists by id."""
-
-    kind: Literal["hubspot"]
-    base_url: str = Field(
-        default="https://api.hubapi.com",
-        description="HubSpot API root, e.g. https://api.hubapi.com",
-    )
-    token: SecretRef = Field(description="Private app access token, sent as a Bearer token.")
-    subscription_type_id: int = Field(
-        ge=1,
-        description="The email subscription type (communication preferences) whose opt-outs "
-        "are read before each publish and written for opted-out contacts.",
-    )
-    unsubscribe_scope: Literal["subscription", "all"] = Field(
-        default="subscription",
-        description="'subscription': opt-outs unsubscribe from subscription_type_id only; "
-        "'all': from every email subscription of the portal.",
-    )
-    batch_size: int = Field(
-        default=100, ge=1, le=100, description="Contacts per batch call (HubSpot's maximum: 100)."
-    )
-    audiences: dict[Name, AudienceConfig] = Field(
-        min_length=1,
-        description="Segment name -> id (digits) of a MANUAL HubSpot contact list (or an "
-        "audience object).",
-    )
-
-    _coerce = field_validator("audiences", mode="before")(coerce_audiences)
-
-    @field_validator("audiences")
-    @classmethod
-    def _hubspot_lists(cls, audiences: dict[str, AudienceConfig]) -> dict[str, AudienceConfig]:
-        for segment, audience in audiences.items():
-            if not re.fullmatch(r"[1-9][0-9]{0,18}", audience.list_id):
-                raise ValueError(
-                    f"{segment}.list: {audience.list_id!r} is not a HubSpot list id (digits)"
-                )
-            if audience.tags:
-                raise ValueError(f"{segment}.tags: HubSpot contacts have no tags; map a property")
-        return audiences
-
-    def list_ids(self) -> list[str]:
-        return [a.list_id for a in self.audiences.values()]
-
-    def credential_urls(self) -> Iterator[tuple[str, str]]:
-        yield "base_url", self.base_url
-
-
-Destination = Annotated[
-    MailchimpDestination | KlaviyoDestination | HubSpotDestination, Field(discriminator="kind")
 ]
 
 
@@ -332,91 +182,6 @@ class PipelineConfig(Model):
 
     def sources_with_role(self, role: str) -> dict[str, Source]:
         return {n: s for n, s in self.sources.items() if s.role == role and s.enabled}
-
-
-def predicate_columns_or_error(segment: Segment) -> set[str]:
-    """The columns ``segment.where`` reads; ``ValueError`` naming the segment if it is not an
-    allowed predicate."""
-    try:
-        return predicate_columns(segment.where)
-    except PredicateError as exc:
-        raise ValueError(
-            f"segment {segment.name!r}: invalid predicate {segment.where!r}: {exc}"
-        ) from exc
-
-
-AUDIENCE_COLUMNS: dict[str, pl.DataType] = {
-    "segment": pl.String(),
-    "email": pl.String(),
-    "first_name": pl.String(),
-    "last_name": pl.String(),
-    "phone": pl.String(),
-    "consent_at": pl.Datetime("us", "UTC"),
-}
-"""Columns of gold/audience_members a field mapping may use besides the features."""
-
-GOLD_COLUMNS: dict[str, pl.DataType] = {**FEATURE_COLUMNS, **AUDIENCE_COLUMNS}
-"""Every gold column a field mapping may read (``country`` comes from the features)."""
-
-
-def check_field_mappings(path: str, kind: str, audience: AudienceConfig) -> None:
-    """Fail naming the key path if a mapping reads an unknown gold column or formats a column
-    of a kind the format cannot apply to."""
-    for name, mapping in resolved_fields(kind, audience).items():
-        where = f"{path}.fields.{name}"
-        if mapping.column is None:
-            continue
-        dtype = GOLD_COLUMNS.get(mapping.column)
-        if dtype is None:
-            raise ValueError(
-                f"{where}.column: unknown column {mapping.column!r}; available: "
-                f"{sorted(GOLD_COLUMNS)}"
-            )
-        if mapping.format is None:
-            continue
-        if dtype.is_temporal() and mapping.decimals is not None:
-            raise ValueError(f"{where}.format: {mapping.column} is a date; use a strftime pattern")
-        if dtype.is_numeric() and mapping.decimals is None:
-            raise ValueError(f"{where}.format: {mapping.column} is a number; use 0, 0.0, 0.00...")
-        if not (dtype.is_numeric() or dtype.is_temporal()):
-            raise ValueError(f"{where}.format: {mapping.column} is text; it takes no format")
-
-
-def check_segment_predicate(segment: Segment) -> None:
-    """Fail with the segment's name if its predicate is outside the allowed language, reads an
-    unknown column, or is not a boolean.
-
-    The text is parsed by :mod:`tasks.core.predicates` first; polars only ever sees the canonical
-    rendering of an allowed tree, never the user's text (its SQL layer would run table functions
-    such as ``read_csv`` while merely building the expression).
-    """
-    unknown = sorted(predicate_columns_or_error(segment) - set(FEATURE_COLUMNS))
-    if unknown:
-        raise ValueError(
-            f"segment {segment.name!r}: unknown column(s) {unknown} in {segment.where!r}; "
-            f"available: {sorted(FEATURE_COLUMNS)}"
-        )
-    try:
-        expr = compile_predicate(segment.where, FEATURE_COLUMNS)
-    except PredicateError as exc:
-        raise ValueError(
-            f"segment {segment.name!r}: invalid predicate {segment.where!r}: {exc}"
-        ) from exc
-    except Exception as exc:  # polars rejected a rendering of an allowed tree
-        raise ValueError(
-            f"segment {segment.name!r}: invalid predicate {segment.where!r}: {exc}"
-        ) from exc
-    # One all-null row: evaluating (not only typing) the predicate catches comparisons polars
-    # accepts in the schema but rejects on data, e.g. a string column against a number.
-    row = pl.DataFrame([[None] * len(FEATURE_COLUMNS)], schema=FEATURE_COLUMNS, orient="row")
-    try:
-        result = row.lazy().select(expr.alias("_match")).collect().schema["_match"]
-    except Exception as exc:
-        raise ValueError(f"segment {segment.name!r}: predicate {segment.where!r}: {exc}") from exc
-    if result != pl.Boolean:
-        raise ValueError(
-            f"segment {segment.name!r}: predicate {segment.where!r} is {result}, not a boolean"
-        )
 
 
 # Discriminator values pydantic inserts into error locations of tagged unions.

@@ -1,7 +1,8 @@
 """Server-side encryption of the objects the project writes to its store, as configuration.
 
-Pure: parsing and the object_store option names. The S3 adapter (``tasks.connectors.storage``)
-turns a :class:`StoreEncryption` into boto3 arguments and checks what the store actually did.
+Pure: parsing and the object_store option names. The S3 adapter (``tasks.connectors.s3``) turns
+a :class:`StoreEncryption` into boto3 arguments; the doctor (``tasks.connectors.storage``) checks
+what the store actually did.
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ import pytest
 from prefect.logging import disable_run_logger
 
 from tasks.connectors.lake import Lake
+from tasks.connectors.s3 import s3_client
 from tasks.connectors.sources.files import FileDropReader, LocalDropStore, S3DropStore
-from tasks.connectors.storage import s3_client
 from tasks.core.config import FileDropSource
 from tasks.ingest import bronze_table, ingest_source
 from tasks.quarantine import QUARANTINE

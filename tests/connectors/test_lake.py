@@ -21,7 +21,7 @@ from tasks.connectors.lake import (
     TableNotFoundError,
     s3_storage_options,
 )
-from tasks.connectors.storage import s3_client, split_s3_uri
+from tasks.connectors.s3 import s3_client, split_s3_uri
 from tests.conftest import S3Endpoint, free_port
 
 UTC = dt.UTC

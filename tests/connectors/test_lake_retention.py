@@ -102,7 +102,7 @@ def _holding(lake: Lake, table: str, needle: str) -> list[str]:
 
 
 def _read(lake: Lake, table: str, path: str) -> bytes:
-    from tasks.connectors.storage import s3_client, split_s3_uri
+    from tasks.connectors.s3 import s3_client, split_s3_uri
 
     if lake.is_remote:
         bucket, base = split_s3_uri(lake.uri(table))

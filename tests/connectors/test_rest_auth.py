@@ -22,7 +22,7 @@ from tasks.connectors.auth import (
 )
 from tasks.connectors.http import build_client
 from tasks.connectors.ratelimit import RateBudget
-from tasks.core.config_rest import TokenStoreRef
+from tasks.core.config_rest_auth import TokenStoreRef
 from tasks.errors import ConfigError, SourceError
 
 

@@ -25,7 +25,8 @@ from tasks.connectors.sources.rest import (
     render_since,
 )
 from tasks.core.config import parse_pipeline
-from tasks.core.config_rest import RestSource, SearchKeysetPaginator
+from tasks.core.config_rest import RestSource
+from tasks.core.config_rest_paging import SearchKeysetPaginator
 from tasks.errors import SourceError
 
 START = datetime(2026, 1, 1, tzinfo=UTC)

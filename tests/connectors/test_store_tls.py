@@ -23,7 +23,8 @@ import polars as pl
 import pytest
 
 from tasks.connectors.lake import Lake, s3_storage_options, settings_storage_options
-from tasks.connectors.storage import CA_BUNDLE_OPTION, check_store, s3_client
+from tasks.connectors.s3 import CA_BUNDLE_OPTION, s3_client
+from tasks.connectors.storage import check_store
 from tasks.connectors.webhook import open_landing
 from tasks.core.settings import load_settings
 from tasks.errors import LakeError

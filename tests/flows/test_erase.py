@@ -27,7 +27,7 @@ from flows.ingest import ingest
 from flows.pipeline import pipeline
 from flows.transform import transform
 from tasks.connectors.lake import Lake
-from tasks.connectors.storage import s3_client, split_s3_uri
+from tasks.connectors.s3 import s3_client, split_s3_uri
 from tasks.core.config import PipelineConfig, load_pipeline
 from tasks.core.tables import AUDIENCE, CONTACTS, ERASURE_LOG, ERASURE_REQUESTS, QUARANTINE
 from tasks.erasure import ErasureError, erase_people

@@ -18,7 +18,7 @@ from prefect.client.schemas.filters import (
 from flows.ingest import ingest
 from flows.pipeline import PIPELINE_SUMMARY_KEY, pipeline
 from flows.publish import publish
-from tasks.core.anomaly import source_audiences
+from tasks.core.audience_lineage import source_audiences
 from tasks.core.config import load_pipeline
 from tasks.publish import publish_holds
 from tasks.source_runs import SOURCE_RUNS

@@ -11,7 +11,7 @@ import pytest
 from infra.sandbox.shopify import ShopifyStandIn
 from tasks.connectors.auth import OAuth2RefreshToken, open_token_store
 from tasks.connectors.http import build_client
-from tasks.core.config_rest import TokenStoreRef
+from tasks.core.config_rest_auth import TokenStoreRef
 from tasks.token_stores import PrefectSecretTokenStore
 
 pytestmark = pytest.mark.flow

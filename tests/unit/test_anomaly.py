@@ -13,22 +13,20 @@ from hypothesis import strategies as st
 
 from tasks.core.anomaly import (
     CHECK_SCHEMA,
-    FEATURE_ROLES,
     VolumeAnomaly,
     anomalies_from,
-    audience_removals,
     audiences_fed,
     current_points,
     held_segments,
-    removal_hold,
-    render_markdown,
-    render_message,
     score_volumes,
-    source_audiences,
     with_thresholds,
 )
+from tasks.core.anomaly_report import render_markdown, render_message
+from tasks.core.audience_lineage import source_audiences
 from tasks.core.config import FEATURE_COLUMNS, PipelineConfig, parse_pipeline
 from tasks.core.config_anomaly import THRESHOLD_FIELDS, RemovalGuard, VolumeConfig
+from tasks.core.feature_catalog import FEATURE_ROLES
+from tasks.core.removal_guard import audience_removals, removal_hold
 from tasks.errors import ConfigError
 
 # A Sunday, 06:00 UTC: the "current" run of most tests.

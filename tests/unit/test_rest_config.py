@@ -8,17 +8,15 @@ import textwrap
 import pytest
 
 from tasks.core.config import parse_pipeline
-from tasks.core.config_rest import (
-    PRESETS,
+from tasks.core.config_rest import RestSource
+from tasks.core.config_rest_auth import RestApiKeyAuth, RestOAuth2RefreshToken
+from tasks.core.config_rest_paging import (
     LinkHeaderPaginator,
     NextUrlPaginator,
-    RestApiKeyAuth,
-    RestOAuth2RefreshToken,
-    RestSource,
     SearchKeysetPaginator,
     StartingAfterPaginator,
-    deep_merge,
 )
+from tasks.core.config_rest_presets import PRESETS, deep_merge
 from tasks.errors import ConfigError
 
 HEAD = """\

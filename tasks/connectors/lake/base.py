@@ -28,7 +28,7 @@ from tasks.connectors.lake.options import (
     reject_unsafe_rename,
     with_default_client_options,
 )
-from tasks.connectors.storage import (
+from tasks.connectors.s3 import (
     encryption_of,
     is_s3_uri,
     normalise_option_key,
@@ -162,6 +162,16 @@ class LakeBase:
                 if not _only_data_neutral_since(delta, read):
                     raise
         return write(self._require(table))
+
+    def _create_or_rerun(
+        self, table: str, delta: DeltaTable | None, write: Callable[[DeltaTable | str], T]
+    ) -> T:
+        """Run ``write`` on the table's URI when ``delta`` is None (the write creates the table),
+        otherwise on the table through :meth:`_rerun_after_maintenance`: the shape every write
+        that may create its table shares."""
+        if delta is None:
+            return write(self.uri(table))
+        return self._rerun_after_maintenance(table, write)
 
     # --- internals -------------------------------------------------------------------------------
 

@@ -111,9 +111,7 @@ class Lake(LakeReads):
                 return True
 
             try:
-                if delta is None:
-                    return append(self.uri(table))
-                return self._rerun_after_maintenance(table, append)
+                return self._create_or_rerun(table, delta, append)
             except CommitFailedError:
                 # delta-rs rejects a commit whose app id a concurrent commit already used; if that
                 # commit carried this batch, the batch is in and this call is a no-op.
@@ -141,10 +139,7 @@ class Lake(LakeReads):
                     properties=commit_properties(None),
                 )
 
-            if delta is None:
-                append(self.uri(table))
-            else:
-                self._rerun_after_maintenance(table, append)
+            self._create_or_rerun(table, delta, append)
 
     def merge(
         self,
@@ -295,10 +290,7 @@ class Lake(LakeReads):
                     properties=commit_properties(metadata),
                 )
 
-            if delta is None:
-                overwrite(self.uri(table))
-            else:
-                self._rerun_after_maintenance(table, overwrite)
+            self._create_or_rerun(table, delta, overwrite)
 
     def overwrite_partitions(
         self,

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Literal
 
-from tasks.connectors.storage import s3_client, split_s3_uri
+from tasks.connectors.s3 import s3_client, split_s3_uri
 from tasks.errors import CorruptTableError, LakeError, LakeFullError, StoreAccessError
 
 __all__ = ["TableNotFoundError", "clean", "lake_error"]

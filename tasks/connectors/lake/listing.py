@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 
-from tasks.connectors.storage import parse_duration_seconds, s3_client, split_s3_uri
+from tasks.connectors.s3 import parse_duration_seconds, s3_client, split_s3_uri
 
 __all__ = ["TABLE_NAME", "list_local_tables", "list_s3_tables"]
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from tasks.connectors.storage import (
+from tasks.connectors.s3 import (
     normalise_option_key,
     parse_duration_seconds,
     store_security_options,

@@ -25,12 +25,13 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import polars as pl
 
 from tasks.connectors.lake.base import LakeBase
 from tasks.connectors.lake.commits import commit_properties
-from tasks.connectors.storage import s3_client, split_s3_uri
+from tasks.connectors.s3 import s3_client, split_s3_uri
 
 __all__ = [
     "DeleteStats",
@@ -127,22 +128,25 @@ def table_objects(lake: LakeBase, table: str) -> list[str]:
     return sorted(TableStore.of(lake, table).objects(""))
 
 
-def _old_log_files(store: TableStore, version: int) -> list[str]:
-    """Commits and checkpoints older than ``version`` (the checkpoint just written)."""
-    old: list[str] = []
+def _log_files(store: TableStore) -> Iterator[tuple[str, int, str]]:
+    """The commits and checkpoints in ``_delta_log``: path, version and kind (``json`` for a
+    commit, the checkpoint suffix otherwise); other files there are skipped."""
     for path in store.objects("_delta_log/"):
         match = _LOG_FILE.match(path.removeprefix("_delta_log/"))
-        if match and int(match.group(1)) < version:
-            old.append(path)
-    return old
+        if match:
+            yield path, int(match.group(1)), match.group(2)
+
+
+def _old_log_files(store: TableStore, version: int) -> list[str]:
+    """Commits and checkpoints older than ``version`` (the checkpoint just written)."""
+    return [path for path, log_version, _ in _log_files(store) if log_version < version]
 
 
 def _orphan_change_files(store: TableStore, version: int) -> list[str]:
     """``_change_data`` files no remaining commit (``version`` and later) refers to."""
     referenced: set[str] = set()
-    for path in store.objects("_delta_log/"):
-        match = _LOG_FILE.match(path.removeprefix("_delta_log/"))
-        if not match or match.group(2) != "json" or int(match.group(1)) < version:
+    for path, log_version, kind in _log_files(store):
+        if kind != "json" or log_version < version:
             continue
         for line in store.read(path).splitlines():
             action = json.loads(line) if line.strip() else {}
@@ -164,14 +168,8 @@ class TableStore:
 
     def objects(self, prefix: str) -> Iterator[str]:
         if self.lake.is_remote:
-            bucket, base = split_s3_uri(self.uri)
-            client = s3_client(self.lake.storage_options, read_timeout=30.0)
-            pages = client.get_paginator("list_objects_v2").paginate(
-                Bucket=bucket, Prefix=f"{base}/{prefix}"
-            )
-            for page in pages:
-                for entry in page.get("Contents", []):
-                    yield entry["Key"][len(base) + 1 :]
+            for path, _ in self._s3_listing(prefix):
+                yield path
             return
         root = os.path.join(self.uri, prefix) if prefix else self.uri
         if not os.path.isdir(root):
@@ -183,18 +181,23 @@ class TableStore:
     def modified(self, prefix: str) -> Iterator[tuple[str, datetime]]:
         """Objects under ``prefix`` with the time they were last written (UTC)."""
         if self.lake.is_remote:
-            bucket, base = split_s3_uri(self.uri)
-            client = s3_client(self.lake.storage_options, read_timeout=30.0)
-            pages = client.get_paginator("list_objects_v2").paginate(
-                Bucket=bucket, Prefix=f"{base}/{prefix}"
-            )
-            for page in pages:
-                for entry in page.get("Contents", []):
-                    yield entry["Key"][len(base) + 1 :], entry["LastModified"].astimezone(UTC)
+            for path, entry in self._s3_listing(prefix):
+                yield path, entry["LastModified"].astimezone(UTC)
             return
         for path in self.objects(prefix):
             stamp = os.path.getmtime(os.path.join(self.uri, path))
             yield path, datetime.fromtimestamp(stamp, UTC)
+
+    def _s3_listing(self, prefix: str) -> Iterator[tuple[str, Any]]:
+        """The S3 objects under ``prefix``: path relative to the table, and the listing entry."""
+        bucket, base = split_s3_uri(self.uri)
+        client = s3_client(self.lake.storage_options, read_timeout=30.0)
+        pages = client.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=f"{base}/{prefix}"
+        )
+        for page in pages:
+            for entry in page.get("Contents", []):
+                yield entry["Key"][len(base) + 1 :], entry
 
     def read(self, path: str) -> str:
         if self.lake.is_remote:

@@ -30,8 +30,8 @@ import polars as pl
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tasks.connectors.lake import settings_storage_options
+from tasks.connectors.s3 import is_s3_uri
 from tasks.connectors.sources.base import SourceBatch, WriteMode
-from tasks.connectors.storage import is_s3_uri
 from tasks.connectors.webhook import LandedObject, Landing, open_landing
 from tasks.core.config_events import EventSource
 from tasks.core.drift import Rejection

@@ -31,8 +31,8 @@ import polars as pl
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tasks.connectors.lake import s3_storage_options, settings_storage_options
+from tasks.connectors.s3 import is_s3_uri, s3_client, split_s3_uri
 from tasks.connectors.sources.base import SourceBatch, WriteMode
-from tasks.connectors.storage import is_s3_uri, s3_client, split_s3_uri
 from tasks.core.config import FileDropS3, FileDropSource
 from tasks.core.drift import SCHEMA_VIOLATION, UNPARSEABLE_RECORD, UNREADABLE_FILE, Rejection
 from tasks.core.settings import load_settings, resolve_secret

@@ -14,7 +14,7 @@ from typing import Any, Literal, Protocol
 
 import httpx
 
-from tasks.core.config_rest import (
+from tasks.core.config_rest_paging import (
     JsonCursorPaginator,
     LinkHeaderPaginator,
     Location,
@@ -25,7 +25,7 @@ from tasks.core.config_rest import (
     SinglePage,
     StartingAfterPaginator,
 )
-from tasks.core.config_rest import Paginator as PaginatorSpec
+from tasks.core.config_rest_paging import Paginator as PaginatorSpec
 
 
 class PaginationError(ValueError):

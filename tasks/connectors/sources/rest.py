@@ -30,7 +30,8 @@ from tasks.connectors.sources.paginators import (
     dig,
     make_paginator,
 )
-from tasks.core.config_rest import SINCE, Incremental, RestSource
+from tasks.core.config_rest import Incremental, RestSource
+from tasks.core.config_rest_presets import SINCE
 from tasks.errors import SourceError
 
 __all__ = ["ExtractStats", "RestReader", "cursor_millis", "open_rest_source", "render_since"]

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from botocore.exceptions import ClientError
 
-from tasks.connectors.storage import (
+from tasks.connectors.s3 import (
     SseArguments,
     is_s3_uri,
     s3_client,
