@@ -13,7 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from prefect.settings import PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
+from prefect.settings import (
+    PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+    PREFECT_LOGGING_TO_API_ENABLED,
+    temporary_settings,
+)
 from prefect.testing.utilities import prefect_test_harness
 
 from infra.sandbox.crm import CrmStandIn
@@ -45,9 +49,15 @@ def prefect_server() -> Iterator[None]:
     # Runs here do not ship their logs to the API (every log line would be a POST the test
     # server, a process on the same cores, has to store); the one test that reads run logs back
     # (the canary scan) turns shipping on for its own runs.
+    # Flow-run heartbeats (every 180 s by default) tell a server that a run on a vanished
+    # worker crashed; an in-process run here never outlives its test, and the engine waits up
+    # to a second for the heartbeat thread at the end of every flow and subflow run, which is
+    # about a quarter of a pipeline run on the sample data.
     try:
         with (
-            temporary_settings({PREFECT_LOGGING_TO_API_ENABLED: False}),
+            temporary_settings(
+                {PREFECT_LOGGING_TO_API_ENABLED: False, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+            ),
             prefect_test_harness(server_startup_timeout=60),
         ):
             yield
