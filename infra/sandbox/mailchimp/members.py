@@ -30,10 +30,7 @@ from infra.sandbox.mailchimp.wire import (
     _not_found,
     subscriber_hash,
 )
-from infra.sandbox.mailchimp_merge import (
-    MERGE_FIELDS_MAX_COUNT,
-    new_merge_field,
-)
+from infra.sandbox.mailchimp_merge import MERGE_FIELDS_MAX_COUNT, new_merge_field
 
 
 class MemberRoutes(MemberUpserts):

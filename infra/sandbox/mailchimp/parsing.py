@@ -25,10 +25,7 @@ from infra.sandbox.mailchimp.wire import (
     MailchimpError,
     _invalid,
 )
-from infra.sandbox.mailchimp_merge import (
-    MergeField,
-    select_fields,
-)
+from infra.sandbox.mailchimp_merge import MergeField, select_fields
 
 
 def _parse_member(raw: Any, where: str, *, email_required: bool) -> _MemberInput:

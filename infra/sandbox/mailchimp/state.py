@@ -13,10 +13,7 @@ from typing import Any
 from infra.sandbox._http import StandInServer
 from infra.sandbox.mailchimp.records import _Fault, _Member
 from infra.sandbox.mailchimp.wire import _not_found, subscriber_hash
-from infra.sandbox.mailchimp_merge import (
-    MergeField,
-    default_merge_fields,
-)
+from infra.sandbox.mailchimp_merge import MergeField, default_merge_fields
 
 
 class MailchimpState(StandInServer):

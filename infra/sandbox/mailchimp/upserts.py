@@ -19,11 +19,7 @@ from infra.sandbox.mailchimp.wire import (
     is_valid_email,
     subscriber_hash,
 )
-from infra.sandbox.mailchimp_merge import (
-    MergeValueError,
-    check_merge_values,
-    missing_required,
-)
+from infra.sandbox.mailchimp_merge import MergeValueError, check_merge_values, missing_required
 
 
 def _check_status_change(member: _Member, new_status: str) -> None:
