@@ -20,22 +20,28 @@ from typing import Any
 
 import polars as pl
 
-from infra.sandbox.hubspot_marketing import DEFAULT_SUBSCRIPTION_ID, HubSpotMarketingStandIn
-from infra.sandbox.klaviyo import KlaviyoStandIn
-from infra.sandbox.mailchimp import MailchimpStandIn
 from tasks.connectors.destinations.hubspot import open_hubspot
 from tasks.connectors.destinations.klaviyo import open_klaviyo
 from tasks.connectors.destinations.mailchimp import open_mailchimp
 from tasks.connectors.destinations.protocol import Destination
 from tasks.connectors.http import RetryPolicy
 from tasks.connectors.lake import Lake
+from tests.flows.buyers_stand_ins import (
+    AMOUNT_FIELD,
+    NAME_FIELD,
+    destination_yaml,
+    hubspot_with_buyers,
+    klaviyo_with_buyers,
+    mailchimp_member,
+    mailchimp_with_buyers,
+    on_buyers_list,
+    unsubscribed_at,
+)
 
 SEGMENT = "buyers"
 PEOPLE = 8
 SECRET = "fault-platform-key"
 SECRET_ENV = {"AUDIENCE_LAKE_SECRET_FAULT_PLATFORM": SECRET}
-NAME_FIELD = {"mailchimp": "FNAME", "klaviyo": "first_name", "hubspot": "firstname"}
-AMOUNT_FIELD = {"mailchimp": "LTV", "klaviyo": "ltv", "hubspot": "ltv"}
 
 
 @dataclass
@@ -67,14 +73,10 @@ class Platform:
 
 
 def _mailchimp() -> Iterator[Platform]:
-    with MailchimpStandIn(api_key=SECRET, lists=["list-buyers"]) as mc:
-
-        def member(email: str) -> dict[str, Any] | None:
-            return next((m for m in mc.members("list-buyers").values()
-                         if m["email_address"] == email), None)  # fmt: skip
+    with mailchimp_with_buyers(SECRET) as mc:
 
         def fields(email: str) -> dict[str, Any] | None:
-            m = member(email)
+            m = mailchimp_member(mc, email)
             return None if m is None else {"name": m["merge_fields"].get("FNAME"),
                                            "amount": m["merge_fields"].get("LTV")}  # fmt: skip
 
@@ -84,12 +86,10 @@ def _mailchimp() -> Iterator[Platform]:
 
         yield Platform(
             "mailchimp", "list-buyers",
-            "kind: mailchimp\n    base_url: {url}\n    api_key: {{secret: fault_platform}}\n"
-            "    batch_size: {batch_size}\n"
-            "    audiences:\n      buyers:\n        list: list-buyers\n{audience}",
+            destination_yaml("mailchimp", "fault_platform", with_batch_size=True),
             mc, fields,
-            on_list=lambda e: (m := member(e)) is not None and m["status"] != "archived",
-            unsubscribed=lambda e: (m := member(e)) is not None and m["status"] == "unsubscribed",
+            on_list=on_buyers_list(mc),
+            unsubscribed=unsubscribed_at(mc),
             upserts=upserts,
             refuse_once=lambda e: mc.refuse_in_batch("list-buyers", e),
             throttle=lambda n: mc.fail_next(n, status=429),
@@ -103,9 +103,7 @@ def _klaviyo() -> Iterator[Platform]:
     # a second's edge, and the recorded (instant) retries cannot wait it out. These tests are
     # about injected faults, so the import class gets twice the documented burst here; the
     # documented ceilings are tested in tests/connectors/test_destination_klaviyo.py.
-    with KlaviyoStandIn(
-        api_key=SECRET, lists=["KL1"], polls_to_finish=2, rate_limits={"import": (20, 300)}
-    ) as kl:
+    with klaviyo_with_buyers(SECRET, polls_to_finish=2, rate_limits={"import": (20, 300)}) as kl:
 
         def fields(email: str) -> dict[str, Any] | None:
             p = kl.profile(email)
@@ -114,10 +112,6 @@ def _klaviyo() -> Iterator[Platform]:
             attributes = p["attributes"]
             return {"name": attributes.get("first_name"),
                     "amount": attributes.get("properties", {}).get("ltv")}  # fmt: skip
-
-        def unsubscribed(email: str) -> bool:
-            p = kl.profile(email)
-            return p is not None and "UNSUBSCRIBE" in json.dumps(p["attributes"]["subscriptions"])
 
         def upserts() -> Counter[str]:
             kl.settle()
@@ -133,13 +127,11 @@ def _klaviyo() -> Iterator[Platform]:
 
         yield Platform(
             "klaviyo", "KL1",
-            "kind: klaviyo\n    base_url: {url}\n    allow_insecure_http: true\n"
-            "    api_key: {{secret: fault_platform}}\n    poll_interval_seconds: 0.01\n"
-            "    batch_size: {batch_size}\n"
-            "    audiences:\n      buyers:\n        list: KL1\n{audience}",
+            destination_yaml("klaviyo", "fault_platform", poll_interval="0.01",
+                             with_batch_size=True),
             kl, fields,
-            on_list=lambda e: e in kl.list_members("KL1"),
-            unsubscribed=unsubscribed,
+            on_list=on_buyers_list(kl),
+            unsubscribed=unsubscribed_at(kl),
             upserts=upserts,
             refuse_once=lambda e: kl.reject_on_import(e, "Profile is locked.", times=1),
             throttle=lambda n: kl.fail_next(n, status=429, retry_after=2),
@@ -148,7 +140,7 @@ def _klaviyo() -> Iterator[Platform]:
 
 
 def _hubspot() -> Iterator[Platform]:
-    with HubSpotMarketingStandIn(token=SECRET, lists=["42"]) as hs:
+    with hubspot_with_buyers(SECRET) as hs:
 
         def fields(email: str) -> dict[str, Any] | None:
             c = hs.contact(email)
@@ -163,15 +155,10 @@ def _hubspot() -> Iterator[Platform]:
 
         yield Platform(
             "hubspot", "42",
-            "kind: hubspot\n    base_url: {url}\n    allow_insecure_http: true\n"
-            "    token: {{secret: fault_platform}}\n"
-            f"    subscription_type_id: {DEFAULT_SUBSCRIPTION_ID}\n"
-            "    batch_size: {batch_size}\n"
-            "    audiences:\n      buyers:\n        list: '42'\n{audience}",
+            destination_yaml("hubspot", "fault_platform", with_batch_size=True),
             hs, fields,
-            on_list=lambda e: e in hs.list_members("42"),
-            unsubscribed=lambda e: hs.subscription_status(e, DEFAULT_SUBSCRIPTION_ID)
-            == "UNSUBSCRIBED",
+            on_list=on_buyers_list(hs),
+            unsubscribed=unsubscribed_at(hs),
             upserts=upserts,
             refuse_once=hs.refuse_upsert,
             throttle=lambda n: hs.fail_next(n, status=429),

@@ -33,15 +33,21 @@ import flows.publish
 from flows.cli import main
 from flows.publish import publish
 from infra.sandbox._http import StandInServer
-from infra.sandbox.hubspot_marketing import DEFAULT_SUBSCRIPTION_ID, HubSpotMarketingStandIn
-from infra.sandbox.klaviyo import KlaviyoStandIn
-from infra.sandbox.mailchimp import MailchimpStandIn
 from tasks.connectors.lake import Lake
 from tasks.core.config import load_pipeline
 from tasks.core.tables import SYNC_LEDGER
 from tasks.errors import ConfigError
 from tasks.publish_report import PLAN_MARKDOWN_KEY, PLAN_TABLE_KEY, budget_holds, preview_audience
 from tasks.reports import PublishReport
+from tests.flows.buyers_stand_ins import (
+    NAME_FIELD,
+    destination_yaml,
+    hubspot_with_buyers,
+    klaviyo_with_buyers,
+    mailchimp_with_buyers,
+    on_buyers_list,
+    unsubscribed_at,
+)
 
 pytestmark = pytest.mark.flow
 
@@ -67,56 +73,29 @@ class Platform:
 
 
 def _mailchimp() -> Iterator[Platform]:
-    with MailchimpStandIn(api_key=SECRET, lists=["list-buyers"]) as mc:
-
-        def member(email: str) -> dict[str, Any] | None:
-            return next((m for m in mc.members("list-buyers").values()
-                         if m["email_address"] == email), None)  # fmt: skip
-
+    with mailchimp_with_buyers(SECRET) as mc:
         yield Platform(
-            "mailchimp", mc,
-            "kind: mailchimp\n    base_url: {url}\n    api_key: {{secret: dry_run}}\n"
-            "    audiences:\n      buyers:\n        list: list-buyers\n{audience}",
-            "LTV",
-            on_list=lambda e: (m := member(e)) is not None and m["status"] != "archived",
-            unsubscribed=lambda e: (m := member(e)) is not None and m["status"] == "unsubscribed",
+            "mailchimp", mc, destination_yaml("mailchimp", "dry_run"), "LTV",
+            on_list=on_buyers_list(mc), unsubscribed=unsubscribed_at(mc),
         )  # fmt: skip
 
 
 def _klaviyo() -> Iterator[Platform]:
-    with KlaviyoStandIn(api_key=SECRET, lists=["KL1"], polls_to_finish=1) as kl:
-
-        def unsubscribed(email: str) -> bool:
-            p = kl.profile(email)
-            return p is not None and "UNSUBSCRIBE" in json.dumps(p["attributes"]["subscriptions"])
-
+    with klaviyo_with_buyers(SECRET, polls_to_finish=1) as kl:
         yield Platform(
-            "klaviyo", kl,
-            "kind: klaviyo\n    base_url: {url}\n    allow_insecure_http: true\n"
-            "    api_key: {{secret: dry_run}}\n    poll_interval_seconds: 0.05\n"
-            "    audiences:\n      buyers:\n        list: KL1\n{audience}",
-            "ltv",
-            on_list=lambda e: e in kl.list_members("KL1"),
-            unsubscribed=unsubscribed,
+            "klaviyo", kl, destination_yaml("klaviyo", "dry_run"), "ltv",
+            on_list=on_buyers_list(kl), unsubscribed=unsubscribed_at(kl),
         )  # fmt: skip
 
 
 def _hubspot() -> Iterator[Platform]:
-    with HubSpotMarketingStandIn(token=SECRET, lists=["42"]) as hs:
+    with hubspot_with_buyers(SECRET) as hs:
         yield Platform(
-            "hubspot", hs,
-            "kind: hubspot\n    base_url: {url}\n    allow_insecure_http: true\n"
-            "    token: {{secret: dry_run}}\n"
-            f"    subscription_type_id: {DEFAULT_SUBSCRIPTION_ID}\n"
-            "    audiences:\n      buyers:\n        list: '42'\n{audience}",
-            "ltv",
-            on_list=lambda e: e in hs.list_members("42"),
-            unsubscribed=lambda e: hs.subscription_status(e, DEFAULT_SUBSCRIPTION_ID)
-            == "UNSUBSCRIBED",
+            "hubspot", hs, destination_yaml("hubspot", "dry_run"), "ltv",
+            on_list=on_buyers_list(hs), unsubscribed=unsubscribed_at(hs),
         )  # fmt: skip
 
 
-NAME_FIELD = {"mailchimp": "FNAME", "klaviyo": "first_name", "hubspot": "firstname"}
 PLATFORMS = {"mailchimp": _mailchimp, "klaviyo": _klaviyo, "hubspot": _hubspot}
 
 

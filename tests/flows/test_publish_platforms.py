@@ -10,7 +10,6 @@ change. Real Delta tables, real stand-ins on loopback, the real adapters.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -21,9 +20,6 @@ import polars as pl
 import pytest
 from prefect.logging import disable_run_logger
 
-from infra.sandbox.hubspot_marketing import DEFAULT_SUBSCRIPTION_ID, HubSpotMarketingStandIn
-from infra.sandbox.klaviyo import KlaviyoStandIn
-from infra.sandbox.mailchimp import MailchimpStandIn
 from tasks.connectors.destinations import open_platform
 from tasks.connectors.destinations.protocol import Destination, Member, RecordResult
 from tasks.connectors.lake import Lake
@@ -35,6 +31,17 @@ from tasks.publishing import publish_segment
 from tasks.reports import PublishReport
 from tasks.resources import pepper as lake_pepper
 from tests.faults.world import environment
+from tests.flows.buyers_stand_ins import (
+    AMOUNT_FIELD,
+    NAME_FIELD,
+    destination_yaml,
+    hubspot_with_buyers,
+    klaviyo_with_buyers,
+    mailchimp_member,
+    mailchimp_with_buyers,
+    on_buyers_list,
+    unsubscribed_at,
+)
 
 SEGMENT = "buyers"
 PEOPLE = 8
@@ -58,31 +65,25 @@ class Platform:
 
 
 def _mailchimp() -> Iterator[Platform]:
-    with MailchimpStandIn(api_key=SECRET, lists=["list-buyers"]) as mc:
-
-        def member(email: str) -> dict[str, Any] | None:
-            return next((m for m in mc.members("list-buyers").values()
-                         if m["email_address"] == email), None)  # fmt: skip
+    with mailchimp_with_buyers(SECRET) as mc:
 
         def fields(email: str) -> dict[str, Any] | None:
-            m = member(email)
+            m = mailchimp_member(mc, email)
             return None if m is None else {"name": m["merge_fields"]["FNAME"],
                                            "amount": m["merge_fields"]["LTV"]}  # fmt: skip
 
         yield Platform(
-            "mailchimp", "list-buyers",
-            "kind: mailchimp\n    base_url: {url}\n    api_key: {{secret: platform_test}}\n"
-            "    audiences:\n      buyers:\n        list: list-buyers\n{audience}",
+            "mailchimp", "list-buyers", destination_yaml("mailchimp", "platform_test"),
             mc.url, fields,
-            on_list=lambda e: (m := member(e)) is not None and m["status"] != "archived",
-            unsubscribed=lambda e: (m := member(e)) is not None and m["status"] == "unsubscribed",
+            on_list=on_buyers_list(mc),
+            unsubscribed=unsubscribed_at(mc),
             unsubscribe_at_platform=lambda e: mc.member_unsubscribes("list-buyers", e),
             upserts=lambda: len([r for r in mc.requests if r[0] == "POST"]), server=mc,
         )  # fmt: skip
 
 
 def _klaviyo() -> Iterator[Platform]:
-    with KlaviyoStandIn(api_key=SECRET, lists=["KL1"], polls_to_finish=1) as kl:
+    with klaviyo_with_buyers(SECRET, polls_to_finish=1) as kl:
 
         def fields(email: str) -> dict[str, Any] | None:
             p = kl.profile(email)
@@ -91,18 +92,11 @@ def _klaviyo() -> Iterator[Platform]:
             attributes = p["attributes"]
             return {"name": attributes["first_name"], "amount": attributes["properties"]["ltv"]}
 
-        def unsubscribed(email: str) -> bool:
-            p = kl.profile(email)
-            return p is not None and "UNSUBSCRIBE" in json.dumps(p["attributes"]["subscriptions"])
-
         yield Platform(
-            "klaviyo", "KL1",
-            "kind: klaviyo\n    base_url: {url}\n    allow_insecure_http: true\n"
-            "    api_key: {{secret: platform_test}}\n    poll_interval_seconds: 0.05\n"
-            "    audiences:\n      buyers:\n        list: KL1\n{audience}",
+            "klaviyo", "KL1", destination_yaml("klaviyo", "platform_test"),
             kl.url, fields,
-            on_list=lambda e: e in kl.list_members("KL1"),
-            unsubscribed=unsubscribed,
+            on_list=on_buyers_list(kl),
+            unsubscribed=unsubscribed_at(kl),
             unsubscribe_at_platform=kl.person_unsubscribes,
             upserts=lambda: len([x for x in kl.exchanges
                                  if "profile-bulk-import-jobs" in x.request.path
@@ -112,29 +106,22 @@ def _klaviyo() -> Iterator[Platform]:
 
 
 def _hubspot() -> Iterator[Platform]:
-    with HubSpotMarketingStandIn(token=SECRET, lists=["42"]) as hs:
+    with hubspot_with_buyers(SECRET) as hs:
 
         def fields(email: str) -> dict[str, Any] | None:
             c = hs.contact(email)
             return None if c is None else {"name": c.get("firstname"), "amount": c.get("ltv")}
 
         yield Platform(
-            "hubspot", "42",
-            "kind: hubspot\n    base_url: {url}\n    allow_insecure_http: true\n"
-            "    token: {{secret: platform_test}}\n"
-            f"    subscription_type_id: {DEFAULT_SUBSCRIPTION_ID}\n"
-            "    audiences:\n      buyers:\n        list: '42'\n{audience}",
+            "hubspot", "42", destination_yaml("hubspot", "platform_test"),
             hs.url, fields,
-            on_list=lambda e: e in hs.list_members("42"),
-            unsubscribed=lambda e: hs.subscription_status(e, DEFAULT_SUBSCRIPTION_ID)
-            == "UNSUBSCRIBED",
+            on_list=on_buyers_list(hs),
+            unsubscribed=unsubscribed_at(hs),
             unsubscribe_at_platform=hs.person_unsubscribes,
             upserts=lambda: len(hs.requests_to("POST", "/batch/upsert")), server=hs,
         )  # fmt: skip
 
 
-NAME_FIELD = {"mailchimp": "FNAME", "klaviyo": "first_name", "hubspot": "firstname"}
-AMOUNT_FIELD = {"mailchimp": "LTV", "klaviyo": "ltv", "hubspot": "ltv"}
 PLATFORMS = {"mailchimp": _mailchimp, "klaviyo": _klaviyo, "hubspot": _hubspot}
 
 
