@@ -85,6 +85,7 @@ def publish(
     reports: list[PublishReport] = []
     failed: list[State[PublishReport]] = []
     reads: dict[tuple[str, str], ReadbackReport | str] = {}
+    unreachable: dict[str, str] = {}  # destinations no read could connect to, this run
     for name, destination in config.destinations.items():
         for segment in destination.audiences:
             if segments and segment not in segments:
@@ -93,7 +94,7 @@ def publish(
             if not dry_run:
                 read = read_before_push(
                     name, destination, destination.audiences[segment].list_id,
-                    run_id=run_id, done=reads,
+                    run_id=run_id, done=reads, unreachable=unreachable,
                 )  # fmt: skip
                 if isinstance(read, str):
                     print(f"publish {name}/{segment} held: {read}")

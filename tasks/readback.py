@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import polars as pl
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -230,10 +231,24 @@ def read_before_push(
     *,
     run_id: str,
     done: dict[tuple[str, str], ReadbackReport | str],
+    unreachable: dict[str, str] | None = None,
 ) -> ReadbackReport | str:
     """Run the read task once per destination list and run (``done`` remembers the outcome):
-    its report, or why it failed, as a hold reason naming no address or secret."""
+    its report, or why it failed, as a hold reason naming no address or secret.
+
+    With ``unreachable`` (destination -> why, kept for the run), a destination that could not
+    be connected to at all (every retry of the HTTP client refused or timed out) is not tried
+    again for its other lists in the same run: each would spend the client's whole retry
+    budget to learn the same thing. Those lists are held with a reason naming the list whose
+    read failed; the next run reads every list again.
+    """
     where = (destination_name, audience)
+    unreachable = {} if unreachable is None else unreachable
+    if where not in done and destination_name in unreachable:
+        done[where] = (
+            f"platform opt-outs of {destination_name}/{audience} not read: "
+            f"{unreachable[destination_name]}; subscribes and updates wait for a successful read"
+        )
     if where not in done:
         state = read_platform_suppressions(
             destination_name, destination, audience, run_id=run_id, return_state=True
@@ -247,4 +262,20 @@ def read_before_push(
                 f"platform opt-outs of {destination_name}/{audience} could not be read "
                 f"({detail}); subscribes and updates wait for a successful read"
             )
+            if isinstance(error, BaseException) and _could_not_connect(error):
+                unreachable[destination_name] = (
+                    f"{destination_name} could not be reached when {audience} was read this run"
+                )
     return done[where]
+
+
+def _could_not_connect(error: BaseException) -> bool:
+    """Whether ``error`` (or what it was raised from) is a refused or timed-out connection."""
+    seen: BaseException | None = error
+    for _ in range(10):  # a cause chain is short; never loop on a cycle
+        if seen is None:
+            return False
+        if isinstance(seen, httpx.ConnectError | httpx.ConnectTimeout):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

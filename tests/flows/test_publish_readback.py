@@ -17,19 +17,25 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
 
+import tasks.readback
 from flows.publish import publish
 from infra.sandbox.hubspot_marketing import DEFAULT_SUBSCRIPTION_ID, HubSpotMarketingStandIn
 from infra.sandbox.klaviyo import KlaviyoStandIn
 from infra.sandbox.mailchimp import MailchimpStandIn, subscriber_hash
 from tasks.connectors.lake import Lake
+from tasks.core.config import load_pipeline
 from tasks.core.tables import PLATFORM_SUPPRESSIONS, SYNC_LEDGER
+from tasks.readback import ReadbackReport, read_before_push
 from tasks.reports import PublishReport
+from tests.conftest import free_port
+from tests.flows.conftest import CONFIG
 from tests.flows.test_publish_platforms import Platform as PlatformBase
 from tests.flows.test_publish_platforms import World as PlatformWorld
 from tests.flows.test_publish_platforms import (
@@ -278,3 +284,43 @@ def test_a_failed_read_holds_subscribes_and_updates_but_not_unsubscribes(
     assert float(stand.base.fields(email(2))["amount"]) == 999.0  # type: ignore[index]
     assert stand.base.unsubscribed(email(5))
     assert json.dumps(run.ledger(5)) == json.dumps(["suppressed", "suppressed"])
+
+
+def test_a_destination_that_cannot_be_reached_is_tried_once_per_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every list of an unreachable destination is held, but only the first read spends the
+    HTTP client's retries: the others are held naming it, and the next run tries again."""
+    monkeypatch.setenv("AUDIENCE_LAKE_LAKE_URI", str(tmp_path / "lake"))
+    monkeypatch.setenv("AUDIENCE_LAKE_SECRET_MAILCHIMP_API_KEY", "key-us1")
+    env = {"AUDIENCE_LAKE_MAILCHIMP_URL": f"http://127.0.0.1:{free_port()}"}  # nothing listens
+    destination = load_pipeline(CONFIG, env=env).destinations["mailchimp"]
+    lists = [audience.list_id for audience in destination.audiences.values()][:3]
+    reads: list[str] = []
+    read = tasks.readback.read_suppressions
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        reads.append(args[3])
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(tasks.readback, "read_suppressions", counted)
+
+    def one_run() -> dict[tuple[str, str], ReadbackReport | str]:
+        done: dict[tuple[str, str], ReadbackReport | str] = {}
+        unreachable: dict[str, str] = {}
+        for list_id in lists:
+            read_before_push(
+                "mailchimp", destination, list_id, run_id="r", done=done, unreachable=unreachable
+            )
+        return done
+
+    held = one_run()
+    assert reads == lists[:1]
+    first, *others = (held[("mailchimp", list_id)] for list_id in lists)
+    assert isinstance(first, str) and "could not be read" in first, first
+    for reason in others:
+        assert isinstance(reason, str), reason
+        assert f"mailchimp could not be reached when {lists[0]} was read this run" in reason
+        assert "subscribes and updates wait" in reason
+    one_run()
+    assert reads == [lists[0], lists[0]]  # a new run tries again

@@ -14,7 +14,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -56,9 +56,11 @@ def subscriber_hash(email_address: str) -> str:
 
 @dataclass(frozen=True)
 class _Transient:
-    """A call that still failed transiently when its retry budget ran out."""
+    """A call that still failed transiently when its retry budget ran out (``error``: the
+    transport error, when there was one, so a caller can tell an unreachable platform)."""
 
     reason: str
+    error: BaseException | None = field(default=None, compare=False)
 
 
 class MailchimpClient:
@@ -147,7 +149,8 @@ class MailchimpClient:
         request = self._client.build_request("GET", path, params=params)
         response = self._send(request, what, policy=policy)
         if isinstance(response, _Transient):
-            raise PublishError(redact(f"mailchimp {what!r}: GET {request.url}: {response.reason}"))
+            message = redact(f"mailchimp {what!r}: GET {request.url}: {response.reason}")
+            raise PublishError(message) from response.error
         if response.status_code != 200:
             raise PublishError(
                 redact(
@@ -172,7 +175,7 @@ class MailchimpClient:
         except httpx.HTTPError as exc:
             permanent = isinstance(exc, InsecureTransportRefused) or is_certificate_error(exc)
             if isinstance(exc, httpx.TransportError) and not permanent:
-                return _Transient(redact(f"{request.method} {request.url}: {exc}"))
+                return _Transient(redact(f"{request.method} {request.url}: {exc}"), exc)
             raise PublishError(redact(f"mailchimp list {what!r}: {exc}")) from exc
         with self._count_lock:
             self.requests_sent += 1
