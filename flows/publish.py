@@ -65,8 +65,8 @@ def publish(
         raise ConfigError(f"publish: unknown segment(s) {unknown}; known: {sorted(known)}")
     pins = resolve_pins(open_lake(), as_of_run=as_of_run, versions=versions)
     print(f"publish reads {pins.describe()}; consent at its latest version")
-    holds = publish_holds(open_lake(), config, pins=pins)
     previews = preview_publish(config, segments, pins)
+    holds = publish_holds(open_lake(), config, pins=pins, previews=previews)
     for key, reason in budget_holds(config, previews).items():
         holds[key] = f"{holds[key]}; {reason}" if key in holds else reason
     show_publish_plan(previews, holds, run_id=run_id, dry_run=dry_run)

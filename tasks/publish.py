@@ -21,11 +21,11 @@ from tasks.connectors.lake import Lake
 from tasks.core.anomaly import held_segments
 from tasks.core.audience_lineage import source_audiences
 from tasks.core.config import Destination, PipelineConfig, PublishConfig
-from tasks.core.removal_guard import audience_removals, removal_hold
+from tasks.core.removal_guard import removal_hold
 from tasks.core.tables import AUDIENCE, BRONZE_PREFIX, SYNC_LEDGER, VOLUME_METRICS
 from tasks.publish_reads import ReadPins
-from tasks.publishing import plan_audience, publish_segment
-from tasks.reports import PublishReport, publish_state_name
+from tasks.publishing import list_removals, plan_audience, publish_segment
+from tasks.reports import AudiencePreview, PublishReport, publish_state_name
 from tasks.resources import open_lake
 from tasks.retries import retry_unless_permanent
 from tasks.source_runs import failed_source_holds
@@ -41,7 +41,11 @@ __all__ = [
 
 
 def publish_holds(
-    lake: Lake, config: PipelineConfig, *, pins: ReadPins | None = None
+    lake: Lake,
+    config: PipelineConfig,
+    *,
+    pins: ReadPins | None = None,
+    previews: Sequence[AudiencePreview] = (),
 ) -> dict[tuple[str, str], str]:
     """Why each held audience must wait: ``(destination, segment) -> reason``.
 
@@ -59,7 +63,8 @@ def publish_holds(
 
     A hold delays subscribes, updates and removals: the unsubscribes of people who opted out are
     sent hold or no hold (:data:`tasks.core.sync.NEVER_HELD`). Warnings never hold. The
-    ``override_hold`` flow parameter publishes anyway. Removals are counted on gold at ``pins``.
+    ``override_hold`` flow parameter publishes anyway. Removals are counted on gold at ``pins``
+    (taken from ``previews`` of this run's plans at those pins when given, else planned here).
     """
     by_segment: dict[str, list[str]] = {}
     for segment, reason in _quarantine_holds(lake, config):
@@ -68,11 +73,13 @@ def publish_holds(
         by_segment.setdefault(segment, []).extend(f"volume anomaly: {r}" for r in reasons)
     for segment, reason in failed_source_holds(lake, config):
         by_segment.setdefault(segment, []).append(reason)
+    counted = {(p.destination, p.segment): p.removals for p in previews}
     holds: dict[tuple[str, str], str] = {}
     for name, destination in config.destinations.items():
         for segment in destination.audiences:
             reasons = list(by_segment.get(segment, []))
-            removal = _removal_hold(lake, config, name, destination, segment, pins)
+            counts = counted.get((name, segment))
+            removal = _removal_hold(lake, config, name, destination, segment, pins, counts)
             if removal is not None:
                 reasons.append(removal)
             if reasons:
@@ -115,15 +122,15 @@ def _removal_hold(
     destination: Destination,
     segment: str,
     pins: ReadPins | None,
+    counts: tuple[int, int] | None = None,
 ) -> str | None:
     if not lake.exists(SYNC_LEDGER) or not lake.exists(AUDIENCE):
         return None
-    plan = plan_audience(lake, name, destination, segment, pins=pins).lazy()
-    audience = destination.audiences[segment].list_id
-    ledger = lake.scan(SYNC_LEDGER)
-    counts = audience_removals(plan, ledger, destination=name, audience=audience).collect()
-    on_list, removals = counts.row(0)
-    return removal_hold(on_list, removals, config.volume.removals)
+    if counts is None:
+        plan = plan_audience(lake, name, destination, segment, pins=pins)
+        audience = destination.audiences[segment].list_id
+        counts = list_removals(lake, plan, destination=name, audience=audience)
+    return removal_hold(*counts, config.volume.removals)
 
 
 PUBLISH_EVENT_PREFIX = "audience-lake.publish"

@@ -39,7 +39,7 @@ from tasks.core.send_budget import (
 from tasks.core.sync import field_hash_key
 from tasks.errors import AudienceLakeError
 from tasks.publish_reads import ReadPins
-from tasks.publishing import ledger, plan_audience
+from tasks.publishing import ledger, list_removals, plan_audience
 from tasks.reports import AudiencePreview
 from tasks.resources import open_lake, pepper
 
@@ -108,7 +108,8 @@ def preview_audience(
     changes = summarise_changes(
         classified, identifier_fields=identifier_fields(destination.kind, destination, segment)
     )
-    preview = AudiencePreview(destination_name, segment, list_id, changes)
+    removals = list_removals(lake, plan, destination=destination_name, audience=list_id)
+    preview = AudiencePreview(destination_name, segment, list_id, changes, removals=removals)
     if changes.planned == changes.holdouts:  # nothing to send: nothing to price
         return preview
     try:

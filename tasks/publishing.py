@@ -61,6 +61,7 @@ from tasks.core.config import FEATURE_COLUMNS, Destination, PublishConfig
 from tasks.core.config_publish import AudienceConfig, FieldMapping, resolved_fields
 from tasks.core.mapping import mapped_columns, payload_expr
 from tasks.core.masking import mask_emails
+from tasks.core.removal_guard import audience_removals
 from tasks.core.sync import (
     NEVER_HELD,
     RECORDED_ONLY,
@@ -108,6 +109,18 @@ def ledger(lake: Lake) -> pl.LazyFrame:
     if lake.exists(SYNC_LEDGER):
         return lake.scan(SYNC_LEDGER)
     return pl.LazyFrame(schema=LEDGER_SCHEMA)
+
+
+def list_removals(
+    lake: Lake, plan: pl.DataFrame, *, destination: str, audience: str
+) -> tuple[int, int]:
+    """``(on_list, removals)`` of one destination list for the large-removal guard: the
+    contacts the sync ledger says it holds, and how many of them ``plan`` takes off it."""
+    counts = audience_removals(
+        plan.lazy(), ledger(lake), destination=destination, audience=audience
+    ).collect()
+    on_list, removals = counts.row(0)
+    return int(on_list), int(removals)
 
 
 def audience_members(lake: Lake, segment: str, pins: ReadPins | None = None) -> pl.LazyFrame:

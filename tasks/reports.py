@@ -55,6 +55,9 @@ class AudiencePreview:
     unpriced: str | None = None
     """Why the calls could not be priced (the adapter would not open: a missing secret...);
     the publish then meets the same error on its own, for this audience only."""
+    removals: tuple[int, int] | None = None
+    """``(on_list, removals)`` of the large-removal guard, counted on this same plan
+    (:func:`tasks.core.removal_guard.audience_removals`), so the guard need not plan again."""
 
 
 @dataclass(frozen=True)
