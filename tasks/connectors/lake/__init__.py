@@ -5,6 +5,7 @@ The public surface is importable from here; each concern lives in a module of it
 * :mod:`.facade` - :class:`Lake`, the one object callers use (reads in :mod:`.reads`, the shared
   locking, caching and error reporting in :mod:`.base`);
 * :mod:`.writes` - one Delta operation per function: create, append, merge, upsert, overwrite;
+* :mod:`.streams` - overwriting a table from a stream of frames, in one commit;
 * :mod:`.changes` - the Delta change data feed: turning it on, reading a table's changes;
 * :mod:`.maintenance` - compaction, Z-order, checkpoints and vacuum;
 * :mod:`.commits` - commit metadata and Delta app transactions (exactly-once batches);

@@ -6,7 +6,8 @@ Every write here is idempotent in the way docs/architecture.md (*Safety rules*) 
 * :meth:`Lake.merge` upserts on keys and, by default, rewrites a matched row only when a non-key
   column actually changed, so a rerun with the same data commits nothing;
 * :meth:`Lake.overwrite` and :meth:`Lake.overwrite_partitions` replace what they are given in one
-  commit, so readers never see a half-written (or empty) table.
+  commit, so readers never see a half-written (or empty) table; so does
+  :meth:`Lake.overwrite_batches` (:mod:`.streams`) with frames it receives one at a time.
 
 Data goes to deltalake through the Arrow C stream interface (no pyarrow) and comes back through
 ``pl.scan_delta``. One :class:`deltalake.DeltaTable` is kept per table and refreshed incrementally:
@@ -34,13 +35,14 @@ from deltalake.exceptions import CommitFailedError
 from tasks.connectors.lake import changes, writes
 from tasks.connectors.lake.commits import batch_committed, commit_properties
 from tasks.connectors.lake.reads import LakeReads
+from tasks.connectors.lake.streams import LakeStreams
 from tasks.connectors.lake.writes import MergeStats
 from tasks.errors import LakeError
 
 __all__ = ["Lake"]
 
 
-class Lake(LakeReads):
+class Lake(LakeStreams, LakeReads):
     """Delta tables under one root: a local directory (e.g. ``./.lake``) or ``s3://bucket/prefix``.
 
     Tables are named ``"<layer>/<name>"`` (e.g. ``"bronze/crm_contacts"``). A ``Lake`` may be
