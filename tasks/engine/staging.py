@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from tasks.connectors.lake import Lake, LakeError
+from tasks.connectors.lake import FrameStream, Lake, LakeError
 from tasks.core.canonical import (
     NormaliseOptions,
     canonical_schema,
@@ -413,12 +413,8 @@ def _commit_full(
     new_state = StagingState(
         plan.fingerprint, seq, plan.versions, plan.mappings, result.live, result.quarantined
     )
-    lake.overwrite_batches(
-        plan.table,
-        staging_schema(plan.role),
-        lambda: spill.log_rows(seq=seq),
-        metadata=new_state.to_metadata(),
-    )
+    log_rows = FrameStream(staging_schema(plan.role), lambda: spill.log_rows(seq=seq))
+    lake.overwrite(plan.table, log_rows, metadata=new_state.to_metadata())
     return result
 
 

@@ -14,7 +14,7 @@ over local temporary files (:class:`Spill`, removed afterwards, also on error):
    spill partition, whichever chunk it came from: counting copies one partition at a time
    (:func:`tasks.core.incremental.distinct_records`) gives each record's copies over the whole
    role. The partitions' log rows stream into the staging table in one commit
-   (:meth:`~tasks.connectors.lake.Lake.overwrite_batches`), which carries the staging state.
+   (a :class:`~tasks.connectors.lake.FrameStream`), which carries the staging state.
 
 A contract judges each row on its own and the counts are sums, so the result does not depend on
 the chunk size: the staging table, the quarantine and the counts are those of one pass over

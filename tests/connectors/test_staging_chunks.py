@@ -116,7 +116,7 @@ def test_the_spill_is_removed_when_the_staging_commit_fails(
         seen.extend(path for path in spills.rglob("*.parquet"))
         raise LakeError(f"{table}: commit refused")
 
-    monkeypatch.setattr(Lake, "overwrite_batches", fail)
+    monkeypatch.setattr(Lake, "_overwrite_streamed", fail)
     with pytest.raises(LakeError, match="commit refused"):
         stage_bronze(
             lake, config_with(SMALL_CHUNK), run_id="x", now=NOW, full_refresh=True, logger=LOGGER

@@ -6,8 +6,8 @@ Every write here is idempotent in the way docs/architecture.md (*Safety rules*) 
 * :meth:`Lake.merge` upserts on keys and, by default, rewrites a matched row only when a non-key
   column actually changed, so a rerun with the same data commits nothing;
 * :meth:`Lake.overwrite` and :meth:`Lake.overwrite_partitions` replace what they are given in one
-  commit, so readers never see a half-written (or empty) table; so does
-  :meth:`Lake.overwrite_batches` (:mod:`.streams`) with frames it receives one at a time.
+  commit, so readers never see a half-written (or empty) table (also when the frames come one
+  at a time, :mod:`.streams`).
 
 Data goes to deltalake through the Arrow C stream interface (no pyarrow) and comes back through
 ``pl.scan_delta``. One :class:`deltalake.DeltaTable` is kept per table and refreshed incrementally:
@@ -35,7 +35,7 @@ from deltalake.exceptions import CommitFailedError
 from tasks.connectors.lake import changes, writes
 from tasks.connectors.lake.commits import batch_committed, commit_properties
 from tasks.connectors.lake.reads import LakeReads
-from tasks.connectors.lake.streams import LakeStreams
+from tasks.connectors.lake.streams import FrameStream, LakeStreams
 from tasks.connectors.lake.writes import MergeStats
 from tasks.errors import LakeError
 
@@ -270,7 +270,7 @@ class Lake(LakeStreams, LakeReads):
     def overwrite(
         self,
         table: str,
-        df: pl.DataFrame,
+        df: pl.DataFrame | FrameStream,
         *,
         partition_by: Sequence[str] | None = None,
         predicate: str | None = None,
@@ -281,8 +281,13 @@ class Lake(LakeStreams, LakeReads):
         Without ``predicate`` the whole table is replaced and ``df`` defines the schema (columns
         it lacks are dropped); partitioning is kept unless ``partition_by`` changes it. With a
         ``predicate`` (e.g. ``"segment = 'vip'"``) only the rows matching it are replaced, every
-        row of ``df`` must match it, and new columns evolve the schema.
+        row of ``df`` must match it, and new columns evolve the schema. A :class:`FrameStream`
+        (whole table, unpartitioned) is written a frame at a time (:mod:`.streams`).
         """
+        if isinstance(df, FrameStream):
+            if partition_by or predicate:
+                raise LakeError(f"overwrite {table!r}: a stream replaces a whole table")
+            return self._overwrite_streamed(table, df, metadata)
         with self._locked(table), self._errors(table, "overwrite"), self._audited(table):
             delta = self._load(table)
             data = self._prepare(table, df, delta)
