@@ -6,8 +6,7 @@ Every write here is idempotent in the way docs/architecture.md (*Safety rules*) 
 * :meth:`Lake.merge` upserts on keys and, by default, rewrites a matched row only when a non-key
   column actually changed, so a rerun with the same data commits nothing;
 * :meth:`Lake.overwrite` and :meth:`Lake.overwrite_partitions` replace what they are given in one
-  commit, so readers never see a half-written (or empty) table (also when the frames come one
-  at a time, :mod:`.streams`).
+  commit, so readers never see a half-written (or empty) table.
 
 Data goes to deltalake through the Arrow C stream interface (no pyarrow) and comes back through
 ``pl.scan_delta``. One :class:`deltalake.DeltaTable` is kept per table and refreshed incrementally:
@@ -285,9 +284,9 @@ class Lake(LakeStreams, LakeReads):
         (whole table, unpartitioned) is written a frame at a time (:mod:`.streams`).
         """
         if isinstance(df, FrameStream):
-            if partition_by or predicate:
-                raise LakeError(f"overwrite {table!r}: a stream replaces a whole table")
-            return self._overwrite_streamed(table, df, metadata)
+            return self._overwrite_streamed(
+                table, df, metadata, whole=not partition_by and not predicate
+            )
         with self._locked(table), self._errors(table, "overwrite"), self._audited(table):
             delta = self._load(table)
             data = self._prepare(table, df, delta)

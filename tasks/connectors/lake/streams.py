@@ -18,6 +18,7 @@ from deltalake import DeltaTable
 from tasks.connectors.lake import writes
 from tasks.connectors.lake.base import LakeBase
 from tasks.connectors.lake.commits import commit_properties
+from tasks.errors import LakeError
 
 __all__ = ["FrameStream", "LakeStreams"]
 
@@ -40,9 +41,11 @@ class LakeStreams(LakeBase):
     """The streamed writes of :class:`~tasks.connectors.lake.Lake`."""
 
     def _overwrite_streamed(
-        self, table: str, stream: FrameStream, metadata: Mapping[str, str] | None
+        self, table: str, stream: FrameStream, metadata: Mapping[str, str] | None, *, whole: bool
     ) -> None:
-        """:meth:`~tasks.connectors.lake.Lake.overwrite` (whole table) from ``stream``."""
+        """:meth:`~tasks.connectors.lake.Lake.overwrite` (``whole`` table) from ``stream``."""
+        if not whole:
+            raise LakeError(f"overwrite {table!r}: a stream replaces a whole table")
         with self._locked(table), self._errors(table, "overwrite"), self._audited(table):
             delta = self._load(table)
             empty = self._prepare(table, pl.DataFrame(schema=dict(stream.schema)), delta)
