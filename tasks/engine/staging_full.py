@@ -24,6 +24,7 @@ everything (``tests/connectors/test_staging_chunks.py``).
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import tempfile
 from collections import Counter
@@ -44,6 +45,7 @@ MAX_SPILL_PARTITIONS = 1024
 """At most this many spill partitions (each chunk writes one file per partition it reaches)."""
 
 _PART = "_spill_part"
+_SPILL_PREFIX = "audience-lake-staging-"
 
 
 @dataclass
@@ -105,12 +107,34 @@ class Spill:
 
 @contextmanager
 def spill_directory() -> Iterator[Path]:
-    """A local temporary directory for spilled rows, removed however the block ends."""
-    directory = Path(tempfile.mkdtemp(prefix="audience-lake-staging-"))
+    """A local temporary directory for spilled rows, removed however the block ends.
+
+    A process killed outright cannot remove its own: the directory's name carries the process
+    id, and the spills of processes no longer running are removed first.
+    """
+    _remove_orphaned_spills()
+    directory = Path(tempfile.mkdtemp(prefix=f"{_SPILL_PREFIX}{os.getpid()}-"))
     try:
         yield directory
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _remove_orphaned_spills() -> None:
+    for path in Path(tempfile.gettempdir()).glob(f"{_SPILL_PREFIX}*-*"):
+        pid = path.name.removeprefix(_SPILL_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def check_in_chunks(

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +28,7 @@ from tasks.core.config import PipelineConfig, load_pipeline
 from tasks.core.incremental import COPIES, RECORD_HASH, STAGING_STATE_KEY
 from tasks.core.tables import QUARANTINE, STAGED
 from tasks.engine.roles import stage_bronze
+from tasks.engine.staging_full import spill_directory
 
 ROOT = Path(__file__).resolve().parents[2]
 LOGGER = logging.getLogger("test_staging_chunks")
@@ -135,3 +139,18 @@ def test_an_empty_source_stages_an_empty_log(tmp_path: Path) -> None:
     assert report.checked["enrichment"] == 0
     assert lake.read(STAGED["enrichment"]).height == 0
     assert lake.read(STAGED["contacts"]).height > 0
+
+
+def test_spills_of_processes_no_longer_running_are_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    orphan = tmp_path / f"audience-lake-staging-{ended.pid}-abc"
+    running = tmp_path / f"audience-lake-staging-{os.getppid()}-def"
+    for folder in (orphan, running):
+        (folder / "0000").mkdir(parents=True)
+    with spill_directory() as directory:
+        assert directory.exists() and str(os.getpid()) in directory.name
+    assert not orphan.exists() and running.exists() and not directory.exists()
