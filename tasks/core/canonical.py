@@ -9,7 +9,7 @@ is reported by :func:`normalisation_losses`, and the row is kept).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import polars as pl
@@ -206,11 +206,16 @@ def _example(field: str, expr: pl.Expr) -> pl.Expr:
     return expr.map_elements(mask_value, return_dtype=pl.String)
 
 
-def normalisation_losses(canonical: pl.LazyFrame) -> pl.LazyFrame:
+def normalisation_losses(canonical: pl.LazyFrame, *, masked: bool = True) -> pl.LazyFrame:
     """Per source and field: how many non-blank source values normalised to null, and one example.
 
     Only optional attributes are counted here (``phone``, ``country``); a required field that
     fails (an email) quarantines its row instead. The rows themselves are kept.
+
+    The example is the smallest such value, masked if it is an identifier. ``masked=False``
+    keeps it raw: the losses of parts of one input (chunks of a restage) are then added up by
+    :func:`combine_losses`, which picks the smallest example before masking, so the parts give
+    what the whole would have.
     """
     schema = canonical.collect_schema()
     frames = [
@@ -227,7 +232,7 @@ def normalisation_losses(canonical: pl.LazyFrame) -> pl.LazyFrame:
             pl.col("_source").alias("source"),
             pl.lit(field).alias("field"),
             "values",
-            _example(field, pl.col("example")).alias("example"),
+            (_example(field, pl.col("example")) if masked else pl.col("example")).alias("example"),
         )
         for field in ("phone", "country")
         if field in schema and f"{field}_raw" in schema
@@ -235,3 +240,27 @@ def normalisation_losses(canonical: pl.LazyFrame) -> pl.LazyFrame:
     if not frames:
         return pl.LazyFrame(schema=LOSSES_SCHEMA)
     return pl.concat(frames).sort("source", "field")
+
+
+def combine_losses(parts: Sequence[pl.DataFrame]) -> pl.DataFrame:
+    """The :func:`normalisation_losses` of a whole input from those of its parts (each computed
+    with ``masked=False``): counts added, the smallest example kept, then masked."""
+    if not parts:
+        return pl.DataFrame(schema=LOSSES_SCHEMA)
+    summed = (
+        pl.concat(parts, how="vertical")
+        .group_by("source", "field")
+        .agg(pl.col("values").sum().cast(pl.Int64), pl.col("example").min())
+    )
+    identifiers = [f for f in summed.get_column("field").unique().to_list() if is_pii_name(f)]
+    masked = pl.col("example").map_elements(mask_value, return_dtype=pl.String)
+    return (
+        summed.with_columns(
+            pl.when(pl.col("field").is_in(identifiers))
+            .then(masked)
+            .otherwise(pl.col("example"))
+            .alias("example")
+        )
+        .select(list(LOSSES_SCHEMA))
+        .sort("source", "field")
+    )

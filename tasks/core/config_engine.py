@@ -88,6 +88,17 @@ class EngineConfig(BaseModel):
             "the same whatever the number."
         ),
     )
+    staging_chunk_rows: int = Field(
+        default=500_000,
+        ge=1,
+        le=100_000_000,
+        description=(
+            "Bronze rows a full restage of a role normalises and checks at a time; the valid "
+            "rows are spilled to local temporary files and counted into the staging log one "
+            "spill partition at a time, so memory follows this number, not the lake. The "
+            "staging tables are the same whatever it is."
+        ),
+    )
     connect_timeout_seconds: float = Field(
         default=30.0,
         gt=0,

@@ -5,8 +5,9 @@ One module per stage, each a set of plain functions over a :class:`~tasks.connec
 calls them directly):
 
 - :mod:`tasks.engine.staging` - bronze -> ``silver/staged_<role>``: only rows bronze gained or
-  lost are normalised and checked; :mod:`tasks.engine.roles` runs it per role (a *unit*, which
-  a task runner may run in another process) and combines the roles' reports;
+  lost are normalised and checked (a role restaged whole goes a chunk of bronze at a time,
+  :mod:`tasks.engine.staging_full`); :mod:`tasks.engine.roles` runs it per role (a *unit*,
+  which a task runner may run in another process) and combines the roles' reports;
 - :mod:`tasks.engine.silver` - staging -> ``silver/contacts``, ``silver/orders``,
   ``silver/events`` for the people, orders and events a change touches
   (:mod:`tasks.engine.scope`);

@@ -34,15 +34,23 @@ class Checker:
         self.quarantine: list[pl.DataFrame] = []
         self._flushed = 0
 
-    def check(self, frame: pl.DataFrame, contract: Contract, *, table: str) -> Split:
-        """Valid rows of ``frame``; its quarantine records (identifiers masked) are kept."""
+    def check(
+        self, frame: pl.DataFrame, contract: Contract, *, table: str, warn: bool = True
+    ) -> Split:
+        """Valid rows of ``frame``; its quarantine records (identifiers masked) are kept.
+
+        ``warn=False`` leaves the warning to the caller (:meth:`warn_rejected`), which checks a
+        table in chunks and reports the rows quarantined once, for all of them.
+        """
         split = split_valid(frame, contract, table=table, run_id=self.run_id, now=self.now)
         self.quarantine.append(mask_quarantine(split.quarantine, _pii(table, frame)))
-        if split.rejected:
-            self.logger.warning(
-                "%s: %d row(s) quarantined by %s", table, split.rejected, _name(contract)
-            )
+        if warn:
+            self.warn_rejected(contract, table=table, rejected=split.rejected)
         return split
+
+    def warn_rejected(self, contract: Contract, *, table: str, rejected: int) -> None:
+        if rejected:
+            self.logger.warning("%s: %d row(s) quarantined by %s", table, rejected, _name(contract))
 
     def records(self) -> pl.DataFrame:
         if not self.quarantine:

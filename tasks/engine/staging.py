@@ -12,9 +12,12 @@ A source that is new, whose field mapping changed, or whose old version can no l
 (log cleanup, vacuum) is restaged whole; a removed or disabled source's rows leave staging; a
 changed normalisation setting (the role's fingerprint) restages the role.
 
-The steps of one role, in order: :func:`_role_plan` (what is staged, what bronze holds),
+The steps of one role, in order: :func:`_role_plan` (what is staged, what bronze holds), then
+for a role restaged whole :func:`~tasks.engine.staging_full.check_in_chunks` (bronze a chunk at
+a time, valid rows spilled to local files) and :func:`_commit_full` (the log streamed from the
+spill in one commit), so memory follows a chunk, not the lake; otherwise
 :func:`_collect_changes` (rows gained and lost per source), :func:`_check_changes` (contract,
-quarantine counts), then :func:`_commit_full` or :func:`_commit_incremental`.
+quarantine counts) and :func:`_commit_incremental`.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from tasks.connectors.lake import Lake, LakeError
+from tasks.connectors.lake import FrameStream, Lake, LakeError
 from tasks.core.canonical import (
     NormaliseOptions,
     canonical_schema,
@@ -52,6 +55,14 @@ from tasks.core.tables import ROLE_TABLES, STAGED, bronze_table, staging_schema
 from tasks.engine.checks import Checker
 from tasks.engine.delta import latest_state, pinned
 from tasks.engine.reports import Logger
+from tasks.engine.staging_full import (
+    Spill,
+    Tally,
+    check_in_chunks,
+    rejected_by_source,
+    spill_directory,
+    staged_records,
+)
 from tasks.resources import pepper
 from tasks.suppression import Suppression, load_suppression
 
@@ -135,25 +146,39 @@ def stage_role(
             live=dict(plan.state.live),
             quarantined=dict(plan.state.rejected or {}),
         )
-    log = None if plan.full else pinned(lake, plan.table, lake.version(plan.table))
     if suppression is None:
         secret, key_version = pepper()
         suppression = load_suppression(lake, pepper=secret, version=key_version)
+    seq = (plan.state.seq if plan.state is not None else 0) + 1
+    if plan.full:
+        collector = _Collector(lake, plan, None, options, logger, suppression)
+        with spill_directory() as directory:
+            tally, spill = check_in_chunks(
+                {name: collector.bronze(name) for name in plan.sources},
+                collector.canonical,
+                role=role,
+                contract=contract,
+                checker=checker,
+                chunk_rows=config.engine.staging_chunk_rows,
+                directory=directory,
+            )
+            # The rows failing the contract are recorded before the commit that marks them
+            # consumed.
+            checker.flush(lake, stage=f"staging-{role}")
+            result = _commit_full(lake, plan, tally, spill, seq=seq)
+        logger.info(
+            "%s: rebuilt from bronze (%d valid rows)", plan.table, sum(result.live.values())
+        )
+        return result
+    log = pinned(lake, plan.table, lake.version(plan.table))
     changes = _collect_changes(
         lake, plan, log, options=options, logger=logger, suppression=suppression
     )
     result, split = _check_changes(plan, changes, contract=contract, checker=checker)
     # The rows failing the contract are recorded before the commit that marks them consumed.
     checker.flush(lake, stage=f"staging-{role}")
-    seq = (plan.state.seq if plan.state is not None else 0) + 1
-    valid_rows = split.valid.height
-    staged = _staged_records(split, role=role, seq=seq)
+    staged = staged_records(split.valid.lazy(), role=role, seq=seq)
     del split
-    if plan.full:
-        _commit_full(lake, plan, staged, result, seq=seq)
-        logger.info("%s: rebuilt from bronze (%d valid rows)", plan.table, valid_rows)
-        return result
-    assert log is not None
     written = _commit_incremental(lake, plan, log, staged, changes, result, seq=seq)
     logger.info(
         "%s: %d changed row(s) checked, %d record(s) updated in the staging log",
@@ -225,14 +250,11 @@ def _collect_changes(
     suppression: Suppression | None = None,
 ) -> _Changes:
     """What each source (current, or staged before and now gone) adds to and removes from the
-    log: everything on a full restage, otherwise the diff of its bronze files."""
+    log since the state: the diff of its bronze files, or all of it if it must be restaged."""
+    assert plan.state is not None
     collector = _Collector(lake, plan, log, options, logger, suppression)
-    if plan.full or plan.state is None:
-        for name in sorted(plan.sources):
-            collector.restage(name)
-    else:
-        for name in sorted(set(plan.sources) | set(plan.state.versions)):
-            collector.since_last_run(name)
+    for name in sorted(set(plan.sources) | set(plan.state.versions)):
+        collector.since_last_run(name)
     return collector.changes
 
 
@@ -257,10 +279,13 @@ class _Collector:
             canonical = self.suppression.drop(canonical, "email")
         return _conform(canonical, self.plan.role)
 
+    def bronze(self, name: str) -> pl.LazyFrame:
+        """The source's bronze rows at the version being staged."""
+        return pinned(self.lake, bronze_table(name), self.plan.versions[name])
+
     def restage(self, name: str) -> None:
         """Every current bronze row of the source is added."""
-        bronze = pinned(self.lake, bronze_table(name), self.plan.versions[name])
-        self.changes.added.append(self.canonical(name, bronze))
+        self.changes.added.append(self.canonical(name, self.bronze(name)))
         self.changes.restaged.add(name)
 
     def since_last_run(self, name: str) -> None:
@@ -334,13 +359,13 @@ def _check_changes(
         else pl.DataFrame(schema=canonical_schema(plan.role))
     )
     del frames  # frames this size are worth releasing early
+    assert plan.state is not None
     split = checker.check(candidates, contract, table=ROLE_TABLES[plan.role])
-    rejected = _rejected_by_source(candidates, split.valid)
+    rejected = rejected_by_source(candidates, split.valid)
     lost_rejected = _lost_rejected(plan, changes, contract=contract, checker=checker)
-    full = plan.full or plan.state is None
-    earlier = {} if full or plan.state is None else dict(plan.state.rejected or {})
+    earlier = dict(plan.state.rejected or {})
     result = RoleStaging(
-        mode="full" if plan.full else "incremental",
+        mode="incremental",
         checked=candidates.height,
         rejected=split.rejected,
         quarantined={
@@ -366,37 +391,31 @@ def _lost_rejected(
     recheck = split_valid(
         gone_rows, contract, table=ROLE_TABLES[plan.role], run_id=checker.run_id, now=checker.now
     )
-    return _rejected_by_source(gone_rows, recheck.valid)
-
-
-def _rejected_by_source(checked: pl.DataFrame, valid: pl.DataFrame) -> dict[str, int]:
-    """Rows of ``checked`` that did not pass (are not in ``valid``), per ``_source``."""
-    passed = dict(valid.group_by("_source").len().iter_rows())
-    return {
-        str(source): int(count) - int(passed.get(source, 0))
-        for source, count in checked.group_by("_source").len().iter_rows()
-    }
-
-
-def _staged_records(split: Split, *, role: str, seq: int) -> pl.DataFrame:
-    """The valid rows as log rows of sequence ``seq``: one per distinct record, with copies."""
-    records = distinct_records(split.valid.lazy()).with_columns(pl.lit(seq, pl.Int64).alias(SEQ))
-    records = records.select([pl.col(c).cast(t) for c, t in staging_schema(role).items()])
-    return records.collect()
+    return rejected_by_source(gone_rows, recheck.valid)
 
 
 # --- step 4: the commit -------------------------------------------------------------------------
 def _commit_full(
-    lake: Lake, plan: _RolePlan, staged: pl.DataFrame, result: RoleStaging, *, seq: int
-) -> None:
-    """Replace the log with ``staged``; its state records the bronze versions consumed."""
-    result.live = {name: 0 for name in plan.sources} | {
-        str(k): int(v) for k, v in staged.group_by("_source").agg(pl.col(COPIES).sum()).iter_rows()
-    }
+    lake: Lake, plan: _RolePlan, tally: Tally, spill: Spill, *, seq: int
+) -> RoleStaging:
+    """Replace the log with the spilled records, streamed partition by partition in one
+    commit whose state records the bronze versions consumed."""
+    result = RoleStaging(
+        mode="full",
+        checked=tally.checked,
+        rejected=tally.rejected,
+        # Every copy of a record is one valid row of its source: live rows are valid rows.
+        live={name: tally.valid_by_source.get(name, 0) for name in plan.sources}
+        | dict(tally.valid_by_source),
+        quarantined={name: tally.rejected_by_source.get(name, 0) for name in plan.sources},
+        losses=tally.normalisation_losses(),
+    )
     new_state = StagingState(
         plan.fingerprint, seq, plan.versions, plan.mappings, result.live, result.quarantined
     )
-    lake.overwrite(plan.table, staged, metadata=new_state.to_metadata())
+    log_rows = FrameStream(staging_schema(plan.role), lambda: spill.log_rows(seq=seq))
+    lake.overwrite(plan.table, log_rows, metadata=new_state.to_metadata())
+    return result
 
 
 def _commit_incremental(

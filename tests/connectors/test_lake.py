@@ -15,6 +15,7 @@ from polars.testing import assert_frame_equal
 
 from tasks.connectors.lake import (
     DEFAULT_S3_CLIENT_OPTIONS,
+    FrameStream,
     Lake,
     LakeError,
     MergeStats,
@@ -272,6 +273,32 @@ def test_overwrite_replaces_the_table_or_only_rows_matching_a_predicate(lake: La
     got = lake.read(table)
     assert got.rows() == [("new", 1.5)]
     assert set(got.columns) == {"segment", "score"}
+
+
+def test_overwrite_from_a_frame_stream_commits_every_frame_once(lake: Lake) -> None:
+    table = "silver/staged_events"
+    lake.overwrite(table, pl.DataFrame({"old": [1]}))
+    schema = {"event_id": pl.Int64(), "kind": pl.String()}
+    calls: list[int] = []
+
+    def frames() -> Any:
+        calls.append(1)
+        for start in range(0, 30, 10):  # produced one at a time, as the writer asks
+            yield _events(list(range(start, start + 10)))
+
+    lake.overwrite(table, FrameStream(schema, frames), metadata={"note": "streamed"})
+
+    assert lake.version(table) == 1 and len(calls) == 1  # one commit, the stream read once
+    assert lake.history(table, limit=1)[0]["note"] == "streamed"
+    assert_frame_equal(
+        _sorted(lake.read(table), "event_id"), _sorted(_events(list(range(30))), "event_id")
+    )
+
+    # No frames leave the table empty, with the stream's schema.
+    lake.overwrite(table, FrameStream(schema, lambda: iter(())))
+    assert lake.read(table).schema == pl.Schema(schema) and lake.read(table).height == 0
+    with pytest.raises(LakeError, match="a stream replaces a whole table"):
+        lake.overwrite(table, FrameStream(schema, frames), predicate="kind = 'x'")
 
 
 def _partition_dirs(lake: Lake, table: str) -> set[str]:

@@ -189,3 +189,13 @@ def test_buckets_default_to_the_size_of_the_lake_and_must_be_positive(tmp_path: 
     assert load_pipeline(configured, env={}).engine.buckets == 8
     with pytest.raises(ConfigError, match=r"engine\.buckets"):
         load_pipeline(write_config(tmp_path, {"task_runner": "inline", "buckets": 0}), env={})
+
+
+def test_staging_chunk_rows_default_and_must_be_positive(tmp_path: Path) -> None:
+    assert load_pipeline(write_config(tmp_path, None), env={}).engine.staging_chunk_rows == 500_000
+    configured = write_config(tmp_path, {"task_runner": "inline", "staging_chunk_rows": 1000})
+    assert load_pipeline(configured, env={}).engine.staging_chunk_rows == 1000
+    with pytest.raises(ConfigError, match=r"engine\.staging_chunk_rows"):
+        load_pipeline(
+            write_config(tmp_path, {"task_runner": "inline", "staging_chunk_rows": 0}), env={}
+        )

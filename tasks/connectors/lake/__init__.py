@@ -5,6 +5,8 @@ The public surface is importable from here; each concern lives in a module of it
 * :mod:`.facade` - :class:`Lake`, the one object callers use (reads in :mod:`.reads`, the shared
   locking, caching and error reporting in :mod:`.base`);
 * :mod:`.writes` - one Delta operation per function: create, append, merge, upsert, overwrite;
+* :mod:`.streams` - overwriting a table from a stream of frames (:class:`FrameStream`), in one
+  commit;
 * :mod:`.changes` - the Delta change data feed: turning it on, reading a table's changes;
 * :mod:`.maintenance` - compaction, Z-order, checkpoints and vacuum;
 * :mod:`.commits` - commit metadata and Delta app transactions (exactly-once batches);
@@ -32,6 +34,7 @@ from tasks.connectors.lake.options import (
     s3_storage_options,
     settings_storage_options,
 )
+from tasks.connectors.lake.streams import FrameStream
 from tasks.connectors.lake.writes import MergeStats
 from tasks.errors import LakeError
 
@@ -40,6 +43,7 @@ __all__ = [
     "CHANGE_FEED",
     "DEFAULT_S3_CLIENT_OPTIONS",
     "FileStats",
+    "FrameStream",
     "Lake",
     "LakeError",
     "MergeStats",

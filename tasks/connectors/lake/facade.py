@@ -34,13 +34,14 @@ from deltalake.exceptions import CommitFailedError
 from tasks.connectors.lake import changes, writes
 from tasks.connectors.lake.commits import batch_committed, commit_properties
 from tasks.connectors.lake.reads import LakeReads
+from tasks.connectors.lake.streams import FrameStream, LakeStreams
 from tasks.connectors.lake.writes import MergeStats
 from tasks.errors import LakeError
 
 __all__ = ["Lake"]
 
 
-class Lake(LakeReads):
+class Lake(LakeStreams, LakeReads):
     """Delta tables under one root: a local directory (e.g. ``./.lake``) or ``s3://bucket/prefix``.
 
     Tables are named ``"<layer>/<name>"`` (e.g. ``"bronze/crm_contacts"``). A ``Lake`` may be
@@ -263,7 +264,7 @@ class Lake(LakeReads):
     def overwrite(
         self,
         table: str,
-        df: pl.DataFrame,
+        df: pl.DataFrame | FrameStream,
         *,
         partition_by: Sequence[str] | None = None,
         predicate: str | None = None,
@@ -274,8 +275,13 @@ class Lake(LakeReads):
         Without ``predicate`` the whole table is replaced and ``df`` defines the schema (columns
         it lacks are dropped); partitioning is kept unless ``partition_by`` changes it. With a
         ``predicate`` (e.g. ``"segment = 'vip'"``) only the rows matching it are replaced, every
-        row of ``df`` must match it, and new columns evolve the schema.
+        row of ``df`` must match it, and new columns evolve the schema. A :class:`FrameStream`
+        (whole table, unpartitioned) is written a frame at a time (:mod:`.streams`).
         """
+        if isinstance(df, FrameStream):
+            return self._overwrite_streamed(
+                table, df, metadata, whole=not partition_by and not predicate
+            )
         with self._locked(table), self._errors(table, "overwrite"), self._audited(table):
             delta = self._load(table)
             data = self._prepare(table, df, delta)

@@ -8,11 +8,12 @@ and error reporting around them. Data goes to deltalake through the Arrow C stre
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
+from arro3.core import RecordBatch, RecordBatchReader, Table
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 
 from tasks.connectors.lake.expressions import (
@@ -33,6 +34,7 @@ __all__ = [
     "merge_rows",
     "overwrite_partition_rows",
     "overwrite_rows",
+    "overwrite_streamed",
     "prepare_frame",
     "upsert_rows",
     "validate_keys",
@@ -304,6 +306,38 @@ def overwrite_rows(
         storage_options=options if creating else None,
         commit_properties=properties,
     )
+
+
+def overwrite_streamed(
+    target: DeltaTable | str,
+    empty: pl.DataFrame,
+    frames: Iterable[pl.DataFrame],
+    *,
+    options: dict[str, str] | None,
+    properties: CommitProperties,
+) -> None:
+    """Replace the table with ``frames`` (each of ``empty``'s schema) in one commit.
+
+    deltalake pulls the frames through an Arrow record batch reader (arro3's, the Arrow
+    implementation it uses itself) one batch at a time and writes data files as it goes, so
+    only a frame is in memory at once; the commit comes after the last one.
+    """
+    creating = not isinstance(target, DeltaTable)
+    schema = Table.from_arrow(empty).schema
+    write_deltalake(
+        target,
+        RecordBatchReader.from_batches(schema, _record_batches(frames)),
+        mode="overwrite",
+        schema_mode="overwrite",
+        storage_options=options if creating else None,
+        commit_properties=properties,
+    )
+
+
+def _record_batches(frames: Iterable[pl.DataFrame]) -> Iterator[RecordBatch]:
+    """The Arrow record batches of each frame in turn, a frame converted when it is reached."""
+    for frame in frames:
+        yield from Table.from_arrow(frame).to_batches()
 
 
 def overwrite_partition_rows(
