@@ -13,7 +13,7 @@ its own, and prints them side by side:
   runs. Contracts, quarantine, the staging log and Delta MERGEs included, on an empty lake (a
   first run).
 * ``bare polars`` / ``DuckDB SQL`` / ``pandas``: the same computation written directly
-  (:mod:`benchmarks.transform_contenders`), reading the same bronze files and writing the
+  (:mod:`benchmarks.contenders`), reading the same bronze files and writing the
   five result tables to files; no contracts, no quarantine, no state for the next run.
 * ``audience-lake incremental``: after ``--change`` (default 1 %) of the people got CRM edits
   (a third change email, a third opt out, a third rename), new and refunded orders, new events
@@ -154,7 +154,7 @@ def _contender(name: str, work: str) -> dict[str, Any]:
         result["peak_mb"] = _peak_mb()
         return result
 
-    from benchmarks.transform_contenders import bare_polars, duckdb_sql, pandas_transform
+    from benchmarks.contenders import bare_polars, duckdb_sql, pandas_transform
 
     config = _config()
     out = root / "out" / name.split()[-1].lower()
