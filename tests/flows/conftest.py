@@ -6,12 +6,14 @@ and HubSpot stand-ins on 127.0.0.1, and environment variables pointing the pipel
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pytest
 from prefect.settings import (
     PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
@@ -29,10 +31,12 @@ from tasks.connectors.lake import Lake
 from tasks.core.config import load_pipeline
 from tasks.resources import open_lake
 from tests.conftest import S3Endpoint
+from tests.prefect_server import postgres_test_server
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = str(ROOT / "pipeline.yaml")
 SAMPLE_CONTACTS = 300
+POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 # The test server writes received events to its database in batches, every 5 s by default; tests
@@ -58,7 +62,7 @@ def prefect_server() -> Iterator[None]:
             temporary_settings(
                 {PREFECT_LOGGING_TO_API_ENABLED: False, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
             ),
-            prefect_test_harness(server_startup_timeout=60),
+            _test_server(),
         ):
             yield
     finally:
@@ -67,6 +71,21 @@ def prefect_server() -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def _test_server() -> contextlib.AbstractContextManager[None]:
+    """The Prefect test server on the machine's PostgreSQL (a database of its own, dropped at
+    the end), as the deployed stack runs; SQLite (``prefect_test_harness``) only when no
+    PostgreSQL answers and CI is not set. Flow-run creation and task-run state writes contend
+    for SQLite's single writer, which made up a large part of every in-process pipeline run."""
+    admin = os.environ.get("AUDIENCE_LAKE_TEST_POSTGRES_URL", POSTGRES_ADMIN_URL)
+    try:
+        psycopg.connect(admin, connect_timeout=5).close()
+    except psycopg.OperationalError as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"PostgreSQL at {admin} is needed under CI: {exc}", pytrace=False)
+        return prefect_test_harness(server_startup_timeout=60)
+    return postgres_test_server(admin, startup_timeout=60)
 
 
 @pytest.fixture(scope="session")
