@@ -37,6 +37,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.connectors.destinations import open_platform
 from tasks.connectors.destinations.protocol import Destination as Platform
 from tasks.connectors.destinations.protocol import SuppressionPage
+from tasks.connectors.http import caused_by
 from tasks.connectors.lake import Lake
 from tasks.connectors.redact import redact
 from tasks.core.config import Destination
@@ -262,20 +263,12 @@ def read_before_push(
                 f"platform opt-outs of {destination_name}/{audience} could not be read "
                 f"({detail}); subscribes and updates wait for a successful read"
             )
-            if isinstance(error, BaseException) and _could_not_connect(error):
+            if isinstance(error, BaseException) and caused_by(error, _COULD_NOT_CONNECT):
                 unreachable[destination_name] = (
                     f"{destination_name} could not be reached when {audience} was read this run"
                 )
     return done[where]
 
 
-def _could_not_connect(error: BaseException) -> bool:
-    """Whether ``error`` (or what it was raised from) is a refused or timed-out connection."""
-    seen: BaseException | None = error
-    for _ in range(10):  # a cause chain is short; never loop on a cycle
-        if seen is None:
-            return False
-        if isinstance(seen, httpx.ConnectError | httpx.ConnectTimeout):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+_COULD_NOT_CONNECT = (httpx.ConnectError, httpx.ConnectTimeout)
+"""A read that failed with one of these (after the client's retries) never reached the platform."""

@@ -107,16 +107,23 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def is_certificate_error(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what it was raised from) is a failed certificate verification."""
+def caused_by(
+    exc: BaseException, kinds: type[BaseException] | tuple[type[BaseException], ...]
+) -> bool:
+    """Whether ``exc`` or what it was raised from (its cause or context chain) is of ``kinds``."""
     seen: BaseException | None = exc
     for _ in range(10):  # chains are short; a bound keeps a cyclic one from looping
         if seen is None:
             break
-        if isinstance(seen, ssl.SSLCertVerificationError):
+        if isinstance(seen, kinds):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def is_certificate_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was raised from) is a failed certificate verification."""
+    return caused_by(exc, ssl.SSLCertVerificationError)
 
 
 def send_with_retries(
