@@ -107,13 +107,14 @@ class CrossLinks:
     """What crosses buckets (see the module doc).
 
     ``orders``/``events``: ``(key, _bucket)`` of the records routed to their winning version's
-    bucket; ``links``: ``(_source, anonymous_id, email)`` of every linked anonymous id.
+    bucket; ``links``: ``(_source, anonymous_id, email)`` of every linked anonymous id (on
+    local disk when the build gave a spill directory: they grow with the people).
     """
 
     buckets: int
     orders: pl.DataFrame
     events: pl.DataFrame
-    links: pl.DataFrame
+    links: pl.LazyFrame
 
     def predicates(self, bucket: int) -> dict[str, pl.Expr]:
         """Per role, the staged rows of ``bucket``."""
@@ -126,6 +127,23 @@ class CrossLinks:
             "events": _routed("event_id", self.events, bucket, event_bucket(n) == bucket),
         }
 
+    def links_of(self, bucket: int, events: pl.DataFrame) -> pl.LazyFrame:
+        """The links a bucket uses, in the order of all links: those of its people (by email:
+        the ids a person gathers) and those of the anonymous ids on its ``events`` (staged
+        rows; an anonymous event lands in the bucket of its ``event_id``, not its person's).
+        Each id has one link, so a join finds the same rows in this subset as in all links."""
+        ids = events.lazy().select("_source", "anonymous_id").drop_nulls().unique()
+        return (
+            pl.concat(
+                [
+                    self.links.filter(bucket_of("email", self.buckets) == bucket),
+                    self.links.join(ids, on=["_source", "anonymous_id"], how="semi"),
+                ]
+            )
+            .unique(["_source", "anonymous_id"])
+            .sort("_source", "anonymous_id")
+        )
+
 
 def _routed(key: str, moved: pl.DataFrame, bucket: int, own: pl.Expr) -> pl.Expr:
     """Rows of ``bucket``: by their own email, or by the winner's bucket for ``moved`` keys."""
@@ -133,8 +151,11 @@ def _routed(key: str, moved: pl.DataFrame, bucket: int, own: pl.Expr) -> pl.Expr
     return (~values_in(key, moved.get_column(key)) & own) | values_in(key, here)
 
 
-def cross_bucket_links(logs: dict[str, pl.LazyFrame], buckets: int) -> CrossLinks:
-    """Settle what crosses buckets, from the staging logs (see the module doc)."""
+def cross_bucket_links(
+    logs: dict[str, pl.LazyFrame], buckets: int, *, spill: Path | None = None
+) -> CrossLinks:
+    """Settle what crosses buckets, from the staging logs (see the module doc); with ``spill``
+    the links are written there, a slice of anonymous ids per file, and scanned from it."""
     moved_orders = _unsettled(logs["orders"], "order_id", ["email"], buckets)
     order_winners = (
         dedupe_orders(live_where(logs["orders"], values_in("order_id", moved_orders)))
@@ -145,8 +166,9 @@ def cross_bucket_links(logs: dict[str, pl.LazyFrame], buckets: int) -> CrossLink
     event_winners = dedupe_events(
         live_where(logs["events"], values_in("event_id", moved_events))
     ).collect()
-    links = [
-        anonymous_links(
+    links = []
+    for part in range(buckets):
+        linked = anonymous_links(
             pl.concat(
                 [
                     live_where(
@@ -162,13 +184,15 @@ def cross_bucket_links(logs: dict[str, pl.LazyFrame], buckets: int) -> CrossLink
                 ]
             )
         ).collect()
-        for part in range(buckets)
-    ]
+        if spill is None:
+            links.append(linked.lazy())
+        else:
+            linked.write_parquet(spill / f"links-{part}.parquet")
     return CrossLinks(
         buckets=buckets,
         orders=order_winners,
         events=event_winners.select("event_id", event_bucket(buckets).alias(BUCKET)),
-        links=pl.concat(links).sort("_source", "anonymous_id"),
+        links=pl.scan_parquet(spill / "links-*.parquet") if spill is not None else pl.concat(links),
     )
 
 

@@ -49,8 +49,11 @@ from tasks.engine.checks import Checker
 from tasks.engine.consent import (
     PendingConsent,
     pending_external,
+    people_keys,
     record_and_decide,
+    record_and_decide_bucket,
     record_pending,
+    withdraw_unstated,
 )
 from tasks.engine.delta import pinned, sync_table
 from tasks.engine.reports import Logger, Metric, SilverReport, StagingReport
@@ -188,18 +191,28 @@ def build_in_buckets(
 ) -> list[TableReport]:
     """A full build one bucket of people at a time (:mod:`tasks.engine.buckets`): the same
     tables as one pass, holding one bucket's rows at a time. Returns the summed balances.
-    The consent ledger is brought up to date once, before the buckets, from every live contact
-    row and ``pending`` (a source record's chain of statements may span people, hence
-    buckets); each bucket then takes its people's decisions from the result."""
-    cross = cross_bucket_links(logs, buckets)
-    contact_rows = live_where(logs["contacts"], pl.lit(True)).collect()
-    consent = record_and_decide(
-        lake, pending, contact_rows, None, secret=secret, version=version, now=now, run_id=run_id
-    )
-    del contact_rows
+
+    The consent ledger keys a person's chains by their contact key, so each bucket records what
+    its people's contact rows now say and decides their consent; the pending platform and
+    erasure statements are recorded first, and the chains of people no bucket holds are
+    withdrawn last (:func:`tasks.engine.consent.withdraw_unstated`), as one pass would.
+    What grows with the lake stays on local disk: the anonymous-id links, the keys each bucket
+    built and the people each bucket held.
+    """
     reports: list[TableReport] = []
     no_rejects = dict.fromkeys(staging.rejected, 0)
     with tempfile.TemporaryDirectory(prefix="silver-buckets-") as tmp:
+        spill = Path(tmp)
+        cross = cross_bucket_links(logs, buckets, spill=spill)
+        record_pending(lake, pending)
+        consent = BucketConsent(
+            secret=secret,
+            version=version,
+            now=now,
+            run_id=run_id,
+            suppressions_version=pending.suppressions_version,
+            spill=spill,
+        )
         for bucket in range(buckets):
             rejected = staging.rejected if bucket == 0 else no_rejects
             part = build_silver_bucket(
@@ -209,16 +222,68 @@ def build_in_buckets(
                 cross,
                 bucket,
                 rejected=rejected,
-                spill=Path(tmp),
+                spill=spill,
                 checker=checker,
-                secret=secret,
-                version=version,
                 consent=consent,
             )
             reports = add_reports(reports, part)
+        withdraw_unstated(
+            lake,
+            live_where(logs["contacts"], pl.lit(False)).collect(),
+            pl.scan_parquet(spill / f"{PEOPLE_SPILL}-*.parquet"),
+            slices=buckets,
+            secret=secret,
+            version=version,
+            now=now,
+            run_id=run_id,
+            suppressions_version=pending.suppressions_version,
+        )
         for table, key in ((ORDERS, "order_id"), (EVENTS, "event_id")):
-            drop_stale(lake, table, key=key, spill=Path(tmp), buckets=buckets)
+            drop_stale(lake, table, key=key, spill=spill, buckets=buckets)
     return reports
+
+
+PEOPLE_SPILL = "people"
+
+
+@dataclass(frozen=True)
+class BucketConsent:
+    """What a bucket needs to record and decide its people's consent (see
+    :func:`build_in_buckets`); ``spill``: where each bucket leaves its people's contact keys."""
+
+    secret: bytes
+    version: int
+    now: datetime
+    run_id: str
+    suppressions_version: int | None
+    spill: Path
+
+    def decide(
+        self, lake: Lake, rows: dict[str, pl.DataFrame], bucket: int, buckets: int
+    ) -> pl.DataFrame:
+        """Record and decide the consent of the bucket's people: every email its rows name
+        that belongs to the bucket (moved orders and events may carry other buckets'
+        emails in the versions that lost; those people are decided in their own bucket)."""
+        emails = (
+            pl.concat([rows[role].select("email") for role in ROLES])
+            .filter(bucket_of("email", buckets) == bucket)
+            .get_column("email")
+            .drop_nulls()
+            .unique()
+            .sort()
+        )
+        keys = people_keys(emails, secret=self.secret, version=self.version)
+        keys.select("contact_key").write_parquet(self.spill / f"{PEOPLE_SPILL}-{bucket}.parquet")
+        return record_and_decide_bucket(
+            lake,
+            rows["contacts"],
+            emails,
+            secret=self.secret,
+            version=self.version,
+            now=self.now,
+            run_id=self.run_id,
+            suppressions_version=self.suppressions_version,
+        )
 
 
 def build_silver_bucket(
@@ -231,20 +296,18 @@ def build_silver_bucket(
     rejected: dict[str, int],
     spill: Path,
     checker: Checker,
-    secret: bytes,
-    version: int,
-    consent: pl.DataFrame,
+    consent: BucketConsent,
 ) -> list[TableReport]:
-    """One bucket of a full build: its staged rows read, built, checked and committed; its
-    balances (``rejected``: the staging rejects to count in them). ``consent``: the current
-    consent of everyone (a join by contact key picks the bucket's people)."""
+    """One bucket of a full build: its staged rows read, its people's consent recorded and
+    decided, its rows built, checked and committed; its balances (``rejected``: the staging
+    rejects to count in them)."""
     wanted = cross.predicates(bucket)
     frames = pl.collect_all([live_where(logs[r], wanted[r]) for r in ROLES])
     rows = dict(zip(ROLES, frames, strict=True))
-    links = cross.links.lazy()
+    decided = consent.decide(lake, rows, bucket, cross.buckets)
     built = silver_rows(
-        rows, None, config, checker=checker, secret=secret, version=version, links=links,
-        consent=consent,
+        rows, None, config, checker=checker, secret=consent.secret, version=consent.version,
+        links=cross.links_of(bucket, rows["events"]), consent=decided,
     )  # fmt: skip
     sync_bucket(lake, ORDERS, built.orders.valid, key="order_id", where=None, spill=spill)
     sync_bucket(lake, EVENTS, built.events.valid, key="event_id", where=None, spill=spill)
