@@ -10,7 +10,9 @@ Two things depend on more than a contact's own rows and are handled explicitly:
   again (see :mod:`tasks.engine.state`);
 - **RFM quintiles** rank contacts against each other: they are recomputed over the whole
   features table on every run (a rank over three columns), and the rows whose scores moved are
-  rewritten with the affected ones.
+  rewritten with the affected ones. With more than one bucket of contacts the table is ranked
+  from the value counts of all buckets and rescored a bucket at a time, so neither a full nor
+  an incremental build holds it whole.
 
 ``gold/audience_members`` (partitioned by segment) is rebuilt for every contact whose features
 or contact row may have changed: one row per segment a contact is in, opted-in contacts only
@@ -89,12 +91,10 @@ def build_gold_tables(
         build_holdouts(lake, config, logger=logger)  # a holdout share may have changed
         return _gold_totals(lake, config, checker)  # nothing changed: counts only
     keys = None if contact_keys is None else pl.Series("contact_key", contact_keys, pl.String)
-    buckets = (
-        1
-        if keys is not None
-        else bucket_count(config.engine.buckets, lake.count(CONTACTS), per_bucket=PEOPLE_PER_BUCKET)
+    buckets = bucket_count(
+        config.engine.buckets, lake.count(CONTACTS), per_bucket=PEOPLE_PER_BUCKET
     )
-    if buckets > 1:
+    if buckets > 1 and keys is None:
         logger.info("gold: every contact, in %d buckets of people", buckets)
         tables = build_gold_in_buckets(lake, config, as_of=as_of, buckets=buckets, checker=checker)
         build_holdouts(lake, config, logger=logger)
@@ -111,6 +111,13 @@ def build_gold_tables(
         as_of=as_of,
         rfm_window_days=config.transform.features.rfm_window_days,
     ).collect()
+    if buckets > 1 and keys is not None and lake.exists(FEATURES):
+        logger.info("gold: %d changed contact(s), re-ranked in %d buckets", keys.len(), buckets)
+        tables = build_gold_changes_in_buckets(
+            lake, config, metrics, keys, buckets=buckets, checker=checker
+        )
+        build_holdouts(lake, config, logger=logger)
+        return _gold_totals(lake, config, checker, tables=tables)
     current = (
         lake.read(FEATURES) if lake.exists(FEATURES) else pl.DataFrame(schema=FEATURE_COLUMNS)
     ).select(list(FEATURE_COLUMNS))
@@ -182,6 +189,62 @@ def build_gold_in_buckets(
                 checker=checker,
             )
             tables = add_reports(tables, reports)
+    return tables
+
+
+def build_gold_changes_in_buckets(
+    lake: Lake,
+    config: PipelineConfig,
+    metrics: pl.DataFrame,
+    keys: pl.Series,
+    *,
+    buckets: int,
+    checker: Checker,
+) -> list[TableReport]:
+    """An incremental gold build one bucket of contacts at a time: the changed contacts'
+    ``metrics`` (of ``keys``) replace theirs in the features table, and every contact is
+    re-ranked, without holding the table at once.
+
+    A first pass reads each bucket's current features (kept on local disk) and counts the
+    ranked values of the bucket as it will be (its unchanged rows and the new metrics); the
+    second scores each bucket against the counts of all (as :func:`gold_rows` would rank the
+    whole table) and commits the rows whose features or audience changed.
+    """
+    contacts = lake.scan(CONTACTS)
+
+    def bucket(frame: pl.DataFrame, part: int) -> pl.DataFrame:
+        return frame.filter(bucket_of("contact_key", buckets) == part)
+
+    keyed = keys.to_frame("contact_key")
+    tables: list[TableReport] = []
+    with tempfile.TemporaryDirectory(prefix="gold-changes-") as tmp:
+        spill = Path(tmp)
+        counts = []
+        for part in range(buckets):
+            current = (
+                lake.scan(FEATURES)
+                .filter(bucket_of("contact_key", buckets) == part)
+                .select(list(FEATURE_COLUMNS))
+                .collect()
+            )
+            current.write_parquet(spill / f"features-{part}.parquet")
+            kept = current.filter(~values_in("contact_key", keys)).drop(SCORE_COLUMNS)
+            population = pl.concat([kept, bucket(metrics, part)], how="vertical")
+            counts.append(pl.collect_all(rank_counts(population.lazy()).values()))
+            del current, kept, population
+        ranked = add_rank_counts([dict(zip(RANKS, c, strict=True)) for c in counts])
+        for part in range(buckets):
+            built = gold_rows(
+                bucket(metrics, part),
+                pl.read_parquet(spill / f"features-{part}.parquet"),
+                contacts,
+                bucket(keyed, part).get_column("contact_key"),
+                config,
+                checker=checker,
+                score=partial(score_rfm_by_counts, counts=ranked),
+            )
+            commit_gold(lake, built, where=bucket_of("contact_key", buckets) == part)
+            tables = add_reports(tables, _reports(built))
     return tables
 
 
