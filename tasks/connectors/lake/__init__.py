@@ -18,6 +18,7 @@ The public surface is importable from here; each concern lives in a module of it
 
 from __future__ import annotations
 
+from tasks.connectors.lake.base import DATA_NEUTRAL_OPERATIONS
 from tasks.connectors.lake.changes import CHANGE_COLUMNS, CHANGE_FEED
 from tasks.connectors.lake.facade import Lake
 from tasks.connectors.lake.failures import TableNotFoundError, clean
@@ -41,6 +42,7 @@ from tasks.errors import LakeError
 __all__ = [
     "CHANGE_COLUMNS",
     "CHANGE_FEED",
+    "DATA_NEUTRAL_OPERATIONS",
     "DEFAULT_S3_CLIENT_OPTIONS",
     "FileStats",
     "FrameStream",
