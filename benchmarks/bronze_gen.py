@@ -13,7 +13,6 @@ the same rows, and generating 1 M contacts takes seconds.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import polars as pl
@@ -403,11 +402,6 @@ def bronze_tables(contacts: int, seed: int = 7) -> dict[str, pl.DataFrame]:
     return bronze_part(people(contacts, seed), seed, start=0)
 
 
-# Row numbers a part of :func:`bronze_chunks` may use (records, orders, events, enrichment
-# rows), so ids never collide across parts; far above a million people's ~10 rows each.
-PART_STRIDE = 10**8
-
-
 def bronze_part(persons: pl.DataFrame, seed: int, *, start: int) -> dict[str, pl.DataFrame]:
     """The bronze frames of ``persons``, numbering their rows from ``start``."""
     return {
@@ -416,17 +410,6 @@ def bronze_part(persons: pl.DataFrame, seed: int, *, start: int) -> dict[str, pl
         "bronze/web_events": web_events(persons, seed, start=start, anonymous_start=start),
         "bronze/enrichment": enrichment(persons, seed, start=start),
     }
-
-
-def bronze_chunks(
-    contacts: int, seed: int = 7, *, chunk: int = 1_000_000
-) -> Iterator[tuple[pl.DataFrame, dict[str, pl.DataFrame]]]:
-    """``contacts`` people generated ``chunk`` at a time: ``(people, bronze frames)`` per part,
-    so 10 M people never sit in memory at once. One part (``contacts <= chunk``) is exactly
-    :func:`bronze_tables`; more parts give a dataset of the same shape with other ids."""
-    for part, first in enumerate(range(0, contacts, chunk)):
-        persons = people(min(chunk, contacts - first), seed, start=first)
-        yield persons, bronze_part(persons, seed, start=part * PART_STRIDE)
 
 
 def changes(

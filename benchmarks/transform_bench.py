@@ -210,7 +210,7 @@ GENERATE_CHUNK = 1_000_000
 
 def generate(work: Path, contacts: int, seed: int) -> tuple[dict[str, int], float]:
     """Write the bronze tables of ``contacts`` people; returns row counts and seconds."""
-    from benchmarks.bronze_gen import bronze_chunks
+    from benchmarks.bronze_parts import bronze_chunks
     from tasks.connectors.lake import Lake
 
     started = time.perf_counter()
@@ -263,7 +263,8 @@ def apply_change(
     """Write a day's change for ``share`` of the people into bronze, as ingest would."""
     import polars as pl
 
-    from benchmarks.bronze_gen import PART_STRIDE, bronze_chunks, changes
+    from benchmarks.bronze_gen import changes
+    from benchmarks.bronze_parts import PART_STRIDE, bronze_chunks
     from tasks.connectors.lake import Lake
 
     parts = [
