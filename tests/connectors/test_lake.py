@@ -20,9 +20,13 @@ from tasks.connectors.lake import (
     LakeError,
     MergeStats,
     TableNotFoundError,
+    polars_storage_options,
     s3_storage_options,
 )
 from tasks.connectors.s3 import s3_client, split_s3_uri
+from tasks.core.settings import load_settings
+from tasks.errors import ConfigError
+from tasks.resources import lake_for
 from tests.conftest import S3Endpoint, free_port
 
 UTC = dt.UTC
@@ -567,3 +571,23 @@ def test_s3_lakes_get_bounded_timeouts_that_callers_can_override() -> None:
     assert "max_retries" not in custom.storage_options
     assert "s3cr3t" not in repr(custom)
     assert Lake("./relative").root == os.path.abspath("./relative")
+
+
+def test_the_environment_can_bound_store_retries_and_unset_keeps_the_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AUDIENCE_LAKE_LAKE_URI", "s3://b/lake")
+    for name in ("AUDIENCE_LAKE_S3_MAX_RETRIES", "AUDIENCE_LAKE_S3_RETRY_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
+    default = lake_for(load_settings()).storage_options
+    assert (default["max_retries"], default["retry_timeout"]) == ("3", "10s")
+
+    monkeypatch.setenv("AUDIENCE_LAKE_S3_MAX_RETRIES", "0")
+    monkeypatch.setenv("AUDIENCE_LAKE_S3_RETRY_TIMEOUT", "1.5")
+    bounded = lake_for(load_settings()).storage_options
+    assert (bounded["max_retries"], bounded["retry_timeout"]) == ("0", "1500ms")
+    assert polars_storage_options(bounded)["retry_timeout_ms"] == 1500  # type: ignore[index]
+
+    monkeypatch.setenv("AUDIENCE_LAKE_S3_MAX_RETRIES", "-1")
+    with pytest.raises(ConfigError, match="AUDIENCE_LAKE_S3_MAX_RETRIES"):
+        load_settings()
