@@ -6,14 +6,16 @@ the same functions without Prefect). The ``transform`` flow runs them in this or
 
 1. :func:`stage_sources` - bronze -> ``silver/staged_<role>``, one :func:`stage_role` task per
    role on the configured task runner (:mod:`tasks.engine.roles`, :mod:`tasks.runners`);
-2. :func:`build_silver` - staging -> silver (:mod:`tasks.engine.silver`);
+2. :func:`build_silver` - staging -> silver (:mod:`tasks.engine.silver`); a full build in
+   buckets of people runs one :func:`silver_bucket` task per bucket on the same task runner
+   and commits their results in bucket order (:mod:`tasks.engine.silver_buckets`);
 3. :func:`build_gold` - silver -> gold (:mod:`tasks.engine.gold`);
 4. :func:`commit_transform_state` - records what was built from (:mod:`tasks.engine.state`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +30,12 @@ from tasks.engine.gold import build_gold_tables
 from tasks.engine.reports import SilverReport, StageReport, StagingReport
 from tasks.engine.roles import RoleStaged, prepare_quarantine, stage_one_role, staging_report
 from tasks.engine.silver import build_silver_tables
+from tasks.engine.silver_buckets import (
+    BucketBuilt,
+    RunBuckets,
+    SilverBucket,
+    compute_silver_bucket,
+)
 from tasks.engine.state import record_transform_state
 from tasks.resources import open_lake
 
@@ -80,8 +88,34 @@ def stage_sources(
     return staging_report({role: future.result() for role, future in futures.items()})
 
 
-@task(cache_policy=NO_CACHE)
+@task(name="silver-bucket", cache_policy=NO_CACHE, task_run_name="silver-bucket-{job.bucket}")
+def silver_bucket(job: SilverBucket) -> BucketBuilt:
+    """One bucket of a full silver build, wherever the task runner runs it: read-only on the
+    lake, its results left in the build's scratch folder (:mod:`tasks.engine.silver_buckets`)."""
+    return compute_silver_bucket(open_lake(), job, logger=get_run_logger())
+
+
+def buckets_on(runner: TaskRunner[Any]) -> RunBuckets:
+    """Run the buckets of a full silver build as :func:`silver_bucket` tasks on ``runner``, all
+    submitted at once, their results yielded in bucket order as each is done.
+
+    Stopped early (a bucket failed, or a commit did), it waits for every bucket still running
+    before returning, so none writes to a scratch folder the build is removing.
+    """
+
+    def run(jobs: Sequence[SilverBucket]) -> Iterator[BucketBuilt]:
+        futures = [runner.submit(silver_bucket, parameters={"job": job}) for job in jobs]
+        try:
+            for future in futures:
+                yield future.result()
+        finally:
+            wait(futures)
+
+    return run
+
+
 def build_silver(
+    runner: TaskRunner[Any] | None,
     config: PipelineConfig,
     *,
     staging: StagingReport,
@@ -90,7 +124,9 @@ def build_silver(
     as_of: datetime,
     full_refresh: bool = False,
 ) -> SilverReport:
-    """staging -> ``silver/orders``, ``silver/events``, ``silver/contacts`` (changed keys only)."""
+    """staging -> ``silver/orders``, ``silver/events``, ``silver/contacts`` (changed keys only);
+    the buckets of a full build in buckets as :func:`silver_bucket` tasks on ``runner`` (in
+    this process, one after the other, if None)."""
     return build_silver_tables(
         open_lake(),
         config,
@@ -100,6 +136,7 @@ def build_silver(
         as_of=as_of,
         full_refresh=full_refresh,
         logger=get_run_logger(),
+        run_buckets=None if runner is None else buckets_on(runner),
     )
 
 

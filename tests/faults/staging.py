@@ -65,7 +65,7 @@ def run_transform(*, run_id: str) -> None:
     config = load_pipeline(CONFIG)
     now = datetime.now(UTC)
     staging = stage_bronze(open_lake(), config, run_id=run_id, now=now, logger=_LOG)
-    silver = build_silver.fn(config, staging=staging, run_id=run_id, now=now, as_of=AS_OF)
+    silver = build_silver(None, config, staging=staging, run_id=run_id, now=now, as_of=AS_OF)
     gold = build_gold.fn(
         config, as_of=AS_OF, run_id=run_id, now=now, contact_keys=silver.contact_keys
     )
