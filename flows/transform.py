@@ -78,7 +78,7 @@ def transform(
     run_id = current_run_id()
     now = utc_now()
     as_of = as_of or default_as_of()
-    # Independent units (staging roles, the buckets of a full silver build) run on the
+    # Independent units (staging roles, the buckets of full silver and gold builds) run on the
     # configured task runner (engine in pipeline.yaml).
     with open_task_runner(config.engine) as runner:
         staging = stage_sources(runner, config, run_id=run_id, now=now, full_refresh=full_refresh)
@@ -91,7 +91,9 @@ def transform(
             as_of=as_of,
             full_refresh=full_refresh,
         )
-    gold = build_gold(config, as_of=as_of, run_id=run_id, now=now, contact_keys=silver.contact_keys)
+        gold = build_gold(
+            runner, config, as_of=as_of, run_id=run_id, now=now, contact_keys=silver.contact_keys
+        )
     if silver.state is not None:
         commit_transform_state(silver.state, run_id=run_id)
     record_volumes(

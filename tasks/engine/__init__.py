@@ -16,7 +16,8 @@ calls them directly):
 - :mod:`tasks.engine.consent` - the consent ledger ``ops/consent_events``: what the silver
   build appends (source records, platform suppressions, erasures) and the consent it reads back;
 - :mod:`tasks.engine.gold` - silver -> ``gold/customer_features`` and
-  ``gold/audience_members`` for the affected contacts;
+  ``gold/audience_members`` for the affected contacts (a full build in buckets: two passes of
+  units, committed in bucket order);
 - :mod:`tasks.engine.state` - what the last build consumed, and whether this one is full,
   incremental or has nothing to do;
 

@@ -4,10 +4,10 @@ One ingest of the sandbox's sample data; copies of that lake are transformed inl
 and on a Dask cluster of two worker *processes* - started by the run from ``engine`` in
 pipeline.yaml, or already running and named by its scheduler address - and every silver, gold
 and ops table must come out identical, apart from the columns that stamp which run wrote a row
-and when. The runs off the inline baseline build silver in three buckets of people
-(``engine.buckets: 3``), one task per bucket on the runner, committed in bucket order; the
-baseline builds it in one pass. The worker processes inherit the test's environment (the lake
-URI), as a deployed worker gets its own.
+and when. The runs off the inline baseline build silver and gold in three buckets of
+people (``engine.buckets: 3``), one task per bucket (and per gold pass) on the runner,
+committed in bucket order; the baseline builds them in one pass. The worker processes inherit
+the test's environment (the lake URI), as a deployed worker gets its own.
 """
 
 from __future__ import annotations
@@ -128,8 +128,12 @@ def flow_run_logs(flow_run_id: str) -> str:
     return "\n".join(log.message for log in logs)
 
 
+# The task runs of a build in buckets: silver's buckets, gold's two passes.
+BUCKET_UNITS = ("silver-bucket", "gold-metrics", "gold-bucket")
+
+
 def bucket_task_runs(flow_run_id: str) -> list[tuple[str, str | None]]:
-    """Name and final state of the flow run's silver bucket task runs, by name."""
+    """Name and final state of the flow run's bucket task runs, by name."""
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)]))
@@ -137,15 +141,15 @@ def bucket_task_runs(flow_run_id: str) -> list[tuple[str, str | None]]:
     return sorted(
         (run.name, run.state_type.value if run.state_type else None)
         for run in runs
-        if run.name.startswith("silver-bucket-")
+        if run.name.startswith(tuple(f"{unit}-" for unit in BUCKET_UNITS))
     )
 
 
 def assert_every_bucket_once(flow_run_id: str) -> None:
     """Each bucket ran as one task that completed: none skipped, none run twice."""
-    assert bucket_task_runs(flow_run_id) == [
-        (f"silver-bucket-{b}", "COMPLETED") for b in range(BUCKETS)
-    ]
+    assert bucket_task_runs(flow_run_id) == sorted(
+        (f"{unit}-{b}", "COMPLETED") for unit in BUCKET_UNITS for b in range(BUCKETS)
+    )
 
 
 def assert_no_scratch(root: Path) -> None:
@@ -205,6 +209,7 @@ def test_local_cluster_of_two_processes_gives_the_same_tables(
     logged = flow_run_logs(on_dask.run_id)
     assert all(f"silver/staged_{role}: rebuilt from bronze" in logged for role in ROLES), logged
     assert f"silver: full build in {BUCKETS} buckets of people" in logged
+    assert f"gold: every contact, in {BUCKETS} buckets of people" in logged
 
     # Threads in the flow's process share one lake adapter: the same tables again.
     threads = run_transform(
@@ -253,8 +258,9 @@ def test_existing_cluster_by_address_gives_the_same_tables(
         )
         run_transform(dask_lake, config, monkeypatch)
         executed = client.run(lambda dask_worker: dask_worker.state.executed_count)
-    # One unit per role, one per bucket.
-    assert len(executed) == 2 and sum(executed.values()) == len(ROLES) + BUCKETS
+    # One unit per role, one per bucket of silver and of each of gold's two passes.
+    units = len(ROLES) + len(BUCKET_UNITS) * BUCKETS
+    assert len(executed) == 2 and sum(executed.values()) == units
     assert all(count > 0 for count in executed.values()), executed  # both workers worked
     assert_same_lake(inline_lake, dask_lake)
 
