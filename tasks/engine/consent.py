@@ -140,31 +140,42 @@ def people_keys(emails: pl.Series, *, secret: bytes, version: int) -> pl.DataFra
     )
 
 
-def record_and_decide_bucket(
+def bucket_statements(
     lake: Lake,
     contact_rows: pl.DataFrame,
-    emails: pl.Series,
+    people: pl.DataFrame,
     *,
     secret: bytes,
     version: int,
     now: datetime,
     run_id: str,
-    suppressions_version: int | None,
-) -> pl.DataFrame:
-    """:func:`record_and_decide` for one bucket of a full build: the people at ``emails``, all
-    of whose contact rows are in ``contact_rows``. A person's ledger chains are keyed by their
-    contact key, so each bucket records and decides its own people; the pending statements
-    were recorded before the first bucket (:func:`record_pending`), and each commit repeats
-    the suppressions version they were read up to, so the newest commit carries it."""
-    read = PendingConsent(
-        pl.DataFrame(schema=CONSENT_EVENTS_SCHEMA),
-        pl.Series("email", [], pl.String),
-        suppressions_version,
-        suppressions_version,
-    )
-    return record_and_decide(
-        lake, read, contact_rows, emails, secret=secret, version=version, now=now, run_id=run_id
-    )
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """:func:`record_and_decide` for one bucket of a full build, without writing: the ledger
+    rows to append for the bucket's ``people`` (``email``, ``contact_key``: all of whose
+    contact rows are in ``contact_rows``), and their consent once those rows are appended.
+
+    Read-only, so buckets can run side by side; the build appends the rows afterwards, bucket
+    by bucket (:func:`append_statements`). Deciding from the ledger rows of the people's keys
+    plus the new rows equals deciding after the append: a person's chains are keyed by their
+    contact key, so no other bucket's rows concern them, and the pending platform and erasure
+    statements were recorded before the first bucket (:func:`record_pending`).
+    """
+    keys = people.get_column("contact_key")
+    joined = contact_rows.lazy().join(people.lazy(), on="email", how="left")
+    statements = source_statements(joined, pepper=secret, key_version=version)
+    ledger = _ledger_of(lake, keys).collect()
+    changed = source_events(statements, heads(ledger.lazy()), now=now)
+    rows = _not_recorded(lake, ledger_rows(changed, now=now, run_id=run_id).collect())
+    if ledger.is_empty() and rows.is_empty() and not lake.exists(CONSENT_EVENTS):
+        return rows, pl.DataFrame(schema=DECISION_SCHEMA)
+    return rows, decide(pl.concat([ledger, rows]).lazy()).collect()
+
+
+def append_statements(lake: Lake, rows: pl.DataFrame, *, suppressions_version: int | None) -> None:
+    """Append ledger rows one bucket computed (:func:`bucket_statements`); like every commit
+    of the build it repeats the suppressions version read, so the newest commit carries it."""
+    if not rows.is_empty():
+        _append(lake, rows, suppressions_version=suppressions_version)
 
 
 def withdraw_unstated(

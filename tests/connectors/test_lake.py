@@ -407,6 +407,30 @@ def test_tables_lists_every_delta_table(lake: Lake) -> None:
     assert lake.tables() == ["bronze/crm_contacts", "ops/runs", "silver/contacts"]
 
 
+def test_scratch_files_round_trip_are_never_a_table_and_are_removed(lake: Lake) -> None:
+    """A run's scratch folder on the lake's storage: what one process writes, another reads;
+    even holding a Delta log it is not listed as a table; removal leaves nothing."""
+    lake.append_once("silver/contacts", pl.DataFrame({"x": [1]}), batch_id="b")
+    scratch = lake.scratch("silver-0123abc")
+    for part in range(3):
+        scratch.write(f"links-{part}.parquet", pl.DataFrame({"id": [part, part + 10]}))
+    elsewhere = Lake(lake.root, lake.storage_options).scratch("silver-0123abc")  # another process
+    assert sorted(elsewhere.scan("links-*.parquet").collect().get_column("id")) == [
+        0, 1, 2, 10, 11, 12,
+    ]  # fmt: skip
+    pl.DataFrame({"x": [1]}).write_delta(
+        scratch.uri, storage_options=lake.storage_options if lake.is_remote else None
+    )
+    assert lake.tables() == ["silver/contacts"]
+    assert scratch.remove() >= 4
+    assert scratch.remove() == 0
+    with pytest.raises((OSError, pl.exceptions.PolarsError), match="links-0"):
+        elsewhere.read("links-0.parquet")
+    assert lake.tables() == ["silver/contacts"]
+    with pytest.raises(LakeError, match="invalid scratch name"):
+        lake.scratch("../silver")
+
+
 # --- types ---------------------------------------------------------------------------------------
 
 
