@@ -173,6 +173,7 @@ def bronze_copies(sandbox: Sandbox, tmp_path: Path) -> Iterator[tuple[Path, ...]
     yield first, *copies
 
 
+@pytest.mark.timeout(900)  # four transforms, one of them starting a cluster of processes
 def test_local_cluster_of_two_processes_gives_the_same_tables(
     bronze_copies: tuple[Path, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
