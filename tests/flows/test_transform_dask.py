@@ -267,6 +267,7 @@ def test_existing_cluster_by_address_gives_the_same_tables(
 
 
 @pytest.mark.s3
+@pytest.mark.timeout(900)  # two transforms on an S3 lake, one on a cluster of processes
 def test_workers_open_an_s3_lake_from_their_own_environment(
     sandbox: Sandbox,
     s3_endpoint: S3Endpoint,
