@@ -178,11 +178,11 @@ def messy_email(email: pl.Expr, index: pl.Expr, salt: int, share: float) -> pl.E
     )
 
 
-def people(contacts: int, seed: int) -> pl.DataFrame:
-    """One row per person: index, names and canonical email."""
+def people(contacts: int, seed: int, *, start: int = 0) -> pl.DataFrame:
+    """One row per person: index (from ``start``), names and canonical email."""
     i = pl.col("person")
     return (
-        pl.DataFrame({"person": pl.int_range(contacts, eager=True)})
+        pl.DataFrame({"person": pl.int_range(start, start + contacts, eager=True)})
         .with_columns(
             pick(i, seed + 1, FIRST).alias("first"),
             (i.hash(seed=seed + 2) % len(LAST)).cast(pl.Int64).alias("_last"),
@@ -214,11 +214,13 @@ def _metadata(frame: pl.DataFrame, source: str, batch: str) -> pl.DataFrame:
     )
 
 
-def crm_contacts(persons: pl.DataFrame, seed: int, *, batch: str = "gen") -> pl.DataFrame:
+def crm_contacts(
+    persons: pl.DataFrame, seed: int, *, batch: str = "gen", start: int = 0
+) -> pl.DataFrame:
     """HubSpot-style contacts: one record per person plus ~3 % re-cased duplicate records."""
     duplicates = persons.filter(rand(pl.col("person"), seed + 10) < 0.03)
     records = pl.concat([persons, duplicates]).with_row_index("record")
-    r = pl.col("record").cast(pl.Int64)
+    r = pl.col("record").cast(pl.Int64) + start
     digits = (r.hash(seed=seed + 11) % 10_000_000).cast(pl.String).str.zfill(7)
     phone_kind = (r.hash(seed=seed + 12) % 7).cast(pl.Int64)
     email_roll = rand(r, seed + 13)
@@ -322,9 +324,15 @@ def orders(persons: pl.DataFrame, seed: int, *, batch: str = "gen", start: int =
 
 
 def web_events(
-    persons: pl.DataFrame, seed: int, *, batch: str = "gen", start: int = 0
+    persons: pl.DataFrame,
+    seed: int,
+    *,
+    batch: str = "gen",
+    start: int = 0,
+    anonymous_start: int = 0,
 ) -> pl.DataFrame:
-    """~5 events per person (0-9 each, plus anonymous-only visitors), ~2 % delivered twice."""
+    """~5 events per person (0-9 each, plus anonymous-only visitors numbered from
+    ``anonymous_start``), ~2 % delivered twice."""
     p = pl.col("person")
     known = (
         persons.select(
@@ -337,7 +345,7 @@ def web_events(
         .explode("k")
     )
     anonymous = pl.DataFrame(
-        {"person": pl.int_range(persons.height // 2, eager=True) + 10**9}
+        {"person": pl.int_range(persons.height // 2, eager=True) + 10**9 + anonymous_start}
     ).select("person", pl.lit(None, pl.String).alias("email"), pl.lit(0, pl.Int64).alias("k"))
     rows = pl.concat([known.drop("n"), anonymous]).with_row_index("e")
     e = pl.col("e").cast(pl.Int64) + start
@@ -365,13 +373,15 @@ def web_events(
     return _metadata(pl.concat([events, redelivered]), "web_events", batch)
 
 
-def enrichment(persons: pl.DataFrame, seed: int, *, batch: str = "gen") -> pl.DataFrame:
+def enrichment(
+    persons: pl.DataFrame, seed: int, *, batch: str = "gen", start: int = 0
+) -> pl.DataFrame:
     """Enrichment rows for ~37 % of people (some twice, from two deliveries)."""
     p = pl.col("person")
     chosen = persons.filter(rand(p, seed + 40) < 0.37)
     twice = chosen.filter(rand(pl.col("person"), seed + 41) < 0.05)
     rows = pl.concat([chosen, twice]).with_row_index("x")
-    x = pl.col("x").cast(pl.Int64)
+    x = pl.col("x").cast(pl.Int64) + start
     return _metadata(
         rows.select(
             messy_email(pl.col("email"), x, seed + 42, 0.3).alias("email"),
@@ -389,17 +399,26 @@ def enrichment(persons: pl.DataFrame, seed: int, *, batch: str = "gen") -> pl.Da
 
 def bronze_tables(contacts: int, seed: int = 7) -> dict[str, pl.DataFrame]:
     """``bronze/<source>`` frames for ``contacts`` people (the sources of ``pipeline.yaml``)."""
-    persons = people(contacts, seed)
+    return bronze_part(people(contacts, seed), seed, start=0)
+
+
+def bronze_part(persons: pl.DataFrame, seed: int, *, start: int) -> dict[str, pl.DataFrame]:
+    """The bronze frames of ``persons``, numbering their rows from ``start``."""
     return {
-        "bronze/crm_contacts": crm_contacts(persons, seed),
-        "bronze/orders": orders(persons, seed),
-        "bronze/web_events": web_events(persons, seed),
-        "bronze/enrichment": enrichment(persons, seed),
+        "bronze/crm_contacts": crm_contacts(persons, seed, start=start),
+        "bronze/orders": orders(persons, seed, start=start),
+        "bronze/web_events": web_events(persons, seed, start=start, anonymous_start=start),
+        "bronze/enrichment": enrichment(persons, seed, start=start),
     }
 
 
 def changes(
-    persons: pl.DataFrame, bronze: dict[str, pl.DataFrame], *, share: float, seed: int
+    persons: pl.DataFrame,
+    bronze: dict[str, pl.DataFrame],
+    *,
+    share: float,
+    seed: int,
+    start: int | None = None,
 ) -> dict[str, pl.DataFrame]:
     """What a day brings for ``share`` of the people: CRM edits (a third change email, a third
     opt out, a third rename), new and updated orders, new events, new enrichment rows."""
@@ -450,13 +469,24 @@ def changes(
         .drop("_ingested_at", "_run_id", "_batch_id", "_source")
         .pipe(_metadata, "orders", batch)
     )
-    new_orders = orders(chosen, seed + 1000, batch=batch, start=old_orders.height + 10**8)
+    # New rows are numbered past every existing one (``start``: past every part's).
+    new_orders = orders(
+        chosen,
+        seed + 1000,
+        batch=batch,
+        start=old_orders.height + 10**8 if start is None else start,
+    )
     new_events = web_events(
-        chosen, seed + 2000, batch=batch, start=bronze["bronze/web_events"].height + 10**9
+        chosen,
+        seed + 2000,
+        batch=batch,
+        start=bronze["bronze/web_events"].height + 10**9 if start is None else start,
     )
     return {
         "bronze/crm_contacts": edited,
         "bronze/orders": pl.concat([refunded.head(refunded.height // 2), new_orders]),
         "bronze/web_events": new_events.unique("event_id", keep="first"),
-        "bronze/enrichment": enrichment(chosen, seed + 3000, batch=batch),
+        "bronze/enrichment": enrichment(
+            chosen, seed + 3000, batch=batch, start=0 if start is None else start
+        ),
     }

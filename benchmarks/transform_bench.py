@@ -18,8 +18,9 @@ its own, and prints them side by side:
 * ``audience-lake incremental``: after ``--change`` (default 1 %) of the people got CRM edits
   (a third change email, a third opt out, a third rename), new and refunded orders, new events
   and enrichment rows - written to bronze the way ingest writes them (MERGE on the key for CRM
-  and orders, insert-new for events, an appended file for enrichment) - the same functions run
-  incrementally on the lake the full run left.
+  and orders, insert-new for events, an appended file for enrichment, the change data feed on)
+  - the same functions run incrementally on the lake the full run left, reading bronze's
+  changes from the feed.
 
 With ``--verify`` a full refresh of the changed lake also runs and every silver/gold table is
 compared with the incremental result (they must be identical).
@@ -31,6 +32,7 @@ compared with the incremental result (they must be identical).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import multiprocessing
 import os
@@ -202,28 +204,82 @@ def run_isolated(name: str, work: Path, timeout: float) -> dict[str, Any]:
     return result
 
 
+GENERATE_CHUNK = 1_000_000
+"""People generated at a time: above it, bronze is written in parts (one commit each)."""
+
+
 def generate(work: Path, contacts: int, seed: int) -> tuple[dict[str, int], float]:
     """Write the bronze tables of ``contacts`` people; returns row counts and seconds."""
-    from benchmarks.bronze_gen import bronze_tables
+    from benchmarks.bronze_parts import bronze_chunks
     from tasks.connectors.lake import Lake
 
     started = time.perf_counter()
     lake = Lake(str(work / "bronze"))
-    rows = {}
-    for table, frame in bronze_tables(contacts, seed).items():
-        lake.overwrite(table, frame)
-        rows[table] = frame.height
+    rows: dict[str, int] = {}
+    for part, (_, frames) in enumerate(bronze_chunks(contacts, seed, chunk=GENERATE_CHUNK)):
+        for table, frame in frames.items():
+            if part == 0:
+                lake.overwrite(table, frame)
+            else:
+                lake.append(table, frame)
+            rows[table] = rows.get(table, 0) + frame.height
     return rows, time.perf_counter() - started
+
+
+LAKES = ("project", "incremental", "verify")
+
+
+def bronze_for(
+    work: Path, contacts: int, seed: int, *, reuse: bool
+) -> tuple[dict[str, int], float]:
+    """The bronze of ``contacts`` people in ``work``: generated (row counts, seconds), or with
+    ``reuse`` the one generated there before for the same people and seed (seconds 0)."""
+    marker = work / "bronze.json"
+    wanted = {"contacts": contacts, "seed": seed}
+    if reuse and marker.exists():
+        recorded = json.loads(marker.read_text())
+        if {k: recorded.get(k) for k in wanted} == wanted:
+            return dict(recorded["rows"]), 0.0
+    shutil.rmtree(work / "bronze", ignore_errors=True)
+    marker.unlink(missing_ok=True)
+    rows, seconds = generate(work, contacts, seed)
+    marker.write_text(json.dumps({**wanted, "rows": rows}))
+    return rows, seconds
+
+
+def record_changes(lake_dir: Path) -> None:
+    """Turn the change data feed on for the bronze tables, as ingest writes them, so the
+    incremental run reads what changed from the feed (a metadata commit; no row changes)."""
+    from tasks.connectors.lake import Lake
+
+    lake = Lake(str(lake_dir))
+    for table in BRONZE:
+        lake.enable_change_feed(f"bronze/{table}")
 
 
 def apply_change(
     lake_dir: Path, contacts: int, seed: int, share: float
 ) -> tuple[dict[str, int], float]:
     """Write a day's change for ``share`` of the people into bronze, as ingest would."""
-    from benchmarks.bronze_gen import bronze_tables, changes, people
+    import polars as pl
+
+    from benchmarks.bronze_gen import changes
+    from benchmarks.bronze_parts import PART_STRIDE, bronze_chunks
     from tasks.connectors.lake import Lake
 
-    change = changes(people(contacts, seed), bronze_tables(contacts, seed), share=share, seed=seed)
+    parts = [
+        changes(
+            persons,
+            frames,
+            share=share,
+            seed=seed,
+            start=None if contacts <= GENERATE_CHUNK else (100 + part) * PART_STRIDE,
+        )
+        for part, (persons, frames) in enumerate(
+            bronze_chunks(contacts, seed, chunk=GENERATE_CHUNK)
+        )
+    ]
+    change = {table: pl.concat([p[table] for p in parts]) for table in parts[0]}
     started = time.perf_counter()
     lake = Lake(str(lake_dir))
     lake.merge("bronze/crm_contacts", change["bronze/crm_contacts"], keys=["id"])
@@ -288,6 +344,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "configured number of buckets), row for row",
     )
     parser.add_argument("--work", help="working directory (default: a temporary one, removed)")
+    parser.add_argument(
+        "--reuse-bronze",
+        action="store_true",
+        help="with --work: keep the bronze an earlier run generated there for the same "
+        "--contacts and --seed (10 M people take minutes to generate)",
+    )
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per contender")
     args = parser.parse_args(argv)
 
@@ -296,13 +358,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"transform benchmark: {args.contacts:,} contacts, seed {args.seed}, work dir {work}")
     print(f"machine: {os.cpu_count()} CPU(s), python {sys.version.split()[0]}")
     try:
-        rows, seconds = generate(work, args.contacts, args.seed)
+        rows, seconds = bronze_for(work, args.contacts, args.seed, reuse=args.reuse_bronze)
         print(
             "bronze: "
             + ", ".join(f"{t.split('/')[1]} {n:,}" for t, n in rows.items())
-            + f" rows ({sum(rows.values()):,} in all; generated and written in {seconds:.1f} s)"
+            + f" rows ({sum(rows.values()):,} in all; "
+            + (f"generated and written in {seconds:.1f} s)" if seconds else "reused)")
         )
+        for old in (*LAKES, *(f"buckets-{b}" for b in args.buckets)):
+            shutil.rmtree(work / old, ignore_errors=True)
         shutil.copytree(work / "bronze", work / "project")
+        record_changes(work / "project")
         skipped = {"polars": "bare polars", "duckdb": "DuckDB SQL", "pandas": "pandas"}
         names = [n for n in CONTENDERS if n not in {skipped[s] for s in args.skip}]
         results: dict[str, dict[str, Any]] = {}

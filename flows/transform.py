@@ -65,8 +65,9 @@ def transform(
     and only the people, orders and events they affect are rebuilt and rewritten (see
     :mod:`tasks.engine`). The first run with a new ``as_of`` (default: midnight UTC today)
     recomputes every contact's time-relative features. ``full_refresh`` rebuilds everything
-    from bronze and yields the same tables. Staging runs one task per role on the task runner
-    ``engine`` in pipeline.yaml chooses (inline, threads, or a Dask cluster).
+    from bronze and yields the same tables. Staging runs one task per role, and a full
+    silver build in buckets of people one task per bucket, on the task runner ``engine`` in
+    pipeline.yaml chooses (inline, threads, or a Dask cluster).
 
     Args:
         config_path: The pipeline.yaml to run (empty: the AUDIENCE_LAKE_CONFIG setting).
@@ -77,13 +78,22 @@ def transform(
     run_id = current_run_id()
     now = utc_now()
     as_of = as_of or default_as_of()
-    # Independent units run on the configured task runner (engine in pipeline.yaml).
+    # Independent units (staging roles, the buckets of full silver and gold builds) run on the
+    # configured task runner (engine in pipeline.yaml).
     with open_task_runner(config.engine) as runner:
         staging = stage_sources(runner, config, run_id=run_id, now=now, full_refresh=full_refresh)
-    silver = build_silver(
-        config, staging=staging, run_id=run_id, now=now, as_of=as_of, full_refresh=full_refresh
-    )
-    gold = build_gold(config, as_of=as_of, run_id=run_id, now=now, contact_keys=silver.contact_keys)
+        silver = build_silver(
+            runner,
+            config,
+            staging=staging,
+            run_id=run_id,
+            now=now,
+            as_of=as_of,
+            full_refresh=full_refresh,
+        )
+        gold = build_gold(
+            runner, config, as_of=as_of, run_id=run_id, now=now, contact_keys=silver.contact_keys
+        )
     if silver.state is not None:
         commit_transform_state(silver.state, run_id=run_id)
     record_volumes(

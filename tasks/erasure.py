@@ -158,7 +158,7 @@ def record_requests(
     )
     recorded = (
         lake.scan(ERASURE_REQUESTS)
-        .filter(pl.col("contact_key").is_in(pl.Series(keys, dtype=pl.String)))
+        .filter(pl.col("contact_key").is_in(pl.Series(keys, dtype=pl.String).implode()))
         .select("contact_key", "request_id")
         .collect()
     )
@@ -172,7 +172,7 @@ def finished(lake: Lake, keys: Sequence[str]) -> set[str]:
     done = (
         lake.scan(ERASURE_LOG)
         .filter(
-            pl.col("contact_key").is_in(pl.Series(keys, dtype=pl.String))
+            pl.col("contact_key").is_in(pl.Series(keys, dtype=pl.String).implode())
             & pl.col("status").is_in(list(FINISHED))
         )
         .select("contact_key")
@@ -228,7 +228,7 @@ def anonymous_ids(lake: Lake, persons: Sequence[Person]) -> pl.DataFrame:
     keys = pl.Series([p.contact_key for p in persons], dtype=pl.String)
     return (
         lake.scan(EVENTS)
-        .filter(pl.col("contact_key").is_in(keys) & pl.col("anonymous_id").is_not_null())
+        .filter(pl.col("contact_key").is_in(keys.implode()) & pl.col("anonymous_id").is_not_null())
         .select(pl.col("_source").cast(pl.String), pl.col("anonymous_id").cast(pl.String))
         .unique()
         .collect()
@@ -263,10 +263,15 @@ def find_rows(
     found: list[pl.DataFrame] = []
     if "contact_key" in schema:
         found.append(
-            scan.filter(pl.col("contact_key").is_in(keys)).select("contact_key").unique().collect()
+            scan.filter(pl.col("contact_key").is_in(keys.implode()))
+            .select("contact_key")
+            .unique()
+            .collect()
         )
     for column in email_columns(lake, config, table):
-        hits = scan.filter(normalise_email(pl.col(column)).is_in(pl.Series(emails)))
+        hits = scan.filter(
+            normalise_email(pl.col(column)).is_in(pl.Series(emails, dtype=pl.String).implode())
+        )
         found.append(hits.select(column).unique().collect())
     visitor = _anonymous_column(config, table, schema)
     if visitor is not None and anonymous is not None and anonymous.height:

@@ -6,30 +6,49 @@ the same functions without Prefect). The ``transform`` flow runs them in this or
 
 1. :func:`stage_sources` - bronze -> ``silver/staged_<role>``, one :func:`stage_role` task per
    role on the configured task runner (:mod:`tasks.engine.roles`, :mod:`tasks.runners`);
-2. :func:`build_silver` - staging -> silver (:mod:`tasks.engine.silver`);
-3. :func:`build_gold` - silver -> gold (:mod:`tasks.engine.gold`);
+2. :func:`build_silver` - staging -> silver (:mod:`tasks.engine.silver`); a full build in
+   buckets of people runs one :func:`silver_bucket` task per bucket on the same task runner
+   and commits their results in bucket order (:mod:`tasks.engine.silver_buckets`);
+3. :func:`build_gold` - silver -> gold (:mod:`tasks.engine.gold`); a full build in buckets
+   runs its two passes as :func:`gold_metrics` and :func:`gold_bucket` tasks on the runner;
 4. :func:`commit_transform_state` - records what was built from (:mod:`tasks.engine.state`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from prefect import get_run_logger, task
+from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
 from prefect.task_runners import TaskRunner
 
 from tasks.core.config import PipelineConfig
 from tasks.core.tables import ROLES
-from tasks.engine.gold import build_gold_tables
+from tasks.engine.gold import (
+    GoldBucket,
+    GoldRunners,
+    build_gold_tables,
+    gold_bucket_metrics,
+    gold_bucket_rows,
+)
 from tasks.engine.reports import SilverReport, StageReport, StagingReport
 from tasks.engine.roles import RoleStaged, prepare_quarantine, stage_one_role, staging_report
 from tasks.engine.silver import build_silver_tables
+from tasks.engine.silver_buckets import (
+    BucketBuilt,
+    RunBuckets,
+    SilverBucket,
+    compute_silver_bucket,
+)
 from tasks.engine.state import record_transform_state
+from tasks.reports import TableReport
 from tasks.resources import open_lake
+
+_Job = TypeVar("_Job")
+_Result = TypeVar("_Result")
 
 
 @task(name="stage-role", cache_policy=NO_CACHE, task_run_name="stage-{role}")
@@ -80,8 +99,43 @@ def stage_sources(
     return staging_report({role: future.result() for role, future in futures.items()})
 
 
-@task(cache_policy=NO_CACHE)
+@task(name="silver-bucket", cache_policy=NO_CACHE, task_run_name="silver-bucket-{job.bucket}")
+def silver_bucket(job: SilverBucket) -> BucketBuilt:
+    """One bucket of a full silver build, wherever the task runner runs it: read-only on the
+    lake, its results left in the build's scratch folder (:mod:`tasks.engine.silver_buckets`)."""
+    return compute_silver_bucket(open_lake(), job, logger=get_run_logger())
+
+
+def buckets_on(runner: TaskRunner[Any]) -> RunBuckets:
+    """Run the buckets of a full silver build as :func:`silver_bucket` tasks on ``runner``, all
+    submitted at once, their results yielded in bucket order as each is done.
+
+    Stopped early (a bucket failed, or a commit did), it waits for every bucket still running
+    before returning, so none writes to a scratch folder the build is removing.
+    """
+
+    def run(jobs: Sequence[SilverBucket]) -> Iterator[BucketBuilt]:
+        return _in_order(runner, silver_bucket, jobs)
+
+    return run
+
+
+def _in_order(
+    runner: TaskRunner[Any], unit: Task[[_Job], _Result], jobs: Sequence[_Job]
+) -> Iterator[_Result]:
+    """Submit ``unit`` for every job at once; yield the results in job order as each is done.
+    Stopped early (a unit failed, or the caller did), it waits for every unit still running,
+    so none writes to a scratch folder the build is removing."""
+    futures = [runner.submit(unit, parameters={"job": job}) for job in jobs]
+    try:
+        for future in futures:
+            yield future.result()
+    finally:
+        wait(futures)
+
+
 def build_silver(
+    runner: TaskRunner[Any] | None,
     config: PipelineConfig,
     *,
     staging: StagingReport,
@@ -90,7 +144,9 @@ def build_silver(
     as_of: datetime,
     full_refresh: bool = False,
 ) -> SilverReport:
-    """staging -> ``silver/orders``, ``silver/events``, ``silver/contacts`` (changed keys only)."""
+    """staging -> ``silver/orders``, ``silver/events``, ``silver/contacts`` (changed keys only);
+    the buckets of a full build in buckets as :func:`silver_bucket` tasks on ``runner`` (in
+    this process, one after the other, if None)."""
     return build_silver_tables(
         open_lake(),
         config,
@@ -100,11 +156,32 @@ def build_silver(
         as_of=as_of,
         full_refresh=full_refresh,
         logger=get_run_logger(),
+        run_buckets=None if runner is None else buckets_on(runner),
     )
 
 
-@task(cache_policy=NO_CACHE)
+@task(name="gold-metrics", cache_policy=NO_CACHE, task_run_name="gold-metrics-{job.bucket}")
+def gold_metrics(job: GoldBucket) -> int:
+    """Pass 1 of a bucket of a full gold build (metrics and rank counts), wherever it runs."""
+    return gold_bucket_metrics(open_lake(), job)
+
+
+@task(name="gold-bucket", cache_policy=NO_CACHE, task_run_name="gold-bucket-{job.bucket}")
+def gold_bucket(job: GoldBucket) -> list[TableReport]:
+    """Pass 2 of a bucket of a full gold build (scores, checks, audience), wherever it runs."""
+    return gold_bucket_rows(open_lake(), job, logger=get_run_logger())
+
+
+def gold_on(runner: TaskRunner[Any]) -> GoldRunners:
+    """Both passes of a full gold build in buckets as tasks on ``runner``."""
+    return GoldRunners(
+        metrics=lambda jobs: _in_order(runner, gold_metrics, jobs),
+        rows=lambda jobs: _in_order(runner, gold_bucket, jobs),
+    )
+
+
 def build_gold(
+    runner: TaskRunner[Any] | None,
     config: PipelineConfig,
     *,
     as_of: datetime,
@@ -113,7 +190,8 @@ def build_gold(
     contact_keys: Sequence[str] | None = None,
 ) -> StageReport:
     """silver -> ``gold/customer_features`` and ``gold/audience_members`` (by segment), for
-    ``contact_keys`` (None: every contact)."""
+    ``contact_keys`` (None: every contact); the buckets of a full build in buckets as tasks on
+    ``runner`` (in this process, one after the other, if None)."""
     return build_gold_tables(
         open_lake(),
         config,
@@ -122,6 +200,7 @@ def build_gold(
         now=now or as_of,
         contact_keys=contact_keys,
         logger=get_run_logger(),
+        runners=None if runner is None else gold_on(runner),
     )
 
 

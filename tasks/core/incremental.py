@@ -268,7 +268,7 @@ class TransformState:
 
 def values_in(column: str, values: pl.Series) -> pl.Expr:
     """``column`` is one of ``values`` (never true for null)."""
-    return pl.col(column).is_in(values.drop_nulls().unique())
+    return pl.col(column).is_in(values.drop_nulls().unique().implode())
 
 
 def keys_of(frame: pl.LazyFrame, column: str) -> pl.LazyFrame:

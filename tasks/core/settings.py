@@ -119,6 +119,16 @@ class Settings(BaseSettings):
         description="PEM file of the CAs the store's TLS certificate is verified against "
         "(instead of the default trust store).",
     )
+    s3_max_retries: int | None = Field(
+        default=None,
+        ge=0,
+        description="Retries of a failed store request before it fails (default: 3).",
+    )
+    s3_retry_timeout: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds a store request is retried for before it fails (default: 10).",
+    )
     pepper: SecretStr = Field(
         default=SecretStr(DEMO_PEPPER),
         description="Secret for contact_key = HMAC-SHA256(pepper, email).",

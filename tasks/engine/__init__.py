@@ -10,11 +10,14 @@ calls them directly):
   which a task runner may run in another process) and combines the roles' reports;
 - :mod:`tasks.engine.silver` - staging -> ``silver/contacts``, ``silver/orders``,
   ``silver/events`` for the people, orders and events a change touches
-  (:mod:`tasks.engine.scope`);
+  (:mod:`tasks.engine.scope`), the rows built by :mod:`tasks.engine.silver_rows`; a full build
+  in buckets of people computes the buckets side by side (a *unit* each) and commits them in
+  order (:mod:`tasks.engine.silver_buckets`);
 - :mod:`tasks.engine.consent` - the consent ledger ``ops/consent_events``: what the silver
   build appends (source records, platform suppressions, erasures) and the consent it reads back;
 - :mod:`tasks.engine.gold` - silver -> ``gold/customer_features`` and
-  ``gold/audience_members`` for the affected contacts;
+  ``gold/audience_members`` for the affected contacts (a full build in buckets: two passes of
+  units, committed in bucket order);
 - :mod:`tasks.engine.state` - what the last build consumed, and whether this one is full,
   incremental or has nothing to do;
 

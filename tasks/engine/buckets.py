@@ -1,9 +1,11 @@
 """Buckets of people: a full silver build split so memory does not grow with the lake.
 
 A full build reads every staged row at once; with ``engine.buckets`` above 1 it reads, builds,
-checks and commits one bucket of people at a time instead. A person's bucket is a hash of the
-normalised email modulo the number of buckets, so a person's contact rows, enrichment rows,
-orders and events land in the same bucket and identity resolution needs nothing else.
+checks and commits one bucket of people at a time instead (the buckets may be computed side
+by side and are committed in order, :mod:`tasks.engine.silver_buckets`). A person's bucket is a
+hash of the normalised email modulo the number of buckets, so a person's contact rows,
+enrichment rows, orders and events land in the same bucket and identity resolution needs
+nothing else.
 
 Three things cross buckets, and a compact pass over the staging logs settles them before the
 first bucket (:func:`cross_bucket_links`):
@@ -34,7 +36,7 @@ from pathlib import Path
 
 import polars as pl
 
-from tasks.connectors.lake import Lake
+from tasks.connectors.lake import Lake, Scratch
 from tasks.core.entities import anonymous_links, dedupe_events, dedupe_orders
 from tasks.core.incremental import values_in
 from tasks.core.tables import TABLES
@@ -49,6 +51,8 @@ _BUCKET_SEED = 0xB0C4E7
 ROWS_PER_BUCKET = 2_000_000
 PEOPLE_PER_BUCKET = 250_000
 _EVENT_IDENTITY = ("email", "anonymous_id", "_source")
+_MOVED_ORDERS = "moved-orders.parquet"
+_MOVED_EVENTS = "moved-events.parquet"
 
 
 def bucket_of(column: str, buckets: int) -> pl.Expr:
@@ -107,13 +111,24 @@ class CrossLinks:
     """What crosses buckets (see the module doc).
 
     ``orders``/``events``: ``(key, _bucket)`` of the records routed to their winning version's
-    bucket; ``links``: ``(_source, anonymous_id, email)`` of every linked anonymous id.
+    bucket; ``links``: ``(_source, anonymous_id, email)`` of every linked anonymous id (in the
+    build's scratch folder when it gave one: they grow with the people).
     """
 
     buckets: int
     orders: pl.DataFrame
     events: pl.DataFrame
-    links: pl.DataFrame
+    links: pl.LazyFrame
+
+    @classmethod
+    def load(cls, scratch: Scratch, buckets: int) -> CrossLinks:
+        """The links :func:`cross_bucket_links` left in ``scratch``, wherever it is read."""
+        return cls(
+            buckets=buckets,
+            orders=scratch.read(_MOVED_ORDERS),
+            events=scratch.read(_MOVED_EVENTS),
+            links=scratch.scan("links-*.parquet"),
+        )
 
     def predicates(self, bucket: int) -> dict[str, pl.Expr]:
         """Per role, the staged rows of ``bucket``."""
@@ -126,6 +141,23 @@ class CrossLinks:
             "events": _routed("event_id", self.events, bucket, event_bucket(n) == bucket),
         }
 
+    def links_of(self, bucket: int, events: pl.DataFrame) -> pl.LazyFrame:
+        """The links a bucket uses, in the order of all links: those of its people (by email:
+        the ids a person gathers) and those of the anonymous ids on its ``events`` (staged
+        rows; an anonymous event lands in the bucket of its ``event_id``, not its person's).
+        Each id has one link, so a join finds the same rows in this subset as in all links."""
+        ids = events.lazy().select("_source", "anonymous_id").drop_nulls().unique()
+        return (
+            pl.concat(
+                [
+                    self.links.filter(bucket_of("email", self.buckets) == bucket),
+                    self.links.join(ids, on=["_source", "anonymous_id"], how="semi"),
+                ]
+            )
+            .unique(["_source", "anonymous_id"])
+            .sort("_source", "anonymous_id")
+        )
+
 
 def _routed(key: str, moved: pl.DataFrame, bucket: int, own: pl.Expr) -> pl.Expr:
     """Rows of ``bucket``: by their own email, or by the winner's bucket for ``moved`` keys."""
@@ -133,8 +165,12 @@ def _routed(key: str, moved: pl.DataFrame, bucket: int, own: pl.Expr) -> pl.Expr
     return (~values_in(key, moved.get_column(key)) & own) | values_in(key, here)
 
 
-def cross_bucket_links(logs: dict[str, pl.LazyFrame], buckets: int) -> CrossLinks:
-    """Settle what crosses buckets, from the staging logs (see the module doc)."""
+def cross_bucket_links(
+    logs: dict[str, pl.LazyFrame], buckets: int, *, scratch: Scratch | None = None
+) -> CrossLinks:
+    """Settle what crosses buckets, from the staging logs (see the module doc); with
+    ``scratch`` all of it is written there (the links a slice of anonymous ids per file) for
+    :meth:`CrossLinks.load`, and the links are scanned from it."""
     moved_orders = _unsettled(logs["orders"], "order_id", ["email"], buckets)
     order_winners = (
         dedupe_orders(live_where(logs["orders"], values_in("order_id", moved_orders)))
@@ -145,8 +181,9 @@ def cross_bucket_links(logs: dict[str, pl.LazyFrame], buckets: int) -> CrossLink
     event_winners = dedupe_events(
         live_where(logs["events"], values_in("event_id", moved_events))
     ).collect()
-    links = [
-        anonymous_links(
+    links = []
+    for part in range(buckets):
+        linked = anonymous_links(
             pl.concat(
                 [
                     live_where(
@@ -162,14 +199,20 @@ def cross_bucket_links(logs: dict[str, pl.LazyFrame], buckets: int) -> CrossLink
                 ]
             )
         ).collect()
-        for part in range(buckets)
-    ]
-    return CrossLinks(
+        if scratch is None:
+            links.append(linked.lazy())
+        else:
+            scratch.write(f"links-{part}.parquet", linked)
+    cross = CrossLinks(
         buckets=buckets,
         orders=order_winners,
         events=event_winners.select("event_id", event_bucket(buckets).alias(BUCKET)),
-        links=pl.concat(links).sort("_source", "anonymous_id"),
+        links=pl.concat(links) if scratch is None else scratch.scan("links-*.parquet"),
     )
+    if scratch is not None:
+        scratch.write(_MOVED_ORDERS, cross.orders)
+        scratch.write(_MOVED_EVENTS, cross.events)
+    return cross
 
 
 def _unsettled(log: pl.LazyFrame, key: str, columns: Sequence[str], buckets: int) -> pl.Series:

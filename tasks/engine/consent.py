@@ -49,6 +49,7 @@ from tasks.core.tables import (
     PLATFORM_SUPPRESSIONS,
     PLATFORM_SUPPRESSIONS_SCHEMA,
 )
+from tasks.engine.buckets import bucket_of
 from tasks.engine.delta import latest_state
 
 SUPPRESSIONS_READ = "audience_lake.consent.platform_suppressions_version"
@@ -118,9 +119,7 @@ def record_and_decide(
     everyone). ``contact_rows`` are the live staged contact rows of those people."""
     people, keys = contact_rows.lazy(), None
     if emails is not None:  # each person's key once: for their rows and their ledger rows
-        keyed = pl.DataFrame({"email": emails}).with_columns(
-            contact_key(pl.col("email"), pepper=secret, version=version).alias("contact_key")
-        )
+        keyed = people_keys(emails, secret=secret, version=version)
         people, keys = people.join(keyed.lazy(), on="email", how="left"), keyed["contact_key"]
     statements = source_statements(people, pepper=secret, key_version=version)
     changed = source_events(statements, heads(_ledger_of(lake, keys)), now=now)
@@ -132,6 +131,89 @@ def record_and_decide(
     if not lake.exists(CONSENT_EVENTS):
         return pl.DataFrame(schema=DECISION_SCHEMA)
     return decide(_ledger_of(lake, keys)).collect()
+
+
+def people_keys(emails: pl.Series, *, secret: bytes, version: int) -> pl.DataFrame:
+    """``email`` and ``contact_key`` of each of ``emails``."""
+    return pl.DataFrame({"email": emails}).with_columns(
+        contact_key(pl.col("email"), pepper=secret, version=version).alias("contact_key")
+    )
+
+
+def bucket_statements(
+    lake: Lake,
+    contact_rows: pl.DataFrame,
+    people: pl.DataFrame,
+    *,
+    secret: bytes,
+    version: int,
+    now: datetime,
+    run_id: str,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """:func:`record_and_decide` for one bucket of a full build, without writing: the ledger
+    rows to append for the bucket's ``people`` (``email``, ``contact_key``: all of whose
+    contact rows are in ``contact_rows``), and their consent once those rows are appended.
+
+    Read-only, so buckets can run side by side; the build appends the rows afterwards, bucket
+    by bucket (:func:`append_statements`). Deciding from the ledger rows of the people's keys
+    plus the new rows equals deciding after the append: a person's chains are keyed by their
+    contact key, so no other bucket's rows concern them, and the pending platform and erasure
+    statements were recorded before the first bucket (:func:`record_pending`).
+    """
+    keys = people.get_column("contact_key")
+    joined = contact_rows.lazy().join(people.lazy(), on="email", how="left")
+    statements = source_statements(joined, pepper=secret, key_version=version)
+    ledger = _ledger_of(lake, keys).collect()
+    changed = source_events(statements, heads(ledger.lazy()), now=now)
+    rows = _not_recorded(lake, ledger_rows(changed, now=now, run_id=run_id).collect())
+    if ledger.is_empty() and rows.is_empty() and not lake.exists(CONSENT_EVENTS):
+        return rows, pl.DataFrame(schema=DECISION_SCHEMA)
+    return rows, decide(pl.concat([ledger, rows]).lazy()).collect()
+
+
+def append_statements(lake: Lake, rows: pl.DataFrame, *, suppressions_version: int | None) -> None:
+    """Append ledger rows one bucket computed (:func:`bucket_statements`); like every commit
+    of the build it repeats the suppressions version read, so the newest commit carries it."""
+    if not rows.is_empty():
+        _append(lake, rows, suppressions_version=suppressions_version)
+
+
+def withdraw_unstated(
+    lake: Lake,
+    no_rows: pl.DataFrame,
+    seen: pl.LazyFrame,
+    *,
+    slices: int,
+    secret: bytes,
+    version: int,
+    now: datetime,
+    run_id: str,
+    suppressions_version: int | None,
+) -> int:
+    """The last step of a full build in buckets: withdraw the source statements still in force
+    for people no bucket holds (their records left every source), as a single pass would.
+
+    ``seen``: the contact keys of every bucket's people; ``no_rows``: an empty frame of staged
+    contact rows (its columns). The ledger is read one slice of contact keys at a time.
+    Returns the number of withdrawals appended.
+    """
+    if not lake.exists(CONSENT_EVENTS):
+        return 0
+    nothing = source_statements(no_rows.lazy(), pepper=secret, key_version=version)
+    added = 0
+    for part in range(slices):
+        ledger = lake.scan(CONSENT_EVENTS).filter(bucket_of("contact_key", slices) == part)
+        gone = heads(ledger).join(
+            seen.filter(bucket_of("contact_key", slices) == part), on="contact_key", how="anti"
+        )
+        rows = _not_recorded(
+            lake,
+            ledger_rows(source_events(nothing, gone, now=now), now=now, run_id=run_id).collect(),
+        )
+        if not rows.is_empty():
+            _append(lake, rows, suppressions_version=suppressions_version)
+            added += rows.height
+    return added
 
 
 def record_pending(lake: Lake, pending: PendingConsent) -> None:

@@ -9,52 +9,31 @@ rebuilt from its complete staged history by the same pure functions a full build
 only the files holding them; stale keys are deleted in the same commit, see
 :func:`tasks.engine.delta.sync_table`).
 
-The work is split so it can later run on a part of the people at a time: :func:`live_rows_of`
-reads the staged rows of a scope, :func:`silver_rows` builds and checks them (frames in,
-frames out, no lake), :func:`commit_silver` writes them.
+The work is split so a part of the people can be built at a time, anywhere:
+:func:`~tasks.engine.silver_rows.live_rows_of` reads the staged rows of a scope,
+:func:`~tasks.engine.silver_rows.silver_rows` builds and checks them (frames in, frames out,
+no lake), :func:`commit_silver` writes them. A full build with ``engine.buckets`` above 1 runs
+one bucket of people at a time, each on the task runner it is given
+(:mod:`tasks.engine.silver_buckets`).
 """
 
 from __future__ import annotations
 
-import tempfile
-from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 import polars as pl
 
 from tasks.connectors.lake import Lake
 from tasks.core.config import PipelineConfig
-from tasks.core.contracts import SilverContact, SilverEvent, SilverOrder, Split
-from tasks.core.entities import (
-    dedupe_enrichment,
-    dedupe_events,
-    dedupe_orders,
-    resolve_contacts,
-    silver_events,
-    silver_orders,
-)
-from tasks.core.incremental import values_in
 from tasks.core.tables import CONTACTS, EVENTS, ORDERS, ROLES, STAGED, bronze_table
-from tasks.engine.buckets import (
-    CrossLinks,
-    add_reports,
-    bucket_count,
-    bucket_of,
-    cross_bucket_links,
-    drop_stale,
-    sync_bucket,
-)
+from tasks.engine.buckets import bucket_count
 from tasks.engine.checks import Checker
-from tasks.engine.consent import (
-    PendingConsent,
-    pending_external,
-    record_and_decide,
-    record_pending,
-)
+from tasks.engine.consent import pending_external, record_and_decide, record_pending
 from tasks.engine.delta import pinned, sync_table
 from tasks.engine.reports import Logger, Metric, SilverReport, StagingReport
-from tasks.engine.scope import Scope, change_scope, live_where
+from tasks.engine.scope import Scope, change_scope
+from tasks.engine.silver_buckets import RunBuckets, build_in_buckets
+from tasks.engine.silver_rows import SilverRows, balances, live_rows_of, silver_rows
 from tasks.engine.state import BuildPlan, build_plan, transform_fingerprint
 from tasks.reports import TableReport
 from tasks.resources import pepper
@@ -74,8 +53,12 @@ def build_silver_tables(
     as_of: datetime,
     full_refresh: bool = False,
     logger: Logger,
+    run_buckets: RunBuckets | None = None,
 ) -> SilverReport:
-    """Bring silver up to date with staging: everything, or what changed since the last build."""
+    """Bring silver up to date with staging: everything, or what changed since the last build.
+
+    ``run_buckets`` computes the buckets of a full build in buckets (one after the other in
+    this process if None; see :mod:`tasks.engine.silver_buckets`)."""
     contact_sources = config.sources_with_role("contacts")
     if not any(lake.exists(bronze_table(name)) for name in contact_sources):
         logger.warning("no contact source ingested yet: silver not built")
@@ -105,7 +88,8 @@ def build_silver_tables(
         logger.info("silver: full build in %d buckets of people", buckets)
         tables = build_in_buckets(
             lake, logs, config, buckets, staging, checker=checker, secret=secret, version=version,
-            pending=pending, now=now, run_id=run_id,
+            pending=pending, versions=plan.versions, now=now, run_id=run_id,
+            run_buckets=run_buckets,
         )  # fmt: skip
     else:
         rows = live_rows_of(logs, scope)
@@ -123,7 +107,7 @@ def build_silver_tables(
             rows, scope, config, checker=checker, secret=secret, version=version, consent=consent
         )
         commit_silver(lake, built, scope)
-        tables = _balances(rows, built, staging.rejected)
+        tables = balances(rows, built, staging.rejected)
     metrics: list[Metric] = [
         {"table": table, "source": None, "rows": lake.count(table), "quarantined": 0}
         for table in (ORDERS, EVENTS, CONTACTS)
@@ -172,183 +156,6 @@ def _scope_and_mode(
     return scope, "incremental" if scope.changed_rows or scope.emails.len() else "unchanged"
 
 
-def build_in_buckets(
-    lake: Lake,
-    logs: dict[str, pl.LazyFrame],
-    config: PipelineConfig,
-    buckets: int,
-    staging: StagingReport,
-    *,
-    checker: Checker,
-    secret: bytes,
-    version: int,
-    pending: PendingConsent,
-    now: datetime,
-    run_id: str,
-) -> list[TableReport]:
-    """A full build one bucket of people at a time (:mod:`tasks.engine.buckets`): the same
-    tables as one pass, holding one bucket's rows at a time. Returns the summed balances.
-    The consent ledger is brought up to date once, before the buckets, from every live contact
-    row and ``pending`` (a source record's chain of statements may span people, hence
-    buckets); each bucket then takes its people's decisions from the result."""
-    cross = cross_bucket_links(logs, buckets)
-    contact_rows = live_where(logs["contacts"], pl.lit(True)).collect()
-    consent = record_and_decide(
-        lake, pending, contact_rows, None, secret=secret, version=version, now=now, run_id=run_id
-    )
-    del contact_rows
-    reports: list[TableReport] = []
-    no_rejects = dict.fromkeys(staging.rejected, 0)
-    with tempfile.TemporaryDirectory(prefix="silver-buckets-") as tmp:
-        for bucket in range(buckets):
-            rejected = staging.rejected if bucket == 0 else no_rejects
-            part = build_silver_bucket(
-                lake,
-                logs,
-                config,
-                cross,
-                bucket,
-                rejected=rejected,
-                spill=Path(tmp),
-                checker=checker,
-                secret=secret,
-                version=version,
-                consent=consent,
-            )
-            reports = add_reports(reports, part)
-        for table, key in ((ORDERS, "order_id"), (EVENTS, "event_id")):
-            drop_stale(lake, table, key=key, spill=Path(tmp), buckets=buckets)
-    return reports
-
-
-def build_silver_bucket(
-    lake: Lake,
-    logs: dict[str, pl.LazyFrame],
-    config: PipelineConfig,
-    cross: CrossLinks,
-    bucket: int,
-    *,
-    rejected: dict[str, int],
-    spill: Path,
-    checker: Checker,
-    secret: bytes,
-    version: int,
-    consent: pl.DataFrame,
-) -> list[TableReport]:
-    """One bucket of a full build: its staged rows read, built, checked and committed; its
-    balances (``rejected``: the staging rejects to count in them). ``consent``: the current
-    consent of everyone (a join by contact key picks the bucket's people)."""
-    wanted = cross.predicates(bucket)
-    frames = pl.collect_all([live_where(logs[r], wanted[r]) for r in ROLES])
-    rows = dict(zip(ROLES, frames, strict=True))
-    links = cross.links.lazy()
-    built = silver_rows(
-        rows, None, config, checker=checker, secret=secret, version=version, links=links,
-        consent=consent,
-    )  # fmt: skip
-    sync_bucket(lake, ORDERS, built.orders.valid, key="order_id", where=None, spill=spill)
-    sync_bucket(lake, EVENTS, built.events.valid, key="event_id", where=None, spill=spill)
-    sync_bucket(
-        lake,
-        CONTACTS,
-        built.contacts.valid,
-        key="contact_key",
-        where=bucket_of("email", cross.buckets) == bucket,
-        spill=spill,
-    )
-    return _balances(rows, built, rejected)
-
-
-def live_rows_of(logs: dict[str, pl.LazyFrame], scope: Scope | None) -> dict[str, pl.DataFrame]:
-    """Per role, the live staged rows of the records in ``scope`` (every record if None)."""
-    if scope is None:
-        wanted = {role: pl.lit(True) for role in ROLES}
-    else:
-        wanted = {
-            "contacts": values_in("email", scope.emails),
-            "enrichment": values_in("email", scope.emails),
-            "orders": values_in("order_id", scope.order_ids),
-            "events": values_in("event_id", scope.event_ids),
-        }
-    frames = pl.collect_all([live_where(logs[r], wanted[r]) for r in ROLES])
-    return dict(zip(ROLES, frames, strict=True))
-
-
-@dataclass(frozen=True)
-class SilverRows:
-    """Silver rows built from staged rows, checked: what :func:`commit_silver` writes.
-
-    ``person_orders``/``person_events``: the deduplicated orders and events of the people
-    rebuilt (what identity resolution read); ``contacts``: the resolved people before checks.
-    """
-
-    orders: Split
-    events: Split
-    contacts: Split
-    resolved: pl.DataFrame
-    person_orders: pl.DataFrame
-    person_events: pl.DataFrame
-
-
-def silver_rows(
-    rows: dict[str, pl.DataFrame],
-    scope: Scope | None,
-    config: PipelineConfig,
-    *,
-    checker: Checker,
-    secret: bytes,
-    version: int,
-    consent: pl.DataFrame | None = None,
-    links: pl.LazyFrame | None = None,
-) -> SilverRows:
-    """Build and check silver orders, events and contacts from live staged rows (no lake).
-
-    ``consent``: the people's current consent from the consent ledger
-    (:func:`tasks.engine.consent.record_and_decide`); without it, derived from their rows.
-    ``links``: the anonymous-id links of all events, when ``rows`` are one bucket of people.
-    """
-    settings = config.transform
-    rates = settings.currency.to_reporting()
-    orders = dedupe_orders(rows["orders"].lazy()).collect()
-    events = dedupe_events(rows["events"].lazy()).collect()
-    enrichment = dedupe_enrichment(rows["enrichment"].lazy()).collect()
-    person = pl.lit(True) if scope is None else values_in("email", scope.emails)
-
-    built_orders = silver_orders(
-        orders.lazy(), rates=rates, pepper=secret, key_version=version
-    ).collect()
-    checked_orders = checker.check(built_orders, SilverOrder, table=ORDERS)
-    built_events = silver_events(
-        events.lazy(), pepper=secret, key_version=version, links=links
-    ).collect()
-    checked_events = checker.check(built_events, SilverEvent, table=EVENTS)
-    person_orders = orders.filter(person)
-    contacts = (
-        resolve_contacts(
-            rows["contacts"].lazy(),
-            enrichment.lazy(),
-            person_orders.lazy(),
-            events.lazy(),
-            identity=settings.identity,
-            pepper=secret,
-            key_version=version,
-            consent=None if consent is None else consent.lazy(),
-            links=links,
-        )
-        .filter(person)
-        .collect()
-    )
-    checked_contacts = checker.check(contacts, SilverContact, table=CONTACTS)
-    return SilverRows(
-        orders=checked_orders,
-        events=checked_events,
-        contacts=checked_contacts,
-        resolved=contacts,
-        person_orders=person_orders,
-        person_events=events.filter(person),
-    )
-
-
 def commit_silver(lake: Lake, built: SilverRows, scope: Scope | None) -> None:
     """Write the valid rows of ``built``: orders, events, then contacts, changed keys only."""
     sync_table(
@@ -372,53 +179,6 @@ def commit_silver(lake: Lake, built: SilverRows, scope: Scope | None) -> None:
         keys=["contact_key"],
         scope=None if scope is None else scope.contact_keys,
     )
-
-
-def _balances(
-    rows: dict[str, pl.DataFrame], built: SilverRows, rejected: dict[str, int]
-) -> list[TableReport]:
-    """Balances over the rows processed this run: the changed rows staging rejected, plus the
-    staged rows each rebuild read. Duplicates are counted from the inputs, independently of
-    what was built, so a balance that holds proves one row per key and no lost record."""
-
-    def superseded(frame: pl.DataFrame, key: str) -> int:
-        return frame.height - frame.get_column(key).n_unique()
-
-    contacts = built.resolved
-    merged_people = int(contacts.get_column("record_count").sum() or 0) - contacts.height
-    return [
-        TableReport(
-            CONTACTS,
-            rows_in=rejected["contacts"]
-            + rejected["enrichment"]
-            + rows["contacts"].height
-            + rows["enrichment"].height
-            + _distinct_people(built.person_orders)
-            + _distinct_people(built.person_events),
-            rows_out=built.contacts.valid.height,
-            quarantined=rejected["contacts"] + rejected["enrichment"] + built.contacts.rejected,
-            duplicates=superseded(rows["enrichment"], "email") + merged_people,
-        ),
-        TableReport(
-            ORDERS,
-            rows_in=rejected["orders"] + rows["orders"].height,
-            rows_out=built.orders.valid.height,
-            quarantined=rejected["orders"] + built.orders.rejected,
-            duplicates=superseded(rows["orders"], "order_id"),
-        ),
-        TableReport(
-            EVENTS,
-            rows_in=rejected["events"] + rows["events"].height,
-            rows_out=built.events.valid.height,
-            quarantined=rejected["events"] + built.events.rejected,
-            duplicates=superseded(rows["events"], "event_id"),
-        ),
-    ]
-
-
-def _distinct_people(frame: pl.DataFrame) -> int:
-    """Distinct ``(source, email)`` with an email: the identity records a role contributes."""
-    return frame.filter(pl.col("email").is_not_null()).select("_source", "email").n_unique()
 
 
 def _unchanged_reports(staging: StagingReport) -> list[TableReport]:

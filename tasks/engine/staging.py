@@ -47,11 +47,11 @@ from tasks.core.incremental import (
     distinct_records,
     fingerprint,
     latest_ops,
-    net_changes,
     staging_updates,
     values_in,
 )
 from tasks.core.tables import ROLE_TABLES, STAGED, bronze_table, staging_schema
+from tasks.engine.bronze_changes import bronze_diff
 from tasks.engine.checks import Checker
 from tasks.engine.delta import latest_state, pinned
 from tasks.engine.reports import Logger
@@ -311,7 +311,7 @@ class _Collector:
     def diff(self, name: str, since: int, staged_records: pl.LazyFrame) -> None:
         """The rows the source's bronze gained and lost since version ``since``."""
         try:
-            gained_rows, lost_rows = _bronze_diff(self.lake, name, since, self.plan.versions[name])
+            gained_rows, lost_rows = bronze_diff(self.lake, name, since, self.plan.versions[name])
         except LakeError as exc:
             # Version or files gone (log cleanup, vacuum): restage the source whole.
             self.logger.warning(
@@ -327,24 +327,6 @@ class _Collector:
         self.changes.added.append(self.canonical(name, gained_rows.lazy()))
         self.changes.dropped.append(self.canonical(name, lost_rows.lazy()))
         self.changes.removed.append(distinct_records(self.changes.dropped[-1]))
-
-
-def _bronze_diff(
-    lake: Lake, source: str, since: int, version: int
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Rows of the source's bronze gained and lost from version ``since`` to ``version``
-    (a diff of the data files the two versions hold)."""
-    bronze = bronze_table(source)
-    before = set(lake.file_uris(bronze, version=since))
-    after = set(lake.file_uris(bronze, version=version))
-    columns = lake.scan(bronze).collect_schema().names()
-    gained, lost = net_changes(
-        lake.scan_files(bronze, sorted(after - before)),
-        lake.scan_files(bronze, sorted(before - after)),
-        columns=columns,
-    )
-    gained_rows, lost_rows = pl.collect_all([gained, lost])
-    return gained_rows, lost_rows
 
 
 # --- step 3: the contract and the quarantine counts ---------------------------------------------

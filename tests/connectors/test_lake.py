@@ -20,9 +20,13 @@ from tasks.connectors.lake import (
     LakeError,
     MergeStats,
     TableNotFoundError,
+    polars_storage_options,
     s3_storage_options,
 )
 from tasks.connectors.s3 import s3_client, split_s3_uri
+from tasks.core.settings import load_settings
+from tasks.errors import ConfigError
+from tasks.resources import lake_for
 from tests.conftest import S3Endpoint, free_port
 
 UTC = dt.UTC
@@ -403,6 +407,30 @@ def test_tables_lists_every_delta_table(lake: Lake) -> None:
     assert lake.tables() == ["bronze/crm_contacts", "ops/runs", "silver/contacts"]
 
 
+def test_scratch_files_round_trip_are_never_a_table_and_are_removed(lake: Lake) -> None:
+    """A run's scratch folder on the lake's storage: what one process writes, another reads;
+    even holding a Delta log it is not listed as a table; removal leaves nothing."""
+    lake.append_once("silver/contacts", pl.DataFrame({"x": [1]}), batch_id="b")
+    scratch = lake.scratch("silver-0123abc")
+    for part in range(3):
+        scratch.write(f"links-{part}.parquet", pl.DataFrame({"id": [part, part + 10]}))
+    elsewhere = Lake(lake.root, lake.storage_options).scratch("silver-0123abc")  # another process
+    assert sorted(elsewhere.scan("links-*.parquet").collect().get_column("id")) == [
+        0, 1, 2, 10, 11, 12,
+    ]  # fmt: skip
+    pl.DataFrame({"x": [1]}).write_delta(
+        scratch.uri, storage_options=lake.storage_options if lake.is_remote else None
+    )
+    assert lake.tables() == ["silver/contacts"]
+    assert scratch.remove() >= 4
+    assert scratch.remove() == 0
+    with pytest.raises((OSError, pl.exceptions.PolarsError), match="links-0"):
+        elsewhere.read("links-0.parquet")
+    assert lake.tables() == ["silver/contacts"]
+    with pytest.raises(LakeError, match="invalid scratch name"):
+        lake.scratch("../silver")
+
+
 # --- types ---------------------------------------------------------------------------------------
 
 
@@ -567,3 +595,23 @@ def test_s3_lakes_get_bounded_timeouts_that_callers_can_override() -> None:
     assert "max_retries" not in custom.storage_options
     assert "s3cr3t" not in repr(custom)
     assert Lake("./relative").root == os.path.abspath("./relative")
+
+
+def test_the_environment_can_bound_store_retries_and_unset_keeps_the_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AUDIENCE_LAKE_LAKE_URI", "s3://b/lake")
+    for name in ("AUDIENCE_LAKE_S3_MAX_RETRIES", "AUDIENCE_LAKE_S3_RETRY_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
+    default = lake_for(load_settings()).storage_options
+    assert (default["max_retries"], default["retry_timeout"]) == ("3", "10s")
+
+    monkeypatch.setenv("AUDIENCE_LAKE_S3_MAX_RETRIES", "0")
+    monkeypatch.setenv("AUDIENCE_LAKE_S3_RETRY_TIMEOUT", "1.5")
+    bounded = lake_for(load_settings()).storage_options
+    assert (bounded["max_retries"], bounded["retry_timeout"]) == ("0", "1500ms")
+    assert polars_storage_options(bounded)["retry_timeout_ms"] == 1500  # type: ignore[index]
+
+    monkeypatch.setenv("AUDIENCE_LAKE_S3_MAX_RETRIES", "-1")
+    with pytest.raises(ConfigError, match="AUDIENCE_LAKE_S3_MAX_RETRIES"):
+        load_settings()

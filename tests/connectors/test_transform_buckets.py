@@ -21,7 +21,16 @@ import pytest
 from benchmarks.bronze_gen import REFERENCE_TIME, UTC_US, bronze_tables
 from tasks.connectors.lake import Lake
 from tasks.core.config import PipelineConfig, load_pipeline
-from tasks.core.tables import AUDIENCE, CONTACTS, EVENTS, FEATURES, ORDERS, QUARANTINE, STAGED
+from tasks.core.tables import (
+    AUDIENCE,
+    CONSENT_EVENTS,
+    CONTACTS,
+    EVENTS,
+    FEATURES,
+    ORDERS,
+    QUARANTINE,
+    STAGED,
+)
 from tasks.engine.buckets import cross_bucket_links
 from tasks.engine.delta import pinned
 from tasks.engine.gold import build_gold_tables
@@ -73,9 +82,12 @@ def crossing_bronze(contacts: int) -> dict[str, pl.DataFrame]:
     return tables
 
 
-def transform(lake: Lake, config: PipelineConfig, *, run: str) -> list[TableReport]:
-    """The full transform's stage functions, as the flow calls them (no Prefect)."""
-    now = datetime.now(UTC)
+def transform(
+    lake: Lake, config: PipelineConfig, *, run: str, now: datetime | None = None
+) -> list[TableReport]:
+    """The full transform's stage functions, as the flow calls them (no Prefect); ``now``: the
+    run's clock (the same for two lakes whose consent ledgers are compared)."""
+    now = now or datetime.now(UTC)
     staging = stage_bronze(lake, config, run_id=run, now=now, full_refresh=True, logger=LOGGER)
     silver = build_silver_tables(
         lake,
@@ -104,6 +116,8 @@ def transform(lake: Lake, config: PipelineConfig, *, run: str) -> list[TableRepo
 def snapshot(lake: Lake) -> dict[str, pl.DataFrame]:
     tables = {table: lake.read(table) for table in BUILT}
     tables[QUARANTINE] = lake.read(QUARANTINE).drop("run_id", "quarantined_at")
+    # The consent ledger, but for the run names (commits differ too: one per bucket).
+    tables[CONSENT_EVENTS] = lake.read(CONSENT_EVENTS).drop("run_id")
     return {table: frame.sort(pl.all()) for table, frame in tables.items()}
 
 
@@ -120,8 +134,9 @@ def test_buckets_build_the_tables_of_one_pass(tmp_path: Path) -> None:
         one.overwrite(table, frame)
         many.overwrite(table, frame)
 
-    single = transform(one, config_with(1), run="one")
-    bucketed = transform(many, config_with(3), run="many")
+    now = datetime.now(UTC)
+    single = transform(one, config_with(1), run="one", now=now)
+    bucketed = transform(many, config_with(3), run="many", now=now)
     assert bucketed == single
     assert all(report.balanced for report in bucketed)
     assert_same(one, many)
@@ -133,7 +148,7 @@ def test_buckets_build_the_tables_of_one_pass(tmp_path: Path) -> None:
     cross = cross_bucket_links(logs, 3)
     assert cross.orders.height >= CROSSING // 2 and cross.events.height >= CROSSING
     assert cross.orders.get_column("_bucket").n_unique() == 3
-    links = cross.links
+    links = cross.links.collect()
     assert links.height and links.select("_source", "anonymous_id").is_unique().all()
 
     # Bronze loses records: silver must lose their rows in both lakes.
@@ -144,10 +159,14 @@ def test_buckets_build_the_tables_of_one_pass(tmp_path: Path) -> None:
         lake.overwrite("bronze/crm_contacts", crm.filter(pl.col("id").hash() % 9 != 0))
         web = lake.read("bronze/web_events")
         lake.overwrite("bronze/web_events", web.filter(pl.col("event_id").hash() % 5 != 0))
-    assert transform(many, config_with(4), run="many-2") == transform(
-        one, config_with(1), run="one-2"
+    later = datetime.now(UTC)
+    assert transform(many, config_with(4), run="many-2", now=later) == transform(
+        one, config_with(1), run="one-2", now=later
     )
     assert_same(one, many)
+    # People whose every record left the sources had their statements withdrawn in both.
+    withdrawn = many.read(CONSENT_EVENTS).filter(pl.col("status") == "withdrawn")
+    assert withdrawn.height and withdrawn.get_column("occurred_at").max() == later
 
     # Rebuilding unchanged data in buckets writes nothing.
     versions = {table: many.version(table) for table in (CONTACTS, ORDERS, EVENTS)}
@@ -161,7 +180,8 @@ def test_a_copied_lake_gives_the_same_tables_in_any_number_of_buckets(tmp_path: 
     for table, frame in crossing_bronze(1_000).items():
         source.overwrite(table, frame)
     shutil.copytree(tmp_path / "source", tmp_path / "two")
-    transform(source, config_with(1), run="one")
+    now = datetime.now(UTC)
+    transform(source, config_with(1), run="one", now=now)
     two = Lake(str(tmp_path / "two"))
-    transform(two, config_with(7), run="seven")
+    transform(two, config_with(7), run="seven", now=now)
     assert_same(source, two)

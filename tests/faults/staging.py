@@ -65,9 +65,9 @@ def run_transform(*, run_id: str) -> None:
     config = load_pipeline(CONFIG)
     now = datetime.now(UTC)
     staging = stage_bronze(open_lake(), config, run_id=run_id, now=now, logger=_LOG)
-    silver = build_silver.fn(config, staging=staging, run_id=run_id, now=now, as_of=AS_OF)
-    gold = build_gold.fn(
-        config, as_of=AS_OF, run_id=run_id, now=now, contact_keys=silver.contact_keys
+    silver = build_silver(None, config, staging=staging, run_id=run_id, now=now, as_of=AS_OF)
+    gold = build_gold(
+        None, config, as_of=AS_OF, run_id=run_id, now=now, contact_keys=silver.contact_keys
     )
     if silver.state is not None:
         commit_transform_state.fn(silver.state, run_id=run_id)

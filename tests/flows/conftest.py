@@ -44,6 +44,9 @@ POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 # next flush. Half a second keeps the same path (the persister service, the same queries). The
 # server is a subprocess: it reads this from the environment.
 SERVER_ENV = {"PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "0.5"}
+# A server usually answers within 20 s; on two cores shared with other heavy processes its
+# imports alone have taken 47 s. A timeout here fails every test of the worker's session.
+SERVER_STARTUP_TIMEOUT_S = 150
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -84,8 +87,8 @@ def _test_server() -> contextlib.AbstractContextManager[None]:
     except psycopg.OperationalError as exc:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"PostgreSQL at {admin} is needed under CI: {exc}", pytrace=False)
-        return prefect_test_harness(server_startup_timeout=60)
-    return postgres_test_server(admin, startup_timeout=60)
+        return prefect_test_harness(server_startup_timeout=SERVER_STARTUP_TIMEOUT_S)
+    return postgres_test_server(admin, startup_timeout=SERVER_STARTUP_TIMEOUT_S)
 
 
 @pytest.fixture(scope="session")

@@ -53,6 +53,10 @@ def test_unreachable_lake_fails_clearly_without_partial_commit(
     monkeypatch.setenv("AUDIENCE_LAKE_S3_ENDPOINT", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    # Nor does the store client retry a refused connection (3 retries by default): every lake
+    # call of both runs, the run audit's included, fails on its first request, with the same
+    # error a retried one ends with.
+    monkeypatch.setenv("AUDIENCE_LAKE_S3_MAX_RETRIES", "0")
     assert main(["run", "--config", CONFIG]) == 2
     with pytest.raises(LakeError, match=r"s3://nowhere/lake"):
         pipeline(config_path=CONFIG)

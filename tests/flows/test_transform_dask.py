@@ -4,8 +4,10 @@ One ingest of the sandbox's sample data; copies of that lake are transformed inl
 and on a Dask cluster of two worker *processes* - started by the run from ``engine`` in
 pipeline.yaml, or already running and named by its scheduler address - and every silver, gold
 and ops table must come out identical, apart from the columns that stamp which run wrote a row
-and when. The worker processes inherit the test's environment (the lake URI), as a deployed
-worker gets its own.
+and when. The runs off the inline baseline build silver and gold in three buckets of
+people (``engine.buckets: 3``), one task per bucket (and per gold pass) on the runner,
+committed in bucket order; the baseline builds them in one pass. The worker processes inherit
+the test's environment (the lake URI), as a deployed worker gets its own.
 """
 
 from __future__ import annotations
@@ -27,7 +29,12 @@ import yaml
 from distributed import Client, LocalCluster
 from polars.testing import assert_frame_equal
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
 from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
 
@@ -42,6 +49,7 @@ pytestmark = pytest.mark.flow
 
 AS_OF = datetime(2026, 11, 1, tzinfo=UTC)  # the sample data's "now"
 LAYERS = ("silver", "gold", "ops")
+BUCKETS = 3
 # Which run wrote a row, and when: different in every run by design.
 RUN_STAMPS = frozenset({"run_id", "_run_id", "quarantined_at", "measured_at", "recorded_at"})
 
@@ -120,34 +128,64 @@ def flow_run_logs(flow_run_id: str) -> str:
     return "\n".join(log.message for log in logs)
 
 
+# The task runs of a build in buckets: silver's buckets, gold's two passes.
+BUCKET_UNITS = ("silver-bucket", "gold-metrics", "gold-bucket")
+
+
+def bucket_task_runs(flow_run_id: str) -> list[tuple[str, str | None]]:
+    """Name and final state of the flow run's bucket task runs, by name."""
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)]))
+        )
+    return sorted(
+        (run.name, run.state_type.value if run.state_type else None)
+        for run in runs
+        if run.name.startswith(tuple(f"{unit}-" for unit in BUCKET_UNITS))
+    )
+
+
+def assert_every_bucket_once(flow_run_id: str) -> None:
+    """Each bucket ran as one task that completed: none skipped, none run twice."""
+    assert bucket_task_runs(flow_run_id) == sorted(
+        (f"{unit}-{b}", "COMPLETED") for unit in BUCKET_UNITS for b in range(BUCKETS)
+    )
+
+
+def assert_no_scratch(root: Path) -> None:
+    """The build removed its scratch folder (units' hand-overs on the lake's storage)."""
+    assert not any((root / ".scratch").glob("*")), sorted((root / ".scratch").rglob("*"))
+
+
 def run_transform(lake: Path, config: str, monkeypatch: pytest.MonkeyPatch) -> TransformReport:
     monkeypatch.setenv("AUDIENCE_LAKE_LAKE_URI", str(lake))
     return transform(config_path=config, as_of=AS_OF)
 
 
 @pytest.fixture
-def bronze_copies(sandbox: Sandbox, tmp_path: Path) -> Iterator[tuple[Path, Path, Path]]:
-    """Three lakes holding the same bronze (one ingest, copied)."""
+def bronze_copies(sandbox: Sandbox, tmp_path: Path) -> Iterator[tuple[Path, ...]]:
+    """Four lakes holding the same bronze (one ingest, copied)."""
     ingest(config_path=CONFIG)
     first = Path(sandbox.lake.root)
-    copies = (tmp_path / "lake-copy-1", tmp_path / "lake-copy-2")
+    copies = tuple(tmp_path / f"lake-copy-{n}" for n in (1, 2, 3))
     for copy in copies:
         shutil.copytree(first, copy)
     yield first, *copies
 
 
+@pytest.mark.timeout(900)  # four transforms, one of them starting a cluster of processes
 def test_local_cluster_of_two_processes_gives_the_same_tables(
-    bronze_copies: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    bronze_copies: tuple[Path, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    inline_lake, dask_lake, threads_lake = bronze_copies
+    inline_lake, dask_lake, threads_lake, inline_buckets_lake = bronze_copies
     inline = run_transform(
-        inline_lake, engine_config(tmp_path, {"task_runner": "inline"}), monkeypatch
+        inline_lake, engine_config(tmp_path, {"task_runner": "inline", "buckets": 1}), monkeypatch
     )
     # The suite's runs do not ship logs to the API; this one must, to read the workers' back.
     with temporary_settings({PREFECT_LOGGING_TO_API_ENABLED: True}):
         on_dask = run_transform(
             dask_lake,
-            engine_config(tmp_path, {"task_runner": "dask", "n_workers": 2}),
+            engine_config(tmp_path, {"task_runner": "dask", "n_workers": 2, "buckets": BUCKETS}),
             monkeypatch,
         )
         APILogWorker.drain_all(timeout=10)
@@ -161,27 +199,43 @@ def test_local_cluster_of_two_processes_gives_the_same_tables(
             "events": "full",
         }
     )
+    # The balances are the buckets' summed: a bucket skipped or counted twice breaks them.
     assert on_dask.tables == inline.tables
     assert sorted(on_dask.rule_counts, key=str) == sorted(inline.rule_counts, key=str)
     assert on_dask.losses == inline.losses
     assert_same_lake(inline_lake, dask_lake)
+    assert_every_bucket_once(on_dask.run_id)
+    assert_no_scratch(dask_lake)
     # What the units logged on the workers reached the flow run's logs before they stopped.
     logged = flow_run_logs(on_dask.run_id)
     assert all(f"silver/staged_{role}: rebuilt from bronze" in logged for role in ROLES), logged
+    assert f"silver: full build in {BUCKETS} buckets of people" in logged
+    assert f"gold: every contact, in {BUCKETS} buckets of people" in logged
 
     # Threads in the flow's process share one lake adapter: the same tables again.
-    run_transform(
+    threads = run_transform(
         threads_lake,
-        engine_config(tmp_path, {"task_runner": "threads", "n_workers": 4}),
+        engine_config(tmp_path, {"task_runner": "threads", "n_workers": 4, "buckets": BUCKETS}),
         monkeypatch,
     )
+    assert threads.tables == inline.tables
     assert_same_lake(inline_lake, threads_lake)
+    # And the buckets one after the other in the flow's process.
+    one_by_one = run_transform(
+        inline_buckets_lake,
+        engine_config(tmp_path, {"task_runner": "inline", "buckets": BUCKETS}),
+        monkeypatch,
+    )
+    assert one_by_one.tables == inline.tables
+    assert_same_lake(inline_lake, inline_buckets_lake)
+    assert_every_bucket_once(one_by_one.run_id)
+    assert_no_scratch(inline_buckets_lake)
 
 
 def test_existing_cluster_by_address_gives_the_same_tables(
-    bronze_copies: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    bronze_copies: tuple[Path, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    inline_lake, dask_lake, _ = bronze_copies
+    inline_lake, dask_lake, *_ = bronze_copies
     run_transform(inline_lake, engine_config(tmp_path, {"task_runner": "inline"}), monkeypatch)
     monkeypatch.setenv("AUDIENCE_LAKE_LAKE_URI", str(dask_lake))  # what the workers inherit
     with (
@@ -196,16 +250,24 @@ def test_existing_cluster_by_address_gives_the_same_tables(
         Client(cluster) as client,
     ):
         config = engine_config(
-            tmp_path, {"task_runner": "dask", "dask_address": cluster.scheduler_address}
+            tmp_path,
+            {
+                "task_runner": "dask",
+                "dask_address": cluster.scheduler_address,
+                "buckets": BUCKETS,
+            },
         )
         run_transform(dask_lake, config, monkeypatch)
         executed = client.run(lambda dask_worker: dask_worker.state.executed_count)
-    assert len(executed) == 2 and sum(executed.values()) == 4  # one unit per role
+    # One unit per role, one per bucket of silver and of each of gold's two passes.
+    units = len(ROLES) + len(BUCKET_UNITS) * BUCKETS
+    assert len(executed) == 2 and sum(executed.values()) == units
     assert all(count > 0 for count in executed.values()), executed  # both workers worked
     assert_same_lake(inline_lake, dask_lake)
 
 
 @pytest.mark.s3
+@pytest.mark.timeout(900)  # two transforms on an S3 lake, one on a cluster of processes
 def test_workers_open_an_s3_lake_from_their_own_environment(
     sandbox: Sandbox,
     s3_endpoint: S3Endpoint,
@@ -225,7 +287,9 @@ def test_workers_open_an_s3_lake_from_their_own_environment(
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_endpoint.secret_access_key)
     monkeypatch.setenv("AWS_REGION", s3_endpoint.region)
     monkeypatch.setenv("AUDIENCE_LAKE_LAKE_URI", f"s3://{s3_bucket}/inline")
-    transform(config_path=engine_config(tmp_path, {"task_runner": "inline"}), as_of=AS_OF)
+    inline = transform(
+        config_path=engine_config(tmp_path, {"task_runner": "inline", "buckets": 1}), as_of=AS_OF
+    )
     monkeypatch.setenv("AUDIENCE_LAKE_LAKE_URI", f"s3://{s3_bucket}/dask")
     with LocalCluster(
         n_workers=2,
@@ -236,10 +300,20 @@ def test_workers_open_an_s3_lake_from_their_own_environment(
         scheduler_kwargs={"dashboard": False},
     ) as cluster:
         config = engine_config(
-            tmp_path, {"task_runner": "dask", "dask_address": cluster.scheduler_address}
+            tmp_path,
+            {
+                "task_runner": "dask",
+                "dask_address": cluster.scheduler_address,
+                "buckets": BUCKETS,
+            },
         )
         report = transform(config_path=config, as_of=AS_OF)
     assert report.staging == dict.fromkeys(ROLES, "full")
+    assert report.tables == inline.tables
+    assert_every_bucket_once(report.run_id)
+    # The buckets handed their rows over in the lake's own bucket; nothing is left there.
+    scratch = client.list_objects_v2(Bucket=s3_bucket, Prefix="dask/.scratch/")
+    assert scratch.get("KeyCount", 0) == 0, scratch.get("Contents")
     assert_same_tables(
         s3_lake_tables(s3_endpoint, s3_bucket, "inline"),
         s3_lake_tables(s3_endpoint, s3_bucket, "dask"),

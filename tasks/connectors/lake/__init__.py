@@ -13,11 +13,13 @@ The public surface is importable from here; each concern lives in a module of it
 * :mod:`.expressions` - the SQL handed to delta-rs (MERGE conditions, partition predicates);
 * :mod:`.options` - S3 storage options and their polars spelling;
 * :mod:`.failures` - turning deltalake errors into a LakeError that names the table;
-* :mod:`.listing` - finding the tables under a local or S3 root.
+* :mod:`.listing` - finding the tables under a local or S3 root;
+* :mod:`.scratch` - a run's scratch files on the lake's storage (never a table).
 """
 
 from __future__ import annotations
 
+from tasks.connectors.lake.base import DATA_NEUTRAL_OPERATIONS
 from tasks.connectors.lake.changes import CHANGE_COLUMNS, CHANGE_FEED
 from tasks.connectors.lake.facade import Lake
 from tasks.connectors.lake.failures import TableNotFoundError, clean
@@ -34,6 +36,7 @@ from tasks.connectors.lake.options import (
     s3_storage_options,
     settings_storage_options,
 )
+from tasks.connectors.lake.scratch import Scratch
 from tasks.connectors.lake.streams import FrameStream
 from tasks.connectors.lake.writes import MergeStats
 from tasks.errors import LakeError
@@ -41,12 +44,14 @@ from tasks.errors import LakeError
 __all__ = [
     "CHANGE_COLUMNS",
     "CHANGE_FEED",
+    "DATA_NEUTRAL_OPERATIONS",
     "DEFAULT_S3_CLIENT_OPTIONS",
     "FileStats",
     "FrameStream",
     "Lake",
     "LakeError",
     "MergeStats",
+    "Scratch",
     "TableMaintenance",
     "TableNotFoundError",
     "clean",

@@ -23,6 +23,7 @@ __all__ = [
     "polars_storage_options",
     "reject_unsafe_rename",
     "s3_storage_options",
+    "settings_retry_options",
     "settings_storage_options",
     "with_default_client_options",
 ]
@@ -96,8 +97,20 @@ def settings_storage_options(settings: Settings) -> dict[str, str]:
         secret_access_key=None if secret is None else secret.get_secret_value(),
         region=settings.aws_region,
         allow_http=settings.s3_allow_http,
-        extra=store_security_options(settings),
+        extra={**store_security_options(settings), **settings_retry_options(settings)},
     )
+
+
+def settings_retry_options(settings: Settings) -> dict[str, str]:
+    """The retry bounds set in the environment (``AUDIENCE_LAKE_S3_MAX_RETRIES``,
+    ``AUDIENCE_LAKE_S3_RETRY_TIMEOUT`` in seconds); those unset keep
+    :data:`DEFAULT_S3_CLIENT_OPTIONS`."""
+    options: dict[str, str] = {}
+    if settings.s3_max_retries is not None:
+        options["max_retries"] = str(settings.s3_max_retries)
+    if settings.s3_retry_timeout is not None:
+        options["retry_timeout"] = f"{max(1, round(settings.s3_retry_timeout * 1000))}ms"
+    return options
 
 
 def reject_unsafe_rename(options: Mapping[str, str]) -> None:

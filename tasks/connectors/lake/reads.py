@@ -12,6 +12,7 @@ from tasks.connectors.lake.base import DATA_NEUTRAL_OPERATIONS, LakeBase
 from tasks.connectors.lake.commits import batch_committed
 from tasks.connectors.lake.failures import clean
 from tasks.connectors.lake.listing import list_local_tables, list_s3_tables
+from tasks.connectors.lake.scratch import Scratch
 from tasks.errors import LakeError
 
 __all__ = ["LakeReads"]
@@ -106,6 +107,11 @@ class LakeReads(LakeBase):
         except Exception as exc:
             raise LakeError(f"listing tables in lake {self._root} failed: {clean(exc)}") from exc
         return sorted(found)
+
+    def scratch(self, name: str) -> Scratch:
+        """The scratch folder ``name`` of this lake (:mod:`.scratch`): parquet files one run's
+        units of work hand each other, wherever they run. Never a table; remove it when done."""
+        return Scratch(self._root, name, dict(self._options), self._polars_options)
 
     def partitions(self, table: str) -> list[dict[str, str | None]]:
         """The partition values present in the table's current version (from the Delta log)."""
