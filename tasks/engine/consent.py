@@ -121,11 +121,10 @@ def record_and_decide(
     if emails is not None:  # each person's key once: for their rows and their ledger rows
         keyed = people_keys(emails, secret=secret, version=version)
         people, keys = people.join(keyed.lazy(), on="email", how="left"), keyed["contact_key"]
-    statements = source_statements(people, pepper=secret, key_version=version)
-    changed = source_events(statements, heads(_ledger_of(lake, keys)), now=now)
-    rows = pl.concat(
-        [pending.rows, _not_recorded(lake, ledger_rows(changed, now=now, run_id=run_id).collect())]
-    ).unique("event_id", keep="first", maintain_order=True)
+    stated = _new_rows(
+        lake, people, _ledger_of(lake, keys), secret=secret, version=version, now=now, run_id=run_id
+    )
+    rows = pl.concat([pending.rows, stated]).unique("event_id", keep="first", maintain_order=True)
     if not rows.is_empty() or pending.moved:
         _append(lake, rows, suppressions_version=pending.suppressions_version)
     if not lake.exists(CONSENT_EVENTS):
@@ -162,10 +161,10 @@ def bucket_statements(
     """
     keys = people.get_column("contact_key")
     joined = contact_rows.lazy().join(people.lazy(), on="email", how="left")
-    statements = source_statements(joined, pepper=secret, key_version=version)
     ledger = _ledger_of(lake, keys).collect()
-    changed = source_events(statements, heads(ledger.lazy()), now=now)
-    rows = _not_recorded(lake, ledger_rows(changed, now=now, run_id=run_id).collect())
+    rows = _new_rows(
+        lake, joined, ledger.lazy(), secret=secret, version=version, now=now, run_id=run_id
+    )
     if ledger.is_empty() and rows.is_empty() and not lake.exists(CONSENT_EVENTS):
         return rows, pl.DataFrame(schema=DECISION_SCHEMA)
     return rows, decide(pl.concat([ledger, rows]).lazy()).collect()
@@ -199,16 +198,15 @@ def withdraw_unstated(
     """
     if not lake.exists(CONSENT_EVENTS):
         return 0
-    nothing = source_statements(no_rows.lazy(), pepper=secret, key_version=version)
     added = 0
     for part in range(slices):
         ledger = lake.scan(CONSENT_EVENTS).filter(bucket_of("contact_key", slices) == part)
-        gone = heads(ledger).join(
+        # Whole keys are kept or dropped, so every chain of the people left is complete.
+        gone = ledger.join(
             seen.filter(bucket_of("contact_key", slices) == part), on="contact_key", how="anti"
         )
-        rows = _not_recorded(
-            lake,
-            ledger_rows(source_events(nothing, gone, now=now), now=now, run_id=run_id).collect(),
+        rows = _new_rows(
+            lake, no_rows.lazy(), gone, secret=secret, version=version, now=now, run_id=run_id
         )
         if not rows.is_empty():
             _append(lake, rows, suppressions_version=suppressions_version)
@@ -238,6 +236,23 @@ def record_erasures(lake: Lake, keys: Sequence[str], *, now: datetime, run_id: s
         return 0
     _append(lake, rows, suppressions_version=None)
     return rows.height
+
+
+def _new_rows(
+    lake: Lake,
+    contact_rows: pl.LazyFrame,
+    ledger: pl.LazyFrame,
+    *,
+    secret: bytes,
+    version: int,
+    now: datetime,
+    run_id: str,
+) -> pl.DataFrame:
+    """The ledger rows, not yet recorded, that make the chains of ``ledger`` say what
+    ``contact_rows`` (staged contact rows) state now (:func:`tasks.core.consent.source_events`)."""
+    statements = source_statements(contact_rows, pepper=secret, key_version=version)
+    changed = source_events(statements, heads(ledger), now=now)
+    return _not_recorded(lake, ledger_rows(changed, now=now, run_id=run_id).collect())
 
 
 def _ledger_of(lake: Lake, keys: pl.Series | None) -> pl.LazyFrame:
