@@ -19,9 +19,11 @@ One erasure, for a list of emails (:func:`erase_people`):
    rows are deleted (rewriting only the files that hold them).
    The consent ledger then gets the erasure itself, an opt-out of source ``erasure``: the
    only row left about the person (:func:`tasks.engine.consent.record_erasures`).
-4. Every table's history is purged (:func:`~tasks.connectors.lake.purge.purge_history`):
-   superseded files vacuumed with retention 0, commits and checkpoints older than a fresh
-   checkpoint deleted (their statistics hold min/max values), change data files deleted.
+4. Scratch folders left by a killed bucketed transform (copies of staged rows,
+   :mod:`tasks.connectors.lake.scratch`) are removed, then every table's history is purged
+   (:func:`~tasks.connectors.lake.purge.purge_history`): superseded files vacuumed with
+   retention 0, commits and checkpoints older than a fresh checkpoint deleted (their
+   statistics hold min/max values), change data files deleted.
 5. Each configured platform is asked to erase the person (the adapters' ``erase``).
 6. A receipt per person goes to ``ops/erasure_log``: request id, contact key, tables and files
    touched, each platform's answer. An email never appears in a receipt or a log line; a
@@ -379,6 +381,9 @@ def erase_people(
         touched = delete_people(lake, config, pending, log=log)
         # The one row kept about them: the erasure, as an opt-out in the consent ledger.
         record_erasures(lake, [p.contact_key for p in pending], now=now, run_id=run_id)
+        # A killed bucketed build's scratch folder holds copies of staged rows: none survives.
+        if removed := lake.remove_scratch():
+            log(f"erase: removed {len(removed)} scratch folder(s) left by unfinished builds")
         purged = purge_lake(lake)
         answers = erase_on_platforms(config, pending)
         receipts.extend(_receipt(p, requests, touched, purged, answers) for p in pending)

@@ -99,6 +99,18 @@ TASK_RUNNERS: dict[TaskRunnerKind, Callable[[EngineConfig], TaskRunner[Any]]] = 
 }
 
 
+def units_ahead(engine: EngineConfig) -> int | None:
+    """How many units a build may have running while it commits another's results: the
+    runner's width where units run in the flow's process (inline: 1, threads: their number),
+    so the flow never holds more buckets than it computes at once; None (no limit) on Dask,
+    whose workers are other processes, each running its own units one by one."""
+    if engine.task_runner == "inline":
+        return 1
+    if engine.task_runner == "threads":
+        return engine.n_workers or machine_cores()
+    return None
+
+
 def task_runner_for(engine: EngineConfig) -> TaskRunner[Any]:
     """The (not yet started) task runner ``engine`` asks for."""
     return TASK_RUNNERS[engine.task_runner](engine)

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from datetime import datetime
+from itertools import islice
 from typing import Any, TypeVar
 
 from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import wait
+from prefect.futures import PrefectFuture, wait
 from prefect.task_runners import TaskRunner
 
 from tasks.core.config import PipelineConfig
@@ -46,6 +47,7 @@ from tasks.engine.silver_buckets import (
 from tasks.engine.state import record_transform_state
 from tasks.reports import TableReport
 from tasks.resources import open_lake
+from tasks.runners import units_ahead
 
 _Job = TypeVar("_Job")
 _Result = TypeVar("_Result")
@@ -106,30 +108,48 @@ def silver_bucket(job: SilverBucket) -> BucketBuilt:
     return compute_silver_bucket(open_lake(), job, logger=get_run_logger())
 
 
-def buckets_on(runner: TaskRunner[Any]) -> RunBuckets:
-    """Run the buckets of a full silver build as :func:`silver_bucket` tasks on ``runner``, all
-    submitted at once, their results yielded in bucket order as each is done.
+def buckets_on(runner: TaskRunner[Any], *, ahead: int | None = None) -> RunBuckets:
+    """Run the buckets of a full silver build as :func:`silver_bucket` tasks on ``runner``,
+    their results yielded in bucket order as each is done (``ahead``: see :func:`_in_order`).
 
     Stopped early (a bucket failed, or a commit did), it waits for every bucket still running
     before returning, so none writes to a scratch folder the build is removing.
     """
 
     def run(jobs: Sequence[SilverBucket]) -> Iterator[BucketBuilt]:
-        return _in_order(runner, silver_bucket, jobs)
+        return _in_order(runner, silver_bucket, jobs, ahead=ahead)
 
     return run
 
 
 def _in_order(
-    runner: TaskRunner[Any], unit: Task[[_Job], _Result], jobs: Sequence[_Job]
+    runner: TaskRunner[Any],
+    unit: Task[[_Job], _Result],
+    jobs: Sequence[_Job],
+    *,
+    ahead: int | None = None,
 ) -> Iterator[_Result]:
-    """Submit ``unit`` for every job at once; yield the results in job order as each is done.
+    """Submit ``unit`` for the jobs; yield the results in job order as each is done.
+
+    ``ahead``: how many units may be submitted beyond the result the caller is committing
+    (None: every job at once). Units that run in the flow's process (the inline and thread
+    runners) get the runner's own width, so a bucket is not computed while the previous one
+    is committed beside it: the process holds the buckets its runner runs, never one more.
     Stopped early (a unit failed, or the caller did), it waits for every unit still running,
-    so none writes to a scratch folder the build is removing."""
-    futures = [runner.submit(unit, parameters={"job": job}) for job in jobs]
+    so none writes to a scratch folder the build is removing.
+    """
+    queue = iter(jobs)
+    futures: list[PrefectFuture[_Result]] = []
+
+    def submit(count: int) -> None:
+        futures.extend(runner.submit(unit, parameters={"job": j}) for j in islice(queue, count))
+
+    submit(len(jobs) if ahead is None else max(1, ahead))
     try:
-        for future in futures:
-            yield future.result()
+        for done in range(len(jobs)):
+            result = futures[done].result()
+            yield result
+            submit(1)  # the caller has committed ``result``
     finally:
         wait(futures)
 
@@ -156,7 +176,9 @@ def build_silver(
         as_of=as_of,
         full_refresh=full_refresh,
         logger=get_run_logger(),
-        run_buckets=None if runner is None else buckets_on(runner),
+        run_buckets=None
+        if runner is None
+        else buckets_on(runner, ahead=units_ahead(config.engine)),
     )
 
 
@@ -172,11 +194,12 @@ def gold_bucket(job: GoldBucket) -> list[TableReport]:
     return gold_bucket_rows(open_lake(), job, logger=get_run_logger())
 
 
-def gold_on(runner: TaskRunner[Any]) -> GoldRunners:
-    """Both passes of a full gold build in buckets as tasks on ``runner``."""
+def gold_on(runner: TaskRunner[Any], *, ahead: int | None = None) -> GoldRunners:
+    """Both passes of a full gold build in buckets as tasks on ``runner`` (``ahead``: of the
+    second pass, whose results are committed one by one, see :func:`_in_order`)."""
     return GoldRunners(
         metrics=lambda jobs: _in_order(runner, gold_metrics, jobs),
-        rows=lambda jobs: _in_order(runner, gold_bucket, jobs),
+        rows=lambda jobs: _in_order(runner, gold_bucket, jobs, ahead=ahead),
     )
 
 
@@ -200,7 +223,7 @@ def build_gold(
         now=now or as_of,
         contact_keys=contact_keys,
         logger=get_run_logger(),
-        runners=None if runner is None else gold_on(runner),
+        runners=None if runner is None else gold_on(runner, ahead=units_ahead(config.engine)),
     )
 
 

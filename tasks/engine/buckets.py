@@ -33,14 +33,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from uuid import uuid4
 
 import polars as pl
 
-from tasks.connectors.lake import Lake, Scratch
+from tasks.connectors.lake import STALE_SCRATCH, Lake, Scratch
 from tasks.core.entities import anonymous_links, dedupe_events, dedupe_orders
 from tasks.core.incremental import values_in
 from tasks.core.tables import TABLES
 from tasks.engine.delta import sync_table
+from tasks.engine.reports import Logger
 from tasks.engine.scope import live_where
 from tasks.reports import TableReport
 
@@ -78,6 +80,15 @@ def bucket_count(configured: int | None, rows: int, *, per_bucket: int = ROWS_PE
     if configured is not None:
         return configured
     return max(1, -(-rows // per_bucket))
+
+
+def new_scratch(lake: Lake, kind: str, logger: Logger) -> Scratch:
+    """A new scratch folder for one bucketed build (``kind``: silver or gold), after removing
+    the folders killed builds left (nothing written in them for ``STALE_SCRATCH``): they hold
+    copies of staged rows, emails included."""
+    for name in lake.remove_scratch(older_than=STALE_SCRATCH):
+        logger.info("removed the scratch folder %s, left by a build that did not finish", name)
+    return lake.scratch(f"{kind}-{uuid4().hex}")
 
 
 def add_reports(total: list[TableReport], part: list[TableReport]) -> list[TableReport]:

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from uuid import uuid4
 
 import polars as pl
 
@@ -50,6 +49,7 @@ from tasks.engine.buckets import (
     add_reports,
     bucket_count,
     bucket_of,
+    new_scratch,
     replace_on_new_schema,
 )
 from tasks.engine.checks import Checker
@@ -68,6 +68,7 @@ _EMPTY_ORDERS: dict[str, pl.DataType] = {
     "created_at": UTC_MICROS,
 }
 _EMPTY_EVENTS: dict[str, pl.DataType] = {"contact_key": pl.String(), "occurred_at": UTC_MICROS}
+_BUCKET_FILES = ("metrics", "features", "members", "quarantine")  # scratch files per bucket
 
 
 def build_gold_tables(
@@ -193,7 +194,7 @@ def build_gold_in_buckets(
     compute the buckets side by side (None: one after the other, here); the rows are committed
     here, in bucket order (:func:`commit_gold_bucket`).
     """
-    scratch = lake.scratch(f"gold-{uuid4().hex}")
+    scratch = new_scratch(lake, "gold", checker.logger)
     jobs = [
         GoldBucket(config, part, buckets, as_of, scratch.name, checker.run_id, checker.now)
         for part in range(buckets)
@@ -208,6 +209,9 @@ def build_gold_in_buckets(
         ]
         for name, counts in add_rank_counts(parts).items():
             scratch.write(f"ranked-{name}.parquet", counts)
+        scratch.delete(
+            *(f"counts-{name}-{part}.parquet" for name in RANKS for part in range(buckets))
+        )
         results = run.rows(jobs)
         try:
             for part, reports in zip(range(buckets), results, strict=True):
@@ -359,6 +363,7 @@ def commit_gold_bucket(
         where=where,
     )  # fmt: skip
     checker.quarantine.append(scratch.read(f"quarantine-{part}.parquet"))
+    scratch.delete(*(f"{kind}-{part}.parquet" for kind in _BUCKET_FILES))
 
 
 @dataclass(frozen=True)
@@ -451,22 +456,13 @@ def commit_gold(lake: Lake, built: GoldRows, *, where: pl.Expr | None = None) ->
         replace_on_new_schema(lake, FEATURES, built.features.valid)
         replace_on_new_schema(lake, AUDIENCE, built.members)
     sync_table(
-        lake,
-        FEATURES,
-        built.features.valid,
-        keys=["contact_key"],
-        scope=built.features_scope,
+        lake, FEATURES, built.features.valid, keys=["contact_key"], scope=built.features_scope,
         where=where,
-    )
+    )  # fmt: skip
     sync_table(
-        lake,
-        AUDIENCE,
-        built.members,
-        keys=["segment", "contact_key"],
-        scope=built.members_scope,
-        scope_column="contact_key",
-        where=where,
-    )
+        lake, AUDIENCE, built.members, keys=["segment", "contact_key"],
+        scope=built.members_scope, scope_column="contact_key", where=where,
+    )  # fmt: skip
 
 
 def _scan_or_empty(lake: Lake, table: str, schema: dict[str, pl.DataType]) -> pl.LazyFrame:

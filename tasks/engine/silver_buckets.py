@@ -29,7 +29,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from uuid import uuid4
 
 import polars as pl
 
@@ -42,6 +41,7 @@ from tasks.engine.buckets import (
     bucket_of,
     cross_bucket_links,
     drop_stale,
+    new_scratch,
     sync_bucket,
 )
 from tasks.engine.checks import Checker
@@ -62,6 +62,7 @@ from tasks.reports import TableReport
 from tasks.resources import pepper
 
 _PEOPLE = "people"
+_BUCKET_FILES = (_PEOPLE, "statements", "orders", "events", "contacts", "quarantine")
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ def build_in_buckets(
     lake stays on disk: the links and each bucket's rows in the scratch folder, the keys each
     bucket committed in a local spill directory.
     """
-    scratch = lake.scratch(f"silver-{uuid4().hex}")
+    scratch = new_scratch(lake, "silver", checker.logger)
     no_rejects = dict.fromkeys(staging.rejected, 0)
     jobs = [
         SilverBucket(
@@ -281,3 +282,4 @@ def commit_silver_bucket(
         sync_bucket(lake, table, rows, key=key, where=where, spill=spill)
     checker.quarantine.append(scratch.read(f"quarantine-{b}.parquet"))
     scratch.read(f"{_PEOPLE}-{b}.parquet").write_parquet(spill / f"{_PEOPLE}-{b}.parquet")
+    scratch.delete(*(f"{kind}-{b}.parquet" for kind in _BUCKET_FILES))

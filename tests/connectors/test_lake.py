@@ -431,6 +431,25 @@ def test_scratch_files_round_trip_are_never_a_table_and_are_removed(lake: Lake) 
         lake.scratch("../silver")
 
 
+def test_scratch_files_are_deleted_and_leftover_folders_removed(lake: Lake) -> None:
+    """A build deletes each bucket's files once committed; folders nobody wrote in for a
+    while (a killed build's) are removed, and all of them on request (an erasure)."""
+    old, new = lake.scratch("silver-old"), lake.scratch("gold-new")
+    for folder in (old, new):
+        for part in range(2):
+            folder.write(f"rows-{part}.parquet", pl.DataFrame({"email": [f"p{part}@x.example"]}))
+    old.delete("rows-0.parquet", "never-written.parquet")
+    assert old.scan("rows-*.parquet").collect().get_column("email").to_list() == ["p1@x.example"]
+    with pytest.raises(LakeError, match="file names, not patterns"):
+        old.delete("rows-*.parquet")
+    modified = new.modified()
+    assert modified is not None and abs(dt.datetime.now(UTC) - modified) < dt.timedelta(minutes=5)
+    assert lake.remove_scratch(older_than=dt.timedelta(hours=1)) == []  # both in use
+    assert lake.remove_scratch() == ["gold-new", "silver-old"]
+    assert lake.remove_scratch() == []
+    assert new.modified() is None
+
+
 # --- types ---------------------------------------------------------------------------------------
 
 

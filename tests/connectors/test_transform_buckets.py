@@ -11,6 +11,7 @@ deleted, so silver must lose rows) and both lakes are rebuilt with ``full_refres
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +20,8 @@ import polars as pl
 import pytest
 
 from benchmarks.bronze_gen import REFERENCE_TIME, UTC_US, bronze_tables
-from tasks.connectors.lake import Lake
+from tasks.connectors.lake import STALE_SCRATCH, Lake, Scratch
+from tasks.connectors.lake.scratch import scratch_folders as folders_at
 from tasks.core.config import PipelineConfig, load_pipeline
 from tasks.core.tables import (
     AUDIENCE,
@@ -113,6 +115,10 @@ def transform(
     return [*silver.tables, *gold.tables]
 
 
+def scratch_folders(lake: Lake) -> list[Scratch]:
+    return folders_at(lake.root, lake.storage_options, None)
+
+
 def snapshot(lake: Lake) -> dict[str, pl.DataFrame]:
     tables = {table: lake.read(table) for table in BUILT}
     tables[QUARANTINE] = lake.read(QUARANTINE).drop("run_id", "quarantined_at")
@@ -183,5 +189,13 @@ def test_a_copied_lake_gives_the_same_tables_in_any_number_of_buckets(tmp_path: 
     now = datetime.now(UTC)
     transform(source, config_with(1), run="one", now=now)
     two = Lake(str(tmp_path / "two"))
+    # A killed build's scratch folder (nothing written for longer than any build's pause) and
+    # one a running build is writing: the next bucketed build removes only the first.
+    killed, running = two.scratch("silver-killed"), two.scratch("silver-running")
+    for folder in (killed, running):
+        folder.write("contacts-0.parquet", source.read(CONTACTS).head(5))
+    stale = (now - STALE_SCRATCH - timedelta(minutes=1)).timestamp()
+    os.utime(killed.path("contacts-0.parquet"), (stale, stale))
     transform(two, config_with(7), run="seven", now=now)
     assert_same(source, two)
+    assert [folder.name for folder in scratch_folders(two)] == ["silver-running"]

@@ -11,6 +11,7 @@ phone, in any case. The third canary is the control: the scan must still find it
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -26,10 +27,21 @@ from flows.erase import erase
 from flows.ingest import ingest
 from flows.pipeline import pipeline
 from flows.transform import transform
-from tasks.connectors.lake import Lake
+from tasks.connectors.lake import Lake, Scratch
+from tasks.connectors.lake.scratch import SCRATCH_FOLDER
 from tasks.connectors.s3 import s3_client, split_s3_uri
 from tasks.core.config import PipelineConfig, load_pipeline
-from tasks.core.tables import AUDIENCE, CONTACTS, ERASURE_LOG, ERASURE_REQUESTS, QUARANTINE
+from tasks.core.tables import (
+    AUDIENCE,
+    CONTACTS,
+    ERASURE_LOG,
+    ERASURE_REQUESTS,
+    QUARANTINE,
+    STAGED,
+)
+from tasks.engine.buckets import cross_bucket_links
+from tasks.engine.delta import pinned
+from tasks.engine.silver_buckets import SilverBucket, compute_silver_bucket
 from tasks.erasure import ErasureError, erase_people
 from tasks.resources import pepper
 from tests.flows.conftest import CONFIG, Sandbox
@@ -196,6 +208,10 @@ def test_erased_people_leave_no_trace_in_any_object_and_do_not_come_back(
     assert {c.email for c in CANARIES} <= {m["email_address"] for m in listed.values()}
     old_version = lake.version(CONTACTS)
     assert old_version is not None
+    # A bucketed build killed after computing its bucket left copies of the staged rows.
+    killed = killed_bucketed_build(lake)
+    held = occurrences(lake, ERASED)[ERASED[0].email]
+    assert any(f"{SCRATCH_FOLDER}/{killed.name}/" in path for path in held), held
 
     # The request arrives as a file drop; the flow answers it and deletes the file.
     (drop_dir / "request-1.txt").write_text(
@@ -257,6 +273,19 @@ def test_erased_people_leave_no_trace_in_any_object_and_do_not_come_back(
 
 def pipeline_config() -> PipelineConfig:
     return load_pipeline(CONFIG)
+
+
+def killed_bucketed_build(lake: Lake) -> Scratch:
+    """The scratch folder of a silver build in one bucket that was killed before its commit:
+    the links and the bucket's rows, computed by the engine's own functions."""
+    scratch = lake.scratch("silver-killed")
+    versions = {role: lake.version(table) or 0 for role, table in STAGED.items()}
+    logs = {role: pinned(lake, table, versions[role]) for role, table in STAGED.items()}
+    cross_bucket_links(logs, 1, scratch=scratch)
+    rejected = dict.fromkeys(STAGED, 0)
+    job = SilverBucket(pipeline_config(), 0, 1, versions, scratch.name, rejected, AS_OF, "killed")
+    compute_silver_bucket(lake, job, logger=logging.getLogger("test_erase"))
+    return scratch
 
 
 def test_a_request_that_is_not_an_email_erases_nothing(sandbox: Sandbox) -> None:

@@ -36,6 +36,7 @@ from tasks.connectors.lake.options import (
     s3_storage_options,
     settings_storage_options,
 )
+from tasks.connectors.lake.scratch import STALE_AFTER as STALE_SCRATCH
 from tasks.connectors.lake.scratch import Scratch
 from tasks.connectors.lake.streams import FrameStream
 from tasks.connectors.lake.writes import MergeStats
@@ -46,6 +47,7 @@ __all__ = [
     "CHANGE_FEED",
     "DATA_NEUTRAL_OPERATIONS",
     "DEFAULT_S3_CLIENT_OPTIONS",
+    "STALE_SCRATCH",
     "FileStats",
     "FrameStream",
     "Lake",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import polars as pl
@@ -12,7 +13,7 @@ from tasks.connectors.lake.base import DATA_NEUTRAL_OPERATIONS, LakeBase
 from tasks.connectors.lake.commits import batch_committed
 from tasks.connectors.lake.failures import clean
 from tasks.connectors.lake.listing import list_local_tables, list_s3_tables
-from tasks.connectors.lake.scratch import Scratch
+from tasks.connectors.lake.scratch import SCRATCH_FOLDER, Scratch, scratch_folders
 from tasks.errors import LakeError
 
 __all__ = ["LakeReads"]
@@ -112,6 +113,19 @@ class LakeReads(LakeBase):
         """The scratch folder ``name`` of this lake (:mod:`.scratch`): parquet files one run's
         units of work hand each other, wherever they run. Never a table; remove it when done."""
         return Scratch(self._root, name, dict(self._options), self._polars_options)
+
+    def remove_scratch(self, *, older_than: timedelta | None = None) -> list[str]:
+        """Remove the scratch folders left behind (:mod:`.scratch`): every one, or those with
+        no file written for ``older_than``. Returns the names of the folders removed."""
+        now = datetime.now(UTC)
+        removed = []
+        with self._errors(SCRATCH_FOLDER, "remove scratch folders in"):
+            for folder in scratch_folders(self._root, dict(self._options), self._polars_options):
+                modified = folder.modified()
+                if older_than is None or modified is None or now - modified >= older_than:
+                    folder.remove()
+                    removed.append(folder.name)
+        return removed
 
     def partitions(self, table: str) -> list[dict[str, str | None]]:
         """The partition values present in the table's current version (from the Delta log)."""
