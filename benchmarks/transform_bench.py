@@ -87,6 +87,7 @@ def _project(lake_dir: str, *, full_refresh: bool, buckets: int | None = None) -
         lake, config, run_id="bench", now=now, full_refresh=full_refresh, logger=logger
     )
     staged, peaks = time.perf_counter(), {"staging": _peak_mb()}
+    _progress(lake_dir, "staging", staged - started, peaks["staging"])
     silver = build_silver_tables(
         lake,
         config,
@@ -98,6 +99,7 @@ def _project(lake_dir: str, *, full_refresh: bool, buckets: int | None = None) -
         logger=logger,
     )
     built, peaks["silver"] = time.perf_counter(), _peak_mb()
+    _progress(lake_dir, "silver", built - staged, peaks["silver"])
     gold = build_gold_tables(
         lake,
         config,
@@ -110,6 +112,7 @@ def _project(lake_dir: str, *, full_refresh: bool, buckets: int | None = None) -
     if silver.state is not None:
         record_transform_state(lake, silver.state, run_id=f"bench-{now:%H%M%S%f}")
     done, peaks["gold"] = time.perf_counter(), _peak_mb()
+    _progress(lake_dir, "gold", done - built, peaks["gold"])
     sizes = gold.audience_sizes
     from tasks.core.tables import CONTACTS, EVENTS, FEATURES, ORDERS
 
@@ -135,6 +138,15 @@ def _project(lake_dir: str, *, full_refresh: bool, buckets: int | None = None) -
             ),
         },
     }
+
+
+def _progress(lake_dir: str, stage: str, seconds: float, peak_mb: float) -> None:
+    """A stage's line as it ends (a run at 10 M people takes hours)."""
+    print(
+        f"  {Path(lake_dir).name}: {stage} done in {seconds:.1f} s, peak {peak_mb:,.0f} MB "
+        f"({datetime.now(UTC):%H:%M:%S} UTC)",
+        flush=True,
+    )
 
 
 def _contender(name: str, work: str) -> dict[str, Any]:
@@ -378,6 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in names:
             print(f"running {name} ...", flush=True)
             results[name] = run_isolated(name, work, args.timeout)
+            _finished(name, results[name])
         if args.compare_buckets:
             for buckets in args.buckets:
                 differ = compare_tables(work / "project", work / f"buckets-{buckets}")
@@ -401,11 +414,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 shutil.copytree(work / "incremental", work / "verify")
             print(f"running {INCREMENTAL} ...", flush=True)
             results[INCREMENTAL] = run_isolated(INCREMENTAL, work, args.timeout)
+            _finished(INCREMENTAL, results[INCREMENTAL])
             if args.verify:
                 print("running full refresh (verify) ...", flush=True)
                 results["full refresh (verify)"] = run_isolated(
                     "full refresh (verify)", work, args.timeout
                 )
+                _finished("full refresh (verify)", results["full refresh (verify)"])
         report(results, args)
         if args.verify and "full refresh (verify)" in results:
             differ = compare_tables(work / "incremental", work / "verify")
@@ -418,6 +433,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def _finished(name: str, result: dict[str, Any]) -> None:
+    """A contender's figures as soon as it ends; the table comes at the end."""
+    if "error" in result:
+        print(f"  {name}: FAILED: {result['error']}", flush=True)
+    else:
+        print(f"  {name}: {result['wall']:.1f} s, peak {result['peak_mb']:,.0f} MB", flush=True)
 
 
 def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
