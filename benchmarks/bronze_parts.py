@@ -2,12 +2,18 @@
 
 :func:`bronze_chunks` yields the people and bronze frames of :mod:`benchmarks.bronze_gen` a
 part (a million people by default) at a time, each part numbering its rows in a range of its
-own, so 10 M people (80 M bronze rows) are written part by part.
+own, so 10 M people (80 M bronze rows) are written part by part (:func:`generate`), and a
+day's change is computed part by part too (:func:`apply_change`).
 """
 
 from __future__ import annotations
 
+import json
+import shutil
+import tempfile
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import polars as pl
 
@@ -28,3 +34,87 @@ def bronze_chunks(
     for part, first in enumerate(range(0, contacts, chunk)):
         persons = people(min(chunk, contacts - first), seed, start=first)
         yield persons, bronze_part(persons, seed, start=part * PART_STRIDE)
+
+
+GENERATE_CHUNK = 1_000_000
+"""People generated at a time: above it, bronze is written in parts (one commit each)."""
+
+
+def generate(work: Path, contacts: int, seed: int) -> tuple[dict[str, int], float]:
+    """Write the bronze tables of ``contacts`` people; returns row counts and seconds."""
+    from tasks.connectors.lake import Lake
+
+    started = time.perf_counter()
+    lake = Lake(str(work / "bronze"))
+    rows: dict[str, int] = {}
+    for part, (_, frames) in enumerate(bronze_chunks(contacts, seed, chunk=GENERATE_CHUNK)):
+        for table, frame in frames.items():
+            if part == 0:
+                lake.overwrite(table, frame)
+            else:
+                lake.append(table, frame)
+            rows[table] = rows.get(table, 0) + frame.height
+    return rows, time.perf_counter() - started
+
+
+def bronze_for(
+    work: Path, contacts: int, seed: int, *, reuse: bool
+) -> tuple[dict[str, int], float]:
+    """The bronze of ``contacts`` people in ``work``: generated (row counts, seconds), or with
+    ``reuse`` the one generated there before for the same people and seed (seconds 0)."""
+    marker = work / "bronze.json"
+    wanted = {"contacts": contacts, "seed": seed}
+    if reuse and marker.exists():
+        recorded = json.loads(marker.read_text())
+        if {k: recorded.get(k) for k in wanted} == wanted:
+            return dict(recorded["rows"]), 0.0
+    shutil.rmtree(work / "bronze", ignore_errors=True)
+    marker.unlink(missing_ok=True)
+    rows, seconds = generate(work, contacts, seed)
+    marker.write_text(json.dumps({**wanted, "rows": rows}))
+    return rows, seconds
+
+
+def record_changes(lake_dir: Path, tables: Iterator[str] | tuple[str, ...]) -> None:
+    """Turn the change data feed on for the bronze ``tables``, as ingest writes them, so the
+    incremental run reads what changed from the feed (a metadata commit; no row changes)."""
+    from tasks.connectors.lake import Lake
+
+    lake = Lake(str(lake_dir))
+    for table in tables:
+        lake.enable_change_feed(f"bronze/{table}")
+
+
+def apply_change(
+    lake_dir: Path, contacts: int, seed: int, share: float
+) -> tuple[dict[str, int], float]:
+    """Write a day's change for ``share`` of the people into bronze, as ingest would (one
+    commit per table). Each part's change is spilled to a local file before the next part is
+    generated: a change frame may share buffers with its part's bronze frames, and holding ten
+    parts' worth took more than 24 GB at 10 M people."""
+    from benchmarks.bronze_gen import changes
+    from tasks.connectors.lake import Lake
+
+    with tempfile.TemporaryDirectory(prefix="bench-change-") as tmp:
+        spilled: dict[str, list[Path]] = {}
+        for part, (persons, frames) in enumerate(
+            bronze_chunks(contacts, seed, chunk=GENERATE_CHUNK)
+        ):
+            start = None if contacts <= GENERATE_CHUNK else (100 + part) * PART_STRIDE
+            for table, frame in changes(
+                persons, frames, share=share, seed=seed, start=start
+            ).items():
+                path = Path(tmp) / f"{table.replace('/', '_')}-{part}.parquet"
+                frame.write_parquet(path)
+                spilled.setdefault(table, []).append(path)
+            del persons, frames
+        change = {table: pl.read_parquet(paths) for table, paths in spilled.items()}
+    started = time.perf_counter()
+    lake = Lake(str(lake_dir))
+    lake.merge("bronze/crm_contacts", change["bronze/crm_contacts"], keys=["id"])
+    lake.merge("bronze/orders", change["bronze/orders"], keys=["order_id"])
+    lake.insert_new(
+        "bronze/web_events", change["bronze/web_events"], keys=["event_id"], batch_id="day-2"
+    )
+    lake.append_once("bronze/enrichment", change["bronze/enrichment"], batch_id="day-2")
+    return {t: f.height for t, f in change.items()}, time.perf_counter() - started

@@ -36,7 +36,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.transform_bench import AS_OF, CONFIG, PEPPER, compare_tables, generate
+from benchmarks.bronze_parts import generate
+from benchmarks.transform_bench import AS_OF, CONFIG, PEPPER, compare_tables
 
 MODES = ("inline", "dask (cluster given)", "dask (run starts it)")
 

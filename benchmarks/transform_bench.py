@@ -32,7 +32,6 @@ compared with the incremental result (they must be identical).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import multiprocessing
 import os
@@ -45,6 +44,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from benchmarks.bronze_parts import apply_change, bronze_for, record_changes
 
 AS_OF = datetime(2026, 11, 1, tzinfo=UTC)
 CONTENDERS = ("audience-lake full", "bare polars", "DuckDB SQL", "pandas")
@@ -216,91 +217,7 @@ def run_isolated(name: str, work: Path, timeout: float) -> dict[str, Any]:
     return result
 
 
-GENERATE_CHUNK = 1_000_000
-"""People generated at a time: above it, bronze is written in parts (one commit each)."""
-
-
-def generate(work: Path, contacts: int, seed: int) -> tuple[dict[str, int], float]:
-    """Write the bronze tables of ``contacts`` people; returns row counts and seconds."""
-    from benchmarks.bronze_parts import bronze_chunks
-    from tasks.connectors.lake import Lake
-
-    started = time.perf_counter()
-    lake = Lake(str(work / "bronze"))
-    rows: dict[str, int] = {}
-    for part, (_, frames) in enumerate(bronze_chunks(contacts, seed, chunk=GENERATE_CHUNK)):
-        for table, frame in frames.items():
-            if part == 0:
-                lake.overwrite(table, frame)
-            else:
-                lake.append(table, frame)
-            rows[table] = rows.get(table, 0) + frame.height
-    return rows, time.perf_counter() - started
-
-
 LAKES = ("project", "incremental", "verify")
-
-
-def bronze_for(
-    work: Path, contacts: int, seed: int, *, reuse: bool
-) -> tuple[dict[str, int], float]:
-    """The bronze of ``contacts`` people in ``work``: generated (row counts, seconds), or with
-    ``reuse`` the one generated there before for the same people and seed (seconds 0)."""
-    marker = work / "bronze.json"
-    wanted = {"contacts": contacts, "seed": seed}
-    if reuse and marker.exists():
-        recorded = json.loads(marker.read_text())
-        if {k: recorded.get(k) for k in wanted} == wanted:
-            return dict(recorded["rows"]), 0.0
-    shutil.rmtree(work / "bronze", ignore_errors=True)
-    marker.unlink(missing_ok=True)
-    rows, seconds = generate(work, contacts, seed)
-    marker.write_text(json.dumps({**wanted, "rows": rows}))
-    return rows, seconds
-
-
-def record_changes(lake_dir: Path) -> None:
-    """Turn the change data feed on for the bronze tables, as ingest writes them, so the
-    incremental run reads what changed from the feed (a metadata commit; no row changes)."""
-    from tasks.connectors.lake import Lake
-
-    lake = Lake(str(lake_dir))
-    for table in BRONZE:
-        lake.enable_change_feed(f"bronze/{table}")
-
-
-def apply_change(
-    lake_dir: Path, contacts: int, seed: int, share: float
-) -> tuple[dict[str, int], float]:
-    """Write a day's change for ``share`` of the people into bronze, as ingest would."""
-    import polars as pl
-
-    from benchmarks.bronze_gen import changes
-    from benchmarks.bronze_parts import PART_STRIDE, bronze_chunks
-    from tasks.connectors.lake import Lake
-
-    parts = [
-        changes(
-            persons,
-            frames,
-            share=share,
-            seed=seed,
-            start=None if contacts <= GENERATE_CHUNK else (100 + part) * PART_STRIDE,
-        )
-        for part, (persons, frames) in enumerate(
-            bronze_chunks(contacts, seed, chunk=GENERATE_CHUNK)
-        )
-    ]
-    change = {table: pl.concat([p[table] for p in parts]) for table in parts[0]}
-    started = time.perf_counter()
-    lake = Lake(str(lake_dir))
-    lake.merge("bronze/crm_contacts", change["bronze/crm_contacts"], keys=["id"])
-    lake.merge("bronze/orders", change["bronze/orders"], keys=["order_id"])
-    lake.insert_new(
-        "bronze/web_events", change["bronze/web_events"], keys=["event_id"], batch_id="day-2"
-    )
-    lake.append_once("bronze/enrichment", change["bronze/enrichment"], batch_id="day-2")
-    return {t: f.height for t, f in change.items()}, time.perf_counter() - started
 
 
 def compare_tables(left: Path, right: Path) -> list[str]:
@@ -362,8 +279,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="with --work: keep the bronze an earlier run generated there for the same "
         "--contacts and --seed (10 M people take minutes to generate)",
     )
+    parser.add_argument(
+        "--incremental-only",
+        action="store_true",
+        help="with --work and --reuse-bronze: run only the incremental, on a copy of the "
+        "project lake an earlier full run left there (10 M people take over an hour in full)",
+    )
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per contender")
     args = parser.parse_args(argv)
+    if args.incremental_only and not (args.work and args.reuse_bronze):
+        parser.error("--incremental-only needs --work and --reuse-bronze")
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="transform-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -377,12 +302,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             + f" rows ({sum(rows.values()):,} in all; "
             + (f"generated and written in {seconds:.1f} s)" if seconds else "reused)")
         )
+        if args.incremental_only and not (seconds == 0 and (work / "project").is_dir()):
+            raise SystemExit(f"--incremental-only: no full run's project lake in {work}")
+        kept = ("project",) if args.incremental_only else ()
         for old in (*LAKES, *(f"buckets-{b}" for b in args.buckets)):
-            shutil.rmtree(work / old, ignore_errors=True)
-        shutil.copytree(work / "bronze", work / "project")
-        record_changes(work / "project")
+            if old not in kept:
+                shutil.rmtree(work / old, ignore_errors=True)
+        if not args.incremental_only:
+            shutil.copytree(work / "bronze", work / "project")
+            record_changes(work / "project", BRONZE)
         skipped = {"polars": "bare polars", "duckdb": "DuckDB SQL", "pandas": "pandas"}
         names = [n for n in CONTENDERS if n not in {skipped[s] for s in args.skip}]
+        names = [] if args.incremental_only else names
         results: dict[str, dict[str, Any]] = {}
         for buckets in args.buckets:
             shutil.copytree(work / "bronze", work / f"buckets-{buckets}")
@@ -400,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     if not differ
                     else f"buckets: {buckets}: DIFFERENT tables: {differ}"
                 )
-        if "error" not in results.get("audience-lake full", {"error": ""}):
+        if args.incremental_only or "error" not in results.get("audience-lake full", {"error": ""}):
             shutil.copytree(work / "project", work / "incremental")
             changed, ingest_s = apply_change(
                 work / "incremental", args.contacts, args.seed, args.change
