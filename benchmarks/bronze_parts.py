@@ -12,7 +12,7 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import polars as pl
@@ -75,7 +75,7 @@ def bronze_for(
     return rows, seconds
 
 
-def record_changes(lake_dir: Path, tables: Iterator[str] | tuple[str, ...]) -> None:
+def record_changes(lake_dir: Path, tables: Iterable[str]) -> None:
     """Turn the change data feed on for the bronze ``tables``, as ingest writes them, so the
     incremental run reads what changed from the feed (a metadata commit; no row changes)."""
     from tasks.connectors.lake import Lake

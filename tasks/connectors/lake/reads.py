@@ -121,10 +121,12 @@ class LakeReads(LakeBase):
         removed = []
         with self._errors(SCRATCH_FOLDER, "remove scratch folders in"):
             for folder in scratch_folders(self._root, dict(self._options), self._polars_options):
-                modified = folder.modified()
-                if older_than is None or modified is None or now - modified >= older_than:
-                    folder.remove()
-                    removed.append(folder.name)
+                if older_than is not None:  # only then is the age worth a listing
+                    modified = folder.modified()
+                    if modified is not None and now - modified < older_than:
+                        continue
+                folder.remove()
+                removed.append(folder.name)
         return removed
 
     def partitions(self, table: str) -> list[dict[str, str | None]]:
