@@ -11,12 +11,13 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import polars as pl
 import pytest
 
-from tasks.connectors.lake import Lake
+from tasks.connectors.lake import Lake, writes
 from tasks.connectors.sources import open_source
 from tasks.connectors.sources.events import EventBatchReader, event_batch_id
 from tasks.connectors.webhook import (
@@ -272,6 +273,34 @@ def test_concurrent_writers_still_keep_one_row_per_event_id(tmp_path: Path) -> N
     assert bronze.height == bronze["event_id"].n_unique()
     expected = {"seed"} | {f"e{b * 5 + i}" for b in range(6) for i in range(11)}
     assert set(bronze["event_id"]) == expected
+
+
+def test_an_insert_that_a_concurrent_insert_overtook_checks_its_keys_again(
+    lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The interleaving the race above hits only sometimes, made certain: another writer
+    commits an overlapping key after this insert found its keys missing and before it commits.
+    The shared app transaction makes delta-rs reject this commit; the retry sees the key."""
+    lake.insert_new(TABLE, pl.DataFrame({"event_id": ["seed"]}), keys=["event_id"], batch_id="s")
+    late = Lake(lake.root, lake.storage_options)
+    assert late.exists(TABLE)  # holds the snapshot with the seed only
+    append = writes.write_deltalake
+    overtaken: list[bool] = []
+
+    def append_after_another_insert(*args: Any, **kwargs: Any) -> None:
+        if not overtaken:
+            overtaken.append(True)
+            other = Lake(lake.root, lake.storage_options)
+            frame = pl.DataFrame({"event_id": ["y", "z"]})
+            assert other.insert_new(TABLE, frame, keys=["event_id"], batch_id="b") == 2
+        append(*args, **kwargs)
+
+    monkeypatch.setattr(writes, "write_deltalake", append_after_another_insert)
+    frame = pl.DataFrame({"event_id": ["x", "y"]})
+    assert late.insert_new(TABLE, frame, keys=["event_id"], batch_id="a") == 1
+    bronze = Lake(lake.root, lake.storage_options).read(TABLE)
+    assert sorted(bronze["event_id"]) == ["seed", "x", "y", "z"]
+    assert late.committed(TABLE, "a") and late.committed(TABLE, "b")
 
 
 def test_insert_new_refuses_rows_it_could_not_dedupe(tmp_path: Path) -> None:

@@ -213,8 +213,10 @@ class Lake(LakeStreams, LakeReads):
         batch ids to that commit (several landed files written at once; each then counts as
         committed). A batch whose keys are all known is still recorded (an empty append carrying
         the transactions) so it is not read again.
-        The MERGE reads the table, so delta-rs rejects it if a concurrent writer added data
-        meanwhile; the batch is then re-checked and retried (at most ``max_attempts`` times).
+        Memory follows ``df``, not the table: only the table's key columns are read, streamed
+        (:func:`~.writes.insert_missing_rows`). Every such commit also carries one shared app
+        transaction, so of two inserts built on the same version delta-rs rejects the later; its
+        batch is then re-checked and retried (at most ``max_attempts`` times).
 
         Returns:
             The number of rows inserted, or None if ``batch_id`` was already committed.
@@ -226,7 +228,9 @@ class Lake(LakeStreams, LakeReads):
         if not batch_id:
             raise LakeError(f"insert into {table!r} in lake {self._root}: batch_id is empty")
         key_list = writes.validate_keys(df, keys, where=self._where("merge into", table))
-        properties = commit_properties(metadata, batch_ids=[batch_id, *also_record])
+        properties = commit_properties(
+            metadata, batch_ids=[batch_id, *also_record, writes.INSERT_SERIAL]
+        )
         action = f"insert new {key_list} of batch {batch_id!r} into"
         with self._locked(table), self._errors(table, action), self._audited(table):
             for _attempt in range(max(1, max_attempts)):
@@ -246,7 +250,11 @@ class Lake(LakeStreams, LakeReads):
                         )
                         return df.height
                     return writes.insert_missing_rows(
-                        delta, data, keys=key_list, properties=properties
+                        delta,
+                        data,
+                        keys=key_list,
+                        properties=properties,
+                        read_options=self._polars_options,
                     )
                 except CommitFailedError:
                     if self.committed(table, batch_id):

@@ -6,10 +6,10 @@ Two levels of idempotency, both decided by what bronze committed (never a side s
   a digest of the request body) committed with its rows as a Delta app transaction; a committed
   file is skipped, so a crash or rerun never lands a file twice. Up to ``files_per_batch``
   files are written together, their ids all recorded in that one commit;
-* **per event** — the write mode is ``insert_new``: a MERGE that inserts only ``event_id`` values
-  bronze does not hold yet, in the same commit. A sender that re-batches its retries (so the
-  same event arrives in two different bodies) still ends up as exactly one bronze row per
-  ``event_id``, the first delivery's.
+* **per event** — the write mode is ``insert_new``: an append, in the same commit, of only the
+  ``event_id`` values bronze does not hold yet (found by streaming bronze's ``event_id``
+  column). A sender that re-batches its retries (so the same event arrives in two different
+  bodies) still ends up as exactly one bronze row per ``event_id``, the first delivery's.
 
 Once its commit has returned, a file moves to ``archive/`` under the landing root (housekeeping:
 a crash before the move leaves a committed file that the next run skips and archives), so a run
@@ -82,7 +82,7 @@ class EventBatchReader:
         pattern: glob of landed files to pick up.
         max_files: most files read per run; the rest wait for the next run.
         files_per_batch: files coalesced into one write (one Delta commit records each of them);
-            a MERGE per file would cost a scan of bronze per file.
+            a write per file would cost a scan of bronze's keys per file.
         archive_landed: move each committed file to ``archive/`` under the landing root, so the
             landing zone holds only pending files and a run's cost follows the new batches.
     """
