@@ -318,7 +318,9 @@ def platform_batches(plan: pl.DataFrame, size: int) -> Iterator[pl.DataFrame]:
     one action only, since each action is its own platform call."""
     if size < 1:
         raise ValueError(f"batch size must be at least 1, got {size}")
-    for _, group in plan.group_by("action", maintain_order=True):
+    # partition_by, not iterating a group_by: the same groups in the same order, and an order of
+    # magnitude cheaper on the small plans of a frequent sync.
+    for group in plan.partition_by("action", maintain_order=True):
         for start in range(0, group.height, size):
             yield group.slice(start, size)
 
