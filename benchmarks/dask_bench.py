@@ -17,8 +17,9 @@ the flow call; staging, silver and gold are the spans of its units' task runs - 
 ``silver-bucket-<n>``, ``gold-metrics-<n>`` with ``gold-bucket-<n>`` - first start to last end,
 as Prefect recorded them (a unit's wait for a worker and the worker's imports come before; a
 full build has buckets when the lake is large enough or ``--buckets`` asks for them), peak
-MB is ``ru_maxrss`` of the flow's process and, for the given cluster, of each worker. The
-tables of every mode are compared with the inline run's.
+MB is the high-water mark (``VmHWM``, :mod:`benchmarks.peak`) of the flow's process and, for
+the given cluster, of each worker. The tables of every mode are compared with the inline
+run's.
 
     .venv/bin/python -m benchmarks.dask_bench --contacts 20000
 """
@@ -28,7 +29,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import resource
 import shutil
 import tempfile
 import time
@@ -37,13 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bronze_parts import generate
+from benchmarks.peak import peak_mb
 from benchmarks.transform_bench import AS_OF, CONFIG, PEPPER, compare_tables
 
 MODES = ("inline", "dask (cluster given)", "dask (run starts it)")
-
-
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _config_file(work: Path, engine: dict[str, Any]) -> str:
@@ -94,10 +91,6 @@ def _unit_spans(flow_run_id: str) -> dict[str, Any]:
     return spans
 
 
-def _worker_peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def lake_dir(work: Path, mode: str) -> Path:
     """The copy of bronze a mode transforms."""
     return work / mode.replace(" ", "_").replace("(", "").replace(")", "")
@@ -111,10 +104,10 @@ def _mode(name: str, work: str, workers: int, buckets: int | None) -> dict[str, 
     os.environ.setdefault("AUDIENCE_LAKE_PEPPER", PEPPER)
     if name == "inline":
         timed = _timed_transform(_config_file(root, {"task_runner": "inline", **sized}))
-        return {**timed, "peak_mb": _peak_mb(), "lake": str(lake)}
+        return {**timed, "peak_mb": peak_mb(), "lake": str(lake)}
     if name == "dask (run starts it)":
         config = _config_file(root, {"task_runner": "dask", "n_workers": workers, **sized})
-        return {**_timed_transform(config), "peak_mb": _peak_mb(), "lake": str(lake)}
+        return {**_timed_transform(config), "peak_mb": peak_mb(), "lake": str(lake)}
 
     import dask.config
     from distributed import Client, LocalCluster
@@ -134,13 +127,13 @@ def _mode(name: str, work: str, workers: int, buckets: int | None) -> dict[str, 
         )
         timed = _timed_transform(config)
         warm = _timed_transform(config, full_refresh=True)  # the same workers, imports done
-        worker_peaks = client.run(_worker_peak_mb)
+        worker_peaks = client.run(peak_mb)
         executed = client.run(lambda dask_worker: dask_worker.state.executed_count)
     return {
         **timed,
         "startup": startup,
         "warm": warm,
-        "peak_mb": _peak_mb(),
+        "peak_mb": peak_mb(),
         "worker_peak_mb": sorted(worker_peaks.values()),
         "executed": sorted(executed.values()),
         "lake": str(lake),

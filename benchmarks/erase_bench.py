@@ -1,7 +1,7 @@
 """Erasure benchmark: erase ``--erase`` people from a lake of ``--contacts`` people.
 
 Not a test. Three steps, each in a fresh ``spawn`` process so each peak-memory figure
-(``ru_maxrss``: interpreter and imports included) is the step's own:
+(``VmHWM``, :mod:`benchmarks.peak`: interpreter and imports included) is the step's own:
 
 1. **build**: bronze from :mod:`benchmarks.bronze_gen` (change data feed on, as ingest creates
    it), then one full transform with the project's functions (no Prefect).
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import resource
 import shutil
 import tempfile
 import time
@@ -35,13 +34,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks.peak import peak_mb
 from benchmarks.transform_bench import AS_OF, PEPPER, _config, _project
 
 MIB = 1024 * 1024
-
-
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _build(lake_dir: str, contacts: int, seed: int) -> dict[str, Any]:
@@ -115,7 +111,7 @@ def _child(target: Callable[..., dict[str, Any]], args: tuple[Any, ...], conn: A
     os.environ.setdefault("AUDIENCE_LAKE_PEPPER", PEPPER)
     try:
         result = target(*args)
-        result["peak_mb"] = _peak_mb()
+        result["peak_mb"] = peak_mb()
         conn.send(result)
     except BaseException as exc:  # report, don't hang the parent
         conn.send({"error": f"{type(exc).__name__}: {exc}"})

@@ -4,8 +4,8 @@ DuckDB SQL and pandas, and an incremental run after 1 % of the contacts change.
 Not a test. Generates ``--contacts`` people with proportional orders (~1.5 each), events (~5)
 and enrichment rows (~0.4) straight into a local lake's bronze tables (vectorised polars,
 :mod:`benchmarks.bronze_gen`), then runs each contender in a fresh ``spawn`` subprocess, so
-every peak-memory figure (``ru_maxrss`` of that process, interpreter and imports included) is
-its own, and prints them side by side:
+every peak-memory figure (``VmHWM`` of that process, interpreter and imports included:
+:mod:`benchmarks.peak`) is its own, and prints them side by side:
 
 * ``audience-lake full``: the real code path - ``stage_bronze`` + ``build_silver_tables`` +
   ``build_gold_tables`` + ``record_transform_state`` from :mod:`tasks.engine` (the functions
@@ -35,7 +35,6 @@ import argparse
 import logging
 import multiprocessing
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -46,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bronze_parts import apply_change, bronze_for, record_changes
+from benchmarks.peak import peak_mb
 
 AS_OF = datetime(2026, 11, 1, tzinfo=UTC)
 CONTENDERS = ("audience-lake full", "bare polars", "DuckDB SQL", "pandas")
@@ -54,10 +54,6 @@ BRONZE = ("crm_contacts", "orders", "web_events", "enrichment")
 CONFIG = str(Path(__file__).resolve().parents[1] / "pipeline.yaml")
 PEPPER = "benchmark-pepper"
 BUCKETED = "audience-lake full, buckets="
-
-
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _config() -> Any:
@@ -87,7 +83,7 @@ def _project(lake_dir: str, *, full_refresh: bool, buckets: int | None = None) -
     staging = stage_bronze(
         lake, config, run_id="bench", now=now, full_refresh=full_refresh, logger=logger
     )
-    staged, peaks = time.perf_counter(), {"staging": _peak_mb()}
+    staged, peaks = time.perf_counter(), {"staging": peak_mb()}
     _progress(lake_dir, "staging", staged - started, peaks["staging"])
     silver = build_silver_tables(
         lake,
@@ -99,7 +95,7 @@ def _project(lake_dir: str, *, full_refresh: bool, buckets: int | None = None) -
         full_refresh=full_refresh,
         logger=logger,
     )
-    built, peaks["silver"] = time.perf_counter(), _peak_mb()
+    built, peaks["silver"] = time.perf_counter(), peak_mb()
     _progress(lake_dir, "silver", built - staged, peaks["silver"])
     gold = build_gold_tables(
         lake,
@@ -112,7 +108,7 @@ def _project(lake_dir: str, *, full_refresh: bool, buckets: int | None = None) -
     )
     if silver.state is not None:
         record_transform_state(lake, silver.state, run_id=f"bench-{now:%H%M%S%f}")
-    done, peaks["gold"] = time.perf_counter(), _peak_mb()
+    done, peaks["gold"] = time.perf_counter(), peak_mb()
     _progress(lake_dir, "gold", done - built, peaks["gold"])
     sizes = gold.audience_sizes
     from tasks.core.tables import CONTACTS, EVENTS, FEATURES, ORDERS
@@ -141,10 +137,10 @@ def _project(lake_dir: str, *, full_refresh: bool, buckets: int | None = None) -
     }
 
 
-def _progress(lake_dir: str, stage: str, seconds: float, peak_mb: float) -> None:
+def _progress(lake_dir: str, stage: str, seconds: float, peak: float) -> None:
     """A stage's line as it ends (a run at 10 M people takes hours)."""
     print(
-        f"  {Path(lake_dir).name}: {stage} done in {seconds:.1f} s, peak {peak_mb:,.0f} MB "
+        f"  {Path(lake_dir).name}: {stage} done in {seconds:.1f} s, peak {peak:,.0f} MB "
         f"({datetime.now(UTC):%H:%M:%S} UTC)",
         flush=True,
     )
@@ -157,7 +153,7 @@ def _contender(name: str, work: str) -> dict[str, Any]:
     if name.startswith(BUCKETED):
         buckets = int(name.removeprefix(BUCKETED))
         result = _project(str(root / f"buckets-{buckets}"), full_refresh=True, buckets=buckets)
-        result["peak_mb"] = _peak_mb()
+        result["peak_mb"] = peak_mb()
         return result
     if name in ("audience-lake full", INCREMENTAL, "full refresh (verify)"):
         lake = {
@@ -166,7 +162,7 @@ def _contender(name: str, work: str) -> dict[str, Any]:
             "full refresh (verify)": "verify",
         }[name]
         result = _project(str(root / lake), full_refresh=name != INCREMENTAL)
-        result["peak_mb"] = _peak_mb()
+        result["peak_mb"] = peak_mb()
         return result
 
     from benchmarks.contenders import bare_polars, duckdb_sql, pandas_transform
@@ -188,7 +184,7 @@ def _contender(name: str, work: str) -> dict[str, Any]:
         counts = pandas_transform(bronze, out, config, PEPPER.encode(), AS_OF)
     wall = time.perf_counter() - started
     counts["audience"] = {k: v for k, v in sorted(counts["audience"].items()) if v}
-    return {"wall": wall, "peak_mb": _peak_mb(), "counts": counts}
+    return {"wall": wall, "peak_mb": peak_mb(), "counts": counts}
 
 
 def _child(name: str, work: str, conn: Any) -> None:
