@@ -20,9 +20,11 @@ first bucket (:func:`cross_bucket_links`):
   links are computed over all events, one slice of anonymous ids at a time, and handed to every
   bucket (one row per linked id).
 
-Each bucket is then built from exactly the staged rows a single pass would give its people,
-orders and events, in the same order (:func:`tasks.core.incremental.live_rows` orders any subset
-like the whole), so the tables come out identical. Records that route by something other than
+Then one streamed pass per staging log writes each bucket's log rows to a scratch file of its
+own (:meth:`CrossLinks.split`), so a bucket reads its rows without reading the logs again.
+Each bucket is built from exactly the staged rows a single pass would give its people, orders
+and events, in the same order (:func:`tasks.core.incremental.live_rows` orders any subset like
+the whole), so the tables come out identical. Records that route by something other than
 their own email are found by scanning key and email columns only, one slice of keys at a time;
 the set is small (orders and events that changed hands), but it counts every such key in the
 staging history, not only live ones, which can only send more records through the winner rule.
@@ -39,7 +41,7 @@ import polars as pl
 
 from tasks.connectors.lake import STALE_SCRATCH, Lake, Scratch
 from tasks.core.entities import anonymous_links, dedupe_events, dedupe_orders
-from tasks.core.incremental import values_in
+from tasks.core.incremental import live_rows, values_in
 from tasks.core.tables import TABLES
 from tasks.engine.delta import sync_table
 from tasks.engine.reports import Logger
@@ -55,6 +57,7 @@ PEOPLE_PER_BUCKET = 250_000
 _EVENT_IDENTITY = ("email", "anonymous_id", "_source")
 _MOVED_ORDERS = "moved-orders.parquet"
 _MOVED_EVENTS = "moved-events.parquet"
+_STAGED = "staged"
 
 
 def bucket_of(column: str, buckets: int) -> pl.Expr:
@@ -141,16 +144,25 @@ class CrossLinks:
             links=scratch.scan("links-*.parquet"),
         )
 
-    def predicates(self, bucket: int) -> dict[str, pl.Expr]:
-        """Per role, the staged rows of ``bucket``."""
+    def bucket_columns(self) -> dict[str, pl.Expr]:
+        """Per role, the bucket of each staged row: its person's by its own email, or, for the
+        moved orders and events, the bucket of the version that wins their dedupe."""
         n = self.buckets
-        person = bucket_of("email", n) == bucket
+        person = bucket_of("email", n)
         return {
             "contacts": person,
             "enrichment": person,
-            "orders": _routed("order_id", self.orders, bucket, bucket_of("email", n) == bucket),
-            "events": _routed("event_id", self.events, bucket, event_bucket(n) == bucket),
+            "orders": _routed("order_id", self.orders, person),
+            "events": _routed("event_id", self.events, event_bucket(n)),
         }
+
+    def split(self, logs: dict[str, pl.LazyFrame], scratch: Scratch) -> None:
+        """Write each bucket's staged rows to ``scratch`` in one streamed pass per log: the log
+        rows of every record of the bucket (``staged-<role>-<bucket>.parquet``), which
+        :func:`staged_rows` reads back as the bucket's live rows."""
+        for role, column in self.bucket_columns().items():
+            scratch.split(f"{_STAGED}-{role}", logs[role].with_columns(column.alias(BUCKET)),
+                          BUCKET, self.buckets)  # fmt: skip
 
     def links_of(self, bucket: int, events: pl.DataFrame) -> pl.LazyFrame:
         """The links a bucket uses, in the order of all links: those of its people (by email:
@@ -170,10 +182,24 @@ class CrossLinks:
         )
 
 
-def _routed(key: str, moved: pl.DataFrame, bucket: int, own: pl.Expr) -> pl.Expr:
-    """Rows of ``bucket``: by their own email, or by the winner's bucket for ``moved`` keys."""
-    here = moved.filter(pl.col(BUCKET) == bucket).get_column(key)
-    return (~values_in(key, moved.get_column(key)) & own) | values_in(key, here)
+def _routed(key: str, moved: pl.DataFrame, own: pl.Expr) -> pl.Expr:
+    """A row's bucket: the winner's bucket for ``moved`` keys, else ``own``."""
+    return pl.col(key).replace_strict(
+        moved.get_column(key), moved.get_column(BUCKET), default=own, return_dtype=pl.Int64
+    )
+
+
+def staged_file(role: str, bucket: int) -> str:
+    """The scratch file of one bucket's staged rows of ``role`` (:meth:`CrossLinks.split`)."""
+    return f"{_STAGED}-{role}-{bucket}.parquet"
+
+
+def staged_rows(scratch: Scratch, roles: Sequence[str], bucket: int) -> dict[str, pl.DataFrame]:
+    """Per role, the live staged rows of ``bucket``, from the files :meth:`CrossLinks.split`
+    wrote: the same rows, in the same order, as the live rows of the whole log filtered to the
+    bucket, since every log row of a record goes to the same bucket."""
+    frames = pl.collect_all([live_rows(scratch.scan(staged_file(r, bucket))) for r in roles])
+    return dict(zip(roles, frames, strict=True))
 
 
 def cross_bucket_links(

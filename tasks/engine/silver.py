@@ -88,7 +88,7 @@ def build_silver_tables(
         logger.info("silver: full build in %d buckets of people", buckets)
         tables = build_in_buckets(
             lake, logs, config, buckets, staging, checker=checker, secret=secret, version=version,
-            pending=pending, versions=plan.versions, now=now, run_id=run_id,
+            pending=pending, now=now, run_id=run_id,
             run_buckets=run_buckets,
         )  # fmt: skip
     else:

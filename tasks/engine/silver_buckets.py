@@ -1,12 +1,16 @@
 """A full silver build in buckets of people: computed side by side, committed in order.
 
 With ``engine.buckets`` above 1 a full build reads, builds and checks one bucket of people at a
-time (:mod:`tasks.engine.buckets`), and each bucket is split in two:
+time (:mod:`tasks.engine.buckets`). First, in the build's process, the pass over the staging
+logs that settles what crosses buckets, then one streamed pass per log that writes each
+bucket's staged rows to a file of its own in the build's scratch folder
+(:meth:`~tasks.engine.buckets.CrossLinks.split`), so no bucket reads the whole logs again.
+Then each bucket is split in two:
 
 1. :func:`compute_silver_bucket` reads the lake and writes nothing to it, so buckets can run at
    the same time, in other processes or on other machines (the transform submits them to the
-   configured task runner, :mod:`tasks.runners`). It reads the bucket's staged rows at the
-   versions the build pinned, the cross-bucket links and its people's ledger rows; computes
+   configured task runner, :mod:`tasks.runners`). It reads the bucket's staged rows from its
+   files, the cross-bucket links and its people's ledger rows; computes
    the ledger rows to append for its people and their consent once those are appended
    (:func:`tasks.engine.consent.bucket_statements`); builds and checks the silver rows; and
    leaves everything it would write in the build's scratch folder on the lake's storage
@@ -17,7 +21,7 @@ time (:mod:`tasks.engine.buckets`), and each bucket is split in two:
    bucket built are deleted, as before.
 
 Everything a bucket task is given is a small value (:class:`SilverBucket`: the config, the
-bucket's number, the pinned versions, the scratch folder's name, the clock); it rebuilds the
+bucket's number, the scratch folder's name, the clock); it rebuilds the
 lake adapter and the pepper from the environment where it runs. The scratch folder is removed
 when the build ends, failed or not, once no bucket still writes to it.
 """
@@ -34,7 +38,7 @@ import polars as pl
 
 from tasks.connectors.lake import Lake, Scratch
 from tasks.core.config import PipelineConfig
-from tasks.core.tables import CONSENT_EVENTS_SCHEMA, CONTACTS, EVENTS, ORDERS, ROLES, STAGED
+from tasks.core.tables import CONSENT_EVENTS_SCHEMA, CONTACTS, EVENTS, ORDERS, ROLES
 from tasks.engine.buckets import (
     CrossLinks,
     add_reports,
@@ -42,6 +46,8 @@ from tasks.engine.buckets import (
     cross_bucket_links,
     drop_stale,
     new_scratch,
+    staged_file,
+    staged_rows,
     sync_bucket,
 )
 from tasks.engine.checks import Checker
@@ -53,7 +59,6 @@ from tasks.engine.consent import (
     record_pending,
     withdraw_unstated,
 )
-from tasks.engine.delta import pinned
 from tasks.engine.reports import Logger, StagingReport
 from tasks.engine.scope import live_where
 from tasks.engine.silver_rows import balances, silver_rows
@@ -69,15 +74,14 @@ _BUCKET_FILES = (_PEOPLE, "statements", "orders", "events", "contacts", "quarant
 class SilverBucket:
     """One bucket's unit of work: small values only, as it may be pickled to another process.
 
-    ``versions``: the staging logs' versions the build pinned, per role; ``scratch``: the name
-    of the build's scratch folder; ``rejected``: the staging rejects to count in the bucket's
+    ``scratch``: the name of the build's scratch folder (where the bucket's staged rows
+    are); ``rejected``: the staging rejects to count in the bucket's
     balances (bucket 0 carries them, the others none).
     """
 
     config: PipelineConfig
     bucket: int
     buckets: int
-    versions: dict[str, int]
     scratch: str
     rejected: dict[str, int]
     now: datetime
@@ -111,7 +115,6 @@ def build_in_buckets(
     secret: bytes,
     version: int,
     pending: PendingConsent,
-    versions: dict[str, int],
     now: datetime,
     run_id: str,
     run_buckets: RunBuckets | None = None,
@@ -133,7 +136,6 @@ def build_in_buckets(
             config=config,
             bucket=bucket,
             buckets=buckets,
-            versions=dict(versions),
             scratch=scratch.name,
             rejected=staging.rejected if bucket == 0 else no_rejects,
             now=now,
@@ -144,7 +146,7 @@ def build_in_buckets(
     run = run_buckets or _one_after_another(lake, checker.logger)
     reports: list[TableReport] = []
     try:
-        cross_bucket_links(logs, buckets, scratch=scratch)
+        cross_bucket_links(logs, buckets, scratch=scratch).split(logs, scratch)
         record_pending(lake, pending)
         with tempfile.TemporaryDirectory(prefix="silver-buckets-") as tmp:
             spill = Path(tmp)
@@ -207,11 +209,8 @@ def compute_silver_bucket(lake: Lake, job: SilverBucket, *, logger: Logger) -> B
     all of it written to the scratch folder ``job.scratch``."""
     secret, version = pepper()
     scratch = lake.scratch(job.scratch)
-    logs = {role: pinned(lake, STAGED[role], job.versions[role]) for role in ROLES}
     cross = CrossLinks.load(scratch, job.buckets)
-    wanted = cross.predicates(job.bucket)
-    frames = pl.collect_all([live_where(logs[r], wanted[r]) for r in ROLES])
-    rows = dict(zip(ROLES, frames, strict=True))
+    rows = staged_rows(scratch, ROLES, job.bucket)
     # Every email the bucket's rows name that belongs to the bucket: moved orders and events
     # may carry other buckets' emails in the versions that lost; those people are decided in
     # their own bucket.
@@ -282,4 +281,7 @@ def commit_silver_bucket(
         sync_bucket(lake, table, rows, key=key, where=where, spill=spill)
     checker.quarantine.append(scratch.read(f"quarantine-{b}.parquet"))
     scratch.read(f"{_PEOPLE}-{b}.parquet").write_parquet(spill / f"{_PEOPLE}-{b}.parquet")
-    scratch.delete(*(f"{kind}-{b}.parquet" for kind in _BUCKET_FILES))
+    scratch.delete(
+        *(f"{kind}-{b}.parquet" for kind in _BUCKET_FILES),
+        *(staged_file(role, b) for role in ROLES),
+    )

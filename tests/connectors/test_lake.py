@@ -450,6 +450,32 @@ def test_scratch_files_are_deleted_and_leftover_folders_removed(lake: Lake) -> N
     assert new.modified() is None
 
 
+def test_a_split_writes_one_file_per_part_in_one_pass(lake: Lake) -> None:
+    """Each part's rows, in their order, without the part column; a part with no rows still
+    gets its (empty) file; rows of no part are left out; another process reads them back."""
+    scratch = lake.scratch("silver-split")
+    stamp = dt.datetime(2026, 3, 1, tzinfo=UTC)
+    rows = pl.LazyFrame(
+        {
+            "part": [2, 0, 2, 7, None, 0, 2],
+            "email": [f"p{n}@x.example" for n in range(7)],
+            "at": [stamp] * 7,
+        },
+        schema={"part": pl.Int64, "email": pl.String, "at": pl.Datetime("us", "UTC")},
+    )
+    scratch.split("staged-contacts", rows, "part", 4)
+    elsewhere = Lake(lake.root, lake.storage_options).scratch("silver-split")
+    got = {k: elsewhere.read(f"staged-contacts-{k}.parquet") for k in range(4)}
+    assert {k: frame.get_column("email").to_list() for k, frame in got.items()} == {
+        0: ["p1@x.example", "p5@x.example"],
+        1: [],
+        2: ["p0@x.example", "p2@x.example", "p6@x.example"],
+        3: [],
+    }
+    assert all(frame.schema == rows.drop("part").collect_schema() for frame in got.values())
+    assert scratch.remove() == 4
+
+
 # --- types ---------------------------------------------------------------------------------------
 
 

@@ -281,9 +281,9 @@ def killed_bucketed_build(lake: Lake) -> Scratch:
     scratch = lake.scratch("silver-killed")
     versions = {role: lake.version(table) or 0 for role, table in STAGED.items()}
     logs = {role: pinned(lake, table, versions[role]) for role, table in STAGED.items()}
-    cross_bucket_links(logs, 1, scratch=scratch)
+    cross_bucket_links(logs, 1, scratch=scratch).split(logs, scratch)
     rejected = dict.fromkeys(STAGED, 0)
-    job = SilverBucket(pipeline_config(), 0, 1, versions, scratch.name, rejected, AS_OF, "killed")
+    job = SilverBucket(pipeline_config(), 0, 1, scratch.name, rejected, AS_OF, "killed")
     compute_silver_bucket(lake, job, logger=logging.getLogger("test_erase"))
     return scratch
 

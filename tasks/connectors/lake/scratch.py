@@ -39,6 +39,8 @@ STALE_AFTER = timedelta(hours=6)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _FILE = re.compile(r"[A-Za-z0-9_*-]+\.parquet")
 _S3_DELETE_BATCH = 1000  # DeleteObjects accepts at most 1000 keys per call
+# Rows a split buffers per open file before writing a row group (it holds one per part).
+_SPLIT_ROW_GROUP = 50_000
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,40 @@ class Scratch:
             os.makedirs(self.uri, exist_ok=True)
             df.write_parquet(location)
         return location
+
+    def split(self, prefix: str, frame: pl.LazyFrame, key: str, parts: int) -> None:
+        """Write the rows of ``frame`` in one streamed pass as ``<prefix>-<k>.parquet``, one
+        file per value ``k`` (0 .. ``parts``-1) of its integer column ``key``, without that
+        column. Every file exists afterwards (with no rows for a value no row has); rows of
+        other values are not written.
+
+        ``row_group_size`` bounds what each of the ``parts`` open files buffers.
+        """
+        written: set[int] = set()
+
+        def file_for(args: Any) -> str:
+            value = args.partition_keys.get_column(key)[0]
+            if value is None or not 0 <= value < parts or args.index_in_partition:
+                raise LakeError(f"split of {prefix!r} in {self.uri}: unexpected part {value}")
+            written.add(int(value))
+            return f"{prefix}-{value}.parquet"
+
+        if not self.remote:
+            os.makedirs(self.uri, exist_ok=True)
+        frame.filter(pl.col(key).is_between(0, parts - 1)).sink_parquet(
+            pl.PartitionBy(
+                self.uri,
+                key=key,
+                include_key=False,
+                file_path_provider=file_for,
+                approximate_bytes_per_file=None,
+            ),
+            row_group_size=_SPLIT_ROW_GROUP,
+            storage_options=self.read_options if self.remote else None,
+        )
+        empty = pl.DataFrame(schema=frame.drop(key).collect_schema())
+        for value in sorted(set(range(parts)) - written):
+            self.write(f"{prefix}-{value}.parquet", empty)
 
     def scan(self, pattern: str) -> pl.LazyFrame:
         """The files matching ``pattern`` (e.g. ``links-*.parquet``), as one frame."""
