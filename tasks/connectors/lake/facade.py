@@ -213,10 +213,10 @@ class Lake(LakeStreams, LakeReads):
         batch ids to that commit (several landed files written at once; each then counts as
         committed). A batch whose keys are all known is still recorded (an empty append carrying
         the transactions) so it is not read again.
-        Memory follows ``df``, not the table: only the table's key columns are read, streamed
-        (:func:`~.writes.insert_missing_rows`). Every such commit also carries one shared app
-        transaction, so of two inserts built on the same version delta-rs rejects the later; its
-        batch is then re-checked and retried (at most ``max_attempts`` times).
+        Memory follows ``df``: only the table's keys are read, streamed (:mod:`.writes`). Each
+        such commit carries one shared app transaction, so of two inserts built on the same
+        version delta-rs rejects the later, whose batch is re-checked and retried (at most
+        ``max_attempts`` times).
 
         Returns:
             The number of rows inserted, or None if ``batch_id`` was already committed.
@@ -228,9 +228,8 @@ class Lake(LakeStreams, LakeReads):
         if not batch_id:
             raise LakeError(f"insert into {table!r} in lake {self._root}: batch_id is empty")
         key_list = writes.validate_keys(df, keys, where=self._where("merge into", table))
-        properties = commit_properties(
-            metadata, batch_ids=[batch_id, *also_record, writes.INSERT_SERIAL]
-        )
+        serial = [batch_id, *also_record, writes.INSERT_SERIAL]
+        properties = commit_properties(metadata, batch_ids=serial)
         action = f"insert new {key_list} of batch {batch_id!r} into"
         with self._locked(table), self._errors(table, action), self._audited(table):
             for _attempt in range(max(1, max_attempts)):
