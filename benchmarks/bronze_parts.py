@@ -85,30 +85,43 @@ def record_changes(lake_dir: Path, tables: Iterable[str]) -> None:
         lake.enable_change_feed(f"bronze/{table}")
 
 
+def write_change(contacts: int, seed: int, share: float, out: Path) -> dict[str, int]:
+    """Compute a day's change for ``share`` of the people, part by part, into parquet files in
+    ``out`` (``<table>-<part>.parquet``, table with ``_`` for ``/``); returns rows per table.
+    Each part's change is written before the next part is generated: a change frame may share
+    buffers with its part's bronze frames, and holding ten parts' worth took more than 24 GB
+    at 10 M people."""
+    from benchmarks.bronze_gen import changes
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, int] = {}
+    for part, (persons, frames) in enumerate(bronze_chunks(contacts, seed, chunk=GENERATE_CHUNK)):
+        start = None if contacts <= GENERATE_CHUNK else (100 + part) * PART_STRIDE
+        for table, frame in changes(persons, frames, share=share, seed=seed, start=start).items():
+            frame.write_parquet(out / f"{change_file(table)}-{part}.parquet")
+            rows[table] = rows.get(table, 0) + frame.height
+        del persons, frames
+    return rows
+
+
+def change_file(table: str) -> str:
+    """The stem of ``table``'s change files in :func:`write_change`'s folder."""
+    return table.replace("/", "_")
+
+
 def apply_change(
     lake_dir: Path, contacts: int, seed: int, share: float
 ) -> tuple[dict[str, int], float]:
     """Write a day's change for ``share`` of the people into bronze, as ingest would (one
-    commit per table). Each part's change is spilled to a local file before the next part is
-    generated: a change frame may share buffers with its part's bronze frames, and holding ten
-    parts' worth took more than 24 GB at 10 M people."""
-    from benchmarks.bronze_gen import changes
+    commit per table), from the files :func:`write_change` computes."""
     from tasks.connectors.lake import Lake
 
     with tempfile.TemporaryDirectory(prefix="bench-change-") as tmp:
-        spilled: dict[str, list[Path]] = {}
-        for part, (persons, frames) in enumerate(
-            bronze_chunks(contacts, seed, chunk=GENERATE_CHUNK)
-        ):
-            start = None if contacts <= GENERATE_CHUNK else (100 + part) * PART_STRIDE
-            for table, frame in changes(
-                persons, frames, share=share, seed=seed, start=start
-            ).items():
-                path = Path(tmp) / f"{table.replace('/', '_')}-{part}.parquet"
-                frame.write_parquet(path)
-                spilled.setdefault(table, []).append(path)
-            del persons, frames
-        change = {table: pl.read_parquet(paths) for table, paths in spilled.items()}
+        rows = write_change(contacts, seed, share, Path(tmp))
+        change = {
+            table: pl.read_parquet(sorted(Path(tmp).glob(f"{change_file(table)}-*.parquet")))
+            for table in rows
+        }
     started = time.perf_counter()
     lake = Lake(str(lake_dir))
     lake.merge("bronze/crm_contacts", change["bronze/crm_contacts"], keys=["id"])

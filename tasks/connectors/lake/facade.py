@@ -211,12 +211,11 @@ class Lake(LakeStreams, LakeReads):
         and the batch is recorded as a Delta app transaction in the *same* commit as its rows, so
         "inserted" and "recorded" cannot disagree after a crash. ``also_record`` adds further
         batch ids to that commit (several landed files written at once; each then counts as
-        committed). A batch whose keys are all known is still recorded (an empty append carrying
-        the transactions) so it is not read again.
-        Memory follows ``df``: only the table's keys are read, streamed (:mod:`.writes`). Each
-        such commit carries one shared app transaction, so of two inserts built on the same
-        version delta-rs rejects the later, whose batch is re-checked and retried (at most
-        ``max_attempts`` times).
+        committed). A batch whose keys are all known is still recorded (an empty append) so it
+        is not read again. Memory follows ``df``: only the table's keys are read, streamed
+        (:mod:`.writes`). Each such commit carries one shared app transaction, so of two inserts
+        built on one version delta-rs rejects the later, whose batch is re-checked and retried
+        (at most ``max_attempts`` times).
 
         Returns:
             The number of rows inserted, or None if ``batch_id`` was already committed.
