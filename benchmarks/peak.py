@@ -3,7 +3,7 @@
 ``ru_maxrss`` is not a process's own on Linux: the kernel folds the high-water mark of the
 process that started it into a child's at ``exec``, so every ``spawn`` child (each contender,
 each step) inherits its parent's peak. A contender spawned after the parent had generated
-10 M people's bronze reported 5,661 MB for a staging that peaked at 2,099 MB; a child spawned
+10 M people's bronze reported 5,661 MB for a staging that peaked at 2,050 MB; a child spawned
 by a parent that had touched 2 GB and freed it reports 1,920 MB at start, 13 MB its own. The
 kernel's ``VmHWM`` (``/proc/self/status``) is the high-water mark of the memory the process
 has mapped since its ``exec``: its own, interpreter and imports included. Where there is no
