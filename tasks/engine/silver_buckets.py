@@ -10,8 +10,8 @@ Then each bucket is split in two:
 1. :func:`compute_silver_bucket` reads the lake and writes nothing to it, so buckets can run at
    the same time, in other processes or on other machines (the transform submits them to the
    configured task runner, :mod:`tasks.runners`). It reads the bucket's staged rows from its
-   files, the cross-bucket links and its people's ledger rows; computes
-   the ledger rows to append for its people and their consent once those are appended
+   files, the cross-bucket links and its people's ledger rows; computes the ledger rows to
+   append for its people and their consent once those are appended
    (:func:`tasks.engine.consent.bucket_statements`); builds and checks the silver rows; and
    leaves everything it would write in the build's scratch folder on the lake's storage
    (:meth:`tasks.connectors.lake.Lake.scratch`), returning only counts (:class:`BucketBuilt`).
@@ -21,8 +21,8 @@ Then each bucket is split in two:
    bucket built are deleted, as before.
 
 Everything a bucket task is given is a small value (:class:`SilverBucket`: the config, the
-bucket's number, the scratch folder's name, the clock); it rebuilds the
-lake adapter and the pepper from the environment where it runs. The scratch folder is removed
+bucket's number, the scratch folder's name, the clock); it rebuilds the lake adapter and the
+pepper from the environment where it runs. The scratch folder is removed
 when the build ends, failed or not, once no bucket still writes to it.
 """
 
@@ -74,9 +74,9 @@ _BUCKET_FILES = (_PEOPLE, "statements", "orders", "events", "contacts", "quarant
 class SilverBucket:
     """One bucket's unit of work: small values only, as it may be pickled to another process.
 
-    ``scratch``: the name of the build's scratch folder (where the bucket's staged rows
-    are); ``rejected``: the staging rejects to count in the bucket's
-    balances (bucket 0 carries them, the others none).
+    ``scratch``: the name of the build's scratch folder (where the bucket's staged rows are);
+    ``rejected``: the staging rejects to count in the bucket's balances (bucket 0 carries
+    them, the others none).
     """
 
     config: PipelineConfig

@@ -95,9 +95,8 @@ class Scratch:
         """Write the rows of ``frame`` in one streamed pass as ``<prefix>-<k>.parquet``, one
         file per value ``k`` (0 .. ``parts``-1) of its integer column ``key``, without that
         column. Every file exists afterwards (with no rows for a value no row has); rows of
-        other values are not written.
-
-        ``row_group_size`` bounds what each of the ``parts`` open files buffers.
+        other values are not written. Each of the ``parts`` open files buffers at most one row
+        group (:data:`_SPLIT_ROW_GROUP` rows) before writing it.
         """
         written: set[int] = set()
 
