@@ -238,7 +238,7 @@ def insert_missing_rows(
     ``properties`` must carry :data:`INSERT_SERIAL`. The keys the table already holds are found
     by streaming its key columns alone, at the version ``delta`` is at, against the batch's keys,
     and the other rows are appended in one commit built on that version. Memory follows the
-    batch, not the table: a delta-rs MERGE held the whole target (3.2 GB for a batch into 5 M
+    batch, not the table: a delta-rs MERGE held the whole target (3.5 GB for a batch into 5 M
     events). With nothing new, the commit is an empty append that records the batch.
 
     Returns:
