@@ -21,7 +21,6 @@ table with the change data feed on, as ingest creates bronze:
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import shutil
 import tempfile
 import time
@@ -30,6 +29,7 @@ from typing import Any
 
 from benchmarks.bronze_parts import bronze_for, change_file, write_change
 from benchmarks.peak import peak_mb
+from benchmarks.transform_bench import run_spawned
 
 WRITES = {
     "crm_contacts merge": ("bronze/crm_contacts", "id"),
@@ -72,31 +72,6 @@ def _write(name: str, lake_dir: str, change_dir: str) -> dict[str, Any]:
         written = int(metrics["num_target_rows_inserted"])
     wall = time.perf_counter() - started
     return {"wall": wall, "peak_mb": peak_mb(), "change": change.height, "written": written}
-
-
-def _child(name: str, lake_dir: str, change_dir: str, conn: Any) -> None:
-    try:
-        conn.send(_write(name, lake_dir, change_dir))
-    except BaseException as exc:  # report, don't hang the parent
-        conn.send({"error": f"{type(exc).__name__}: {exc}"})
-        raise
-
-
-def isolated(name: str, lake_dir: Path, change_dir: Path) -> dict[str, Any]:
-    """Run one write in a fresh spawned process; a process killed (out of memory) says so."""
-    context = multiprocessing.get_context("spawn")
-    receive, send = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(name, str(lake_dir), str(change_dir), send))
-    process.start()
-    send.close()
-    try:
-        result: dict[str, Any] = receive.recv()
-    except EOFError:
-        result = {}
-    process.join(60)
-    if not result:
-        result = {"error": f"the process ended with exit code {process.exitcode}, no result"}
-    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,7 +124,7 @@ def _run(name: str, work: Path, change_dir: Path) -> dict[str, Any]:
     lake.enable_change_feed(table)
     # Counted here, not in the write's process: reading a key column would set its peak.
     rows = lake.scan(table).select(pl.len()).collect().item()
-    result = {"rows": rows, **isolated(name, lake_dir, change_dir)}
+    result = {"rows": rows, **run_spawned(_write, name, str(lake_dir), str(change_dir))}
     shutil.rmtree(lake_dir, ignore_errors=True)
     if "error" in result:
         print(f"  {name}: FAILED: {result['error']}", flush=True)

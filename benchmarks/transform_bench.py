@@ -32,6 +32,7 @@ compared with the incremental result (they must be identical).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -187,30 +188,43 @@ def _contender(name: str, work: str) -> dict[str, Any]:
     return {"wall": wall, "peak_mb": peak_mb(), "counts": counts}
 
 
-def _child(name: str, work: str, conn: Any) -> None:
+def _child(target: Callable[..., dict[str, Any]], args: tuple[Any, ...], conn: Any) -> None:
     try:
-        conn.send(_contender(name, work))
+        conn.send(target(*args))
     except BaseException as exc:  # report, don't hang the parent
         conn.send({"error": f"{type(exc).__name__}: {exc}"})
         raise
 
 
-def run_isolated(name: str, work: Path, timeout: float) -> dict[str, Any]:
-    """Run a contender in a fresh spawned process (its own peak RSS; delta-rs needs spawn)."""
+def run_spawned(
+    target: Callable[..., dict[str, Any]], *args: Any, timeout: float | None = None
+) -> dict[str, Any]:
+    """``target(*args)`` in a fresh spawned process (its own peak; delta-rs needs spawn): its
+    result, with ``process_wall``. A process past ``timeout`` is terminated, and one that ends
+    without answering (killed, out of memory) gives an error naming its exit code."""
     context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(name, str(work), send))
+    process = context.Process(target=_child, args=(target, args, send))
     started = time.perf_counter()
     process.start()
-    result: dict[str, Any]
+    send.close()  # the child's end only: a child that dies without sending reads as EOF
+    result: dict[str, Any] = {}
     if receive.poll(timeout):
-        result = receive.recv()
+        with contextlib.suppress(EOFError):
+            result = receive.recv()
     else:
         process.terminate()
         result = {"error": f"timed out after {timeout:.0f} s"}
     process.join(30)
+    if not result:
+        result = {"error": f"the process ended with exit code {process.exitcode}, no result"}
     result.setdefault("process_wall", time.perf_counter() - started)
     return result
+
+
+def run_isolated(name: str, work: Path, timeout: float) -> dict[str, Any]:
+    """Run a contender in a fresh spawned process (:func:`run_spawned`)."""
+    return run_spawned(_contender, name, str(work), timeout=timeout)
 
 
 LAKES = ("project", "incremental", "verify")
